@@ -1,0 +1,71 @@
+"""TriLM configuration: FloatLM's architecture with ternary linear layers in every decoder block."""
+
+from .configuration_floatlm import FloatLMConfig
+
+WEIGHT_FORMATS = ("latent",)
+
+
+class TriLMConfig(FloatLMConfig):
+    r"""
+    Configuration of a TriLM (arXiv 2407.12327): a FloatLM whose q, k, v, o, gate, up and down projections are
+    ternary, `W = g * T` with `T` in {-1, 0, +1} and one absmean scale `g` per scale shard.
+
+    Args (in addition to `LlamaConfig`'s):
+        pretraining_model_parallel (`int`, defaults to 1):
+            Number of scale shards per ternary matrix: the model-parallel degree of the original training run
+            (1, 2, 3 or 6 in the suite). Column-parallel layers (q, k, v, gate, up) are split into this many
+            contiguous blocks of output rows, row-parallel layers (o, down) into blocks of input columns.
+            The key name is the one the released checkpoints use.
+        ternary_eps (`float`, defaults to 1e-5):
+            Added to each absmean scale.
+        ternary_fused_qkv_scale (`bool`, defaults to True):
+            q, k and v share one scale per shard, computed over the three matrices together, because the original
+            run stored them as one fused matrix. Set False for independent per-matrix scales.
+        weight_format (`str`, defaults to "latent"):
+            What the checkpoint stores for ternary layers. "latent": the float latent weights that training
+            updates (ternarized on the fly; resume training from these).
+    """
+
+    model_type = "trilm"
+
+    def __init__(
+        self,
+        pretraining_model_parallel: int = 1,
+        ternary_eps: float = 1e-5,
+        ternary_fused_qkv_scale: bool = True,
+        weight_format: str = "latent",
+        **kwargs,
+    ):
+        kwargs.setdefault(
+            "auto_map",
+            {
+                "AutoConfig": "configuration_trilm.TriLMConfig",
+                "AutoModel": "modeling_trilm.TriLMModel",
+                "AutoModelForCausalLM": "modeling_trilm.TriLMForCausalLM",
+            },
+        )
+        self.pretraining_model_parallel = pretraining_model_parallel
+        self.ternary_eps = ternary_eps
+        self.ternary_fused_qkv_scale = ternary_fused_qkv_scale
+        self.weight_format = weight_format
+        super().__init__(**kwargs)
+        self._validate_ternary()
+
+    def _validate_ternary(self) -> None:
+        mp = self.pretraining_model_parallel
+        if not isinstance(mp, int) or mp < 1:
+            raise ValueError(f"pretraining_model_parallel must be a positive integer, got {mp!r}")
+        sharded = {
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+        }
+        for key, value in sharded.items():
+            if value % mp:
+                raise ValueError(
+                    f"pretraining_model_parallel={mp} does not divide {key}={value}: each scale shard must hold "
+                    f"whole heads and equal slices; choose a shard count that divides {key}"
+                )
+        if self.weight_format not in WEIGHT_FORMATS:
+            raise ValueError(f"weight_format must be one of {WEIGHT_FORMATS}, got {self.weight_format!r}")

@@ -1,0 +1,47 @@
+"""`spectra-hf`: one entry point, one module per command in spectra_hf/commands/.
+
+Each command module defines `add_parser(subparsers)`, which registers its parser and sets `func(args) -> int`.
+Command modules import heavy libraries (torch, transformers) inside `func`, so `--help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from .errors import SpectraError
+
+# Order here is the order in `spectra-hf --help`.
+COMMANDS = ("suite", "init", "info")  # helpers append: convert, train, quantize, publish, hub, eval, demo
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="spectra-hf",
+        description="Spectra suite (TriLM, FloatLM, QuantLM) for the Hugging Face ecosystem.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        module = importlib.import_module(f"spectra_hf.commands.{name}")
+        module.add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (SpectraError, FileNotFoundError, NotADirectoryError, ValueError) as error:
+        if os.environ.get("SPECTRA_HF_DEBUG"):
+            raise
+        print(f"spectra-hf {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"spectra-hf {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
