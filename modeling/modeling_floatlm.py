@@ -8,10 +8,11 @@ checkpoints load through the Auto classes and as remote code. Weights are interc
 from torch import nn
 from transformers.models.llama.modeling_llama import LlamaForCausalLM, LlamaModel, LlamaPreTrainedModel
 
+from .checkpoint_checks import CheckedLoadingMixin
 from .configuration_floatlm import FloatLMConfig
 
 
-class FloatLMPreTrainedModel(LlamaPreTrainedModel):
+class FloatLMPreTrainedModel(CheckedLoadingMixin, LlamaPreTrainedModel):
     config_class = FloatLMConfig
     config: FloatLMConfig
 

@@ -16,6 +16,7 @@ from transformers.models.llama.modeling_llama import (
     LlamaPreTrainedModel,
 )
 
+from .checkpoint_checks import CheckedLoadingMixin
 from .configuration_trilm import TriLMConfig
 from .ternary import TernaryLinear, share_scales
 
@@ -48,7 +49,7 @@ def make_layer_ternary(layer: LlamaDecoderLayer, config: TriLMConfig) -> None:
         share_scales(attn.q_proj, attn.k_proj, attn.v_proj)
 
 
-class TriLMPreTrainedModel(LlamaPreTrainedModel):
+class TriLMPreTrainedModel(CheckedLoadingMixin, LlamaPreTrainedModel):
     config_class = TriLMConfig
     config: TriLMConfig
 

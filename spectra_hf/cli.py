@@ -14,7 +14,7 @@ import sys
 from .errors import SpectraError
 
 # Order here is the order in `spectra-hf --help`.
-COMMANDS = ("suite", "init", "info")  # helpers append: convert, train, quantize, publish, hub, eval, demo
+COMMANDS = ("suite", "init")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (SpectraError, FileNotFoundError, NotADirectoryError, ValueError) as error:
+    except (SpectraError, OSError, ValueError) as error:
         if os.environ.get("SPECTRA_HF_DEBUG"):
             raise
         print(f"spectra-hf {args.command}: error: {error}", file=sys.stderr)
