@@ -18,6 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .packing import pack_ternary, packed_size, unpack_ternary
+
+# Ways a packed layer multiplies (see `TernaryLinear.prepare_inference`); "auto" picks one per device.
+INFERENCE_PATHS = ("dense", "int8", "int4")
+# The weight-only kernels run in bfloat16 (their fast CPU path); results are cast back to the input's dtype.
+KERNEL_DTYPE = torch.bfloat16
+
 
 def _shard_view(weight: torch.Tensor, shards: int, shard_dim: int) -> torch.Tensor:
     """View `weight` [out, in] as [shards, n] blocks (rows: contiguous; columns: gathered per block)."""
@@ -27,10 +34,15 @@ def _shard_view(weight: torch.Tensor, shards: int, shard_dim: int) -> torch.Tens
     return weight.reshape(out_features, shards, in_features // shards).transpose(0, 1).reshape(shards, -1)
 
 
+def _math_dtype(weight: torch.Tensor) -> torch.dtype:
+    """Scales and ternarization run in float32, or float64 for a float64 weight."""
+    return torch.promote_types(weight.dtype, torch.float32)
+
+
 def shard_abs_sums(weight: torch.Tensor, shards: int, shard_dim: int) -> tuple[torch.Tensor, int]:
-    """Per-shard sum of |W| (float32, shape [shards]) and the number of weights in each shard."""
+    """Per-shard sum of |W| (float32 or float64, shape [shards]) and the number of weights in each shard."""
     blocks = _shard_view(weight.detach(), shards, shard_dim)
-    return blocks.abs().sum(dim=1, dtype=torch.float32), blocks.shape[1]
+    return blocks.abs().sum(dim=1, dtype=_math_dtype(weight)), blocks.shape[1]
 
 
 def expand_scales(scales: torch.Tensor, shape: torch.Size, shard_dim: int) -> torch.Tensor:
@@ -42,7 +54,7 @@ def expand_scales(scales: torch.Tensor, shape: torch.Size, shard_dim: int) -> to
 
 def ternary_digits(weight: torch.Tensor, scales: torch.Tensor, shard_dim: int) -> torch.Tensor:
     """T = round(clamp(W / g, -1, 1)) as int8, for the given per-shard scales."""
-    scaled = weight.detach().float() / expand_scales(scales, weight.shape, shard_dim)
+    scaled = weight.detach().to(_math_dtype(weight)) / expand_scales(scales, weight.shape, shard_dim)
     return scaled.clamp_(-1, 1).round_().to(torch.int8)
 
 
@@ -51,7 +63,30 @@ def effective_weight(
 ) -> torch.Tensor:
     """g * T in `dtype`: what the layer multiplies with."""
     per_weight = expand_scales(scales, weight.shape, shard_dim)
-    return (weight.detach().float() / per_weight).clamp_(-1, 1).round_().mul_(per_weight).to(dtype)
+    return (weight.detach().to(_math_dtype(weight)) / per_weight).clamp_(-1, 1).round_().mul_(per_weight).to(dtype)
+
+
+def recover_ternary(weight: torch.Tensor, shards: int, shard_dim: int, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split a released weight `g_s * T` [out, in] into T (int8 [out, in]) and the scales (float32 [shards]).
+
+    Each shard's scale is its largest |W| (not the absmean, which would be g times the nonzero fraction). Raises
+    ValueError naming `name` if a shard holds more than one nonzero magnitude.
+    """
+    blocks = _shard_view(weight.detach(), shards, shard_dim).float()
+    scales = blocks.abs().amax(dim=1)
+    nonzero = blocks != 0
+    off_scale = nonzero & (blocks.abs() != scales[:, None])
+    if bool(off_scale.any()):
+        shard = int(off_scale.any(dim=1).nonzero()[0])
+        values = blocks[shard][nonzero[shard]].abs().unique()
+        raise ValueError(
+            f"{name} is not a ternary weight with {shards} scale shard(s) along dim {shard_dim}: shard {shard} holds "
+            f"{values.numel()} distinct nonzero magnitudes (e.g. {values[:3].tolist()}), expected one. The checkpoint "
+            "is not a TriLM release, or its pretraining_model_parallel does not match how it was trained."
+        )
+    safe = torch.where(scales == 0, torch.ones_like(scales), scales)
+    digits = (weight.detach().float() / expand_scales(safe, weight.shape, shard_dim)).round_().to(torch.int8)
+    return digits, scales
 
 
 class _TernaryMatmul(torch.autograd.Function):
@@ -82,13 +117,25 @@ class _TernaryMatmul(torch.autograd.Function):
 class TernaryLinear(nn.Linear):
     """A linear layer whose weight is ternarized on the fly: `Y = X (g * T)^T` (see the module docstring).
 
-    A subclass of `nn.Linear`, so peft, tensor-parallel plans and weight-init code see a Linear. `weight` holds the
-    latent float weight that the optimizer updates; `ternary_weight()` returns (T, scales).
+    A subclass of `nn.Linear`, so peft, tensor-parallel plans and weight-init code see a Linear. `ternary_weight()`
+    returns (T, scales) in both storage modes:
+
+    - latent (default, training): `weight` is the latent float weight [out, in] that the optimizer updates.
+    - packed (`packed=True`, inference): the layer never holds latent weights. Its state dict is `weight_packed`
+      (uint8, 5 digits per byte, see `packing.py`) and `weight_scale` (float32 [shards]). `prepare_inference(path)`
+      (run by `from_pretrained`, or by the first forward) replaces the packed bytes with one resident form in
+      `weight`, and the state dict is packed again from it on save:
+        "dense": g * T in the compute dtype [out, in]; plain `F.linear` (fastest on GPUs).
+        "int8":  T as int8 [out, in]; `torch._weight_int8pack_mm` in bfloat16 with the per-row scales as its
+                 scales and per-column scales (o, down) folded into the input.
+        "int4":  T in torch's int4 weight-only layout (4 bits per weight; CPU); `torch._weight_int4pack_mm_for_cpu`
+                 in bfloat16, scales folded the same way.
 
     Args:
         shards: number of scale shards (the original run's model-parallel degree, `pretraining_model_parallel`).
         shard_dim: 0 to shard output rows (column-parallel layers), 1 to shard input columns (row-parallel).
         eps: added to each absmean scale (1e-5 in the paper).
+        packed: hold packed ternary digits and scales instead of a latent weight (no bias).
     """
 
     def __init__(
@@ -100,6 +147,7 @@ class TernaryLinear(nn.Linear):
         shards: int = 1,
         shard_dim: int = 0,
         eps: float = 1e-5,
+        packed: bool = False,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -111,11 +159,23 @@ class TernaryLinear(nn.Linear):
                 f"{shards} scale shards do not divide the sharded dimension ({sharded}) of a "
                 f"{out_features}x{in_features} ternary layer: pretraining_model_parallel must divide it"
             )
-        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        if packed and bias:
+            raise ValueError("a packed ternary layer has no bias (TriLM uses none)")
+        # A packed layer's latent weight is never materialized: build it on the meta device, then drop it.
+        super().__init__(in_features, out_features, bias=bias, device="meta" if packed else device, dtype=dtype)
         self.shards = shards
         self.shard_dim = shard_dim
         self.eps = eps
+        self.packed = packed
+        self.inference_path: str | None = None
         self._scale_group: tuple[TernaryLinear, ...] = (self,)
+        if packed:
+            self.weight = None
+            numel = in_features * out_features
+            self.register_buffer("weight_packed", torch.empty(packed_size(numel), dtype=torch.uint8, device=device))
+            self.register_buffer("weight_scale", torch.empty(shards, dtype=torch.float32, device=device))
+            self.register_buffer("kernel_scale", None, persistent=False)
+            self.register_buffer("input_scale", None, persistent=False)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, *, shards: int, shard_dim: int, eps: float) -> "TernaryLinear":
@@ -128,8 +188,20 @@ class TernaryLinear(nn.Linear):
         layer.bias = linear.bias
         return layer
 
+    @classmethod
+    def from_ternary(cls, digits: torch.Tensor, scales: torch.Tensor, *, shard_dim: int, eps: float) -> "TernaryLinear":
+        """A packed layer from T (int8 [out, in]) and its per-shard scales ([shards])."""
+        out_features, in_features = digits.shape
+        layer = cls(
+            in_features, out_features, shards=scales.numel(), shard_dim=shard_dim, eps=eps, packed=True,
+            device=digits.device,
+        )
+        layer.weight_packed = pack_ternary(digits)
+        layer.weight_scale = scales.detach().to(torch.float32)
+        return layer
+
     def scales(self) -> torch.Tensor:
-        """Per-shard scales g (float32, shape [shards]); shared across the layer's scale group."""
+        """Per-shard scales g (float32, or float64 for float64 weights; shape [shards]), shared by the scale group."""
         total, count = None, 0
         for member in self._scale_group:
             sums, n = shard_abs_sums(member.weight, member.shards, member.shard_dim)
@@ -138,11 +210,89 @@ class TernaryLinear(nn.Linear):
         return total / count + self.eps
 
     def ternary_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(T as int8 [out, in], scales as float32 [shards])."""
+        """(T as int8 [out, in], scales [shards])."""
+        if self.packed:
+            return self._packed_digits(), self.weight_scale
         scales = self.scales()
         return ternary_digits(self.weight, scales, self.shard_dim), scales
 
+    def _packed_digits(self) -> torch.Tensor:
+        shape = (self.out_features, self.in_features)
+        if self.inference_path is None:
+            return unpack_ternary(self.weight_packed, shape)
+        if self.inference_path == "int8":
+            return self.weight.detach().clone()
+        if self.inference_path == "dense":
+            scales = self.weight_scale.float()
+            scales = torch.where(scales == 0, torch.ones_like(scales), scales)
+            return (self.weight.detach().float() / expand_scales(scales, shape, self.shard_dim)).round_().to(torch.int8)
+        # int4: the packed layout is the kernel's own; multiplying the identity by unit scales reads T back exactly.
+        unit = torch.zeros_like(self.kernel_scale)
+        unit[..., 0] = 1
+        eye = torch.eye(self.in_features, dtype=unit.dtype, device=unit.device)
+        group = self.in_features // unit.shape[0]
+        return torch._weight_int4pack_mm_for_cpu(eye, self.weight, group, unit).t().to(torch.int8)
+
+    @torch.no_grad()
+    def prepare_inference(self, path: str, dtype: torch.dtype) -> None:
+        """Make `path` (one of INFERENCE_PATHS, see the class docstring) resident; `dtype` is the "dense" dtype."""
+        if not self.packed:
+            raise ValueError("prepare_inference needs a packed ternary layer: load a packed checkpoint or pack it first")
+        if path not in INFERENCE_PATHS:
+            raise ValueError(f"unknown ternary inference path {path!r}: choose one of {INFERENCE_PATHS} or 'auto'")
+        digits, scales = self.ternary_weight()
+        shape = digits.shape
+        if path == "dense":
+            weight = (digits.float() * expand_scales(scales.float(), shape, self.shard_dim)).to(dtype)
+            kernel_scale = input_scale = None
+        else:
+            row = expand_scales(scales.float(), shape, 0).reshape(-1) if self.shard_dim == 0 else None
+            input_scale = expand_scales(scales.float(), shape, 1).reshape(-1) if self.shard_dim == 1 else None
+            row = torch.ones(shape[0], device=digits.device) if row is None else row
+            if path == "int8":
+                weight, kernel_scale = digits, row.to(KERNEL_DTYPE)
+            else:
+                group = next((g for g in (256, 128, 64, 32) if shape[1] % g == 0), None)
+                if group is None or digits.device.type != "cpu":
+                    raise ValueError(
+                        f"the int4 path needs a CPU layer whose in_features is a multiple of 32, got {shape[1]} on "
+                        f"{digits.device.type}: use ternary_inference='int8' or 'dense'"
+                    )
+                weight = torch._convert_weight_to_int4pack_for_cpu(digits.to(torch.int32) + 8, 1)
+                kernel_scale = torch.zeros(shape[1] // group, shape[0], 2, dtype=KERNEL_DTYPE, device=digits.device)
+                kernel_scale[..., 0] = row
+        self.weight_packed = None
+        self.weight = nn.Parameter(weight, requires_grad=False)
+        self.kernel_scale, self.input_scale = kernel_scale, input_scale
+        self.inference_path = path
+
+    def _packed_forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.inference_path is None:
+            self.prepare_inference(default_inference_path(x.device), x.dtype)
+        if self.inference_path == "dense":
+            return F.linear(x, self.weight.to(x.dtype))
+        flat = x.reshape(-1, self.in_features)
+        if self.input_scale is not None:
+            flat = flat * self.input_scale
+        flat = flat.to(KERNEL_DTYPE)
+        if self.inference_path == "int8":
+            y = torch._weight_int8pack_mm(flat, self.weight, self.kernel_scale)
+        else:
+            group = self.in_features // self.kernel_scale.shape[0]
+            y = torch._weight_int4pack_mm_for_cpu(flat, self.weight, group, self.kernel_scale)
+        return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        if self.packed and self.inference_path is not None:
+            digits, scales = self.ternary_weight()
+            destination[prefix + "weight_packed"] = pack_ternary(digits)
+            destination[prefix + "weight_scale"] = scales
+            return
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed:
+            return self._packed_forward(x)
         if torch.is_autocast_enabled(x.device.type):
             x = x.to(torch.get_autocast_dtype(x.device.type))
         with torch.autocast(x.device.type, enabled=False):
@@ -151,7 +301,15 @@ class TernaryLinear(nn.Linear):
 
     def extra_repr(self) -> str:
         shared = f", shared_scale_with={len(self._scale_group) - 1}" if len(self._scale_group) > 1 else ""
-        return f"{super().extra_repr()}, shards={self.shards}, shard_dim={self.shard_dim}, eps={self.eps}{shared}"
+        packed = f", packed, inference_path={self.inference_path}" if self.packed else ""
+        return (
+            f"{super().extra_repr()}, shards={self.shards}, shard_dim={self.shard_dim}, eps={self.eps}{shared}{packed}"
+        )
+
+
+def default_inference_path(device: torch.device) -> str:
+    """"int8" on CPU (bf16 weight-only kernel: fastest there), "dense" elsewhere (plain GEMMs win on GPUs)."""
+    return "int8" if device.type == "cpu" else "dense"
 
 
 def share_scales(*layers: TernaryLinear) -> None:
