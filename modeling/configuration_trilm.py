@@ -1,8 +1,9 @@
 """TriLM configuration: FloatLM's architecture with ternary linear layers in every decoder block."""
 
 from .configuration_floatlm import FloatLMConfig
+from .ternary import INFERENCE_PATHS
 
-WEIGHT_FORMATS = ("latent",)
+WEIGHT_FORMATS = ("latent", "packed")
 
 
 class TriLMConfig(FloatLMConfig):
@@ -23,7 +24,13 @@ class TriLMConfig(FloatLMConfig):
             run stored them as one fused matrix. Set False for independent per-matrix scales.
         weight_format (`str`, defaults to "latent"):
             What the checkpoint stores for ternary layers. "latent": the float latent weights that training
-            updates (ternarized on the fly; resume training from these).
+            updates (ternarized on the fly; resume training from these). "packed": the release format, T packed
+            5 digits per byte (`P.weight_packed`, uint8) and one float32 scale per shard (`P.weight_scale`);
+            inference only, no latent weights are ever materialized.
+        ternary_inference (`str`, defaults to "auto"):
+            How a packed model multiplies: "dense" (g * T materialized once in the compute dtype), "int8" (int8
+            weight-only kernel), "int4" (int4 weight-only kernel, CPU, smallest) or "auto" ("int8" on CPU,
+            "dense" elsewhere). Also accepted as a `from_pretrained` keyword argument.
     """
 
     model_type = "trilm"
@@ -34,6 +41,7 @@ class TriLMConfig(FloatLMConfig):
         ternary_eps: float = 1e-5,
         ternary_fused_qkv_scale: bool = True,
         weight_format: str = "latent",
+        ternary_inference: str = "auto",
         **kwargs,
     ):
         kwargs.setdefault(
@@ -48,6 +56,7 @@ class TriLMConfig(FloatLMConfig):
         self.ternary_eps = ternary_eps
         self.ternary_fused_qkv_scale = ternary_fused_qkv_scale
         self.weight_format = weight_format
+        self.ternary_inference = ternary_inference
         super().__init__(**kwargs)
         self._validate_ternary()
 
@@ -69,3 +78,7 @@ class TriLMConfig(FloatLMConfig):
                 )
         if self.weight_format not in WEIGHT_FORMATS:
             raise ValueError(f"weight_format must be one of {WEIGHT_FORMATS}, got {self.weight_format!r}")
+        if self.ternary_inference not in ("auto", *INFERENCE_PATHS):
+            raise ValueError(
+                f"ternary_inference must be 'auto' or one of {INFERENCE_PATHS}, got {self.ternary_inference!r}"
+            )

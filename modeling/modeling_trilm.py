@@ -3,12 +3,18 @@
 The architecture is FloatLM's (transformers' Llama, reused unchanged) with the seven linear layers of every decoder
 block replaced by `TernaryLinear`; the embedding, LM head and norms stay in floating point and activations are not
 quantized. Scale shards follow the original Megatron layout (see `ternary.py`).
+
+Checkpoints come in two kinds, named by `config.weight_format`: "latent" (training; resumable) and "packed" (release;
+T at 1.6 bits per weight plus per-shard scales, inference only). `save_pretrained(dir, weight_format="packed")` writes
+the release format from either kind; `from_pretrained` also reads the original `SpectraSuite/TriLM_*_Unpacked`
+Llama checkpoints (weights g_s * T in fp16) and packs them on the fly.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+from transformers import PretrainedConfig
 from transformers.models.llama.modeling_llama import (
     LlamaDecoderLayer,
     LlamaForCausalLM,
@@ -17,8 +23,8 @@ from transformers.models.llama.modeling_llama import (
 )
 
 from .checkpoint_checks import CheckedLoadingMixin
-from .configuration_trilm import TriLMConfig
-from .ternary import TernaryLinear, share_scales
+from .configuration_trilm import WEIGHT_FORMATS, TriLMConfig
+from .ternary import TernaryLinear, default_inference_path, recover_ternary, share_scales
 
 # Column-parallel layers are sharded by output rows, row-parallel layers by input columns.
 TERNARY_SHARD_DIM = {
@@ -33,16 +39,26 @@ TERNARY_SHARD_DIM = {
 
 
 def make_layer_ternary(layer: LlamaDecoderLayer, config: TriLMConfig) -> None:
-    """Replace the decoder layer's seven `nn.Linear` with `TernaryLinear`, keeping their parameters."""
+    """Replace the decoder layer's seven `nn.Linear` with `TernaryLinear`: latent layers keep the Linear's
+    parameters, packed layers (`config.weight_format == "packed"`) hold empty packed buffers to be loaded."""
     for path, shard_dim in TERNARY_SHARD_DIM.items():
         parent_name, child_name = path.split(".")
         parent = getattr(layer, parent_name)
-        ternary = TernaryLinear.from_linear(
-            getattr(parent, child_name),
-            shards=config.pretraining_model_parallel,
-            shard_dim=shard_dim,
-            eps=config.ternary_eps,
-        )
+        linear = getattr(parent, child_name)
+        if config.weight_format == "packed":
+            ternary = TernaryLinear(
+                linear.in_features,
+                linear.out_features,
+                shards=config.pretraining_model_parallel,
+                shard_dim=shard_dim,
+                eps=config.ternary_eps,
+                packed=True,
+                device=linear.weight.device,
+            )
+        else:
+            ternary = TernaryLinear.from_linear(
+                linear, shards=config.pretraining_model_parallel, shard_dim=shard_dim, eps=config.ternary_eps
+            )
         setattr(parent, child_name, ternary)
     if config.ternary_fused_qkv_scale:
         attn = layer.self_attn
@@ -52,6 +68,88 @@ def make_layer_ternary(layer: LlamaDecoderLayer, config: TriLMConfig) -> None:
 class TriLMPreTrainedModel(CheckedLoadingMixin, LlamaPreTrainedModel):
     config_class = TriLMConfig
     config: TriLMConfig
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, ternary_inference: str | None = None, **kwargs):
+        """`PreTrainedModel.from_pretrained`, plus: a packed checkpoint is made ready for inference on the path
+        `ternary_inference` (default: the config's, "auto"), and an original Llama release checkpoint (model_type
+        "llama", fp16 weights g_s * T) is converted to a packed TriLM while loading (`TriLMForCausalLM` only)."""
+        if kwargs.get("config") is None and not kwargs.get("gguf_file") and _is_llama_checkpoint(
+            pretrained_model_name_or_path, kwargs
+        ):
+            if not hasattr(cls, "from_llama"):
+                raise ValueError(f"{pretrained_model_name_or_path} is a Llama release checkpoint: load it with TriLMForCausalLM")
+            llama = LlamaForCausalLM.from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+            model = cls.from_llama(llama)
+        else:
+            model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        if ternary_inference is not None:
+            model.config.ternary_inference = ternary_inference
+        if model.config.weight_format == "packed":
+            model.prepare_ternary_inference()
+        return model
+
+    def save_pretrained(self, save_directory, *args, weight_format: str | None = None, **kwargs):
+        """`PreTrainedModel.save_pretrained`, choosing what ternary layers store.
+
+        Args:
+            weight_format: "packed" (the release format: `P.weight_packed` uint8, 5 digits per byte, and
+                `P.weight_scale` float32 [shards]; inference only) or "latent" (float latent weights; resumable
+                training). Defaults to `config.weight_format`. A packed model can only be saved packed.
+        """
+        weight_format = weight_format or self.config.weight_format
+        if weight_format not in WEIGHT_FORMATS:
+            raise ValueError(f"weight_format must be one of {WEIGHT_FORMATS}, got {weight_format!r}")
+        if weight_format == self.config.weight_format:
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        if weight_format == "latent":
+            raise ValueError(
+                "this TriLM holds packed ternary weights, its latent weights do not exist: save it with "
+                "weight_format='packed', and resume training from a latent checkpoint"
+            )
+        kwargs["state_dict"] = self._packed_state_dict(kwargs.get("state_dict"))
+        self.config.weight_format = "packed"
+        try:
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        finally:
+            self.config.weight_format = "latent"
+
+    @torch.no_grad()
+    def _packed_state_dict(self, state_dict: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+        """The state dict with every latent ternary `P.weight` replaced by `P.weight_packed` and `P.weight_scale`."""
+        packed = self.state_dict() if state_dict is None else dict(state_dict)
+        for name, module in self.named_modules():
+            if isinstance(module, TernaryLinear):
+                layer = module.from_ternary(*module.ternary_weight(), shard_dim=module.shard_dim, eps=module.eps)
+                del packed[f"{name}.weight"]
+                packed.update({f"{name}.{key}": value for key, value in layer.state_dict().items()})
+        return packed
+
+    @torch.no_grad()
+    def pack_ternary_weights(self) -> None:
+        """Replace every latent ternary layer by its packed form in place (frees the latent weights; not reversible).
+
+        The logits of the "dense" inference path in the latent weights' dtype are bit-identical to the latent model's.
+        """
+        for name, module in list(self.named_modules()):
+            if isinstance(module, TernaryLinear) and not module.packed:
+                parent_name, child_name = name.rsplit(".", 1)
+                packed = module.from_ternary(*module.ternary_weight(), shard_dim=module.shard_dim, eps=module.eps)
+                setattr(self.get_submodule(parent_name), child_name, packed)
+        self.config.weight_format = "packed"
+
+    @torch.no_grad()
+    def prepare_ternary_inference(self, path: str | None = None) -> str:
+        """Make every packed ternary layer resident on inference path `path` ("dense", "int8" or "int4"; default
+        `config.ternary_inference`, whose "auto" means "int8" on CPU and "dense" elsewhere). Returns the path."""
+        embeddings = self.get_input_embeddings().weight
+        path = path or self.config.ternary_inference
+        if path == "auto":
+            path = default_inference_path(embeddings.device)
+        for module in self.modules():
+            if isinstance(module, TernaryLinear) and module.packed and module.inference_path != path:
+                module.prepare_inference(path, embeddings.dtype)
+        return path
 
     @torch.no_grad()
     def ternary_stats(self) -> dict[str, dict[str, float | list[float]]]:
@@ -68,6 +166,18 @@ class TriLMPreTrainedModel(CheckedLoadingMixin, LlamaPreTrainedModel):
                     "scales": scales.tolist(),
                 }
         return stats
+
+
+def _is_llama_checkpoint(pretrained_model_name_or_path, kwargs: dict) -> bool:
+    """Whether the checkpoint's config.json says model_type "llama" (the original release format)."""
+    hub_keys = ("cache_dir", "force_download", "proxies", "token", "revision", "local_files_only", "subfolder")
+    try:
+        config_dict, _ = PretrainedConfig.get_config_dict(
+            pretrained_model_name_or_path, **{key: kwargs[key] for key in hub_keys if key in kwargs}
+        )
+    except OSError:
+        return False  # let from_pretrained raise its own, clearer error
+    return config_dict.get("model_type") == "llama"
 
 
 class TriLMModel(TriLMPreTrainedModel, LlamaModel):
@@ -88,6 +198,36 @@ class TriLMForCausalLM(TriLMPreTrainedModel, LlamaForCausalLM):
         self.vocab_size = config.vocab_size
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
+
+    @classmethod
+    @torch.no_grad()
+    def from_llama(cls, llama: LlamaForCausalLM) -> "TriLMForCausalLM":
+        """A packed TriLM from an original release model (`SpectraSuite/TriLM_*_Unpacked`): a `LlamaForCausalLM`
+        whose decoder linears hold g_s * T. Scale shards come from `pretraining_model_parallel` in its config (1 if
+        absent); T and the scales are recovered exactly. Raises ValueError naming a tensor that is not ternary."""
+        config_dict = llama.config.to_dict()
+        for key in ("model_type", "architectures", "auto_map", "transformers_version", "dtype", "torch_dtype"):
+            config_dict.pop(key, None)
+        config = TriLMConfig(**config_dict, weight_format="packed")
+        with torch.device("meta"):
+            model = cls(config)
+        float_state = {
+            key: value
+            for key, value in llama.state_dict().items()
+            if not any(f".{path}." in key for path in TERNARY_SHARD_DIM)
+        }
+        model.load_state_dict(float_state, strict=False, assign=True)
+        model.model.rotary_emb = llama.model.rotary_emb
+        for index, (layer, source) in enumerate(zip(model.model.layers, llama.model.layers)):
+            for path, shard_dim in TERNARY_SHARD_DIM.items():
+                name = f"model.layers.{index}.{path}.weight"
+                weight = source.get_submodule(path).weight
+                digits, scales = recover_ternary(weight, config.pretraining_model_parallel, shard_dim, name)
+                parent_name, child_name = path.split(".")
+                packed = TernaryLinear.from_ternary(digits, scales, shard_dim=shard_dim, eps=config.ternary_eps)
+                setattr(layer.get_submodule(parent_name), child_name, packed)
+        model.generation_config = llama.generation_config
+        return model.eval()
 
 
 TriLMConfig.register_for_auto_class()
