@@ -1,0 +1,79 @@
+"""Statistics of the ternary layers during training: zeros, scales and how many digits flip between logs."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from spectra_hf.modeling import TernaryLinear
+from spectra_hf.modeling.ternary import shard_abs_sums, ternary_digits
+
+FLIP_SAMPLE = 1 << 16  # flips are tracked on this many fixed weights per layer (all of them in smaller layers)
+
+
+def _full(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole tensor on every rank: sharded DTensors (FSDP2, tensor parallel) are gathered (a collective)."""
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+
+
+class TernaryStatsTracker:
+    """Computes `ternary/*` log entries from a model's `TernaryLinear` layers.
+
+    Logged: `ternary/zero_fraction` (share of digits equal to 0 over all ternary weights), `ternary/scale_mean`
+    (mean of all shard scales), `ternary/flip_fraction` (share of tracked digits that changed since the previous
+    log; tracked on up to `FLIP_SAMPLE` fixed weights per layer to keep memory small), and per layer
+    `ternary/scale/<layer>` (the mean of its shard scales).
+    Every rank must call `stats` (gathering sharded weights is a collective).
+    """
+
+    def __init__(self) -> None:
+        self._previous: dict[str, torch.Tensor] = {}
+        self._sample_index: dict[str, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def stats(self, model: nn.Module) -> dict[str, float]:
+        logs: dict[str, float] = {}
+        zeros = total = flips = tracked = 0
+        all_scales: list[torch.Tensor] = []
+        for name, module in model.named_modules():
+            if not isinstance(module, TernaryLinear):
+                continue
+            digits, scales = self._ternary_weight(module)
+            zeros += int((digits == 0).sum())
+            total += digits.numel()
+            all_scales.append(scales)
+            logs[f"ternary/scale/{name}"] = scales.mean().item()
+            sample = digits.flatten()[self._indices(name, digits.numel())].cpu()
+            if name in self._previous:
+                flips += int((sample != self._previous[name]).sum())
+                tracked += sample.numel()
+            self._previous[name] = sample
+        if total:
+            logs["ternary/zero_fraction"] = zeros / total
+            logs["ternary/scale_mean"] = torch.cat(all_scales).mean().item()
+        if tracked:
+            logs["ternary/flip_fraction"] = flips / tracked
+        return logs
+
+    @staticmethod
+    def _ternary_weight(module: TernaryLinear) -> tuple[torch.Tensor, torch.Tensor]:
+        """(T [out, in] int8, scales [shards]) of the whole layer, sharded or not."""
+        if not hasattr(module.weight, "full_tensor"):
+            return module.ternary_weight()
+        # Sharded parameters (outside forward): the scale of each shard is over the gathered weights of its group.
+        total, count = None, 0
+        for member in module._scale_group:
+            sums, n = shard_abs_sums(_full(member.weight), member.shards, member.shard_dim)
+            total = sums if total is None else total + sums
+            count += n
+        scales = total / count + module.eps
+        return ternary_digits(_full(module.weight), scales, module.shard_dim), scales
+
+    def _indices(self, name: str, numel: int) -> torch.Tensor:
+        if name not in self._sample_index:
+            if numel <= FLIP_SAMPLE:
+                self._sample_index[name] = torch.arange(numel)
+            else:
+                generator = torch.Generator().manual_seed(numel)
+                self._sample_index[name] = torch.randperm(numel, generator=generator)[:FLIP_SAMPLE].sort().values
+        return self._sample_index[name]

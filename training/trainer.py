@@ -1,0 +1,197 @@
+"""`SpectraTrainer`: a `transformers.Trainer` that trains TriLM and FloatLM the way the paper did.
+
+- Schedules (`schedules.py`): TriLM linear decay with the peak-LR drop and weight decay switched off; FloatLM cosine.
+  The LR is a `LambdaLR` (state: the step counter), the weight decay is set on the decayed parameter groups before
+  every optimizer step from the number of steps done, so a resumed run continues both curves exactly.
+- Parameter groups: transformers' default split. Norm weights and biases get no weight decay; the ternary scales are
+  not parameters (each forward computes them from the latent weights), so they get none either. The latent ternary
+  weights, the embedding and the LM head are decayed, as in GPT-NeoX, the framework the paper trained with.
+- Logs: `learning_rate` and `weight_decay` of the optimizer step just taken, at every logging step (so
+  `trainer_state.json` holds both curves), plus `ternary/*` statistics (`ternary_stats.py`).
+- Suite exports: with `suite_dir` set, every saved checkpoint also writes a release export (packed TriLM, float
+  FloatLM) to `checkpoint_dir(suite_dir, name, step)`, atomically, with tokenizer and `spectra_export.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, Trainer, TrainerCallback
+from transformers.trainer_utils import _is_peft_model, get_last_checkpoint
+
+from spectra_hf.errors import SpectraError
+from spectra_hf.exports import CHECKPOINTS_DIR, ExportInfo, atomic_directory, checkpoint_dir, write_export_info
+
+from .arguments import SpectraTrainingArguments
+from .callbacks import LogSpacedCheckpoints, WeightDecaySchedule
+from .schedules import SpectraLRScheduler, SpectraSchedule, paper_schedule
+from .ternary_stats import TernaryStatsTracker
+
+# config.json keys that must match between a checkpoint and the model that resumes from it.
+_ARCHITECTURE_KEYS = (
+    "model_type", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
+    "num_hidden_layers", "vocab_size", "pretraining_model_parallel",
+)
+
+
+class SpectraTrainer(Trainer):
+    """`Trainer` with the paper's schedules, ternary statistics and suite exports (see the module docstring).
+
+    Takes `SpectraTrainingArguments`; every other argument is `Trainer`'s.
+    """
+
+    args: SpectraTrainingArguments
+
+    def __init__(self, *args: Any, callbacks: Sequence[TrainerCallback] | None = None, **kwargs: Any) -> None:
+        callbacks = [WeightDecaySchedule(), *(callbacks or [])]
+        super().__init__(*args, callbacks=callbacks, **kwargs)
+        if not isinstance(self.args, SpectraTrainingArguments):
+            raise SpectraError("SpectraTrainer needs SpectraTrainingArguments (spectra_hf.training.arguments)")
+        if self.args.checkpoint_spacing == "log":
+            self.add_callback(LogSpacedCheckpoints())
+        self._ternary_tracker = TernaryStatsTracker() if self.args.ternary_stats else None
+
+    @property
+    def family(self) -> str:
+        """'trilm' or 'floatlm': the schedule family (from `args.schedule`, else the model type)."""
+        if self.args.schedule is not None:
+            return self.args.schedule
+        return "trilm" if getattr(self.model.config, "model_type", None) == "trilm" else "floatlm"
+
+    def schedule(self, num_training_steps: int) -> SpectraSchedule:
+        """The LR / WD schedule of a run of `num_training_steps` optimizer steps under these arguments."""
+        args = self.args
+        return paper_schedule(
+            self.family,
+            total_steps=num_training_steps,
+            peak_lr=args.learning_rate,
+            lr_after_drop=args.lr_after_drop,
+            warmup_steps=args.get_warmup_steps(num_training_steps),
+            weight_decay=args.weight_decay,
+            final_lr_ratio=args.final_lr_ratio,
+            lr_drop_fraction=args.lr_drop_fraction,
+            weight_decay_off_fraction=args.weight_decay_off_fraction,
+        )
+
+    def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
+        optimizer = super().create_optimizer(model)
+        for group in optimizer.param_groups:
+            group["spectra_decay"] = group["weight_decay"] > 0
+        return optimizer
+
+    def create_scheduler(
+        self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None
+    ) -> torch.optim.lr_scheduler.LRScheduler:
+        if self.lr_scheduler is None:
+            self.lr_scheduler = SpectraLRScheduler(optimizer or self.optimizer, self.schedule(num_training_steps))
+            self._created_lr_scheduler = True
+        return self.lr_scheduler
+
+    def weight_decay_in_force(self) -> float:
+        """Weight decay of the decayed parameter groups right now (0 when none decays)."""
+        values = [g["weight_decay"] for g in self.optimizer.param_groups if g.get("spectra_decay", False)]
+        return max(values, default=0.0)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "learning_rate" in logs and self.optimizer is not None:
+            logs["weight_decay"] = self.weight_decay_in_force()
+            if self._ternary_tracker is not None:
+                logs.update(self._ternary_tracker.stats(self.model))
+        super().log(logs, start_time)
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any):
+        """`Trainer.train`, after checking that the checkpoint to resume from is complete and fits the model."""
+        if resume_from_checkpoint:
+            if resume_from_checkpoint is True:
+                resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+                if resume_from_checkpoint is None:
+                    raise SpectraError(f"no checkpoint-<step> directory to resume from in {self.args.output_dir}")
+            check_resumable(resume_from_checkpoint, self.model.config.to_dict())
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
+        super()._save_checkpoint(model, trial)
+        if self.args.suite_dir:
+            target = checkpoint_dir(self.args.suite_dir, self.export_name, self.state.global_step)
+            self.export_release(target)
+
+    @property
+    def export_name(self) -> str:
+        return self.args.export_name or getattr(self.model.config, "name_or_path", None) or self.family
+
+    def export_release(self, target: str | Path, *, extra: dict[str, Any] | None = None) -> Path:
+        """Write a release export of the model (with tokenizer and `spectra_export.json`) to `target` atomically.
+
+        TriLM: packed (`save_pretrained(weight_format="packed")`), FloatLM: float weights, PEFT models: the adapters.
+        A `checkpoints/` folder of a replaced export is kept. Every rank must call this (gathering sharded weights
+        is a collective); the main process writes. Returns `target`.
+        """
+        target = Path(target)
+        peft = _is_peft_model(self.model)
+        fmt = "adapter" if peft else ("packed" if self.family == "trilm" else "float")
+        info = ExportInfo(
+            name=self.export_name,
+            family=self.family,
+            step=self.state.global_step,
+            tokens_seen=self.state.num_input_tokens_seen or None,
+            format=fmt,
+            extra=extra or {},
+        )
+        with ExitStack() as stack:
+            staging = stack.enter_context(atomic_directory(target)) if self.args.should_save else None
+            staging = _broadcast_path(staging)
+            # save_model gathers the full latent weights under every strategy (DDP, FSDP2, DeepSpeed).
+            latent = staging / ".latent" if fmt == "packed" else staging
+            self.save_model(str(latent), _internal_call=True)
+            if self.args.should_save:
+                if fmt == "packed":
+                    AutoModelForCausalLM.from_pretrained(latent).save_pretrained(staging, weight_format="packed")
+                    shutil.rmtree(latent)
+                    if self.processing_class is not None:
+                        self.processing_class.save_pretrained(staging)
+                (staging / "training_args.bin").unlink(missing_ok=True)
+                write_export_info(staging, info)
+                if (target / CHECKPOINTS_DIR).is_dir():
+                    os.replace(target / CHECKPOINTS_DIR, staging / CHECKPOINTS_DIR)
+        self.accelerator.wait_for_everyone()
+        return target
+
+
+def _broadcast_path(path: Path | None) -> Path:
+    """Rank 0's `path` on every rank (the staging directory of an export)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        holder = [str(path) if path is not None else None]
+        torch.distributed.broadcast_object_list(holder, src=0)
+        return Path(holder[0])
+    return path
+
+
+def check_resumable(checkpoint: str | Path, model_config: dict[str, Any]) -> None:
+    """Raise `SpectraError` unless `checkpoint` is a complete Trainer checkpoint of the same architecture."""
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_dir():
+        raise SpectraError(f"checkpoint {checkpoint} does not exist: give a checkpoint-<step> directory to resume")
+    missing = [name for name in ("trainer_state.json", "config.json") if not (checkpoint / name).is_file()]
+    if missing:
+        raise SpectraError(
+            f"checkpoint {checkpoint} is incomplete (no {', '.join(missing)}; an interrupted save?): "
+            "delete it and resume from an earlier checkpoint-<step>"
+        )
+    saved = json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))
+    different = {
+        key: (saved.get(key), model_config.get(key))
+        for key in _ARCHITECTURE_KEYS
+        if saved.get(key) != model_config.get(key)
+    }
+    if different:
+        detail = ", ".join(f"{k}: checkpoint {a!r} vs model {b!r}" for k, (a, b) in different.items())
+        raise SpectraError(
+            f"checkpoint {checkpoint} does not fit this model ({detail}): resume with the recipe that wrote it"
+        )
