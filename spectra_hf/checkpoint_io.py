@@ -1,0 +1,283 @@
+"""Tensor-by-tensor access to Spectra and Llama checkpoints, and a sharded safetensors writer.
+
+`open_checkpoint(path)` tells what a directory holds (`Checkpoint.kind`) and gives its weights in one vocabulary,
+the Llama one: `Checkpoint.weights()` yields `(name, value)` with Llama tensor names (`model.layers.0.mlp.up_proj
+.weight`, ...) where `value` is a float tensor, or a `Ternary` (T and per-shard scales) for the ternary matrices of
+any TriLM: latent (ternarized one decoder layer at a time, q/k/v scales shared as in the model), packed (unpacked
+per tensor) or an original release (recovered from g_s * T, refused with the tensor's name if not ternary).
+Nothing holds more than one decoder layer's tensors at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .errors import SpectraError
+from .modeling.modeling_trilm import TERNARY_SHARD_DIM
+from .modeling.packing import unpack_ternary
+from .modeling.ternary import TernaryLinear, expand_scales, recover_ternary, share_scales
+
+KINDS = ("trilm-latent", "trilm-packed", "trilm-release", "floatlm", "llama")
+FORMAT_OF_KIND = {
+    "trilm-latent": "latent",
+    "trilm-packed": "packed",
+    "trilm-release": "unpacked release",
+    "floatlm": "float",
+    "llama": "float",
+}
+INDEX_FILE = "model.safetensors.index.json"
+_TERNARY_NAME = re.compile(
+    r"^model\.layers\.(\d+)\.(self_attn\.[qkvo]_proj|mlp\.(?:gate|up|down)_proj)\.(weight|weight_packed|weight_scale)$"
+)
+
+
+@dataclass
+class Ternary:
+    """A ternary matrix: `digits` T (int8 [out, in], values in {-1, 0, +1}), `scales` (float32 [shards]) and the
+    dimension the shards split (0: output rows, 1: input columns)."""
+
+    digits: torch.Tensor
+    scales: torch.Tensor
+    shard_dim: int
+
+    def dense(self, dtype: torch.dtype) -> torch.Tensor:
+        """g * T as `dtype` [out, in]."""
+        per_weight = expand_scales(self.scales.float(), self.digits.shape, self.shard_dim)
+        return (self.digits.float() * per_weight).to(dtype)
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.digits.shape
+
+
+def ternary_shape(path: str, config: dict[str, Any]) -> tuple[int, int]:
+    """[out, in] of the ternary matrix at `path` (e.g. "self_attn.k_proj") in a model with `config` (config.json)."""
+    hidden, inter = config["hidden_size"], config["intermediate_size"]
+    heads = config["num_attention_heads"]
+    head_dim = config.get("head_dim") or hidden // heads
+    kv = config.get("num_key_value_heads") or heads
+    shapes = {
+        "self_attn.q_proj": (heads * head_dim, hidden),
+        "self_attn.k_proj": (kv * head_dim, hidden),
+        "self_attn.v_proj": (kv * head_dim, hidden),
+        "self_attn.o_proj": (hidden, heads * head_dim),
+        "mlp.gate_proj": (inter, hidden),
+        "mlp.up_proj": (inter, hidden),
+        "mlp.down_proj": (hidden, inter),
+    }
+    return shapes[path]
+
+
+def read_config(path: str | os.PathLike) -> dict[str, Any]:
+    """config.json of the checkpoint directory `path`, with a clear error if missing or unreadable."""
+    directory = Path(path)
+    if not directory.is_dir():
+        raise SpectraError(f"no checkpoint directory at {directory}: pass a directory written by save_pretrained")
+    config_path = directory / "config.json"
+    if not config_path.is_file():
+        raise SpectraError(f"{directory} is not a checkpoint: config.json is missing")
+    try:
+        return json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise SpectraError(f"{config_path} is corrupt ({error}); re-download or re-save the checkpoint") from error
+
+
+def checkpoint_kind(config: dict[str, Any]) -> str:
+    """One of KINDS, from a config.json dict."""
+    model_type = config.get("model_type")
+    if model_type == "trilm":
+        return f"trilm-{config.get('weight_format', 'latent')}"
+    if model_type == "floatlm":
+        return "floatlm"
+    if model_type == "llama":
+        return "trilm-release" if "pretraining_model_parallel" in config else "llama"
+    raise SpectraError(
+        f"model_type {model_type!r} is not a Spectra checkpoint: expected 'trilm', 'floatlm' or 'llama' "
+        "(the original SpectraSuite release)"
+    )
+
+
+class Checkpoint:
+    """A checkpoint directory opened for streaming: its config, kind and safetensors files (headers only)."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.config = read_config(self.path)
+        self.kind = checkpoint_kind(self.config)
+        self.files = self._weight_files()
+        self._handles: dict[Path, Any] = {}
+        self._file_of: dict[str, Path] = {}
+        for file in self.files:
+            for name in self._open(file).keys():
+                self._file_of[name] = file
+        self._latent_cache: tuple[int, dict[str, Ternary]] | None = None
+
+    def _weight_files(self) -> list[Path]:
+        index = self.path / INDEX_FILE
+        if index.is_file():
+            try:
+                weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            except (json.JSONDecodeError, KeyError, TypeError) as error:
+                raise SpectraError(f"{index} is corrupt ({error}); re-download or re-save the checkpoint") from error
+            files = [self.path / name for name in dict.fromkeys(weight_map.values())]
+        else:
+            files = sorted(self.path.glob("*.safetensors"))
+        if not files:
+            raise SpectraError(f"{self.path} holds no *.safetensors weights (only safetensors checkpoints are read)")
+        for file in files:
+            if not file.is_file():
+                raise SpectraError(f"{file} is listed in {INDEX_FILE} but missing: the download is incomplete")
+        return files
+
+    def _open(self, file: Path):
+        if file not in self._handles:
+            try:
+                self._handles[file] = safe_open(file, framework="pt")
+            except (SafetensorError, OSError) as error:
+                raise SpectraError(f"corrupt checkpoint file {file} ({error}): re-download or re-save it") from error
+        return self._handles[file]
+
+    @property
+    def family(self) -> str:
+        return "trilm" if self.kind.startswith("trilm") else "floatlm"
+
+    @property
+    def format(self) -> str:
+        return FORMAT_OF_KIND[self.kind]
+
+    @property
+    def shards(self) -> int:
+        return int(self.config.get("pretraining_model_parallel", 1))
+
+    def tensor_names(self) -> list[str]:
+        """Names stored in the files, in file order."""
+        return list(self._file_of)
+
+    def tensor(self, name: str) -> torch.Tensor:
+        """One stored tensor, read from its file."""
+        try:
+            return self._open(self._file_of[name]).get_tensor(name)
+        except KeyError:
+            raise SpectraError(f"{self.path} has no tensor {name!r}: the checkpoint is incomplete") from None
+        except SafetensorError as error:
+            raise SpectraError(f"cannot read {name!r} from {self._file_of[name]} ({error}): the file is corrupt") from error
+
+    def stored_shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._open(self._file_of[name]).get_slice(name).get_shape())
+
+    def names(self) -> list[str]:
+        """Llama-vocabulary names of the weights (packed pairs appear once, as `P.weight`), in file order."""
+        names = []
+        for name in self._file_of:
+            if name.endswith(".weight_scale"):
+                continue
+            names.append(name.removesuffix("_packed") if name.endswith(".weight_packed") else name)
+        return names
+
+    def is_ternary(self, name: str) -> bool:
+        return self.family == "trilm" and _TERNARY_NAME.match(name) is not None
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        """Logical shape of weight `name` (Llama vocabulary), from headers and config only."""
+        match = _TERNARY_NAME.match(name)
+        if match and self.kind == "trilm-packed":
+            return ternary_shape(match.group(2), self.config)
+        return self.stored_shape(name)
+
+    def weight(self, name: str) -> torch.Tensor | Ternary:
+        """Weight `name` (Llama vocabulary): a float tensor, or a `Ternary` for a TriLM's ternary matrices."""
+        match = _TERNARY_NAME.match(name)
+        if not (match and self.family == "trilm"):
+            return self.tensor(name)
+        layer, path = int(match.group(1)), match.group(2)
+        shard_dim = TERNARY_SHARD_DIM[path]
+        if self.kind == "trilm-packed":
+            prefix = name.removesuffix(".weight")
+            digits = unpack_ternary(self.tensor(f"{prefix}.weight_packed"), ternary_shape(path, self.config))
+            return Ternary(digits, self.tensor(f"{prefix}.weight_scale").float(), shard_dim)
+        if self.kind == "trilm-release":
+            try:
+                return Ternary(*recover_ternary(self.tensor(name), self.shards, shard_dim, name), shard_dim)
+            except ValueError as error:
+                raise SpectraError(f"{self.path}: {error}") from error
+        return self._latent_layer(layer)[path]
+
+    def _latent_layer(self, layer: int) -> dict[str, Ternary]:
+        """Ternarize decoder layer `layer` of a latent TriLM exactly as the model does (shared q/k/v scales)."""
+        if self._latent_cache is None or self._latent_cache[0] != layer:
+            modules = {}
+            for path, shard_dim in TERNARY_SHARD_DIM.items():
+                latent = self.tensor(f"model.layers.{layer}.{path}.weight")
+                module = TernaryLinear(
+                    latent.shape[1], latent.shape[0], shards=self.shards, shard_dim=shard_dim,
+                    eps=self.config.get("ternary_eps", 1e-5), device="meta",
+                )
+                module.weight = torch.nn.Parameter(latent, requires_grad=False)
+                modules[path] = module
+            if self.config.get("ternary_fused_qkv_scale", True):
+                share_scales(*(modules[f"self_attn.{p}_proj"] for p in "qkv"))
+            ternary = {path: Ternary(*m.ternary_weight(), m.shard_dim) for path, m in modules.items()}
+            self._latent_cache = (layer, ternary)
+        return self._latent_cache[1]
+
+    def weights(self) -> Iterator[tuple[str, torch.Tensor | Ternary]]:
+        """(name, weight) for every weight, in file order (see the module docstring)."""
+        for name in self.names():
+            yield name, self.weight(name)
+
+
+class ShardedWriter:
+    """Writes tensors into safetensors shards of at most `max_shard_bytes` (plus an index when there are several).
+
+    Only the current shard is held in memory. Call `finish()` after the last `add()`.
+    """
+
+    def __init__(self, directory: str | os.PathLike, *, max_shard_bytes: int = 2 << 30) -> None:
+        self.directory = Path(directory)
+        self.max_shard_bytes = max_shard_bytes
+        self._pending: dict[str, torch.Tensor] = {}
+        self._pending_bytes = 0
+        self._shards: list[tuple[Path, list[str]]] = []
+        self.total_bytes = 0
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        nbytes = tensor.numel() * tensor.element_size()
+        if self._pending and self._pending_bytes + nbytes > self.max_shard_bytes:
+            self._flush()
+        self._pending[name] = tensor.contiguous()
+        self._pending_bytes += nbytes
+        self.total_bytes += nbytes
+
+    def _flush(self) -> None:
+        path = self.directory / f"shard-{len(self._shards):05d}.tmp"
+        save_file(self._pending, path, metadata={"format": "pt"})
+        self._shards.append((path, list(self._pending)))
+        self._pending, self._pending_bytes = {}, 0
+
+    def finish(self) -> list[Path]:
+        """Flush, give the shards their final names (`model.safetensors` or `model-0000k-of-0000n.safetensors`)."""
+        if self._pending or not self._shards:
+            self._flush()
+        count = len(self._shards)
+        weight_map, files = {}, []
+        for index, (path, names) in enumerate(self._shards, start=1):
+            final = self.directory / (
+                "model.safetensors" if count == 1 else f"model-{index:05d}-of-{count:05d}.safetensors"
+            )
+            os.replace(path, final)
+            files.append(final)
+            weight_map.update(dict.fromkeys(names, final.name))
+        if count > 1:
+            index_data = {"metadata": {"total_size": self.total_bytes}, "weight_map": weight_map}
+            (self.directory / INDEX_FILE).write_text(json.dumps(index_data, indent=2) + "\n", encoding="utf-8")
+        return files
