@@ -1,0 +1,303 @@
+"""Model cards of the published suite, rendered from templates/*.md with huggingface_hub's ModelCard.
+
+Facts come from the suite registry (sizes, bits, recipe) and from the exported config.json (the architecture
+actually stored in the repository); nothing here repeats a number the registry knows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from spectra_hf import suite
+from spectra_hf.suite import SuiteModel
+
+TEMPLATES = Path(__file__).parent / "templates"
+DATASET = "cerebras/SlimPajama-627B"
+REVISIONS_FILE = "revisions.json"
+VARIANTS = ("release", "unpacked")
+_FAMILY_TAGS = {"trilm": ["ternary", "1.58-bit"], "floatlm": ["fp16"], "quantlm": ["gptq"]}
+
+
+@dataclass(frozen=True)
+class Revision:
+    """One intermediate checkpoint: its Hub branch, optimizer step and training tokens consumed."""
+
+    branch: str
+    step: int
+    tokens_seen: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"branch": self.branch, "step": self.step, "tokens_seen": self.tokens_seen}
+
+
+def human_count(value: int) -> str:
+    """`1_048_576_000` -> "1.05B" (tokens, parameters)."""
+    for unit, scale in (("T", 10**12), ("B", 10**9), ("M", 10**6), ("K", 10**3)):
+        if value >= scale:
+            return f"{value / scale:.3g}{unit}"
+    return str(value)
+
+
+def card_data(
+    *, model: SuiteModel, repo_name: str, org: str, variant: str = "release", evals: Mapping[str, float] | None = None
+) -> ModelCardData:
+    """The YAML metadata of a repo's cards (main and checkpoint branches share it)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"card variant must be one of {VARIANTS}, got {variant!r}")
+    tags = ["spectra-suite", model.family, *_FAMILY_TAGS[model.family], "llama"]
+    if model.bits is not None:
+        tags.append(f"{model.bits}-bit")
+    if variant == "unpacked":
+        tags.append("unpacked")
+    extra: dict[str, Any] = {}
+    if model.base_model is not None:
+        # The Hub reads base_model_relation from the card; ModelCardData passes unknown keys through.
+        extra = {"base_model": f"{org}/{model.base_model}", "base_model_relation": "quantized"}
+    return ModelCardData(
+        license="apache-2.0",
+        library_name="transformers",
+        pipeline_tag="text-generation",
+        language="en",
+        datasets=[DATASET],
+        tags=tags,
+        # model_name names the model-index entry; without eval results it would be a stray YAML key.
+        model_name=repo_name if evals else None,
+        eval_results=eval_results(evals) if evals else None,
+        **extra,
+    )
+
+
+def eval_results(evals: Mapping[str, float]) -> list[EvalResult]:
+    """`{"arc_easy/acc": 0.41, "wikitext/perplexity": 31.2, "piqa": 0.6}` -> model-index entries.
+
+    A key is `task` or `task/metric` (metric defaults to "acc"), as `spectra_hf.evaluation` writes them.
+    """
+    results = []
+    for key, value in sorted(evals.items()):
+        task, _, metric = key.partition("/")
+        results.append(
+            EvalResult(
+                task_type="text-generation",
+                dataset_type=task,
+                dataset_name=task,
+                metric_type=metric or "acc",
+                metric_value=float(value),
+            )
+        )
+    return results
+
+
+def _siblings(model: SuiteModel) -> list[dict[str, str]]:
+    rows = []
+    for other in suite.all_models():
+        if other.size != model.size:
+            continue
+        name = f"**{other.name}**" if other == model else other.name
+        rows.append(
+            {
+                "name": name,
+                "bits": f"{other.bits_per_linear_weight:g}",
+                "gbits": f"{other.size_bits / 1e9:.3f}",
+                "gbytes": f"{other.size_bits / 8e9:.3f}",
+            }
+        )
+    return rows
+
+
+def _architecture(config: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    rope = config.get("rope_parameters") or {}
+    rows = [
+        ("model_type", config.get("model_type")),
+        ("hidden size", config.get("hidden_size")),
+        ("GLU (intermediate) size", config.get("intermediate_size")),
+        ("attention heads", config.get("num_attention_heads")),
+        ("key/value heads", config.get("num_key_value_heads")),
+        ("head dim", config.get("head_dim")),
+        ("layers", config.get("num_hidden_layers")),
+        ("context length", config.get("max_position_embeddings")),
+        ("vocabulary", config.get("vocab_size")),
+        ("RMSNorm eps", config.get("rms_norm_eps")),
+        ("RoPE theta", rope.get("rope_theta", config.get("rope_theta"))),
+        ("tied embeddings", config.get("tie_word_embeddings")),
+        ("ternary scale shards (pretraining_model_parallel)", config.get("pretraining_model_parallel")),
+        ("weight format", config.get("weight_format")),
+        ("quantization", (config.get("quantization_config") or {}).get("quant_method")),
+    ]
+    return [(key, value) for key, value in rows if value is not None]
+
+
+def _training(model: SuiteModel) -> tuple[str, list[tuple[str, str]]]:
+    spec = model.spec
+    trained = suite.get_model(model.base_model) if model.base_model is not None else model
+    recipe = [
+        ("training tokens", human_count(suite.TOKENS)),
+        ("tokens per optimizer step", human_count(trained.batch_tokens)),
+        ("sequence length", str(suite.CONTEXT_LENGTH)),
+        ("peak learning rate", f"{trained.peak_lr:g}"),
+    ]
+    if model.family == "trilm":
+        recipe.append(("peak learning rate after the halfway drop", f"{spec.trilm_lr_after_drop:g}"))
+        text = (
+            "Trained from scratch with ternary weights in the seven linear layers of every decoder block "
+            "(straight-through estimator on latent float weights; embedding, LM head and norms in floating point). "
+            "Schedule: warmup, then linear decay; at about half of training the peak learning rate drops, and at "
+            "about two thirds weight decay is removed."
+        )
+    elif model.family == "floatlm":
+        text = "Trained from scratch in fp16 mixed precision. Schedule: warmup, cosine decay, weight decay."
+    else:
+        group = suite.QUANT_GROUP_SIZE[model.bits]
+        recipe.append(("GPTQ bits", str(model.bits)))
+        recipe.append(("GPTQ group size", "per channel" if group < 0 else str(group)))
+        recipe.append(("effective bits per weight", f"{model.bits_per_linear_weight:g}"))
+        text = (
+            f"Post-training GPTQ quantization of FloatLM_{model.size} (symmetric, no zero point) of every linear "
+            "layer in the decoder blocks; embedding, LM head and activations stay unquantized. The recipe below "
+            f"is the one FloatLM_{model.size} was trained with."
+        )
+    return text, recipe
+
+
+def _summary(model: SuiteModel, *, variant: str, org: str) -> str:
+    if variant == "unpacked":
+        return (
+            f"TriLM {model.size} in the original release format: every ternary weight stored as the fp16 value "
+            "g * T (T in {-1, 0, +1}, one scale g per scale shard) in a plain `LlamaForCausalLM` checkpoint that "
+            f"stock transformers loads without extra code. The compact spectra-hf format is in "
+            f"[{org}/{model.name}](/{org}/{model.name})."
+        )
+    if model.family == "trilm":
+        return (
+            f"TriLM {model.size}: a LLaMA-style language model whose decoder linear layers are ternary, "
+            f"W = g * T with T in {{-1, 0, +1}} and one absmean scale g per scale shard "
+            f"({model.spec.model_parallel} per matrix), {suite.TERNARY_BITS} bits per weight."
+        )
+    if model.family == "floatlm":
+        return f"FloatLM {model.size}: the fp16 LLaMA-style baseline of the Spectra suite, trained like its TriLM sibling."
+    return (
+        f"QuantLM {model.size} {model.bits}-bit: FloatLM_{model.size} quantized with GPTQ at {model.bits} bits "
+        f"({model.bits_per_linear_weight:g} effective bits per weight)."
+    )
+
+
+def _quickstart(
+    *, repo_id: str, revision: str | None, remote_code: bool, tokenizer: bool, native: bool = False
+) -> str:
+    lines = []
+    if native:
+        lines.append("import spectra_hf  # registers TriLM and FloatLM with the transformers Auto classes")
+    lines.append("from transformers import AutoModelForCausalLM" + (", AutoTokenizer" if tokenizer else ""))
+    if not tokenizer:
+        lines.append("import torch")
+    lines.append("")
+    args = [f'"{repo_id}"']
+    if revision is not None:
+        args.append(f'revision="{revision}"')
+    if remote_code and not native:
+        args.append("trust_remote_code=True")
+    if tokenizer:
+        lines.append(f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")')
+    lines.append(f"model = AutoModelForCausalLM.from_pretrained({', '.join(args)})")
+    if tokenizer:
+        lines.append('inputs = tokenizer("Ternary language models", return_tensors="pt")')
+        lines.append("output = model.generate(**inputs, max_new_tokens=20, do_sample=False)")
+        lines.append("print(tokenizer.decode(output[0], skip_special_tokens=True))")
+    else:
+        lines.append("output = model.generate(torch.tensor([[model.config.bos_token_id]]), max_new_tokens=20)")
+        lines.append("print(output[0].tolist())")
+    return "\n".join(lines)
+
+
+def render_model_card(
+    *,
+    model: SuiteModel,
+    org: str,
+    config: Mapping[str, Any],
+    revisions: Sequence[Revision] = (),
+    evals: Mapping[str, float] | None = None,
+    variant: str = "release",
+    has_tokenizer: bool = True,
+) -> str:
+    """The README.md of a repo's `main` branch.
+
+    Args:
+        model: the suite model the repo holds.
+        org: Hub namespace the suite is published under.
+        config: the repo's config.json as a dict (the architecture table shows what is actually stored).
+        revisions: the checkpoint branches of this repo, ascending by step.
+        evals: metric -> value (`task/metric` keys, see `eval_results`), shown in the body and the model-index.
+        variant: "release" (the model's own repo) or "unpacked" (the TriLM release format, plain Llama).
+        has_tokenizer: whether the repo ships tokenizer files (the quickstart uses them when it does).
+    """
+    repo_name = f"{model.name}_Unpacked" if variant == "unpacked" else model.name
+    repo_id = f"{org}/{repo_name}"
+    data = card_data(model=model, repo_name=repo_name, org=org, variant=variant, evals=evals)
+    remote_code = variant == "release"
+    training, recipe = _training(model)
+    native_repo = f"{org}/{model.name}"
+    last = revisions[-1].branch if revisions else None
+    if variant == "unpacked":
+        note = "Stock transformers loads this repository as `LlamaForCausalLM`; no extra code runs."
+    elif model.family == "quantlm" and config.get("quantization_config"):
+        note = "The GPTQ weights need `gptqmodel` (`pip install spectra-hf[gptq]`); the model code ships in this repository."
+    else:
+        note = "The model code ships in this repository; `trust_remote_code=True` runs it without installing anything else."
+    card = ModelCard.from_template(
+        data,
+        template_path=str(TEMPLATES / "model.md"),
+        title=repo_name,
+        summary=_summary(model, variant=variant, org=org),
+        suite_count=len(suite.all_models()),
+        size_count=len(suite.SIZES),
+        quant_bits="/".join(str(b) for b in suite.QUANT_BITS),
+        tokens_billions=suite.TOKENS // 10**9,
+        size=model.size,
+        siblings=_siblings(model),
+        architecture=_architecture(config),
+        training=training,
+        recipe=recipe,
+        revisions=[{"branch": r.branch, "step": r.step, "tokens": human_count(r.tokens_seen)} for r in revisions],
+        revisions_file=REVISIONS_FILE,
+        evals=[
+            {"task": key.partition("/")[0], "metric": key.partition("/")[2] or "acc", "value": f"{value:.4g}"}
+            for key, value in sorted((evals or {}).items())
+        ],
+        quickstart_note=note,
+        quickstart=_quickstart(repo_id=repo_id, revision=None, remote_code=remote_code, tokenizer=has_tokenizer),
+        quickstart_native=_quickstart(
+            repo_id=native_repo,
+            revision=last if variant == "release" else None,
+            remote_code=True,
+            tokenizer=False,
+            native=True,
+        ),
+    )
+    return str(card)
+
+
+def render_checkpoint_card(
+    *, model: SuiteModel, org: str, revision: Revision
+) -> str:
+    """The README.md of a `step<N>` branch: what the checkpoint is, and how to load it at this revision.
+
+    It does not list the other branches, so adding a checkpoint never rewrites the branches already published.
+    """
+    repo_id = f"{org}/{model.name}"
+    data = card_data(model=model, repo_name=model.name, org=org)
+    card = ModelCard.from_template(
+        data,
+        template_path=str(TEMPLATES / "checkpoint.md"),
+        title=model.name,
+        repo_id=repo_id,
+        repo_url=f"/{repo_id}",
+        step=revision.step,
+        tokens=human_count(revision.tokens_seen),
+        revisions_file=REVISIONS_FILE,
+        quickstart=_quickstart(repo_id=repo_id, revision=revision.branch, remote_code=True, tokenizer=False),
+    )
+    return str(card)

@@ -1,0 +1,134 @@
+"""`spectra-hf publish`: publish a suite directory (54 repos, checkpoint branches, cards, collections) to a Hub."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+
+from ..errors import SpectraError
+
+DEFAULT_HUB_ROOT = Path.home() / ".cache" / "spectra-hf" / "hub"
+
+TARGET_HELP = """\
+where it publishes:
+  --endpoint URL           that Hub, e.g. https://huggingface.co or a running `spectra-hf hub serve` (http://127.0.0.1:8080)
+  else HF_ENDPOINT         that Hub
+  else a token is found    https://huggingface.co (token from --token, HF_TOKEN or `hf auth login`)
+  else                     the embedded local Hub: its store at --hub-root is served for the duration of the run;
+                           serve it afterwards with `spectra-hf hub serve --root DIR` and point clients at it with
+                           HF_ENDPOINT=http://127.0.0.1:PORT HF_HUB_DISABLE_XET=1
+
+Re-running publishes only what is missing or changed (no empty commits); an interrupted run resumes where it stopped.
+A local Hub (loopback --endpoint or the embedded one) is published to without quotas unless you set them."""
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "publish",
+        help="publish a suite directory to the Hub or a local Hub (repos, checkpoint branches, cards, collections)",
+        description="Publish SUITE_DIR (one export per model, checkpoints/step<N> inside, see spectra_hf.exports) "
+        "as one repo per model under --org, each checkpoint as a branch step<N>, with model cards, a revisions.json "
+        "in main and one collection per family.",
+        epilog=TARGET_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("suite_dir", type=Path, metavar="SUITE_DIR", help="the suite directory to publish")
+    parser.add_argument("--org", required=True, help="Hub user or organization, e.g. SpectraSuite")
+    parser.add_argument("--endpoint", help="Hub URL (default: see below)")
+    parser.add_argument("--token", help="write token (prefer HF_TOKEN or `hf auth login`: arguments show in `ps`)")
+    parser.add_argument("--hub-root", type=Path, default=DEFAULT_HUB_ROOT, help=f"embedded local Hub store (default: {DEFAULT_HUB_ROOT})")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan and its size; no network")
+    parser.add_argument("--json", action="store_true", help="with --dry-run: print the plan's totals and what is missing as JSON")
+    parser.add_argument("--models", nargs="+", metavar="NAME", help="publish only these suite models")
+    parser.add_argument("--allow-partial", action="store_true", help="publish even though models or checkpoints are missing")
+    parser.add_argument("--evals", type=Path, metavar="JSON", help='eval results {"TriLM_99M": {"arc_easy/acc": 0.4}, ...} for the cards')
+    parser.add_argument("--private", action="store_true", help="create new repos private")
+    parser.add_argument("--no-verify", action="store_true", help="skip the final pass that checks every branch's files")
+    parser.add_argument("--load-check", type=Path, metavar="DIR", help="also download every branch into DIR and load it with from_pretrained")
+    parser.add_argument("--commits-per-hour", type=int, help="commits per repo per hour (Hub: 128)")
+    parser.add_argument("--requests-per-window", type=int, help="API requests per window (Hub: 1000 per 300 s)")
+    parser.add_argument("--window-s", type=float, help="request window in seconds (Hub: 300)")
+    parser.add_argument("--max-retries", type=int, help="retries per operation on 429/5xx (default: 8)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(func=run)
+
+
+def _limits(args: argparse.Namespace, *, local: bool):
+    from ..publish_pacing import HubLimits
+
+    overrides = {
+        key: value
+        for key, value in {
+            "commits_per_hour": args.commits_per_hour,
+            "requests_per_window": args.requests_per_window,
+            "window_s": args.window_s,
+            "max_retries": args.max_retries,
+        }.items()
+        if value is not None
+    }
+    for key, value in overrides.items():
+        lowest = 0 if key == "max_retries" else 1e-9
+        if value < lowest:
+            raise SpectraError(f"--{key.replace('_', '-')} must be {'>= 0' if lowest == 0 else 'positive'}, got {value}")
+    return HubLimits.unlimited(**overrides) if local else HubLimits(**overrides)
+
+
+def _read_evals(path: Path | None) -> dict | None:
+    if path is None:
+        return None
+    try:
+        evals = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise SpectraError(f"--evals {path}: cannot read it as JSON ({error})") from None
+    if not isinstance(evals, dict) or not all(isinstance(v, dict) for v in evals.values()):
+        raise SpectraError(f'--evals {path}: expected {{"MODEL": {{"task/metric": value}}}}')
+    return evals
+
+
+def run(args: argparse.Namespace) -> int:
+    from huggingface_hub import get_token
+
+    from ..publish import is_local_endpoint, publish
+    from ..publish_plan import build_plan
+
+    plan = build_plan(args.suite_dir, org=args.org, evals=_read_evals(args.evals), models=args.models)
+    if args.dry_run:
+        if args.json:
+            print(json.dumps({"org": plan.org, "totals": plan.totals(), "missing": plan.missing}, indent=2))
+        else:
+            print(plan.describe())
+            if plan.missing and not args.allow_partial:
+                print("publishing would refuse this plan: export what is missing, or pass --allow-partial")
+        return 0
+    with ExitStack() as stack:
+        endpoint = args.endpoint or os.environ.get("HF_ENDPOINT")
+        embedded = endpoint is None and (args.token or get_token()) is None
+        if embedded:
+            from ..localhub import LocalHub
+
+            args.hub_root.mkdir(parents=True, exist_ok=True)
+            hub = stack.enter_context(LocalHub(args.hub_root))
+            endpoint = hub.url
+            print(f"no endpoint or token configured: publishing to the local Hub store {args.hub_root}", file=sys.stderr)
+        endpoint = endpoint or "https://huggingface.co"
+        report = publish(
+            plan,
+            endpoint=endpoint,
+            token=args.token,
+            limits=_limits(args, local=is_local_endpoint(endpoint)),
+            allow_partial=args.allow_partial,
+            private=args.private,
+            verify=not args.no_verify,
+            load_check_dir=args.load_check,
+            progress=not args.no_progress,
+        )
+    print(f"published {plan.org} to {endpoint}: {report.summary()}")
+    if plan.missing:
+        print(f"partial suite: {len(plan.missing)} missing items were not published (see --dry-run)")
+    if embedded:
+        print(f"serve it with: spectra-hf hub serve --root {args.hub_root}")
+    return 0

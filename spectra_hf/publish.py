@@ -1,0 +1,347 @@
+"""Publishing a suite plan to the Hub (or a local Hub) so that it finishes: idempotent, resumable, paced, verified.
+
+Every branch is written by exactly one commit that makes it equal to the plan (changed files added, stale files
+deleted), computed against the branch's remote tree just before committing. Hence:
+
+- a re-run finds nothing to change and makes no commit (no empty commits);
+- a run stopped at any point (crash, Ctrl-C, quota) leaves each branch complete, absent, or stale, and the next
+  run completes exactly the branches that are not complete;
+- a retried commit re-reads the tree first, so a commit that reached the server before its answer was lost is not
+  made twice.
+
+The token comes from `token=`, else HF_TOKEN or the saved login (huggingface_hub's usual sources); it is never
+written to logs, cards or error messages.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import httpx2
+from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, constants, get_token
+from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError
+from huggingface_hub.hf_api import RepoFile
+from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+from tqdm.auto import tqdm
+
+from .errors import SpectraError
+from .publish_pacing import HubLimits, Pacer
+from .publish_plan import BranchPlan, PlanFile, PublishPlan, RepoPlan
+
+_KEEP_REMOTE = {".gitattributes"}  # created by the Hub with the repo; never ours to delete
+_MISSING_SHOWN = 10
+
+
+@dataclass
+class PublishReport:
+    """What a publish run did. `commits == 0` on a run that found everything already published."""
+
+    endpoint: str
+    repos: int = 0
+    branches: int = 0
+    repos_created: int = 0
+    branches_created: int = 0
+    commits: int = 0
+    files_uploaded: int = 0
+    files_deleted: int = 0
+    bytes_uploaded: int = 0
+    collection_items_added: int = 0
+    retries: int = 0
+    waited_s: float = 0.0
+    seconds: float = 0.0
+    verified: bool = False
+    loaded: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (
+            f"{self.repos} repos, {self.branches} branches: {self.repos_created} repos and {self.branches_created} "
+            f"branches created, {self.commits} commits ({self.files_uploaded} files, {self.bytes_uploaded} bytes "
+            f"uploaded, {self.files_deleted} deleted), {self.collection_items_added} collection items added, "
+            f"{self.retries} retries ({self.waited_s:.1f} s waited), {self.seconds:.1f} s"
+            + (", verified" if self.verified else "")
+        )
+
+
+class _Hashes:
+    """sha256 and git blob sha1 of plan files, computed once per run (one read pass per file)."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, tuple[str, str]] = {}
+
+    def of(self, file: PlanFile) -> tuple[str, str]:
+        key = str(file.local_path) if file.local_path is not None else f"content:{file.path_in_repo}:{id(file)}"
+        if key not in self._cache:
+            sha256, sha1 = hashlib.sha256(), hashlib.sha1()
+            sha1.update(b"blob %d\0" % file.size)
+            for chunk in _chunks(file):
+                sha256.update(chunk)
+                sha1.update(chunk)
+            self._cache[key] = (sha256.hexdigest(), sha1.hexdigest())
+        return self._cache[key]
+
+
+def _chunks(file: PlanFile, size: int = 1 << 22) -> Iterator[bytes]:
+    if file.content is not None:
+        yield file.content
+        return
+    with open(file.local_path, "rb") as handle:
+        while chunk := handle.read(size):
+            yield chunk
+
+
+def _same(entry: RepoFile, sha256: str, sha1: str) -> bool:
+    if entry.lfs is not None:
+        return entry.lfs.sha256 == sha256
+    return entry.blob_id == sha1
+
+
+def is_local_endpoint(endpoint: str) -> bool:
+    """True for a Hub on this machine (localhost or a loopback address), such as `spectra-hf hub serve`."""
+    host = urlparse(endpoint).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@contextmanager
+def _quiet_uploads(quiet: bool) -> Iterator[None]:
+    """Silence huggingface_hub's per-file upload bars (our own bars show repos and branches)."""
+    was_disabled = are_progress_bars_disabled()
+    if quiet:
+        disable_progress_bars()
+    try:
+        yield
+    finally:
+        if quiet and not was_disabled:
+            enable_progress_bars()
+
+
+@contextmanager
+def _plain_lfs_uploads(enabled: bool) -> Iterator[None]:
+    """Upload through the LFS batch API instead of xet (a local Hub speaks LFS only).
+
+    This is what HF_HUB_DISABLE_XET=1 does; huggingface_hub reads that variable once at import, so a process that
+    already imported it is configured through the same constant.
+    """
+    previous = constants.HF_HUB_DISABLE_XET
+    constants.HF_HUB_DISABLE_XET = previous or enabled
+    try:
+        yield
+    finally:
+        constants.HF_HUB_DISABLE_XET = previous
+
+
+def _scrub(text: str, token: str | None) -> str:
+    return text.replace(token, "***") if token else text
+
+
+def _explain(error: BaseException, *, doing: str, endpoint: str, token: str | None) -> SpectraError:
+    """One line naming what failed and the fix; the token never appears in it."""
+    if isinstance(error, httpx2.TransportError):
+        message = (
+            f"cannot reach the Hub at {endpoint} ({type(error).__name__}) while {doing}: check --endpoint / "
+            "HF_ENDPOINT, or start a local Hub with `spectra-hf hub serve --root DIR` and pass its URL as --endpoint"
+        )
+    elif isinstance(error, LocalTokenNotFoundError):
+        message = f"no Hub token found while {doing}: set HF_TOKEN, run `hf auth login`, or pass --token"
+    elif isinstance(error, HfHubHTTPError) and error.response is not None and error.response.status_code in (401, 403):
+        message = (
+            f"the Hub at {endpoint} refused the token (HTTP {error.response.status_code}) while {doing}: use a token "
+            "with write access to the org (HF_TOKEN, `hf auth login`, or --token)"
+        )
+    else:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        message = f"{doing} failed: {first_line}"
+    return SpectraError(_scrub(message, token))
+
+
+class Publisher:
+    """Runs one publish: holds the client, the pacer, the hash cache and the report."""
+
+    def __init__(self, plan: PublishPlan, *, api: HfApi, limits: HubLimits, progress: bool) -> None:
+        self.plan = plan
+        self.api = api
+        self.pacer = Pacer(limits)
+        self.hashes = _Hashes()
+        self.progress = progress
+        self.report = PublishReport(endpoint=api.endpoint)
+
+    def changes(self, repo_id: str, branch: BranchPlan) -> list[CommitOperationAdd | CommitOperationDelete]:
+        """The operations that make the remote branch equal to the plan (empty when it already is)."""
+        remote = {
+            entry.path: entry
+            for entry in self.api.list_repo_tree(repo_id, revision=branch.name, recursive=True)
+            if isinstance(entry, RepoFile)
+        }
+        operations: list[CommitOperationAdd | CommitOperationDelete] = []
+        for file in branch.files:
+            entry = remote.pop(file.path_in_repo, None)
+            if entry is None or entry.size != file.size or not _same(entry, *self.hashes.of(file)):
+                source = file.content if file.content is not None else str(file.local_path)
+                operations.append(CommitOperationAdd(path_in_repo=file.path_in_repo, path_or_fileobj=source))
+        operations += [CommitOperationDelete(path_in_repo=path) for path in sorted(remote) if path not in _KEEP_REMOTE]
+        return operations
+
+    def _sync_branch(self, repo: RepoPlan, branch: BranchPlan) -> None:
+        def attempt() -> None:
+            operations = self.changes(repo.repo_id, branch)
+            if not operations:
+                return
+            adds = [op for op in operations if isinstance(op, CommitOperationAdd)]
+            self.pacer.admit(requests=4, repo=repo.repo_id, commits=1)
+            where = "" if branch.step is None else f" (step {branch.step}, {branch.tokens_seen} tokens)"
+            self.api.create_commit(
+                repo.repo_id,
+                operations,
+                commit_message=f"Publish {repo.model.name} {branch.name}{where}",
+                revision=branch.name,
+            )
+            self.report.commits += 1
+            self.report.files_uploaded += len(adds)
+            self.report.files_deleted += len(operations) - len(adds)
+            added = {op.path_in_repo for op in adds}
+            self.report.bytes_uploaded += sum(f.size for f in branch.files if f.path_in_repo in added)
+
+        self.pacer.call(attempt, requests=1)
+
+    def publish_repo(self, repo: RepoPlan, *, private: bool) -> None:
+        existed = self.pacer.call(lambda: self.api.repo_exists(repo.repo_id))
+        if not existed:
+            self.pacer.call(lambda: self.api.create_repo(repo.repo_id, private=private, exist_ok=True))
+            self.report.repos_created += 1
+        remote = set() if not existed else {b.name for b in self.pacer.call(lambda: self.api.list_repo_refs(repo.repo_id)).branches}
+        bar = tqdm(repo.branches, desc=repo.repo_id, unit="branch", leave=False, disable=not self.progress)
+        for branch in bar:
+            if branch.name != "main" and branch.name not in remote:
+                self.pacer.call(lambda: self.api.create_branch(repo.repo_id, branch=branch.name, exist_ok=True))
+                self.report.branches_created += 1
+            self._sync_branch(repo, branch)
+        self.report.repos += 1
+        self.report.branches += len(repo.branches)
+
+    def publish_collections(self) -> None:
+        for plan in self.plan.collections:
+            collection = self.pacer.call(
+                lambda: self.api.create_collection(
+                    plan.title, namespace=self.plan.org, description=plan.description, exists_ok=True
+                )
+            )
+            present = {item.item_id for item in collection.items}
+            for repo_id in plan.items:
+                if repo_id not in present:
+                    self.pacer.call(
+                        lambda: self.api.add_collection_item(collection.slug, repo_id, "model", exists_ok=True)
+                    )
+                    self.report.collection_items_added += 1
+
+    def verify(self) -> list[str]:
+        """Every expected branch exists and holds exactly its planned files; returns the problems found."""
+        problems = []
+        for repo in tqdm(self.plan.repos, desc="verify", unit="repo", disable=not self.progress):
+            refs = self.pacer.call(lambda: self.api.list_repo_refs(repo.repo_id))
+            branches = {b.name for b in refs.branches}
+            for branch in repo.branches:
+                if branch.name not in branches:
+                    problems.append(f"{repo.repo_id}: branch {branch.name} is missing")
+                    continue
+                stale = self.pacer.call(lambda: self.changes(repo.repo_id, branch))
+                if stale:
+                    paths = ", ".join(op.path_in_repo for op in stale[:5])
+                    problems.append(f"{repo.repo_id}@{branch.name}: {len(stale)} files differ ({paths})")
+        return problems
+
+    def load_back(self, cache_dir: Path) -> None:
+        """Download every branch and load it with transformers (`trust_remote_code=True`)."""
+        from transformers import AutoModelForCausalLM
+
+        for repo in tqdm(self.plan.repos, desc="load", unit="repo", disable=not self.progress):
+            for branch in repo.branches:
+                local = self.pacer.call(
+                    lambda: self.api.snapshot_download(repo.repo_id, revision=branch.name, cache_dir=cache_dir)
+                )
+                AutoModelForCausalLM.from_pretrained(local, trust_remote_code=True)
+                self.report.loaded.append(f"{repo.repo_id}@{branch.name}")
+
+
+def publish(
+    plan: PublishPlan,
+    *,
+    endpoint: str | None = None,
+    token: str | None = None,
+    limits: HubLimits | None = None,
+    allow_partial: bool = False,
+    private: bool = False,
+    verify: bool = True,
+    load_check_dir: str | Path | None = None,
+    progress: bool = True,
+) -> PublishReport:
+    """Publish `plan` so that the Hub ends up holding exactly it; safe to re-run and to interrupt.
+
+    Args:
+        plan: from `spectra_hf.publish_plan.build_plan`.
+        endpoint: Hub URL (default: HF_ENDPOINT, else https://huggingface.co). A loopback URL (a local Hub) uploads
+            through the plain LFS API.
+        token: write token (default: HF_TOKEN or the saved `hf auth login` token).
+        limits: quotas and retry policy (default: the Hub's published quotas).
+        allow_partial: publish a plan whose suite directory misses models or checkpoints (otherwise refused before
+            any network call).
+        private: create new repos private.
+        verify: after publishing, list every repo's refs and compare every expected branch's tree with the plan.
+        load_check_dir: when given, also download every branch there and load it with `from_pretrained`.
+        progress: show tqdm bars per repo and per branch.
+
+    Raises:
+        SpectraError: an incomplete plan (without `allow_partial`), an unreachable endpoint, a refused token, a
+            failure that retries did not overcome, or a failed verification. The message never contains the token.
+    """
+    if plan.missing and not allow_partial:
+        shown = "; ".join(plan.missing[:_MISSING_SHOWN])
+        more = f" (and {len(plan.missing) - _MISSING_SHOWN} more)" if len(plan.missing) > _MISSING_SHOWN else ""
+        raise SpectraError(
+            f"the suite directory {plan.suite_dir} is incomplete, nothing was published: {shown}{more}. "
+            "Export what is missing, or publish the partial suite explicitly (--allow-partial)"
+        )
+    if not plan.repos:
+        raise SpectraError(f"nothing to publish: no complete model export in {plan.suite_dir}")
+    endpoint = (endpoint or constants.ENDPOINT).rstrip("/")
+    api = HfApi(endpoint=endpoint, token=token)
+    secret = token or get_token()
+    publisher = Publisher(plan, api=api, limits=limits or HubLimits(), progress=progress)
+    started = time.perf_counter()
+    doing = f"contacting {endpoint}"
+    try:
+        with _plain_lfs_uploads(is_local_endpoint(endpoint)), _quiet_uploads(not progress):
+            if secret:
+                publisher.pacer.call(api.whoami)
+            for repo in tqdm(plan.repos, desc="publish", unit="repo", disable=not progress):
+                doing = f"publishing {repo.repo_id}"
+                publisher.publish_repo(repo, private=private)
+            doing = "publishing the collections"
+            publisher.publish_collections()
+            if verify:
+                doing = "verifying the published repos"
+                problems = publisher.verify()
+                if problems:
+                    raise SpectraError(
+                        f"verification failed for {len(problems)} branches (re-run to repair): " + "; ".join(problems[:5])
+                    )
+                publisher.report.verified = True
+            if load_check_dir is not None:
+                doing = "loading the published branches back"
+                publisher.load_back(Path(load_check_dir))
+    except (HfHubHTTPError, httpx2.TransportError, LocalTokenNotFoundError) as error:
+        raise _explain(error, doing=doing, endpoint=endpoint, token=secret) from None
+    report = publisher.report
+    report.retries, report.waited_s = publisher.pacer.retries, publisher.pacer.waited_s
+    report.seconds = time.perf_counter() - started
+    return report

@@ -1,0 +1,328 @@
+"""The publish plan: which repos, branches and files the suite directory becomes on the Hub.
+
+Built from the suite registry and the suite directory (layout in `spectra_hf.exports`), without any network:
+
+    <org>/<name>              one repo per suite model (54): `main` = the final export + model card + revisions.json,
+                              one branch `step<N>` per intermediate checkpoint (a checkpoint card each)
+    <org>/TriLM_<size>_Unpacked   the TriLM release format (plain fp16 Llama) for stock transformers, `main` only
+    collections               one per family, listing its repos
+
+A plan also says what is missing from the suite directory; publishing refuses an incomplete plan unless the user
+asks for a partial publish explicitly.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .cards import REVISIONS_FILE, Revision, render_checkpoint_card, render_model_card
+from .errors import SpectraError
+from .exports import (
+    CHECKPOINTS_DIR,
+    EXPORT_INFO_FILE,
+    ExportInfo,
+    checkpoint_dir,
+    checkpoint_steps,
+    model_dir,
+    read_export_info,
+)
+from .suite import FAMILY_PREFIX, SuiteModel, all_models
+
+CARD_FILE = "README.md"
+# Files of an export directory that are not published: local bookkeeping and the card we render ourselves.
+_NOT_PUBLISHED = {EXPORT_INFO_FILE, CARD_FILE}
+_WEIGHT_SUFFIX = ".safetensors"
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+_COLLECTION_DESCRIPTIONS = {
+    "trilm": "Ternary (1.58-bit) Spectra language models, 99M to 3.9B, with intermediate checkpoints",
+    "floatlm": "fp16 Spectra language models, 99M to 3.9B, trained on the same tokens as TriLM",
+    "quantlm": "GPTQ 3/4/6/8-bit quantizations of the Spectra FloatLMs",
+}
+
+
+@dataclass(frozen=True)
+class PlanFile:
+    """One file of a branch: read from `local_path`, or generated `content` (cards, revisions.json)."""
+
+    path_in_repo: str
+    size: int
+    local_path: Path | None = None
+    content: bytes | None = None
+
+
+@dataclass
+class BranchPlan:
+    """One branch of a repo and the exact set of files it must hold (anything else on it is deleted)."""
+
+    name: str
+    files: list[PlanFile]
+    step: int | None = None
+    tokens_seen: int | None = None
+
+    @property
+    def size(self) -> int:
+        return sum(f.size for f in self.files)
+
+
+@dataclass
+class RepoPlan:
+    """One Hub repo: `main` first, then the checkpoint branches by ascending step."""
+
+    repo_id: str
+    model: SuiteModel
+    variant: str  # "release" or "unpacked"
+    branches: list[BranchPlan]
+
+    @property
+    def size(self) -> int:
+        return sum(b.size for b in self.branches)
+
+
+@dataclass
+class CollectionPlan:
+    """A Hub collection of one family's repos."""
+
+    title: str
+    description: str
+    items: list[str]
+
+
+@dataclass
+class PublishPlan:
+    """Everything a publish run creates, and what the suite directory lacks for a complete suite."""
+
+    org: str
+    suite_dir: Path
+    repos: list[RepoPlan]
+    collections: list[CollectionPlan]
+    missing: list[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing
+
+    def totals(self) -> dict[str, int]:
+        """bytes, repos, branches (main included) and commits (one per branch when all of it is new)."""
+        branches = sum(len(r.branches) for r in self.repos)
+        return {
+            "bytes": sum(r.size for r in self.repos),
+            "repos": len(self.repos),
+            "branches": branches,
+            "commits": branches,
+            "files": sum(len(b.files) for r in self.repos for b in r.branches),
+            "collections": len(self.collections),
+        }
+
+    def describe(self) -> str:
+        """A human-readable listing of the plan (what `spectra-hf publish --dry-run` prints)."""
+        lines = [f"publish plan: {self.suite_dir} -> {self.org}"]
+        for repo in self.repos:
+            steps = [b.name for b in repo.branches if b.name != "main"]
+            span = f"{steps[0]} .. {steps[-1]}" if steps else "-"
+            lines.append(
+                f"  {repo.repo_id:<40} {len(repo.branches):>4} branches ({span})  {_human_bytes(repo.size):>10}"
+            )
+        for collection in self.collections:
+            lines.append(f"  collection {collection.title!r}: {len(collection.items)} repos")
+        totals = self.totals()
+        lines.append(
+            f"total: {totals['repos']} repos, {totals['branches']} branches, {totals['commits']} commits at most, "
+            f"{totals['files']} files, {_human_bytes(totals['bytes'])} ({totals['bytes']} bytes), "
+            f"{totals['collections']} collections"
+        )
+        if self.missing:
+            lines.append(f"missing ({len(self.missing)}):")
+            lines.extend(f"  - {item}" for item in self.missing)
+        return "\n".join(lines)
+
+
+def _human_bytes(size: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.2f} {unit}"
+    return f"{size} B"
+
+
+def check_repo_id(repo_id: str) -> None:
+    """Refuse a repo id the Hub would reject, naming the part to change."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise SpectraError(
+            f"invalid Hub repo id {repo_id!r}: {error} Pick an --org made of letters, digits, '-', '_' and '.'"
+        ) from None
+    org = repo_id.split("/")[0]
+    if org[0] in "-." or org[-1] in "-.":
+        raise SpectraError(f"invalid Hub org {org!r}: it cannot start or end with '-' or '.'")
+
+
+def export_files(directory: Path) -> dict[str, Path]:
+    """path_in_repo -> local file for everything an export directory publishes.
+
+    Left out: the checkpoints/ folder (published as branches), spectra_export.json (local bookkeeping), README.md
+    (the card is rendered) and hidden files.
+    """
+    files = {}
+    for path in sorted(directory.rglob("*")):
+        relative = path.relative_to(directory)
+        if not path.is_file() or relative.parts[0] == CHECKPOINTS_DIR or any(p.startswith(".") for p in relative.parts):
+            continue
+        if relative.as_posix() in _NOT_PUBLISHED:
+            continue
+        files[relative.as_posix()] = path
+    return files
+
+
+def export_problems(directory: Path, *, name: str, step: int | None) -> list[str]:
+    """Why `directory` is not a complete export of model `name` (at checkpoint `step`); empty when it is."""
+    if not directory.is_dir():
+        return [f"{directory} is missing"]
+    problems = []
+    if not (directory / "config.json").is_file():
+        problems.append(f"{directory}/config.json is missing")
+    weights = [p for p in directory.iterdir() if p.name.endswith(_WEIGHT_SUFFIX)]
+    if not weights:
+        problems.append(f"{directory} has no *.safetensors weights")
+    for index in directory.glob(f"*{_WEIGHT_SUFFIX}.index.json"):
+        try:
+            shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+        except (json.JSONDecodeError, KeyError) as error:
+            problems.append(f"{index} is corrupt ({error})")
+            continue
+        problems.extend(f"{directory}/{shard} (listed in {index.name}) is missing" for shard in sorted(shards)
+                        if not (directory / shard).is_file())
+    try:
+        info = read_export_info(directory)
+    except SpectraError as error:
+        return problems + [str(error)]
+    if info.name != name:
+        problems.append(f"{directory}/{EXPORT_INFO_FILE} says it is {info.name!r}, not {name!r}")
+    if step is not None and info.step != step:
+        problems.append(f"{directory}/{EXPORT_INFO_FILE} says step {info.step}, but the directory is step{step}")
+    return problems
+
+
+def _file(path_in_repo: str, local_path: Path) -> PlanFile:
+    return PlanFile(path_in_repo=path_in_repo, size=local_path.stat().st_size, local_path=local_path)
+
+
+def _generated(path_in_repo: str, text: str) -> PlanFile:
+    content = text.encode("utf-8")
+    return PlanFile(path_in_repo=path_in_repo, size=len(content), content=content)
+
+
+def _tokens_seen(info: ExportInfo, model: SuiteModel) -> int:
+    # Exports from the trainer record tokens_seen; older ones fall back to the registry's batch size.
+    return info.tokens_seen if info.tokens_seen is not None else info.step * model.batch_tokens
+
+
+def _revisions_json(repo_id: str, main: ExportInfo, revisions: Sequence[Revision]) -> str:
+    data = {
+        "repo_id": repo_id,
+        "main": {"step": main.step, "tokens_seen": main.tokens_seen},
+        "revisions": [r.as_dict() for r in revisions],
+    }
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+
+def _model_repo(
+    suite_dir: Path, model: SuiteModel, *, org: str, evals: Mapping[str, float] | None, missing: list[str]
+) -> RepoPlan | None:
+    directory = model_dir(suite_dir, model.name)
+    problems = export_problems(directory, name=model.name, step=None)
+    if problems:
+        missing.extend(f"{model.name}: {p}" for p in problems)
+        return None
+    repo_id = f"{org}/{model.name}"
+    info = read_export_info(directory)
+    revisions, branches = [], []
+    for step in checkpoint_steps(suite_dir, model.name):
+        ckpt = checkpoint_dir(suite_dir, model.name, step)
+        problems = export_problems(ckpt, name=model.name, step=step)
+        if problems:
+            missing.extend(f"{model.name} checkpoint step{step}: {p}" for p in problems)
+            continue
+        ckpt_info = read_export_info(ckpt)
+        revision = Revision(branch=ckpt_info.branch, step=step, tokens_seen=_tokens_seen(ckpt_info, model))
+        card = render_checkpoint_card(model=model, org=org, revision=revision)
+        files = [_file(p, local) for p, local in export_files(ckpt).items()] + [_generated(CARD_FILE, card)]
+        revisions.append(revision)
+        branches.append(BranchPlan(name=revision.branch, files=files, step=step, tokens_seen=revision.tokens_seen))
+    if model.family != "quantlm" and not revisions:
+        missing.append(
+            f"{model.name}: no intermediate checkpoints under {directory / CHECKPOINTS_DIR} "
+            "(a trained model publishes its step<N> exports as branches)"
+        )
+    files = export_files(directory)
+    config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    card = render_model_card(
+        model=model,
+        org=org,
+        config=config,
+        revisions=revisions,
+        evals=evals,
+        has_tokenizer=any(name in files for name in _TOKENIZER_FILES),
+    )
+    main_files = [_file(p, local) for p, local in files.items()]
+    main_files += [_generated(CARD_FILE, card), _generated(REVISIONS_FILE, _revisions_json(repo_id, info, revisions))]
+    main = BranchPlan(name="main", files=main_files, step=info.step, tokens_seen=info.tokens_seen)
+    return RepoPlan(repo_id=repo_id, model=model, variant="release", branches=[main, *branches])
+
+
+def _collections(org: str, repos: Sequence[RepoPlan]) -> list[CollectionPlan]:
+    collections = []
+    for family, prefix in FAMILY_PREFIX.items():
+        items = [r.repo_id for r in repos if r.model.family == family]
+        if items:
+            collections.append(
+                CollectionPlan(title=f"Spectra {prefix}", description=_COLLECTION_DESCRIPTIONS[family], items=items)
+            )
+    return collections
+
+
+def build_plan(
+    suite_dir: str | Path,
+    *,
+    org: str,
+    evals: Mapping[str, Mapping[str, float]] | None = None,
+    models: Sequence[str] | None = None,
+) -> PublishPlan:
+    """Plan the publication of a suite directory under `org`, reading only local files.
+
+    Args:
+        suite_dir: directory laid out as `spectra_hf.exports` describes (one export per model, checkpoints inside).
+        org: Hub user or organization the repos go to (e.g. "SpectraSuite").
+        evals: model name -> {metric: value} (keys `task` or `task/metric`, as `spectra_hf.evaluation` writes);
+            shown in the cards and their model-index.
+        models: restrict the plan to these model names (default: all 54 of the registry). Models left out are not
+            reported as missing.
+
+    Returns:
+        The plan; `plan.missing` lists every absent or incomplete export and checkpoint.
+    """
+    suite_dir = Path(suite_dir)
+    if not suite_dir.is_dir():
+        raise SpectraError(f"suite directory {suite_dir} does not exist: export the models there first")
+    registry = all_models()
+    known = {m.name for m in registry}
+    unknown = sorted(set(models or ()) - known) + sorted(set(evals or {}) - known)
+    if unknown:
+        raise SpectraError(f"not suite model names: {', '.join(unknown)} (run `spectra-hf suite` for the list)")
+    selected = [m for m in registry if models is None or m.name in models]
+    for model in selected:
+        check_repo_id(f"{org}/{model.name}")
+    missing: list[str] = []
+    repos = []
+    for model in selected:
+        repo = _model_repo(suite_dir, model, org=org, evals=(evals or {}).get(model.name), missing=missing)
+        if repo is not None:
+            repos.append(repo)
+    return PublishPlan(
+        org=org, suite_dir=suite_dir, repos=repos, collections=_collections(org, repos), missing=missing
+    )
