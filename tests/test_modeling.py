@@ -193,3 +193,15 @@ def test_registration_is_exported() -> None:
     assert {"trilm", "floatlm"} <= set(spectra_hf.__all__) | {"trilm", "floatlm"}
     assert AutoConfig.for_model("trilm").__class__ is TriLMConfig
     assert spectra_hf.SpectraTrainer.__name__ == "SpectraTrainer"
+
+
+def test_gradient_checkpointing_gives_the_same_gradients() -> None:
+    model = tiny("TriLM_1.1B").train()
+    ids = torch.randint(0, model.config.vocab_size, (2, 16))
+    model(ids, labels=ids).loss.backward()
+    plain = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model.gradient_checkpointing_enable()
+    model(ids, labels=ids).loss.backward()
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param.grad, plain[name], rtol=1e-5, atol=1e-6, msg=name)
