@@ -59,6 +59,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=8192, help="tokens per training step")
     parser.add_argument("--seq", type=int, default=1024)
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved repetitions per family (median)")
     parser.add_argument("--dtype", choices=("fp32", "bf16-autocast"), default="fp32")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -69,19 +70,20 @@ def main() -> None:
         return
 
     print(f"training step, {args.tokens} tokens, {args.layers} layers at each size's widths, vocab {args.vocab}, "
-          f"{args.dtype}, median of {args.steps} steps")
+          f"{args.dtype}, median of {args.steps} steps x {args.rounds} interleaved rounds")
     header = f"{'size':>6} {'FloatLM s':>10} {'TriLM s':>9} {'time ratio':>10} {'FloatLM MiB':>12} {'TriLM MiB':>10} {'mem ratio':>9}"
     print(header)
     print("-" * len(header))
     for size in args.sizes:
-        row = {}
-        for family in ("FloatLM", "TriLM"):
-            child = [sys.executable, __file__, "--child", f"{family}_{size}", "--layers", str(args.layers),
-                     "--vocab", str(args.vocab), "--tokens", str(args.tokens), "--seq", str(args.seq),
-                     "--steps", str(args.steps), "--dtype", args.dtype]
-            out = subprocess.run(child, capture_output=True, text=True, check=True).stdout
-            row[family] = json.loads(out.strip().splitlines()[-1])
-        f, t = row["FloatLM"], row["TriLM"]
+        runs: dict[str, list[dict]] = {"FloatLM": [], "TriLM": []}
+        for _ in range(args.rounds):  # interleaved, so load changes on a shared machine hit both families alike
+            for family in runs:
+                child = [sys.executable, __file__, "--child", f"{family}_{size}", "--layers", str(args.layers),
+                         "--vocab", str(args.vocab), "--tokens", str(args.tokens), "--seq", str(args.seq),
+                         "--steps", str(args.steps), "--dtype", args.dtype]
+                out = subprocess.run(child, capture_output=True, text=True, check=True).stdout
+                runs[family].append(json.loads(out.strip().splitlines()[-1]))
+        f, t = ({key: statistics.median(r[key] for r in runs[family]) for key in runs[family][0]} for family in runs)
         print(f"{size:>6} {f['step_s']:>10.3f} {t['step_s']:>9.3f} {t['step_s'] / f['step_s']:>10.3f} "
               f"{f['peak_rss_mib']:>12.0f} {t['peak_rss_mib']:>10.0f} {t['peak_rss_mib'] / f['peak_rss_mib']:>9.3f}")
 
