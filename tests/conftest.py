@@ -3,8 +3,23 @@
 from __future__ import annotations
 
 import os
+import socket
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# Hub traffic in tests goes to the project's local Hub (spectra_hf.localhub), never to huggingface.co.
+# huggingface_hub reads these once, when it is first imported (spectra_hf imports transformers, which imports it),
+# so they are set before the imports below; the `local_hub` fixture serves on this port.
+LOCAL_HUB_PORT = _free_port()
+os.environ["HF_ENDPOINT"] = f"http://127.0.0.1:{LOCAL_HUB_PORT}"
+os.environ["HF_HUB_DISABLE_XET"] = "1"  # hf_xet is installed; the local Hub speaks the plain LFS protocol
 
 import pytest
 import torch
@@ -32,3 +47,18 @@ def corpus_files(tmp_path_factory, corpus_texts):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def local_hub(tmp_path_factory):
+    """The local Hub HF_ENDPOINT points at: plain `HfApi()`, `hf_hub_download` and `from_pretrained` reach it.
+
+    Shared by the whole session: use repo ids of your own, and run fault injection on a LocalHub of your own.
+    """
+    from huggingface_hub import constants
+
+    from spectra_hf.localhub import LocalHub
+
+    assert constants.ENDPOINT == os.environ["HF_ENDPOINT"], "huggingface_hub was imported before conftest set HF_ENDPOINT"
+    with LocalHub(tmp_path_factory.mktemp("local-hub"), port=LOCAL_HUB_PORT) as hub:
+        yield hub
