@@ -175,6 +175,10 @@ class Checkpoint:
     def stored_shape(self, name: str) -> tuple[int, ...]:
         return tuple(self._open(self._file_of[name]).get_slice(name).get_shape())
 
+    def stored_dtype(self, name: str) -> str:
+        """The safetensors dtype string of a stored tensor ("F16", "U8", ...)."""
+        return self._open(self._file_of[name]).get_slice(name).get_dtype()
+
     def names(self) -> list[str]:
         """Llama-vocabulary names of the weights (packed pairs appear once, as `P.weight`), in file order."""
         names = []

@@ -1,0 +1,92 @@
+"""What a checkpoint directory holds: family, suite size, storage format, parameters and ternary statistics.
+
+Reads config.json and safetensors headers; only the ternary statistics read tensor data (one tensor at a time).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from .checkpoint_io import Checkpoint, Ternary
+from .suite import SIZES, FAMILY_PREFIX
+
+
+def suite_size(config: dict[str, Any]) -> str | None:
+    """The registry size whose architecture (hidden, intermediate, heads, layers) matches `config`, else None."""
+    for size, spec in SIZES.items():
+        if (spec.hidden_size, spec.intermediate_size, spec.num_attention_heads, spec.num_hidden_layers) == (
+            config.get("hidden_size"),
+            config.get("intermediate_size"),
+            config.get("num_attention_heads"),
+            config.get("num_hidden_layers"),
+        ):
+            return size
+    return None
+
+
+def describe_checkpoint(path: str | os.PathLike, *, stats: bool = True, progress: bool = False) -> dict[str, Any]:
+    """A summary of the checkpoint at `path` (raises SpectraError if it is missing, corrupt or not a Spectra model).
+
+    Keys: path, family, size (registry size or None), name (suite name or None), format ("latent", "packed",
+    "unpacked release", "float"), resumable (latent TriLM), pretraining_model_parallel, params (logical parameter
+    count), weight_bytes (on disk), ternary_params and ternary_bits_per_weight (TriLM), and with `stats` for a TriLM:
+    zero_fraction, plus_fraction, minus_fraction, scale_min, scale_max over all ternary matrices.
+    """
+    source = Checkpoint(path)
+    size = suite_size(source.config)
+    names = source.names()
+    shapes = {name: source.shape(name) for name in names}
+    ternary_names = [name for name in names if source.is_ternary(name)]
+    info: dict[str, Any] = {
+        "path": str(source.path),
+        "family": source.family,
+        "size": size,
+        "name": f"{FAMILY_PREFIX[source.family]}_{size}" if size else None,
+        "format": source.format,
+        "resumable": source.kind == "trilm-latent",
+        "params": sum(_numel(shape) for shape in shapes.values()),
+        "weight_bytes": sum(file.stat().st_size for file in source.files),
+    }
+    if source.family != "trilm":
+        return info
+    ternary_params = sum(_numel(shapes[name]) for name in ternary_names)
+    stored = [n for n in source.tensor_names() if n.endswith((".weight_packed", ".weight_scale"))] or ternary_names
+    stored_bytes = sum(_numel(source.stored_shape(n)) * _itemsize(source, n) for n in stored)
+    info.update(
+        pretraining_model_parallel=source.shards,
+        ternary_params=ternary_params,
+        ternary_bits_per_weight=8 * stored_bytes / ternary_params if ternary_params else None,
+    )
+    if stats and ternary_names:
+        counts = {-1: 0, 0: 0, 1: 0}
+        scale_min, scale_max = float("inf"), float("-inf")
+        for name in tqdm(ternary_names, desc="ternary stats", unit="tensor", disable=not progress):
+            weight = source.weight(name)
+            assert isinstance(weight, Ternary)
+            for digit in counts:
+                counts[digit] += int((weight.digits == digit).sum())
+            scale_min = min(scale_min, float(weight.scales.min()))
+            scale_max = max(scale_max, float(weight.scales.max()))
+        info.update(
+            zero_fraction=counts[0] / ternary_params,
+            plus_fraction=counts[1] / ternary_params,
+            minus_fraction=counts[-1] / ternary_params,
+            scale_min=scale_min,
+            scale_max=scale_max,
+        )
+    return info
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    total = 1
+    for size in shape:
+        total *= size
+    return total
+
+
+def _itemsize(source: Checkpoint, name: str) -> int:
+    dtype = source.stored_dtype(name)
+    return {"U8": 1, "I8": 1, "BOOL": 1, "F16": 2, "BF16": 2, "I16": 2, "F32": 4, "I32": 4, "F64": 8, "I64": 8}[dtype]

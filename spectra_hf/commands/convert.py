@@ -1,0 +1,47 @@
+"""`spectra-hf convert SRC OUT`: between the original release, packed / latent TriLM, FloatLM, Llama and GGUF."""
+
+from __future__ import annotations
+
+import argparse
+
+TARGET_HELP = (
+    "packed: TriLM release format (1.6 bits per ternary weight; default for an original TriLM_*_Unpacked "
+    "checkpoint); unpacked: the original release format (plain LlamaForCausalLM, fp16); floatlm: a FloatLM from a "
+    "Llama checkpoint; gguf-tq1_0 / gguf-tq2_0 / gguf-f16: one GGUF file for llama.cpp"
+)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "convert",
+        help="convert between release (Llama fp16), packed/latent TriLM, FloatLM and GGUF",
+        description=(
+            "Convert a checkpoint directory, streaming tensor by tensor (bounded memory, sharded safetensors in "
+            "and out). Ternary weights are recovered exactly from an original release and verified: a tensor that "
+            "is not g_s * {-1, 0, +1} on the shards of pretraining_model_parallel is refused by name."
+        ),
+    )
+    parser.add_argument("src", help="checkpoint directory (config.json + *.safetensors)")
+    parser.add_argument("out", help="output directory, or a .gguf file for gguf targets")
+    parser.add_argument(
+        "--to", choices=("packed", "unpacked", "floatlm", "gguf-tq1_0", "gguf-tq2_0", "gguf-f16"), help=TARGET_HELP
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=("float16", "bfloat16", "float32"),
+        help="dtype of written float tensors (default: float16 for unpacked, else the source's)",
+    )
+    parser.add_argument(
+        "--max-shard-size", type=float, default=2.0, metavar="GB", help="largest safetensors shard in GiB (default 2)"
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from spectra_hf.convert import convert_checkpoint
+
+    out = convert_checkpoint(
+        args.src, args.out, to=args.to, dtype=args.dtype, max_shard_bytes=int(args.max_shard_size * (1 << 30))
+    )
+    print(f"wrote {out}")
+    return 0
