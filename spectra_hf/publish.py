@@ -314,15 +314,23 @@ def publish(
     if not plan.repos:
         raise SpectraError(f"nothing to publish: no complete model export in {plan.suite_dir}")
     endpoint = (endpoint or constants.ENDPOINT).rstrip("/")
-    api = HfApi(endpoint=endpoint, token=token)
     secret = token or get_token()
+    if secret is None and not is_local_endpoint(endpoint):
+        raise SpectraError(
+            f"no Hub token found for {endpoint}: set HF_TOKEN, run `hf auth login`, or pass --token "
+            "(or publish to a local Hub: see `spectra-hf publish --help`)"
+        )
+    api = HfApi(endpoint=endpoint, token=token)
     publisher = Publisher(plan, api=api, limits=limits or HubLimits(), progress=progress)
     started = time.perf_counter()
     doing = f"contacting {endpoint}"
     try:
         with _plain_lfs_uploads(is_local_endpoint(endpoint)), _quiet_uploads(not progress):
+            # One unretried call first: an unreachable endpoint or a refused token fails here, before any write.
             if secret:
-                publisher.pacer.call(api.whoami)
+                api.whoami()
+            else:
+                api.repo_exists(plan.repos[0].repo_id)
             for repo in tqdm(plan.repos, desc="publish", unit="repo", disable=not progress):
                 doing = f"publishing {repo.repo_id}"
                 publisher.publish_repo(repo, private=private)

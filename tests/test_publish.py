@@ -1,0 +1,277 @@
+"""Publishing the suite against the project's local Hub with the real huggingface_hub client and transformers.
+
+The stand-in suite has the 54 suite names with tiny models (each export with its own random weights) and two
+checkpoint branches per TriLM and FloatLM: 54 repos, 90 branches.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from huggingface_hub import HfApi, ModelCard, hf_hub_download
+from safetensors.torch import load_file
+
+import spectra_hf  # noqa: F401  (registers trilm / floatlm with the Auto classes)
+from spectra_hf.cli import main as cli_main
+from spectra_hf.errors import SpectraError
+from spectra_hf.exports import checkpoint_dir, model_dir
+from spectra_hf.localhub import LocalHub
+from spectra_hf.publish import publish
+from spectra_hf.publish_pacing import HubLimits, Pacer
+from spectra_hf.publish_plan import build_plan
+from spectra_hf.publish_standin import build_standin_suite
+from spectra_hf.suite import all_models, get_model
+
+ORG = "standin"
+STEPS = (100, 200)
+FAST = HubLimits.unlimited()
+SAMPLE = ("TriLM_3.9B", "FloatLM_99M", "QuantLM_1.1B_4bit")  # 6 scale shards, float, quantized
+
+
+@pytest.fixture(scope="module")
+def suite_dir(tmp_path_factory, tokenizer) -> Path:
+    return build_standin_suite(tmp_path_factory.mktemp("suite"), steps=STEPS, tokenizer=tokenizer)
+
+
+@pytest.fixture(scope="module")
+def published(suite_dir, local_hub):
+    """The whole stand-in suite published to the session's local Hub (which HF_ENDPOINT points at)."""
+    plan = build_plan(suite_dir, org=ORG)
+    report = publish(plan, endpoint=local_hub.url, limits=FAST, progress=False)
+    return plan, report
+
+
+def _commits(hub: LocalHub, org: str) -> dict[str, int]:
+    return {repo: n for repo, n in hub.stats["commits"].items() if repo.startswith(f"{org}/")}
+
+
+def _small_suite(root: Path, tokenizer, models: tuple[str, ...]) -> Path:
+    return build_standin_suite(root, steps=STEPS, tokenizer=tokenizer, models=list(models))
+
+
+def test_full_suite_creates_every_repo_branch_and_collection(published, local_hub):
+    plan, report = published
+    assert plan.complete and len(plan.repos) == 54 and report.verified
+    assert {r.repo_id for r in plan.repos} == {f"{ORG}/{m.name}" for m in all_models()}
+    api = HfApi()
+    commits = _commits(local_hub, ORG)
+    for repo in plan.repos:
+        branches = {b.name for b in api.list_repo_refs(repo.repo_id).branches}
+        expected = {"main"} | ({f"step{s}" for s in STEPS} if repo.model.family != "quantlm" else set())
+        assert branches == expected, repo.repo_id
+        assert commits[repo.repo_id] == len(expected)  # exactly one commit per branch
+    assert report.commits == sum(len(r.branches) for r in plan.repos) == 90
+    collections = {c.title: c for c in api.list_collections(owner=ORG)}
+    for family, count in (("TriLM", 9), ("FloatLM", 9), ("QuantLM", 36)):
+        items = {i.item_id for i in api.get_collection(collections[f"Spectra {family}"].slug).items}
+        assert len(items) == count and all(i.startswith(f"{ORG}/{family}_") for i in items)
+
+
+@pytest.mark.parametrize("name", SAMPLE)
+def test_branches_read_back_with_identical_weights(published, suite_dir, tmp_path, name):
+    from transformers import AutoModelForCausalLM
+
+    repo_id = f"{ORG}/{name}"
+    revisions = [None] if name.startswith("QuantLM") else [None, *(f"step{s}" for s in STEPS)]
+    for revision in revisions:
+        local = model_dir(suite_dir, name) if revision is None else checkpoint_dir(suite_dir, name, int(revision[4:]))
+        downloaded = hf_hub_download(repo_id, "model.safetensors", revision=revision, cache_dir=tmp_path)
+        assert Path(downloaded).read_bytes() == (local / "model.safetensors").read_bytes()
+        model = AutoModelForCausalLM.from_pretrained(repo_id, revision=revision, cache_dir=tmp_path)
+        state = model.state_dict()
+        expected = load_file(local / "model.safetensors")
+        assert set(expected) <= set(state)
+        for key, tensor in expected.items():
+            assert torch.equal(state[key], tensor), (repo_id, revision, key)
+    if len(revisions) > 1:
+        listing = json.loads(Path(hf_hub_download(repo_id, "revisions.json", cache_dir=tmp_path)).read_text())
+        batch = get_model(name).batch_tokens
+        assert [(r["branch"], r["step"], r["tokens_seen"]) for r in listing["revisions"]] == [
+            (f"step{s}", s, s * batch) for s in STEPS
+        ]
+
+
+def test_every_card_parses_with_its_metadata(published, tmp_path):
+    plan, _ = published
+    for repo in plan.repos:
+        for branch in repo.branches:
+            card = ModelCard.load(hf_hub_download(repo.repo_id, "README.md", revision=branch.name, cache_dir=tmp_path))
+            data = card.data.to_dict()
+            assert data["license"] == "apache-2.0" and data["library_name"] == "transformers", repo.repo_id
+            assert data["pipeline_tag"] == "text-generation" and data["datasets"] == ["cerebras/SlimPajama-627B"]
+            assert repo.model.family in data["tags"]
+            if repo.model.family == "quantlm":
+                assert data["base_model"] == f"{ORG}/FloatLM_{repo.model.size}"
+                assert data["base_model_relation"] == "quantized"
+            else:
+                assert "base_model" not in data
+            if branch.name == "main":
+                for other in repo.branches[1:]:
+                    assert f"`{other.name}`" in card.text
+
+
+def _python_blocks(text: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
+
+
+def test_card_quickstart_code_runs_with_and_without_spectra_hf(published, tmp_path):
+    """Each card's python blocks run as written in a fresh interpreter pointed at the local Hub."""
+    plan, _ = published
+    cards = []
+    for name in ("TriLM_1.1B", "FloatLM_99M", "QuantLM_99M_4bit"):
+        repo = next(r for r in plan.repos if r.model.name == name)
+        for branch in repo.branches[:2]:
+            card = next(f.content for f in branch.files if f.path_in_repo == "README.md").decode()
+            cards.append(card)
+    blocks = [b for card in cards for b in _python_blocks(card)]
+    remote = [b for b in blocks if "import spectra_hf" not in b]
+    native = [b for b in blocks if "import spectra_hf" in b]
+    assert remote and native and all("trust_remote_code=True" in b for b in remote)
+    script = (
+        "import sys\n"
+        f"for block in {remote!r}:\n    exec(compile(block, 'card', 'exec'), {{}})\n"
+        "assert not any(m.startswith('spectra_hf') for m in sys.modules), 'remote code path imported spectra_hf'\n"
+        f"for block in {native!r}:\n    exec(compile(block, 'card', 'exec'), {{}})\n"
+        "print('CARDS OK')\n"
+    )
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "cache"), "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "CARDS OK" in run.stdout
+
+
+def test_second_run_makes_no_commits(published, local_hub):
+    plan, _ = published
+    before = _commits(local_hub, ORG)
+    report = publish(plan, endpoint=local_hub.url, limits=FAST, progress=False, verify=False)
+    assert report.commits == report.repos_created == report.branches_created == report.collection_items_added == 0
+    assert report.repos == 54 and report.branches == 90
+    assert _commits(local_hub, ORG) == before
+
+
+def test_killed_run_resumes_to_a_complete_suite(tmp_path, tokenizer):
+    models = ("TriLM_99M", "FloatLM_99M", "TriLM_3.9B")
+    suite = _small_suite(tmp_path / "suite", tokenizer, models)
+    plan = build_plan(suite, org="crash", models=list(models))
+    with LocalHub(tmp_path / "hub") as hub:
+        command = [sys.executable, "-m", "spectra_hf.cli", "publish", str(suite), "--org", "crash",
+                   "--endpoint", hub.url, "--models", *models, "--no-progress", "--no-verify"]
+        child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while sum(_commits(hub, "crash").values()) < 3 and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        killed_after = sum(_commits(hub, "crash").values())
+        assert 3 <= killed_after < 9, "the child should die midway"
+        report = publish(plan, endpoint=hub.url, limits=FAST, progress=False)
+        assert report.verified
+        # Branches the killed run finished are not committed again; the rest are committed once.
+        assert killed_after + report.commits == 9
+        assert all(n == 3 for n in _commits(hub, "crash").values())
+
+
+def test_stale_branch_is_repaired(tmp_path, tokenizer):
+    from huggingface_hub import CommitOperationAdd
+
+    suite = _small_suite(tmp_path / "suite", tokenizer, ("FloatLM_99M",))
+    plan = build_plan(suite, org="stale", models=["FloatLM_99M"])
+    with LocalHub(tmp_path / "hub") as hub:
+        api = HfApi(endpoint=hub.url)
+        api.create_repo("stale/FloatLM_99M")
+        api.create_branch("stale/FloatLM_99M", branch="step100")
+        api.create_commit("stale/FloatLM_99M", [CommitOperationAdd("junk.bin", b"\0junk")], commit_message="half", revision="step100")
+        report = publish(plan, endpoint=hub.url, limits=FAST, progress=False)
+        assert report.verified and report.files_deleted >= 1
+        files = set(api.list_repo_files("stale/FloatLM_99M", revision="step100"))
+        assert "junk.bin" not in files and "model.safetensors" in files
+
+
+def test_429_with_retry_after_on_branches_and_commits_still_completes(tmp_path, tokenizer):
+    suite = _small_suite(tmp_path / "suite", tokenizer, ("TriLM_1.1B",))
+    plan = build_plan(suite, org="busy", models=["TriLM_1.1B"])
+    with LocalHub(tmp_path / "hub") as hub:
+        for kind in ("create_repo", "branch", "commit"):
+            hub.inject(kind, 429, every=2, retry_after=1)  # every operation is refused once, then accepted
+        report = publish(plan, endpoint=hub.url, limits=HubLimits.unlimited(), progress=False)
+        faults = hub.stats["faults"]
+        assert faults["branch"] == 2 and faults["commit"] == 3 and faults["create_repo"] == 1
+        assert report.verified and report.commits == 3 and _commits(hub, "busy") == {"busy/TriLM_1.1B": 3}
+        assert report.retries == 6 and report.waited_s >= 6  # each retry waited the server's Retry-After
+
+
+def test_pacer_keeps_commits_and_requests_under_the_quotas():
+    now = [0.0]
+    slept = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    pacer = Pacer(HubLimits(commits_per_hour=2, requests_per_window=3, window_s=300), sleep=sleep, clock=lambda: now[0])
+    pacer.call(lambda: None, repo="a/b", commits=1)
+    pacer.call(lambda: None, repo="a/b", commits=1)
+    pacer.call(lambda: None, repo="a/c", commits=1)  # another repo has its own commit quota
+    assert slept == []
+    pacer.call(lambda: None)  # a 4th request within 300 s waits for the window to roll over
+    assert slept == [300.0]
+    pacer.call(lambda: None, repo="a/b", commits=1)  # a 3rd commit to a/b within the hour waits for it
+    assert slept == [300.0, 3300.0] and now[0] == 3600.0
+
+
+def test_missing_model_or_checkpoint_is_refused_before_any_request(tmp_path, tokenizer):
+    suite = _small_suite(tmp_path / "suite", tokenizer, ("TriLM_99M", "FloatLM_99M"))
+    (checkpoint_dir(suite, "TriLM_99M", 100) / "model.safetensors").unlink()
+    plan = build_plan(suite, org="gaps")
+    assert any(m.startswith("TriLM_190M:") and "is missing" in m for m in plan.missing)
+    assert any(m.startswith("TriLM_99M checkpoint step100:") and "no *.safetensors" in m for m in plan.missing)
+    with LocalHub(tmp_path / "hub") as hub:
+        with pytest.raises(SpectraError, match="incomplete, nothing was published.*--allow-partial"):
+            publish(plan, endpoint=hub.url, limits=FAST, progress=False)
+        assert hub.stats["total_requests"] == 0
+        report = publish(plan, endpoint=hub.url, limits=FAST, progress=False, allow_partial=True)
+        assert report.verified and report.repos == 2
+        api = HfApi(endpoint=hub.url)
+        assert {b.name for b in api.list_repo_refs("gaps/TriLM_99M").branches} == {"main", "step200"}
+    assert cli_main(["publish", str(suite), "--org", "gaps", "--endpoint", "http://127.0.0.1:9"]) == 2
+
+
+@pytest.mark.parametrize("org", ["bad org", "-leading", "double--dash", "x" * 100])
+def test_invalid_org_is_refused(suite_dir, org):
+    with pytest.raises(SpectraError, match="invalid Hub"):
+        build_plan(suite_dir, org=org, models=["TriLM_99M"])
+
+
+def test_bad_token_is_refused_without_echoing_it(tmp_path, tokenizer):
+    suite = _small_suite(tmp_path / "suite", tokenizer, ("QuantLM_99M_3bit",))
+    plan = build_plan(suite, org="locked", models=["QuantLM_99M_3bit"])
+    secret = "hf_wrongTOKEN1234567890"
+    with LocalHub(tmp_path / "hub", token="hf_rightTOKEN") as hub:
+        with pytest.raises(SpectraError, match="refused the token") as error:
+            publish(plan, endpoint=hub.url, token=secret, limits=FAST, progress=False)
+        assert secret not in str(error.value) and error.value.__cause__ is None
+        assert not HfApi(endpoint=hub.url, token="hf_rightTOKEN").repo_exists("locked/QuantLM_99M_3bit")
+
+
+def test_unreachable_endpoint_is_a_clear_error(suite_dir, capsys):
+    plan = build_plan(suite_dir, org=ORG, models=["QuantLM_99M_3bit"])
+    with pytest.raises(SpectraError, match="cannot reach the Hub at http://127.0.0.1:9 .*hub serve"):
+        publish(plan, endpoint="http://127.0.0.1:9", limits=FAST, progress=False)
+
+
+def test_dry_run_prints_the_plan_without_network(suite_dir, capsys):
+    assert cli_main(["publish", str(suite_dir), "--org", ORG, "--dry-run", "--endpoint", "http://127.0.0.1:9"]) == 0
+    out = capsys.readouterr().out
+    assert "total: 54 repos, 90 branches, 90 commits at most" in out and f"{ORG}/TriLM_3.9B" in out
+    assert cli_main(["publish", str(suite_dir), "--org", ORG, "--dry-run", "--json", "--models", "TriLM_99M"]) == 0
+    totals = json.loads(capsys.readouterr().out)["totals"]
+    assert totals["repos"] == 1 and totals["branches"] == 3 and totals["bytes"] > 0
