@@ -114,6 +114,23 @@ class _TernaryMatmul(torch.autograd.Function):
         return grad_x, grad_w, None, None
 
 
+class _WeightOnlyMatmul(torch.autograd.Function):
+    """The int8 / int4 kernels with a gradient for the input (the kernels have none), so adapters such as LoRA
+    train on top of a packed model. Backward rebuilds g * T in the gradient's dtype for the one product."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, layer: "TernaryLinear") -> torch.Tensor:
+        ctx.layer = layer
+        return layer._weight_only_matmul(x)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        layer = ctx.layer
+        digits, scales = layer.ternary_weight()
+        weight = digits.to(grad_out.dtype) * expand_scales(scales, digits.shape, layer.shard_dim).to(grad_out.dtype)
+        return grad_out @ weight, None
+
+
 class TernaryLinear(nn.Linear):
     """A linear layer whose weight is ternarized on the fly: `Y = X (g * T)^T` (see the module docstring).
 
@@ -271,6 +288,10 @@ class TernaryLinear(nn.Linear):
             self.prepare_inference(default_inference_path(x.device), x.dtype)
         if self.inference_path == "dense":
             return F.linear(x, self.weight.to(x.dtype))
+        return _WeightOnlyMatmul.apply(x, self)
+
+    def _weight_only_matmul(self, x: torch.Tensor) -> torch.Tensor:
+        """Y = X (g * T)^T through the int8 / int4 kernel: x [..., in] -> [..., out] in x's dtype."""
         flat = x.reshape(-1, self.in_features)
         if self.input_scale is not None:
             flat = flat * self.input_scale

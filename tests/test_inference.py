@@ -1,0 +1,179 @@
+"""Packed TriLM inference: exact reload, the dense/int8/int4 paths against a float64 Llama reference, no latent
+weights after loading, LoRA on ternary layers, and packed checkpoints as remote code."""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from spectra_hf import TernaryLinear, TriLMForCausalLM
+from spectra_hf.suite import config_for
+
+LAYOUT = {"q_proj": 0, "k_proj": 0, "v_proj": 0, "o_proj": 1, "gate_proj": 0, "up_proj": 0, "down_proj": 1}
+
+
+def paper_ternary(weights: list[torch.Tensor], shards: int, dim: int, eps: float = 1e-5) -> list[torch.Tensor]:
+    """g * T by the paper's formula in float64, g = eps + mean|W| per shard over all of `weights` (fused q/k/v)."""
+    chunks = [w.double().chunk(shards, dim=dim) for w in weights]
+    scales = [eps + torch.cat([c[s].abs().flatten() for c in chunks]).mean() for s in range(shards)]
+    return [torch.cat([(c[s] / scales[s]).clamp(-1, 1).round() * scales[s] for s in range(shards)], dim=dim)
+            for c in chunks]
+
+
+def llama_reference(latent: TriLMForCausalLM) -> LlamaForCausalLM:
+    """A float64 LlamaForCausalLM whose linears hold the paper's g * T of `latent`'s latent weights."""
+    config = latent.config
+    shards = config.pretraining_model_parallel
+    keys = {"model_type", "auto_map", "weight_format", "ternary_inference", "ternary_eps", "ternary_fused_qkv_scale"}
+    llama = LlamaForCausalLM(LlamaConfig(**{k: v for k, v in config.to_dict().items() if k not in keys}))
+    state = {k: v.double() for k, v in latent.state_dict().items()}
+    for i in range(config.num_hidden_layers):
+        attn, mlp = f"model.layers.{i}.self_attn", f"model.layers.{i}.mlp"
+        qkv = paper_ternary([state[f"{attn}.{p}.weight"] for p in ("q_proj", "k_proj", "v_proj")], shards, 0)
+        for p, weight in zip(("q_proj", "k_proj", "v_proj"), qkv):
+            state[f"{attn}.{p}.weight"] = weight
+        for prefix, p in ((attn, "o_proj"), (mlp, "gate_proj"), (mlp, "up_proj"), (mlp, "down_proj")):
+            state[f"{prefix}.{p}.weight"] = paper_ternary([state[f"{prefix}.{p}.weight"]], shards, LAYOUT[p])[0]
+    llama.load_state_dict(state)
+    return llama.double().eval()
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """(latent model, its packed checkpoint directory, input ids, float64 reference logits) for a 2-shard TriLM."""
+    torch.manual_seed(0)
+    latent = TriLMForCausalLM(config_for("TriLM_1.1B", tiny=True)).eval()
+    directory = tmp_path_factory.mktemp("packed")
+    latent.save_pretrained(directory, weight_format="packed")
+    ids = torch.randint(0, latent.config.vocab_size, (2, 11))
+    with torch.no_grad():
+        reference = llama_reference(latent)(ids).logits
+    return latent, directory, ids, reference
+
+
+def test_latent_saved_packed_reloads_to_identical_ternary_weights_and_logits(saved, tmp_path) -> None:
+    latent, directory, ids, reference = saved
+    assert latent.config.weight_format == "latent"  # saving packed does not change the model
+    packed = TriLMForCausalLM.from_pretrained(directory, ternary_inference="dense", dtype=torch.float32)
+    assert packed.config.weight_format == "packed"
+    for (name, a), (_, b) in zip(latent.named_modules(), packed.named_modules()):
+        if isinstance(a, TernaryLinear):
+            (digits_a, scales_a), (digits_b, scales_b) = a.ternary_weight(), b.ternary_weight()
+            assert torch.equal(digits_a, digits_b) and torch.equal(scales_a, scales_b), name
+    with torch.no_grad():
+        torch.testing.assert_close(packed(ids).logits, latent(ids).logits, rtol=0, atol=0)
+        torch.testing.assert_close(packed(ids).logits.double(), reference, rtol=1e-5, atol=1e-5)
+    packed.save_pretrained(tmp_path)  # packed again from the resident dense weights
+    again = TriLMForCausalLM.from_pretrained(tmp_path, ternary_inference="dense", dtype=torch.float32)
+    with torch.no_grad():
+        torch.testing.assert_close(again(ids).logits, latent(ids).logits, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("path, weight_dtype, bytes_per_weight", [("int8", torch.int8, 1), ("int4", torch.uint8, 0.5)])
+def test_weight_only_paths_match_the_reference_and_stay_small(saved, path, weight_dtype, bytes_per_weight) -> None:
+    latent, directory, ids, reference = saved
+    model = TriLMForCausalLM.from_pretrained(directory, ternary_inference=path, dtype=torch.float32)
+    for module in model.modules():
+        if isinstance(module, TernaryLinear):
+            assert module.inference_path == path and module.weight_packed is None
+            assert module.weight.dtype == weight_dtype
+            assert module.weight.numel() * module.weight.element_size() == module.in_features * module.out_features * bytes_per_weight
+    with torch.no_grad():
+        logits = model(ids).logits.double()
+    # the kernels run in bfloat16: compare at bfloat16 precision, relative to the logits' scale
+    torch.testing.assert_close(logits, reference, rtol=0, atol=2e-2 * reference.abs().max().item())
+
+
+def test_auto_path_and_switching_paths(saved) -> None:
+    _, directory, ids, _ = saved
+    model = TriLMForCausalLM.from_pretrained(directory)
+    assert model.config.ternary_inference == "auto"
+    assert {m.inference_path for m in model.modules() if isinstance(m, TernaryLinear)} == {"int8"}  # CPU default
+    with torch.no_grad():
+        int8 = model(ids).logits
+        assert model.prepare_ternary_inference("int4") == "int4"
+        torch.testing.assert_close(model(ids).logits, int8, rtol=0, atol=1e-2 * int8.abs().max().item())
+    with pytest.raises(ValueError, match="unknown ternary inference path"):
+        TriLMForCausalLM.from_pretrained(directory, ternary_inference="int3")
+
+
+def test_packed_model_cannot_be_saved_latent(saved, tmp_path) -> None:
+    _, directory, _, _ = saved
+    model = TriLMForCausalLM.from_pretrained(directory)
+    with pytest.raises(ValueError, match="latent weights do not exist"):
+        model.save_pretrained(tmp_path, weight_format="latent")
+
+
+def test_in_place_packing_keeps_logits(saved) -> None:
+    latent, _, ids, _ = saved
+    model = TriLMForCausalLM(copy.deepcopy(latent.config))
+    model.load_state_dict(latent.state_dict())
+    model.eval().pack_ternary_weights()
+    assert not any(p.is_floating_point() and p.ndim == 2 and ".layers." in n for n, p in model.named_parameters())
+    with torch.no_grad():
+        model.prepare_ternary_inference("dense")
+        torch.testing.assert_close(model(ids).logits, latent(ids).logits, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("path", ["latent", "dense", "int8"])
+def test_lora_wraps_ternary_layers(saved, path) -> None:
+    latent, directory, ids, _ = saved
+    if path == "latent":
+        model = TriLMForCausalLM(copy.deepcopy(latent.config))
+        model.load_state_dict(latent.state_dict())
+    else:
+        model = TriLMForCausalLM.from_pretrained(directory, ternary_inference=path)
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"]))
+    wrapped = [m for m in peft_model.modules() if type(m).__name__ == "Linear" and hasattr(m, "base_layer")]
+    assert len(wrapped) == 3 * latent.config.num_hidden_layers
+    assert all(isinstance(m.base_layer, TernaryLinear) for m in wrapped)
+    loss = peft_model(ids, labels=ids).loss
+    loss.backward()
+    lora_grads = [p.grad for n, p in peft_model.named_parameters() if "lora_B" in n]
+    assert lora_grads and all(g is not None and g.abs().sum() > 0 for g in lora_grads)
+
+
+REMOTE_CODE_SCRIPT = textwrap.dedent(
+    """
+    import importlib.abc, sys
+
+    class BlockSpectra(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "spectra_hf" or name.startswith("spectra_hf."):
+                raise ModuleNotFoundError(f"No module named {name!r} (hidden by the test)")
+            return None
+
+    sys.meta_path.insert(0, BlockSpectra())
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(sys.argv[1], trust_remote_code=True, ternary_inference="dense")
+    assert "spectra_hf" not in sys.modules
+    layer = model.model.layers[0].mlp.down_proj
+    assert layer.packed and layer.inference_path == "dense", layer
+    with torch.no_grad():
+        torch.save(model(torch.load(sys.argv[2])).logits, sys.argv[3])
+    """
+)
+
+
+def test_packed_checkpoint_loads_as_remote_code_without_spectra_hf(saved, tmp_path) -> None:
+    latent, directory, ids, _ = saved
+    torch.save(ids, tmp_path / "ids.pt")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HUB_OFFLINE="1")
+    result = subprocess.run(
+        [sys.executable, "-c", REMOTE_CODE_SCRIPT, str(directory), str(tmp_path / "ids.pt"), str(tmp_path / "out.pt")],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    with torch.no_grad():
+        torch.testing.assert_close(torch.load(tmp_path / "out.pt"), latent(ids).logits, rtol=0, atol=0)
