@@ -54,7 +54,7 @@ class ModelArguments:
 @dataclass
 class DataArguments:
     data_files: list[str] | None = field(
-        default=None, metadata={"help": "Local .txt / .json / .jsonl / .parquet files (one document per line/row)."}
+        default=None, metadata={"help": "Local .txt/.json/.jsonl/.parquet/.csv files (a document per line/row); wins over dataset_name."}
     )
     dataset_name: str | None = field(default=None, metadata={"help": "A `datasets` Hub dataset name."})
     dataset_config: str | None = field(default=None, metadata={"help": "The dataset's configuration name."})
@@ -170,7 +170,7 @@ def check_keys(values: Mapping[str, Any], *, where: str) -> None:
     for key in values:
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else "; see `spectra-hf train --help` for the keys"
+            hint = f"; did you mean {close[0]!r}?" if close else "; `spectra-hf train RECIPE --help` lists the keys"
             raise SpectraError(f"unknown key {key!r} in {where}{hint}")
 
 
@@ -221,6 +221,6 @@ def parse_recipe(
     except SystemExit as error:  # argparse already printed the reason
         raise SpectraError(f"invalid recipe value or override (see the message above): {argv}") from error
     if remaining:
-        raise SpectraError(f"unknown override(s) {remaining}; see `spectra-hf train --help` for the keys")
+        raise SpectraError(f"unknown override(s) {remaining}; `spectra-hf train RECIPE --help` lists the keys")
     model_args, data_args, training_args = parsed
     return model_args, data_args, training_args

@@ -33,9 +33,9 @@ def _local_builder(files: list[str]) -> str:
 
 
 def load_text(data_args: DataArguments) -> Dataset | IterableDataset:
-    """The raw documents (a `text_column` column) named by `data_files` or `dataset_name`."""
-    if bool(data_args.data_files) == bool(data_args.dataset_name):
-        raise SpectraError("set exactly one of data_files (local files) and dataset_name (a Hub dataset)")
+    """The raw documents (a `text_column` column) of `data_files`, else of the Hub dataset `dataset_name`."""
+    if not data_args.data_files and not data_args.dataset_name:
+        raise SpectraError("no training data: set data_files (local files) or dataset_name (a Hub dataset)")
     if data_args.data_files:
         builder, kwargs = _local_builder(data_args.data_files), {"data_files": list(data_args.data_files)}
     else:
@@ -53,7 +53,10 @@ def load_text(data_args: DataArguments) -> Dataset | IterableDataset:
 def pack_documents(
     dataset: Dataset | IterableDataset, tokenizer: PreTrainedTokenizerBase, *, text_column: str, block_size: int
 ) -> Dataset | IterableDataset:
-    """Tokenize and pack into rows `{"input_ids": [block_size], "labels": [block_size]}` (labels = inputs)."""
+    """Tokenize and pack into rows `{"input_ids": [block_size], "labels": [block_size]}` (labels = inputs).
+
+    Raises `SpectraError` when a prepared (non-streaming) dataset yields no full block.
+    """
     if tokenizer.eos_token_id is None:
         raise SpectraError("the tokenizer has no eos token: packing needs one to separate documents")
     eos = tokenizer.eos_token_id
@@ -64,17 +67,7 @@ def pack_documents(
         blocks = [stream[i : i + block_size] for i in range(0, len(stream) - block_size + 1, block_size)]
         return {"input_ids": blocks, "labels": [list(block) for block in blocks]}
 
-    remove = dataset.column_names
-    return dataset.map(pack, batched=True, batch_size=1000, remove_columns=remove)
-
-
-def training_dataset(data_args: DataArguments, tokenizer: PreTrainedTokenizerBase) -> Dataset | IterableDataset:
-    """`load_text` then `pack_documents`; raises `SpectraError` when the data yields no full block."""
-    packed = pack_documents(
-        load_text(data_args), tokenizer, text_column=data_args.text_column, block_size=data_args.block_size
-    )
+    packed = dataset.map(pack, batched=True, batch_size=1000, remove_columns=dataset.column_names)
     if isinstance(packed, Dataset) and len(packed) == 0:
-        raise SpectraError(
-            f"the training data holds fewer than block_size={data_args.block_size} tokens: add data or lower block_size"
-        )
+        raise SpectraError(f"the training data holds fewer than block_size={block_size} tokens: add data or lower block_size")
     return packed

@@ -24,7 +24,7 @@ from spectra_hf.exports import model_dir
 from spectra_hf.suite import config_for, get_model
 
 from .arguments import ModelArguments, SpectraTrainingArguments, parse_recipe
-from .data import training_dataset
+from .data import load_text, pack_documents
 from .trainer import SpectraTrainer
 
 
@@ -130,9 +130,13 @@ def train(
     set_gradient_accumulation(args)
     if args.export_name is None:
         args.export_name = model_args.model
+    with args.main_process_first(desc="loading the training data"):
+        documents = load_text(data_args)
     tokenizer = load_tokenizer(model_args.tokenizer)
     with args.main_process_first(desc="tokenizing and packing the training data"):
-        dataset = training_dataset(data_args, tokenizer)
+        dataset = pack_documents(
+            documents, tokenizer, text_column=data_args.text_column, block_size=data_args.block_size
+        )
     set_seed(args.seed)
     model = build_model(model_args, vocab_size=len(tokenizer))
     trainer = SpectraTrainer(
