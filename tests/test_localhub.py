@@ -55,12 +55,15 @@ def _download(hub: LocalHub, filename: str, cache: Path, **kwargs) -> bytes:
     return Path(path).read_bytes()
 
 
-def _raw(hub: LocalHub, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
-    """A request sent exactly as written (no client-side URL normalization): (status, headers, body)."""
+def _raw(hub: LocalHub, method: str, path: str, body=None, headers: dict | None = None):
+    """A request sent exactly as written (no client-side URL normalization): (status, headers, body).
+
+    `body`: bytes, or an iterable of bytes sent with chunked transfer encoding."""
     host, port = hub.url.removeprefix("http://").split(":")
     connection = http.client.HTTPConnection(host, int(port), timeout=10)
     try:
-        connection.request(method, path, body=body, headers=headers or {})
+        chunked = body is not None and not isinstance(body, bytes)
+        connection.request(method, path, body=body, headers=headers or {}, encode_chunked=chunked)
         response = connection.getresponse()
         return response.status, dict(response.getheaders()), response.read()
     finally:
@@ -263,6 +266,21 @@ def test_bad_names_and_path_traversal_are_refused(hub, api):
         api.create_branch(REPO, branch="../escape")
     assert refused.value.response.status_code == 400
     assert not (hub.root.parent / "escape").exists() and not (hub.root.parent / "evil.txt").exists()
+
+
+def test_lfs_upload_urls_are_signed_and_content_is_verified(hub, api):
+    api.create_repo(REPO)
+    data = b"chunked upload"
+    oid = hashlib.sha256(data).hexdigest()
+    batch = {"operation": "upload", "transfers": ["basic"], "objects": [{"oid": oid, "size": len(data)}]}
+    status, _, body = _raw(hub, "POST", f"/{REPO}.git/info/lfs/objects/batch", json.dumps(batch).encode())
+    href = json.loads(body)["objects"][0]["actions"]["upload"]["href"].removeprefix(hub.url)
+    assert status == 200 and "sig=" in href
+    assert _raw(hub, "PUT", href.replace("sig=", "sig=0"), data)[0] == 403
+    assert _raw(hub, "PUT", href, b"other bytes!!!")[0] == 400  # sha256 and size must match the announced ones
+    assert _raw(hub, "PUT", href, iter([data[:7], data[7:]]), {"Transfer-Encoding": "chunked"})[0] == 200
+    status, _, body = _raw(hub, "POST", f"/{REPO}.git/info/lfs/objects/batch", json.dumps(batch).encode())
+    assert "actions" not in json.loads(body)["objects"][0]  # stored now: nothing left to upload
 
 
 def test_injected_429_and_5xx_are_retried_where_the_client_retries(hub, api):

@@ -94,4 +94,6 @@ class Response:
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(status, json.dumps(data).encode(), {"Content-Type": "application/json", **(headers or {})})
+    # default=str: card metadata may hold YAML dates, which JSON has no type for.
+    body = json.dumps(data, default=str).encode()
+    return Response(status, body, {"Content-Type": "application/json", **(headers or {})})
