@@ -154,7 +154,6 @@ class LocalHub:
             tree_page_size=tree_page_size,
             upload_secret=os.urandom(32),
         )
-        self.store = context.store
         self._server = _Server((host, port), Dispatcher(context, self._faults, token, log), log)
         self._thread: threading.Thread | None = None
 
