@@ -9,6 +9,10 @@ Built from the suite registry and the suite directory (layout in `spectra_hf.exp
 
 A plan also says what is missing from the suite directory; publishing refuses an incomplete plan unless the user
 asks for a partial publish explicitly.
+
+Why a sibling repo for the unpacked TriLM and not a branch: `SpectraSuite/TriLM_<size>_Unpacked` is the name users
+already load with stock transformers, a repo holds one model_type (trilm packed vs llama) so `from_pretrained`
+needs no `revision=` to pick a format, and `revision=` keeps meaning one thing: the training step.
 """
 
 from __future__ import annotations
@@ -17,7 +21,6 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from .cards import REVISIONS_FILE, Revision, render_checkpoint_card, render_model_card
 from .errors import SpectraError
@@ -33,6 +36,9 @@ from .exports import (
 from .suite import FAMILY_PREFIX, SuiteModel, all_models
 
 CARD_FILE = "README.md"
+UNPACKED_SUFFIX = "_Unpacked"
+STAGING_DIR = ".publish-staging"  # inside the suite directory: converted exports (unpacked TriLM), reused across runs
+_STAMP_FILE = ".source-stamp.json"
 # Files of an export directory that are not published: local bookkeeping and the card we render ourselves.
 _NOT_PUBLISHED = {EXPORT_INFO_FILE, CARD_FILE}
 _WEIGHT_SUFFIX = ".safetensors"
@@ -275,6 +281,52 @@ def _model_repo(
     return RepoPlan(repo_id=repo_id, model=model, variant="release", branches=[main, *branches])
 
 
+def _source_stamp(directory: Path) -> dict[str, list[int]]:
+    """Size and mtime of every file of an export: a staged conversion is reused while this is unchanged."""
+    return {
+        p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(directory.iterdir()) if p.is_file()
+    }
+
+
+def stage_unpacked(source: Path, staged: Path) -> bool:
+    """Convert the TriLM export `source` to the release format (plain fp16 Llama) at `staged`, unless already done.
+
+    Returns True when it converted. The stamp is written last, so an interrupted conversion is redone.
+    """
+    from .convert import convert_checkpoint
+
+    stamp = staged / _STAMP_FILE
+    expected = _source_stamp(source)
+    if stamp.is_file() and json.loads(stamp.read_text(encoding="utf-8")) == expected:
+        return False
+    convert_checkpoint(source, staged, to="unpacked", progress=False)
+    stamp.write_text(json.dumps(expected, sort_keys=True), encoding="utf-8")
+    return True
+
+
+def _unpacked_repo(suite_dir: Path, release: RepoPlan, *, org: str, staging_dir: Path) -> RepoPlan:
+    model = release.model
+    repo_name = f"{model.name}{UNPACKED_SUFFIX}"
+    staged = staging_dir / repo_name
+    stage_unpacked(model_dir(suite_dir, model.name), staged)
+    files = export_files(staged)
+    config = json.loads((staged / "config.json").read_text(encoding="utf-8"))
+    card = render_model_card(
+        model=model,
+        org=org,
+        config=config,
+        variant="unpacked",
+        has_tokenizer=any(name in files for name in _TOKENIZER_FILES),
+    )
+    main = BranchPlan(
+        name="main",
+        files=[_file(p, local) for p, local in files.items()] + [_generated(CARD_FILE, card)],
+        step=release.branches[0].step,
+        tokens_seen=release.branches[0].tokens_seen,
+    )
+    return RepoPlan(repo_id=f"{org}/{repo_name}", model=model, variant="unpacked", branches=[main])
+
+
 def _collections(org: str, repos: Sequence[RepoPlan]) -> list[CollectionPlan]:
     collections = []
     for family, prefix in FAMILY_PREFIX.items():
@@ -292,8 +344,10 @@ def build_plan(
     org: str,
     evals: Mapping[str, Mapping[str, float]] | None = None,
     models: Sequence[str] | None = None,
+    unpacked: bool = True,
+    staging_dir: str | Path | None = None,
 ) -> PublishPlan:
-    """Plan the publication of a suite directory under `org`, reading only local files.
+    """Plan the publication of a suite directory under `org`, without any network.
 
     Args:
         suite_dir: directory laid out as `spectra_hf.exports` describes (one export per model, checkpoints inside).
@@ -302,6 +356,9 @@ def build_plan(
             shown in the cards and their model-index.
         models: restrict the plan to these model names (default: all 54 of the registry). Models left out are not
             reported as missing.
+        unpacked: also plan `<org>/TriLM_<size>_Unpacked` per TriLM: the release format (plain fp16 Llama) that
+            stock transformers loads. Converting writes under `staging_dir` once; later plans reuse it.
+        staging_dir: where converted exports are kept (default: SUITE_DIR/.publish-staging).
 
     Returns:
         The plan; `plan.missing` lists every absent or incomplete export and checkpoint.
@@ -316,13 +373,16 @@ def build_plan(
         raise SpectraError(f"not suite model names: {', '.join(unknown)} (run `spectra-hf suite` for the list)")
     selected = [m for m in registry if models is None or m.name in models]
     for model in selected:
-        check_repo_id(f"{org}/{model.name}")
+        check_repo_id(f"{org}/{model.name}{UNPACKED_SUFFIX if unpacked and model.family == 'trilm' else ''}")
     missing: list[str] = []
     repos = []
     for model in selected:
         repo = _model_repo(suite_dir, model, org=org, evals=(evals or {}).get(model.name), missing=missing)
         if repo is not None:
             repos.append(repo)
+            if unpacked and model.family == "trilm":
+                staging = Path(staging_dir) if staging_dir is not None else suite_dir / STAGING_DIR
+                repos.append(_unpacked_repo(suite_dir, repo, org=org, staging_dir=staging))
     return PublishPlan(
         org=org, suite_dir=suite_dir, repos=repos, collections=_collections(org, repos), missing=missing
     )

@@ -60,18 +60,21 @@ def _small_suite(root: Path, tokenizer, models: tuple[str, ...]) -> Path:
 
 def test_full_suite_creates_every_repo_branch_and_collection(published, local_hub):
     plan, report = published
-    assert plan.complete and len(plan.repos) == 54 and report.verified
-    assert {r.repo_id for r in plan.repos} == {f"{ORG}/{m.name}" for m in all_models()}
+    assert plan.complete and report.verified
+    models = {f"{ORG}/{m.name}" for m in all_models()}
+    unpacked = {f"{ORG}/{m.name}_Unpacked" for m in all_models() if m.family == "trilm"}
+    assert len(models) == 54 and {r.repo_id for r in plan.repos} == models | unpacked
     api = HfApi()
     commits = _commits(local_hub, ORG)
     for repo in plan.repos:
         branches = {b.name for b in api.list_repo_refs(repo.repo_id).branches}
-        expected = {"main"} | ({f"step{s}" for s in STEPS} if repo.model.family != "quantlm" else set())
+        trained = repo.model.family != "quantlm" and repo.variant == "release"
+        expected = {"main"} | ({f"step{s}" for s in STEPS} if trained else set())
         assert branches == expected, repo.repo_id
         assert commits[repo.repo_id] == len(expected)  # exactly one commit per branch
-    assert report.commits == sum(len(r.branches) for r in plan.repos) == 90
+    assert report.commits == sum(len(r.branches) for r in plan.repos) == 90 + 9
     collections = {c.title: c for c in api.list_collections(owner=ORG)}
-    for family, count in (("TriLM", 9), ("FloatLM", 9), ("QuantLM", 36)):
+    for family, count in (("TriLM", 18), ("FloatLM", 9), ("QuantLM", 36)):
         items = {i.item_id for i in api.get_collection(collections[f"Spectra {family}"].slug).items}
         assert len(items) == count and all(i.startswith(f"{ORG}/{family}_") for i in items)
 
@@ -98,6 +101,20 @@ def test_branches_read_back_with_identical_weights(published, suite_dir, tmp_pat
         assert [(r["branch"], r["step"], r["tokens_seen"]) for r in listing["revisions"]] == [
             (f"step{s}", s, s * batch) for s in STEPS
         ]
+
+
+@pytest.mark.parametrize("name", ["TriLM_99M", "TriLM_2.4B"])
+def test_unpacked_release_loads_in_stock_llama_with_the_trilm_logits(published, tmp_path, name):
+    from transformers import AutoModelForCausalLM, LlamaForCausalLM
+
+    llama = AutoModelForCausalLM.from_pretrained(f"{ORG}/{name}_Unpacked", cache_dir=tmp_path, dtype=torch.float32)
+    assert type(llama) is LlamaForCausalLM and llama.config.pretraining_model_parallel == get_model(name).spec.model_parallel
+    trilm = AutoModelForCausalLM.from_pretrained(f"{ORG}/{name}", cache_dir=tmp_path, dtype=torch.float32)
+    ids = torch.randint(0, 512, (2, 24))
+    with torch.no_grad():
+        expected, actual = trilm(ids).logits, llama(ids).logits
+    # The release format stores g * T in fp16: equal to the TriLM's float32 forward up to fp16 rounding of g.
+    torch.testing.assert_close(actual, expected, rtol=2e-3, atol=2e-3)
 
 
 def test_every_card_parses_with_its_metadata(published, tmp_path):
@@ -127,15 +144,16 @@ def test_card_quickstart_code_runs_with_and_without_spectra_hf(published, tmp_pa
     """Each card's python blocks run as written in a fresh interpreter pointed at the local Hub."""
     plan, _ = published
     cards = []
-    for name in ("TriLM_1.1B", "FloatLM_99M", "QuantLM_99M_4bit"):
-        repo = next(r for r in plan.repos if r.model.name == name)
+    for repo_id in ("TriLM_1.1B", "FloatLM_99M", "QuantLM_99M_4bit", "TriLM_99M_Unpacked"):
+        repo = next(r for r in plan.repos if r.repo_id == f"{ORG}/{repo_id}")
         for branch in repo.branches[:2]:
             card = next(f.content for f in branch.files if f.path_in_repo == "README.md").decode()
             cards.append(card)
     blocks = [b for card in cards for b in _python_blocks(card)]
     remote = [b for b in blocks if "import spectra_hf" not in b]
     native = [b for b in blocks if "import spectra_hf" in b]
-    assert remote and native and all("trust_remote_code=True" in b for b in remote)
+    assert remote and native
+    assert all("trust_remote_code=True" in b or "_Unpacked" in b for b in remote)
     script = (
         "import sys\n"
         f"for block in {remote!r}:\n    exec(compile(block, 'card', 'exec'), {{}})\n"
@@ -154,7 +172,7 @@ def test_second_run_makes_no_commits(published, local_hub):
     before = _commits(local_hub, ORG)
     report = publish(plan, endpoint=local_hub.url, limits=FAST, progress=False, verify=False)
     assert report.commits == report.repos_created == report.branches_created == report.collection_items_added == 0
-    assert report.repos == 54 and report.branches == 90
+    assert report.repos == 63 and report.branches == 99
     assert _commits(local_hub, ORG) == before
 
 

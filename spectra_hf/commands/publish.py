@@ -44,6 +44,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--dry-run", action="store_true", help="print the plan and its size; no network")
     parser.add_argument("--json", action="store_true", help="with --dry-run: print the plan's totals and what is missing as JSON")
     parser.add_argument("--models", nargs="+", metavar="NAME", help="publish only these suite models")
+    parser.add_argument(
+        "--no-unpacked",
+        action="store_true",
+        help="skip the TriLM_<size>_Unpacked repos (release format for stock transformers, converted once into "
+        "SUITE_DIR/.publish-staging)",
+    )
     parser.add_argument("--allow-partial", action="store_true", help="publish even though models or checkpoints are missing")
     parser.add_argument("--evals", type=Path, metavar="JSON", help='eval results {"TriLM_99M": {"arc_easy/acc": 0.4}, ...} for the cards')
     parser.add_argument("--private", action="store_true", help="create new repos private")
@@ -95,7 +101,9 @@ def run(args: argparse.Namespace) -> int:
     from ..publish import is_local_endpoint, publish
     from ..publish_plan import build_plan
 
-    plan = build_plan(args.suite_dir, org=args.org, evals=_read_evals(args.evals), models=args.models)
+    plan = build_plan(
+        args.suite_dir, org=args.org, evals=_read_evals(args.evals), models=args.models, unpacked=not args.no_unpacked
+    )
     if args.dry_run:
         if args.json:
             print(json.dumps({"org": plan.org, "totals": plan.totals(), "missing": plan.missing}, indent=2))
