@@ -1,0 +1,67 @@
+"""`spectra-hf quantize FLOATLM OUT --bits 3 4 6 8 --calibration DATA`: QuantLMs from a FloatLM with GPTQ."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..suite import QUANT_BITS
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "quantize",
+        help="quantize a FloatLM into QuantLMs (GPTQ through optimum)",
+        description=(
+            "Quantize a FloatLM with GPTQ at each width and write OUT/QuantLM_<size>_<b>bit for each. Defaults are "
+            "the paper's: symmetric, group size 128 at 3/4 bits, per-channel at 6/8, 512 x 2048-token calibration "
+            "samples. Packed 2/3/4/8-bit exports load with AutoModelForCausalLM.from_pretrained; 5/6/7-bit ones "
+            "with spectra_hf.quant.load_quantlm (transformers' GPTQConfig refuses those widths)."
+        ),
+    )
+    parser.add_argument("floatlm", type=Path, help="FloatLM directory (config.json, weights, tokenizer files)")
+    parser.add_argument("out", type=Path, help="suite directory to write QuantLM_<size>_<b>bit into")
+    parser.add_argument(
+        "--bits", type=int, nargs="+", default=list(QUANT_BITS), help="bit widths, 2..8 (default: 3 4 6 8)"
+    )
+    parser.add_argument(
+        "--calibration",
+        nargs="+",
+        required=True,
+        help="text files (one document per line), a directory written by Dataset.save_to_disk, or a dataset name "
+        "for datasets.load_dataset",
+    )
+    parser.add_argument("--format", choices=("gptq", "unpacked"), default="gptq", help="packed GPTQ, or dequantized fp16 Llama")
+    parser.add_argument("--group-size", type=int, default=None, help="override the paper's group size (-1 = per-channel)")
+    parser.add_argument("--calibration-samples", type=int, default=None, help="calibration samples (default 512)")
+    parser.add_argument("--calibration-length", type=int, default=None, help="tokens per sample (default 2048)")
+    parser.add_argument("--seed", type=int, default=0, help="seed drawing the calibration windows")
+    parser.add_argument("--size", default=None, help="size label in the output names (default: from the FloatLM)")
+    parser.add_argument("--text-column", default="text", help="text column of a calibration dataset")
+    parser.add_argument("--split", default="train", help="split of a calibration dataset")
+    parser.add_argument("--damp-percent", type=float, default=None, help="GPTQ Hessian dampening (default 0.1)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..quant import CALIBRATION_LENGTH, CALIBRATION_SAMPLES, DAMP_PERCENT, export_quantlms
+
+    calibration = args.calibration[0] if len(args.calibration) == 1 else [Path(p) for p in args.calibration]
+    written = export_quantlms(
+        args.floatlm,
+        args.out,
+        calibration=calibration,
+        bits=args.bits,
+        group_size=args.group_size,
+        format=args.format,
+        samples=CALIBRATION_SAMPLES if args.calibration_samples is None else args.calibration_samples,
+        length=CALIBRATION_LENGTH if args.calibration_length is None else args.calibration_length,
+        seed=args.seed,
+        size=args.size,
+        text_column=args.text_column,
+        split=args.split,
+        damp_percent=DAMP_PERCENT if args.damp_percent is None else args.damp_percent,
+    )
+    for path in written:
+        print(path)
+    return 0
