@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -20,6 +21,8 @@ def _free_port() -> int:
 LOCAL_HUB_PORT = _free_port()
 os.environ["HF_ENDPOINT"] = f"http://127.0.0.1:{LOCAL_HUB_PORT}"
 os.environ["HF_HUB_DISABLE_XET"] = "1"  # hf_xet is installed; the local Hub speaks the plain LFS protocol
+# Downloads, the remote-code module cache and tokens stay inside this test run, never in the user's ~/.cache.
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="spectra-hf-tests-hf-home-")
 
 import pytest
 import torch
