@@ -1,0 +1,117 @@
+"""Conversion between the original release (Llama fp16 g_s * T), packed / latent TriLM, FloatLM and Llama."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import LlamaForCausalLM
+
+from spectra_hf import FloatLMForCausalLM, TriLMForCausalLM
+from spectra_hf.cli import main
+from spectra_hf.convert import convert_checkpoint
+from spectra_hf.errors import SpectraError
+from spectra_hf.suite import config_for
+from trilm_release import release_model
+
+
+def load_tensors(directory) -> dict[str, torch.Tensor]:
+    tensors = {}
+    for file in sorted(directory.glob("*.safetensors")):
+        tensors.update(load_file(file))
+    return tensors
+
+
+def assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        assert a[name].dtype == b[name].dtype and torch.equal(a[name], b[name]), name
+
+
+@pytest.mark.parametrize("mp", [1, 2, 3])
+def test_release_converts_to_packed_and_back_byte_identical(mp: int, tmp_path) -> None:
+    release = release_model(mp)
+    release.save_pretrained(tmp_path / "release", max_shard_size="200KB")  # sharded, like the 3.9B release
+    assert (tmp_path / "release" / "model.safetensors.index.json").is_file()
+    convert_checkpoint(tmp_path / "release", tmp_path / "packed", progress=False, max_shard_bytes=60_000)
+    assert (tmp_path / "packed" / "model.safetensors.index.json").is_file()
+    config = json.loads((tmp_path / "packed" / "config.json").read_text())
+    assert config["model_type"] == "trilm" and config["weight_format"] == "packed"
+    assert config["pretraining_model_parallel"] == mp
+
+    convert_checkpoint(tmp_path / "packed", tmp_path / "unpacked", to="unpacked", progress=False)
+    assert_same_tensors(load_tensors(tmp_path / "unpacked"), load_tensors(tmp_path / "release"))
+    config = json.loads((tmp_path / "unpacked" / "config.json").read_text())
+    assert config["model_type"] == "llama" and config["pretraining_model_parallel"] == mp and "auto_map" not in config
+
+    ids = torch.randint(0, release.config.vocab_size, (2, 13))
+    with torch.no_grad():
+        reference = LlamaForCausalLM.from_pretrained(tmp_path / "release", dtype=torch.float32)(ids).logits
+        packed = TriLMForCausalLM.from_pretrained(tmp_path / "packed", ternary_inference="dense", dtype=torch.float32)
+        torch.testing.assert_close(packed(ids).logits, reference, rtol=1e-5, atol=1e-5)
+        stock = LlamaForCausalLM.from_pretrained(tmp_path / "unpacked", dtype=torch.float32)
+        torch.testing.assert_close(stock(ids).logits, reference, rtol=0, atol=0)
+
+
+def test_trilm_from_pretrained_reads_the_release_directly(tmp_path) -> None:
+    release = release_model(2)
+    release.save_pretrained(tmp_path)
+    model = TriLMForCausalLM.from_pretrained(tmp_path, ternary_inference="dense", dtype=torch.float32)
+    assert model.config.weight_format == "packed" and model.config.pretraining_model_parallel == 2
+    ids = torch.randint(0, release.config.vocab_size, (1, 9))
+    with torch.no_grad():
+        reference = LlamaForCausalLM.from_pretrained(tmp_path, dtype=torch.float32)(ids).logits
+        torch.testing.assert_close(model(ids).logits, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_non_ternary_and_wrong_shard_layout_are_refused_by_tensor_name(tmp_path) -> None:
+    release = release_model(2)
+    with torch.no_grad():
+        release.model.layers[1].mlp.up_proj.weight[3, 5] = 0.123
+    release.save_pretrained(tmp_path / "bad")
+    with pytest.raises(SpectraError, match=r"model\.layers\.1\.mlp\.up_proj\.weight is not a ternary weight"):
+        convert_checkpoint(tmp_path / "bad", tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists() and [p.name for p in tmp_path.iterdir()] == ["bad"]
+
+    two_shards = release_model(2)
+    two_shards.config.pretraining_model_parallel = 1  # two magnitudes per matrix, but the config claims one shard
+    two_shards.save_pretrained(tmp_path / "layout")
+    assert main(["convert", str(tmp_path / "layout"), str(tmp_path / "out")]) == 2
+    with pytest.raises(ValueError, match=r"model\.layers\.0\.self_attn\.q_proj\.weight .* shard 0 holds 2"):
+        TriLMForCausalLM.from_pretrained(tmp_path / "layout")
+
+
+def test_latent_converts_like_save_pretrained_packed(tmp_path) -> None:
+    latent = TriLMForCausalLM(config_for("TriLM_2.4B", tiny=True)).eval()
+    latent.save_pretrained(tmp_path / "latent")
+    latent.save_pretrained(tmp_path / "saved", weight_format="packed")
+    convert_checkpoint(tmp_path / "latent", tmp_path / "packed", to="packed", progress=False)
+    assert_same_tensors(load_tensors(tmp_path / "packed"), load_tensors(tmp_path / "saved"))
+
+    convert_checkpoint(tmp_path / "latent", tmp_path / "unpacked", to="unpacked", dtype="float32", progress=False)
+    stock = LlamaForCausalLM.from_pretrained(tmp_path / "unpacked")
+    ids = torch.randint(0, latent.config.vocab_size, (1, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(stock(ids).logits, latent(ids).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_floatlm_to_llama_and_back(tmp_path) -> None:
+    floatlm = FloatLMForCausalLM(config_for("FloatLM_99M", tiny=True)).to(torch.float16).eval()
+    floatlm.save_pretrained(tmp_path / "floatlm")
+    assert main(["convert", str(tmp_path / "floatlm"), str(tmp_path / "llama"), "--to", "unpacked"]) == 0
+    assert json.loads((tmp_path / "llama" / "config.json").read_text())["model_type"] == "llama"
+    convert_checkpoint(tmp_path / "llama", tmp_path / "back", to="floatlm", progress=False)
+    assert_same_tensors(load_tensors(tmp_path / "back"), load_tensors(tmp_path / "floatlm"))
+    ids = torch.randint(0, floatlm.config.vocab_size, (1, 9))
+    with torch.no_grad():
+        reference = FloatLMForCausalLM.from_pretrained(tmp_path / "floatlm")(ids).logits
+        reloaded = FloatLMForCausalLM.from_pretrained(tmp_path / "back")
+        llama = LlamaForCausalLM.from_pretrained(tmp_path / "llama")
+        torch.testing.assert_close(llama(ids).logits, reference, rtol=0, atol=0)
+        torch.testing.assert_close(reloaded(ids).logits, reference, rtol=0, atol=0)
+    with pytest.raises(SpectraError, match="not a TriLM"):
+        convert_checkpoint(tmp_path / "floatlm", tmp_path / "nope", to="packed", progress=False)
+    with pytest.raises(SpectraError, match="needs an explicit --to"):
+        convert_checkpoint(tmp_path / "floatlm", tmp_path / "nope", progress=False)
