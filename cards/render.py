@@ -44,7 +44,7 @@ def human_count(value: int) -> str:
 
 
 def card_data(
-    *, model: SuiteModel, repo_name: str, org: str, variant: str = "release", evals: Mapping[str, float] | None = None
+    *, model: SuiteModel, repo_name: str, org: str, variant: str = "release", evals: Mapping[str, Any] | None = None
 ) -> ModelCardData:
     """The YAML metadata of a repo's cards (main and checkpoint branches share it)."""
     if variant not in VARIANTS:
@@ -72,11 +72,16 @@ def card_data(
     )
 
 
-def eval_results(evals: Mapping[str, float]) -> list[EvalResult]:
-    """`{"arc_easy/acc": 0.41, "wikitext/perplexity": 31.2, "piqa": 0.6}` -> model-index entries.
+def eval_results(evals: Mapping[str, Any]) -> list[EvalResult]:
+    """model-index entries from either form `spectra_hf.evaluation` produces.
 
-    A key is `task` or `task/metric` (metric defaults to "acc"), as `spectra_hf.evaluation` writes them.
+    - a plain mapping `{"arc_easy/acc": 0.41, "wikitext/perplexity": 31.2, "piqa": 0.6}`: a key is `task` or
+      `task/metric` (metric defaults to "acc");
+    - a `spectra-hf eval` results document (`spectra_hf.eval_results`), whose "model_index" rows are EvalResult
+      keyword arguments.
     """
+    if "model_index" in evals:
+        return [EvalResult(**row) for row in evals["model_index"]]
     results = []
     for key, value in sorted(evals.items()):
         task, _, metric = key.partition("/")
@@ -219,7 +224,7 @@ def render_model_card(
     org: str,
     config: Mapping[str, Any],
     revisions: Sequence[Revision] = (),
-    evals: Mapping[str, float] | None = None,
+    evals: Mapping[str, Any] | None = None,
     variant: str = "release",
     has_tokenizer: bool = True,
 ) -> str:
@@ -230,7 +235,8 @@ def render_model_card(
         org: Hub namespace the suite is published under.
         config: the repo's config.json as a dict (the architecture table shows what is actually stored).
         revisions: the checkpoint branches of this repo, ascending by step.
-        evals: metric -> value (`task/metric` keys, see `eval_results`), shown in the body and the model-index.
+        evals: metric -> value, or a `spectra-hf eval` results document (see `eval_results`); shown in the body
+            and the model-index.
         variant: "release" (the model's own repo) or "unpacked" (the TriLM release format, plain Llama).
         has_tokenizer: whether the repo ships tokenizer files (the quickstart uses them when it does).
     """
@@ -264,8 +270,8 @@ def render_model_card(
         revisions=[{"branch": r.branch, "step": r.step, "tokens": human_count(r.tokens_seen)} for r in revisions],
         revisions_file=REVISIONS_FILE,
         evals=[
-            {"task": key.partition("/")[0], "metric": key.partition("/")[2] or "acc", "value": f"{value:.4g}"}
-            for key, value in sorted((evals or {}).items())
+            {"task": r.dataset_name, "metric": r.metric_name or r.metric_type, "value": f"{r.metric_value:.4g}"}
+            for r in (data.eval_results or [])
         ],
         quickstart_note=note,
         quickstart=_quickstart(repo_id=repo_id, revision=None, remote_code=remote_code, tokenizer=has_tokenizer),

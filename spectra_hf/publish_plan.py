@@ -21,6 +21,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .cards import REVISIONS_FILE, Revision, render_checkpoint_card, render_model_card
 from .errors import SpectraError
@@ -238,7 +239,7 @@ def _revisions_json(repo_id: str, main: ExportInfo, revisions: Sequence[Revision
 
 
 def _model_repo(
-    suite_dir: Path, model: SuiteModel, *, org: str, evals: Mapping[str, float] | None, missing: list[str]
+    suite_dir: Path, model: SuiteModel, *, org: str, evals: Mapping[str, Any] | None, missing: list[str]
 ) -> RepoPlan | None:
     directory = model_dir(suite_dir, model.name)
     problems = export_problems(directory, name=model.name, step=None)
@@ -342,7 +343,7 @@ def build_plan(
     suite_dir: str | Path,
     *,
     org: str,
-    evals: Mapping[str, Mapping[str, float]] | None = None,
+    evals: Mapping[str, Mapping[str, Any]] | None = None,
     models: Sequence[str] | None = None,
     unpacked: bool = True,
     staging_dir: str | Path | None = None,
@@ -352,8 +353,8 @@ def build_plan(
     Args:
         suite_dir: directory laid out as `spectra_hf.exports` describes (one export per model, checkpoints inside).
         org: Hub user or organization the repos go to (e.g. "SpectraSuite").
-        evals: model name -> {metric: value} (keys `task` or `task/metric`, as `spectra_hf.evaluation` writes);
-            shown in the cards and their model-index.
+        evals: model name -> {"task/metric": value}, or -> a `spectra-hf eval` results document; shown in the
+            cards and their model-index (see `spectra_hf.cards.eval_results`).
         models: restrict the plan to these model names (default: all 54 of the registry). Models left out are not
             reported as missing.
         unpacked: also plan `<org>/TriLM_<size>_Unpacked` per TriLM: the release format (plain fp16 Llama) that

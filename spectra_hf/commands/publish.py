@@ -51,7 +51,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "SUITE_DIR/.publish-staging)",
     )
     parser.add_argument("--allow-partial", action="store_true", help="publish even though models or checkpoints are missing")
-    parser.add_argument("--evals", type=Path, metavar="JSON", help='eval results {"TriLM_99M": {"arc_easy/acc": 0.4}, ...} for the cards')
+    parser.add_argument("--evals", type=Path, metavar="JSON", help='eval results for the cards: {"TriLM_99M": {"arc_easy/acc": 0.4} or "results.json" from `spectra-hf eval`, ...}')
     parser.add_argument("--private", action="store_true", help="create new repos private")
     parser.add_argument("--no-verify", action="store_true", help="skip the final pass that checks every branch's files")
     parser.add_argument("--load-check", type=Path, metavar="DIR", help="also download every branch into DIR and load it with from_pretrained")
@@ -84,15 +84,20 @@ def _limits(args: argparse.Namespace, *, local: bool):
 
 
 def _read_evals(path: Path | None) -> dict | None:
+    """{model: {"task/metric": value}} or {model: "results.json" written by `spectra-hf eval`} (relative to the file)."""
+    from ..eval_results import read_results
+
     if path is None:
         return None
     try:
         evals = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as error:
         raise SpectraError(f"--evals {path}: cannot read it as JSON ({error})") from None
-    if not isinstance(evals, dict) or not all(isinstance(v, dict) for v in evals.values()):
-        raise SpectraError(f'--evals {path}: expected {{"MODEL": {{"task/metric": value}}}}')
-    return evals
+    if not isinstance(evals, dict) or not all(isinstance(v, (dict, str)) for v in evals.values()):
+        raise SpectraError(f'--evals {path}: expected {{"MODEL": {{"task/metric": value}} or "RESULTS.json"}}')
+    return {
+        name: read_results(path.parent / value) if isinstance(value, str) else value for name, value in evals.items()
+    }
 
 
 def run(args: argparse.Namespace) -> int:

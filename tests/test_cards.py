@@ -1,0 +1,104 @@
+"""Model cards (spectra_hf.cards): rendered for every suite model, parsed back with huggingface_hub's ModelCard."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from huggingface_hub import ModelCard
+
+from spectra_hf.cards import Revision, render_checkpoint_card, render_model_card
+from spectra_hf.eval_results import build_results
+from spectra_hf.suite import all_models, config_for
+
+ORG = "cards"
+REVISIONS = [Revision(branch=f"step{s}", step=s, tokens_seen=s * 2**20) for s in (1000, 2000)]
+
+
+def _config(model) -> dict:
+    return config_for(model.base_model or model.name, tiny=True, vocab_size=512).to_dict()
+
+
+def _card(model, **kwargs) -> ModelCard:
+    revisions = [] if model.family == "quantlm" else REVISIONS
+    return ModelCard(render_model_card(model=model, org=ORG, config=_config(model), revisions=revisions, **kwargs))
+
+
+@pytest.mark.parametrize("model", all_models(), ids=lambda m: m.name)
+def test_card_metadata_siblings_and_architecture(model):
+    card = _card(model)
+    data = card.data.to_dict()
+    assert data["license"] == "apache-2.0" and data["library_name"] == "transformers"
+    assert data["pipeline_tag"] == "text-generation" and data["datasets"] == ["cerebras/SlimPajama-627B"]
+    assert {"spectra-suite", model.family} <= set(data["tags"])
+    if model.family == "quantlm":
+        assert (data["base_model"], data["base_model_relation"]) == (f"{ORG}/FloatLM_{model.size}", "quantized")
+        assert f"| GPTQ bits | {model.bits} |" in card.text
+    else:
+        assert "base_model" not in data and "base_model_relation" not in data
+    # The size table lists the six models of this size with the registry's size in bits, this one in bold.
+    rows = re.findall(r"^\| \**(\w+[.\w]*)\** \| ([\d.]+) bits \| ([\d.]+) \|", card.text, flags=re.MULTILINE)
+    siblings = [m for m in all_models() if m.size == model.size]
+    assert [r[0] for r in rows] == [m.name for m in siblings]
+    assert [float(r[2]) for r in rows] == [round(m.size_bits / 1e9, 3) for m in siblings]
+    assert f"| **{model.name}** |" in card.text
+    config = _config(model)
+    assert f"| layers | {config['num_hidden_layers']} |" in card.text
+    if model.family == "trilm":
+        shards = model.spec.model_parallel
+        assert f"| ternary scale shards (pretraining_model_parallel) | {shards} |" in card.text
+        assert f"| peak learning rate after the halfway drop | {model.spec.trilm_lr_after_drop:g} |" in card.text
+    for revision in ([] if model.family == "quantlm" else REVISIONS):
+        assert f"| `{revision.branch}` | {revision.step} |" in card.text
+
+
+def test_quickstart_blocks_compile_and_target_the_repo():
+    for model in all_models():
+        text = render_model_card(model=model, org=ORG, config=_config(model), revisions=REVISIONS)
+        blocks = re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
+        assert len(blocks) == 2
+        for block in blocks:
+            compile(block, model.name, "exec")
+        assert f'"{ORG}/{model.name}", trust_remote_code=True' in blocks[0]
+        assert "import spectra_hf" in blocks[1] and 'revision="step2000"' in blocks[1]
+
+
+def test_unpacked_card_loads_without_remote_code():
+    model = next(m for m in all_models() if m.name == "TriLM_1.1B")
+    text = render_model_card(model=model, org=ORG, config={"model_type": "llama"}, variant="unpacked")
+    card = ModelCard(text)
+    assert "unpacked" in card.data.tags and "base_model" not in card.data.to_dict()
+    assert f'from_pretrained("{ORG}/TriLM_1.1B_Unpacked")' in text and "trust_remote_code" not in text
+    with pytest.raises(ValueError, match="variant"):
+        render_model_card(model=model, org=ORG, config={}, variant="gguf")
+
+
+def test_eval_results_from_a_metric_dict_and_from_an_eval_results_file():
+    model = all_models()[0]
+    card = _card(model, evals={"arc_easy/acc_norm": 0.41, "piqa": 0.6})
+    got = {(r.dataset_type, r.metric_type): r.metric_value for r in card.data.eval_results}
+    assert got == {("arc_easy", "acc_norm"): 0.41, ("piqa", "acc"): 0.6}
+    assert "| arc_easy | acc_norm | 0.41 |" in card.text
+
+    results = build_results(
+        model=f"{ORG}/{model.name}",
+        revision="main",
+        perplexity={"perplexity": 31.25, "bits_per_byte": 1.125},
+        perplexity_dataset="wikitext",
+        perplexity_split="test",
+    )
+    card = _card(model, evals=results)
+    got = {r.metric_type: r.metric_value for r in card.data.eval_results}
+    assert got == {"perplexity": 31.25, "bits_per_byte": 1.125}
+    assert card.data.to_dict()["model-index"][0]["name"] == model.name
+
+
+def test_checkpoint_card_names_its_step_and_parses(local_hub):
+    model = next(m for m in all_models() if m.name == "FloatLM_390M")
+    text = render_checkpoint_card(model=model, org=ORG, revision=REVISIONS[1])
+    card = ModelCard(text)
+    assert card.data.license == "apache-2.0" and "floatlm" in card.data.tags
+    assert "at step 2000" in text and "2.1B training" in text
+    assert f'"{ORG}/FloatLM_390M", revision="step2000", trust_remote_code=True' in text
+    card.validate()  # the local Hub's /api/validate-yaml accepts the metadata (HF_ENDPOINT points at it)
+    _card(model).validate()
