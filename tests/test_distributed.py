@@ -1,0 +1,107 @@
+"""2-process DDP and FSDP2 runs (CPU, gloo, torchrun) of a tiny TriLM reproduce the single-process run.
+
+TriLM_1.1B tiny has 2 scale shards per matrix, so a scale computed over a rank-local slice instead of the whole
+block would change the losses. FSDP2 goes through transformers' `DistributedConfig(fsdp_size=2)` (Trainer's own
+`fsdp=` falls back to DDP on CPU); a model sharded at load time cannot checkpoint optimizer state, hence
+`save_only_model`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from spectra_hf.exports import read_export_info
+from spectra_hf.suite import config_for
+from spectra_hf.training import train
+
+STEPS = 4
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tokenizer, corpus_files) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("distributed")
+    tokenizer.save_pretrained(root / "tokenizer")
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config_for("TriLM_1.1B", tiny=True)).save_pretrained(root / "init")
+    recipe = {
+        "model": "TriLM_1.1B",
+        "model_path": str(root / "init"),
+        "tokenizer": str(root / "tokenizer"),
+        "data_files": [str(corpus_files[0])],
+        "block_size": 32,
+        "global_batch_size": 4,
+        "per_device_train_batch_size": 2,
+        "max_steps": STEPS,
+        "warmup_steps": 1,
+        "learning_rate": 1.3e-3,
+        "lr_after_drop": 9e-4,
+        "logging_steps": 1,
+        "save_steps": STEPS,
+        "save_only_model": True,
+        "ternary_stats": False,
+        "disable_tqdm": True,
+    }
+    (root / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    return {"root": root, "recipe": root / "recipe.yaml"}
+
+
+def torchrun(setup: dict[str, Path], name: str, *extra: str) -> Path:
+    """`torchrun --nproc_per_node 2 -m spectra_hf.cli train RECIPE ...`; returns the output directory."""
+    out = setup["root"] / name
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    command = [*launcher, "-m", "spectra_hf.cli", "train", str(setup["recipe"]), "--output_dir", str(out), *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+def losses(run: Path) -> list[float]:
+    state = json.loads((run / f"checkpoint-{STEPS}" / "trainer_state.json").read_text())
+    return [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+
+
+@pytest.fixture(scope="module")
+def single(setup) -> Path:
+    """The reference: the same recipe in this process."""
+    out = setup["root"] / "single"
+    train(setup["recipe"], overrides={"output_dir": str(out)})
+    return out
+
+
+def assert_same_run(run: Path, reference: Path) -> None:
+    assert losses(run) == pytest.approx(losses(reference), rel=1e-5)
+    assert len(losses(run)) == STEPS
+    weights, expected = load_file(run / "model.safetensors"), load_file(reference / "model.safetensors")
+    assert weights.keys() == expected.keys()
+    for key in expected:
+        torch.testing.assert_close(weights[key], expected[key], rtol=1e-5, atol=1e-6)
+    model = AutoModelForCausalLM.from_pretrained(run / f"checkpoint-{STEPS}")
+    assert type(model).__name__ == "TriLMForCausalLM"
+    assert model.config.pretraining_model_parallel == 2
+
+
+def test_ddp_two_processes_reproduce_one(setup, single) -> None:
+    assert_same_run(torchrun(setup, "ddp"), single)
+
+
+def test_fsdp2_two_processes_reproduce_one_and_export_packed(setup, single) -> None:
+    suite = setup["root"] / "suite"
+    run = torchrun(setup, "fsdp2", "--fsdp_size", "2", "--suite_dir", str(suite))
+    assert_same_run(run, single)
+    info = read_export_info(suite / "TriLM_1.1B")
+    assert (info.format, info.step, info.tokens_seen) == ("packed", STEPS, STEPS * 4 * 32)
+    packed = AutoModelForCausalLM.from_pretrained(suite / "TriLM_1.1B", ternary_inference="dense")
+    latent = AutoModelForCausalLM.from_pretrained(single / f"checkpoint-{STEPS}")
+    ids = torch.randint(0, 512, (1, 12))
+    torch.testing.assert_close(packed(ids).logits, latent(ids).logits, rtol=1e-4, atol=1e-4)
