@@ -41,10 +41,10 @@ def sliding_windows(input_ids: Sequence[int], *, max_length: int, stride: int) -
     """Cover `input_ids` (starting with bos, which is never a target) with windows of at most `max_length` tokens.
 
     Windows start at 0, stride, 2 * stride, ... until one reaches the end; every token but the first is a
-    target of exactly one window.
+    target of exactly one window, and has at least one token of context in it (hence stride < max_length).
     """
-    if not 1 <= stride <= max_length:
-        raise SpectraError(f"stride {stride} must be between 1 and max_length ({max_length})")
+    if not 1 <= stride < max_length:
+        raise SpectraError(f"stride {stride} must be at least 1 and below max_length ({max_length})")
     windows: list[Window] = []
     previous_end = 1  # position 0 (bos) is context only
     for begin in range(0, len(input_ids), stride):
@@ -109,8 +109,8 @@ def perplexity(
         tokenizer: its tokenizer; documents start with its bos token (or eos when there is no bos).
         texts: the documents; empty ones are skipped.
         max_length: tokens per model call (default: the model's context length).
-        stride: tokens between window starts (default: `max_length`, disjoint windows as lm-evaluation-harness
-            scores; a smaller stride gives each token more context at more compute).
+        stride: tokens between window starts (default: `max_length - 1`: consecutive windows share one token,
+            lm-evaluation-harness's rolling windows; a smaller stride gives each token more context at more compute).
         batch_size: windows per model call.
 
     Returns:
@@ -119,9 +119,9 @@ def perplexity(
     if batch_size < 1:
         raise SpectraError(f"batch_size must be at least 1, got {batch_size}")
     max_length = max_length or _default_max_length(model, tokenizer)
-    stride = stride or max_length
     if max_length < 2:
         raise SpectraError(f"max_length must be at least 2 (one context and one target token), got {max_length}")
+    stride = stride or max_length - 1
     start_id = _start_token_id(tokenizer)
 
     windows: list[Window] = []

@@ -21,7 +21,7 @@ Args:
     model (PreTrainedModel): a causal LM object (any device).
     tokenizer (PreTrainedTokenizerBase): its tokenizer.
     max_length (int, optional): tokens per model call; default the model's context length.
-    stride (int, optional): tokens between window starts; default `max_length`.
+    stride (int, optional): tokens between window starts; default `max_length - 1`.
     batch_size (int, optional): windows per model call; default 1.
 Returns:
     perplexity, bits_per_byte, nll_per_token, num_tokens, num_bytes, num_documents.

@@ -7,6 +7,7 @@ from `endpoint` (default: `HF_ENDPOINT`, i.e. huggingface.co or a local Hub) and
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -94,7 +95,7 @@ def load_pretrained(
     """(model in eval mode, tokenizer) of a local directory or a Hub repo id, at `revision`.
 
     Spectra model types (`trilm`, `floatlm`) load through the Auto classes (registered by `import spectra_hf`),
-    as do Llama checkpoints of the original release. `dtype` defaults to float32 (fp16 matmuls are slow and
+    as do Llama checkpoints of the original release; packed GPTQ QuantLMs through `spectra_hf.quant.load_quantlm`. `dtype` defaults to float32 (fp16 matmuls are slow and
     inexact on CPU).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -117,5 +118,14 @@ def load_pretrained(
         tokenizer = AutoTokenizer.from_pretrained(directory)
     except (OSError, ValueError) as error:
         raise SpectraError(f"cannot load the tokenizer of {model} from {directory}: {error}") from error
+    if _is_gptq(directory):
+        from .quant import load_quantlm  # any width 2..8 (transformers' GPTQConfig alone refuses 5-7 bits)
+
+        return load_quantlm(directory, dtype=dtype), tokenizer
     loaded = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype)
     return loaded.eval(), tokenizer
+
+
+def _is_gptq(directory: Path) -> bool:
+    config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    return (config.get("quantization_config") or {}).get("quant_method") == "gptq"

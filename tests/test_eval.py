@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from spectra_hf.cli import main
+from spectra_hf.errors import SpectraError
 from spectra_hf.evaluation import load_perplexity_metric, perplexity, sliding_windows
 from spectra_hf.exports import ExportInfo, atomic_directory, checkpoint_dir, model_dir, write_export_info
 from spectra_hf.modeling import FloatLMForCausalLM, TriLMForCausalLM
@@ -46,17 +47,18 @@ def _reference_nll(model, ids: list[int], *, max_length: int, stride: int) -> fl
     return total
 
 
-@pytest.mark.parametrize("name", ["TriLM_1.1B", "FloatLM_99M"])
-def test_perplexity_matches_float64_reference(tokenizer, documents, name):
+@pytest.mark.parametrize(("name", "stride"), [("TriLM_1.1B", STRIDE), ("FloatLM_99M", None)])
+def test_perplexity_matches_float64_reference(tokenizer, documents, name, stride):
     model = _sharp_model(name, tokenizer)
-    result = perplexity(model, tokenizer, documents, max_length=MAX_LENGTH, stride=STRIDE, batch_size=3)
+    result = perplexity(model, tokenizer, documents, max_length=MAX_LENGTH, stride=stride, batch_size=3)
+    stride = stride or MAX_LENGTH - 1  # the default: consecutive windows share one token
 
     bos = tokenizer.bos_token_id
     total_nll = num_tokens = num_bytes = 0
     full_context_nll = 0.0
     for text in documents[:3]:
         ids = [bos, *tokenizer(text, add_special_tokens=False)["input_ids"]]
-        total_nll += _reference_nll(model, ids, max_length=MAX_LENGTH, stride=STRIDE)
+        total_nll += _reference_nll(model, ids, max_length=MAX_LENGTH, stride=stride)
         with torch.no_grad():
             log_probs = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].double(), dim=-1)
         full_context_nll -= log_probs[torch.arange(len(ids) - 1), ids[1:]].sum().item()
@@ -78,6 +80,8 @@ def test_sliding_windows_score_every_token_once():
     assert targets == ids[1:]
     assert all(len(w.input_ids) <= 16 for w in windows)
     assert all(len(w.input_ids) > w.num_targets for w in windows)  # every target has at least one token of context
+    with pytest.raises(SpectraError, match="stride"):
+        sliding_windows(ids, max_length=16, stride=16)  # the second window's first target would have no context
 
 
 def test_evaluate_module_and_batching_agree(tokenizer, documents):

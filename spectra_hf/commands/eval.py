@@ -41,7 +41,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--split", help="dataset split for --perplexity-data")
     parser.add_argument("--max-documents", type=int, help="score only the first N documents")
     parser.add_argument("--max-length", type=int, help="tokens per window (default: the model's context length)")
-    parser.add_argument("--stride", type=int, help="tokens between window starts (default: --max-length)")
+    parser.add_argument("--stride", type=int, help="tokens between window starts (default: --max-length minus 1)")
     parser.add_argument("--batch-size", type=int, default=1, help="windows / requests per forward pass (default 1)")
     parser.add_argument("--num-fewshot", type=int, default=0, help="few-shot examples for lm-eval tasks (default 0)")
     parser.add_argument("--limit", type=float, help="lm-eval: examples per task (a fraction if < 1); for smoke tests")
