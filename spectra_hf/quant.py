@@ -15,9 +15,10 @@ Output formats, both plain Llama checkpoints (model_type `llama`, loadable witho
 - "unpacked": the weights dequantized back to a fp16 `LlamaForCausalLM`, like the original release
   (`SpectraSuite/QuantLM_*_Unpacked`): same quality, no memory savings.
 
-Group size larger than a layer's input width: the layer gets one group per row (per-channel for that layer);
-an input width that is not a multiple of the group size gets a shorter last group. Both are what gptqmodel's
-kernels do natively; every width of the nine suite sizes is a multiple of 128, so this only concerns tiny models.
+Group size larger than a layer's input width, or not dividing it, is refused before any work: GPTQ itself and
+gptqmodel's torch kernel would make one short group per row, but the kernel gptqmodel picks for 4 bits on CPU
+(aten's int4 matmul) then fails at the first forward. Every width of the nine suite sizes is a multiple of 128;
+tiny test models pass a smaller group size (e.g. 32) or -1 (per-channel).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -137,6 +138,21 @@ def check_floatlm_config(config: dict[str, Any], *, where: str, packable: bool =
             raise SpectraError(
                 f"{where}: {name} is {in_features} -> {out_features}; GPTQ kernels pack layers whose widths are "
                 f"multiples of {PACK_MULTIPLE}: choose hidden/intermediate/head widths divisible by {PACK_MULTIPLE}"
+            )
+
+
+def check_group_size(config: dict[str, Any], settings: GPTQSettings, *, where: str) -> None:
+    """Refuse a group size that does not divide every quantized layer's input width (see the module docstring)."""
+    if settings.group_size <= 0:
+        return
+    from transformers import LlamaConfig
+
+    for name, (in_features, _) in quantized_linear_shapes(LlamaConfig(**_llama_keys(config))).items():
+        if in_features % settings.group_size:
+            raise SpectraError(
+                f"{where}: group_size={settings.group_size} at {settings.bits} bits does not divide {name}'s input "
+                f"width {in_features}; gptqmodel's CPU int4 kernel needs whole groups: pass a group size dividing "
+                "every layer width (e.g. 32), or -1 for per-channel"
             )
 
 
@@ -362,7 +378,7 @@ def export_quantlms(
     *,
     calibration: CalibrationSource,
     bits: Sequence[int] = QUANT_BITS,
-    group_size: int | None = None,
+    group_size: int | Mapping[int, int] | None = None,
     format: str = "gptq",
     samples: int = CALIBRATION_SAMPLES,
     length: int = CALIBRATION_LENGTH,
@@ -384,7 +400,8 @@ def export_quantlms(
         suite_dir: the suite directory (see `spectra_hf.exports`).
         calibration: calibration text (see `load_calibration_texts`).
         bits: widths to export; the paper's are 3, 4, 6, 8.
-        group_size: overrides the paper's group size at every width (-1 = per-channel).
+        group_size: overrides the paper's group size (-1 = per-channel): one value for every width, or a
+            mapping from bits to group size (widths it leaves out keep the paper's).
         format: "gptq" (packed) or "unpacked" (dequantized fp16 Llama, like the original release).
         samples, length: calibration samples x tokens per sample (paper: 512 x 2048).
         seed: draws the calibration windows.
@@ -401,10 +418,13 @@ def export_quantlms(
         raise SpectraError(f"format {format!r} is not one of {FORMATS}")
     if not bits:
         raise SpectraError("no bit widths given: pass at least one of 2..8 (the paper's are 3 4 6 8)")
-    settings = [GPTQSettings.paper(b, group_size=group_size, damp_percent=damp_percent) for b in bits]
+    groups = group_size if isinstance(group_size, Mapping) else {b: group_size for b in bits}
+    settings = [GPTQSettings.paper(b, group_size=groups.get(b), damp_percent=damp_percent) for b in bits]
     floatlm = Path(floatlm)
     config = read_model_config(floatlm)
     check_floatlm_config(config, where=str(floatlm))
+    for setting in settings:
+        check_group_size(config, setting, where=str(floatlm))
     size_label, base_model = _size_label(floatlm, config, size)
     try:
         tokenizer = AutoTokenizer.from_pretrained(floatlm)
