@@ -15,10 +15,11 @@ Output formats, both plain Llama checkpoints (model_type `llama`, loadable witho
 - "unpacked": the weights dequantized back to a fp16 `LlamaForCausalLM`, like the original release
   (`SpectraSuite/QuantLM_*_Unpacked`): same quality, no memory savings.
 
-Group size larger than a layer's input width, or not dividing it, is refused before any work: GPTQ itself and
-gptqmodel's torch kernel would make one short group per row, but the kernel gptqmodel picks for 4 bits on CPU
-(aten's int4 matmul) then fails at the first forward. Every width of the nine suite sizes is a multiple of 128;
-tiny test models pass a smaller group size (e.g. 32) or -1 (per-channel).
+A group size must divide every quantized layer's input width (so a group never exceeds a row): GPTQ itself and
+gptqmodel's torch kernel would make short groups, but the kernel gptqmodel picks for 4 bits on CPU (aten's int4
+matmul) then fails at the first forward. Every width of the nine suite sizes is a multiple of 128. On narrower
+(tiny) models the paper's default 128 is lowered to the largest supported size that fits (64 for width 64) and the
+export records the group size it used; a group size the caller chose that does not fit is refused before any work.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import json
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -141,19 +142,45 @@ def check_floatlm_config(config: dict[str, Any], *, where: str, packable: bool =
             )
 
 
-def check_group_size(config: dict[str, Any], settings: GPTQSettings, *, where: str) -> None:
-    """Refuse a group size that does not divide every quantized layer's input width (see the module docstring)."""
-    if settings.group_size <= 0:
-        return
+def plan_settings(
+    config: dict[str, Any],
+    bits: Sequence[int],
+    *,
+    group_size: int | Mapping[int, int] | None = None,
+    damp_percent: float = DAMP_PERCENT,
+    where: str = "the model",
+) -> list[GPTQSettings]:
+    """GPTQ settings for each width in `bits` on a model with this config.json, checked against its layer widths.
+
+    A group size must divide every quantized layer's input width (see the module docstring). The paper's default
+    that does not fit a narrow model is lowered to the largest supported size that does (per-channel if none);
+    a group size the caller chose that does not fit is refused.
+
+    Args:
+        config: the FloatLM's config.json as a dict.
+        bits: widths to quantize to.
+        group_size: one override for every width, or a mapping from bits to group size (-1 = per-channel).
+        damp_percent: GPTQ Hessian dampening.
+        where: names the model in error messages.
+    """
     from transformers import LlamaConfig
 
-    for name, (in_features, _) in quantized_linear_shapes(LlamaConfig(**_llama_keys(config))).items():
-        if in_features % settings.group_size:
-            raise SpectraError(
-                f"{where}: group_size={settings.group_size} at {settings.bits} bits does not divide {name}'s input "
-                f"width {in_features}; gptqmodel's CPU int4 kernel needs whole groups: pass a group size dividing "
-                "every layer width (e.g. 32), or -1 for per-channel"
-            )
+    in_widths = {i for i, _ in quantized_linear_shapes(LlamaConfig(**_llama_keys(config))).values()}
+    chosen = group_size if isinstance(group_size, Mapping) else {b: group_size for b in bits}
+    plans = []
+    for b in bits:
+        setting = GPTQSettings.paper(b, group_size=chosen.get(b), damp_percent=damp_percent)
+        if setting.group_size > 0 and any(width % setting.group_size for width in in_widths):
+            if chosen.get(b) is not None:
+                raise SpectraError(
+                    f"{where}: group_size={setting.group_size} at {b} bits does not divide every layer's input width "
+                    f"({sorted(in_widths)}); gptqmodel's CPU int4 kernel needs whole groups: pass a group size "
+                    "dividing them all, or -1 for per-channel"
+                )
+            fitting = [g for g in GROUP_SIZES if 0 < g < setting.group_size and not any(w % g for w in in_widths)]
+            setting = replace(setting, group_size=max(fitting, default=-1))
+        plans.append(setting)
+    return plans
 
 
 def _llama_keys(config: dict[str, Any]) -> dict[str, Any]:
@@ -401,7 +428,7 @@ def export_quantlms(
         calibration: calibration text (see `load_calibration_texts`).
         bits: widths to export; the paper's are 3, 4, 6, 8.
         group_size: overrides the paper's group size (-1 = per-channel): one value for every width, or a
-            mapping from bits to group size (widths it leaves out keep the paper's).
+            mapping from bits to group size (widths it leaves out keep the paper's); see `plan_settings`.
         format: "gptq" (packed) or "unpacked" (dequantized fp16 Llama, like the original release).
         samples, length: calibration samples x tokens per sample (paper: 512 x 2048).
         seed: draws the calibration windows.
@@ -418,13 +445,10 @@ def export_quantlms(
         raise SpectraError(f"format {format!r} is not one of {FORMATS}")
     if not bits:
         raise SpectraError("no bit widths given: pass at least one of 2..8 (the paper's are 3 4 6 8)")
-    groups = group_size if isinstance(group_size, Mapping) else {b: group_size for b in bits}
-    settings = [GPTQSettings.paper(b, group_size=groups.get(b), damp_percent=damp_percent) for b in bits]
     floatlm = Path(floatlm)
     config = read_model_config(floatlm)
     check_floatlm_config(config, where=str(floatlm))
-    for setting in settings:
-        check_group_size(config, setting, where=str(floatlm))
+    settings = plan_settings(config, bits, group_size=group_size, damp_percent=damp_percent, where=str(floatlm))
     size_label, base_model = _size_label(floatlm, config, size)
     try:
         tokenizer = AutoTokenizer.from_pretrained(floatlm)

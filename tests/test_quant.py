@@ -23,6 +23,7 @@ from spectra_hf.quant import (
     GPTQSettings,
     export_quantlms,
     load_quantlm,
+    plan_settings,
     quantize_model,
     quantlm_size_bits,
 )
@@ -164,6 +165,13 @@ def test_size_bits_match_the_registry_at_99m():
         assert quantlm_size_bits(config, GPTQSettings.paper(bits)) == SuiteModel("quantlm", "99M", bits).size_bits
 
 
+def test_paper_group_size_is_lowered_to_fit_narrow_models():
+    tiny = config_for("FloatLM_99M", tiny=True, vocab_size=512).to_dict()  # input widths 64 and 192
+    assert [s.group_size for s in plan_settings(tiny, QUANT_BITS)] == [64, 64, -1, -1]
+    assert [s.group_size for s in plan_settings(tiny, [3, 4], group_size=32)] == [32, 32]
+    assert [s.group_size for s in plan_settings(config_for("FloatLM_99M").to_dict(), QUANT_BITS)] == [128, 128, -1, -1]
+
+
 def _dequantize_gptq_v1_4bit(state: dict[str, torch.Tensor], prefix: str) -> torch.Tensor:
     """W [out, in] = scale[g] * (q - (stored_zero + 1)), unpacked from GPTQ v1 int32 words in float64."""
     shifts = torch.arange(0, 32, 4, dtype=torch.int32)
@@ -232,7 +240,7 @@ def _config_dir(tmp_path: Path, name: str, config) -> Path:
         ("bits1", "bits=1 is not supported"),
         ("format", "format 'packed' is not one of"),
         ("group", "group_size=100 is not supported"),
-        ("paper_group_on_tiny", "group_size=128 at 4 bits does not divide q_proj's input width 64"),
+        ("group_too_wide", "group_size=128 at 4 bits does not divide every layer's input width"),
         ("trilm", "is a TriLM"),
         ("trilm_unpacked", "is a TriLM"),
         ("narrow", "multiples of 32"),
@@ -252,8 +260,8 @@ def test_bad_input_fails_before_any_work(case, match, tmp_path, floatlm_dir, cor
         kwargs["format"] = "packed"
     elif case == "group":
         kwargs["group_size"] = 100
-    elif case == "paper_group_on_tiny":
-        kwargs["bits"], kwargs["group_size"] = [4], None
+    elif case == "group_too_wide":
+        kwargs["group_size"] = {4: 128}
     elif case == "trilm":
         floatlm = _config_dir(tmp_path, "trilm", config_for("TriLM_99M", tiny=True, vocab_size=512))
     elif case == "trilm_unpacked":  # the original release: a plain llama config carrying the shard count
