@@ -288,7 +288,9 @@ class TernaryLinear(nn.Linear):
             self.prepare_inference(default_inference_path(x.device), x.dtype)
         if self.inference_path == "dense":
             return F.linear(x, self.weight.to(x.dtype))
-        return _WeightOnlyMatmul.apply(x, self)
+        if torch.is_grad_enabled() and x.requires_grad:
+            return _WeightOnlyMatmul.apply(x, self)
+        return self._weight_only_matmul(x)
 
     def _weight_only_matmul(self, x: torch.Tensor) -> torch.Tensor:
         """Y = X (g * T)^T through the int8 / int4 kernel: x [..., in] -> [..., out] in x's dtype."""

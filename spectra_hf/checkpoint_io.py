@@ -115,7 +115,7 @@ class Checkpoint:
         self.config = read_config(self.path)
         self.kind = checkpoint_kind(self.config)
         self.files = self._weight_files()
-        self._handles: dict[Path, Any] = {}
+        self._handle: tuple[Path, Any] | None = None
         self._file_of: dict[str, Path] = {}
         for file in self.files:
             for name in self._open(file).keys():
@@ -140,12 +140,14 @@ class Checkpoint:
         return files
 
     def _open(self, file: Path):
-        if file not in self._handles:
+        # One file mapped at a time: pages read through a mapping count as resident until it is closed.
+        if self._handle is None or self._handle[0] != file:
+            self._handle = None
             try:
-                self._handles[file] = safe_open(file, framework="pt")
+                self._handle = (file, safe_open(file, framework="pt"))
             except (SafetensorError, OSError) as error:
                 raise SpectraError(f"corrupt checkpoint file {file} ({error}): re-download or re-save it") from error
-        return self._handles[file]
+        return self._handle[1]
 
     @property
     def family(self) -> str:
