@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import json
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,14 +28,16 @@ from urllib.parse import urlparse
 
 import httpx2
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, constants, get_token
-from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError
+from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError, RepositoryNotFoundError
 from huggingface_hub.hf_api import RepoFile
 from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 from tqdm.auto import tqdm
 
 from .errors import SpectraError
 from .publish_pacing import HubLimits, Pacer
-from .publish_plan import BranchPlan, PlanFile, PublishPlan, RepoPlan
+from .publish_plan import STAGING_DIR, BranchPlan, PlanFile, PublishPlan, RepoPlan
+
+HASH_CACHE = "hashes.json"  # under SUITE_DIR/.publish-staging
 
 _KEEP_REMOTE = {".gitattributes"}  # created by the Hub with the repo; never ours to delete
 _MISSING_SHOWN = 10
@@ -70,21 +74,51 @@ class PublishReport:
 
 
 class _Hashes:
-    """sha256 and git blob sha1 of plan files, computed once per run (one read pass per file)."""
+    """sha256 and git blob sha1 of plan files (one read pass per file), remembered across runs.
 
-    def __init__(self) -> None:
-        self._cache: dict[str, tuple[str, str]] = {}
+    Re-running over a real suite (hundreds of GB) must not re-read every file: hashes of local files are kept in
+    `cache_file` keyed by path, size and mtime, and reused while those are unchanged.
+    """
+
+    def __init__(self, cache_file: Path | None = None) -> None:
+        self._file = cache_file
+        self._cache: dict[str, list] = {}
+        if cache_file is not None and cache_file.is_file():
+            try:
+                self._cache = json.loads(cache_file.read_text(encoding="utf-8"))
+            except json.JSONDecodeError:
+                self._cache = {}  # a damaged cache only costs re-hashing
+        self._dirty = False
 
     def of(self, file: PlanFile) -> tuple[str, str]:
-        key = str(file.local_path) if file.local_path is not None else f"content:{file.path_in_repo}:{id(file)}"
-        if key not in self._cache:
-            sha256, sha1 = hashlib.sha256(), hashlib.sha1()
-            sha1.update(b"blob %d\0" % file.size)
-            for chunk in _chunks(file):
-                sha256.update(chunk)
-                sha1.update(chunk)
-            self._cache[key] = (sha256.hexdigest(), sha1.hexdigest())
-        return self._cache[key]
+        if file.content is not None:
+            return _digest(file)
+        stat = file.local_path.stat()
+        key, stamp = str(file.local_path.resolve()), [stat.st_size, stat.st_mtime_ns]
+        cached = self._cache.get(key)
+        if cached is None or cached[:2] != stamp:
+            cached = [*stamp, *_digest(file)]
+            self._cache[key] = cached
+            self._dirty = True
+        return cached[2], cached[3]
+
+    def save(self) -> None:
+        if self._file is None or not self._dirty:
+            return
+        self._file.parent.mkdir(parents=True, exist_ok=True)
+        staging = self._file.with_name(f".{self._file.name}.tmp-{os.getpid()}")
+        staging.write_text(json.dumps(self._cache), encoding="utf-8")
+        os.replace(staging, self._file)
+        self._dirty = False
+
+
+def _digest(file: PlanFile) -> tuple[str, str]:
+    sha256, sha1 = hashlib.sha256(), hashlib.sha1()
+    sha1.update(b"blob %d\0" % file.size)
+    for chunk in _chunks(file):
+        sha256.update(chunk)
+        sha1.update(chunk)
+    return sha256.hexdigest(), sha1.hexdigest()
 
 
 def _chunks(file: PlanFile, size: int = 1 << 22) -> Iterator[bytes]:
@@ -172,7 +206,7 @@ class Publisher:
         self.plan = plan
         self.api = api
         self.pacer = Pacer(limits)
-        self.hashes = _Hashes()
+        self.hashes = _Hashes(plan.suite_dir / STAGING_DIR / HASH_CACHE)
         self.progress = progress
         self.report = PublishReport(endpoint=api.endpoint)
 
@@ -215,11 +249,13 @@ class Publisher:
         self.pacer.call(attempt, requests=1)
 
     def publish_repo(self, repo: RepoPlan, *, private: bool) -> None:
-        existed = self.pacer.call(lambda: self.api.repo_exists(repo.repo_id))
-        if not existed:
+        try:
+            refs = self.pacer.call(lambda: self.api.list_repo_refs(repo.repo_id))
+            remote = {b.name for b in refs.branches}
+        except RepositoryNotFoundError:
             self.pacer.call(lambda: self.api.create_repo(repo.repo_id, private=private, exist_ok=True))
             self.report.repos_created += 1
-        remote = set() if not existed else {b.name for b in self.pacer.call(lambda: self.api.list_repo_refs(repo.repo_id)).branches}
+            remote = {"main"}
         bar = tqdm(repo.branches, desc=repo.repo_id, unit="branch", leave=False, disable=not self.progress)
         for branch in bar:
             if branch.name != "main" and branch.name not in remote:
@@ -349,6 +385,8 @@ def publish(
                 publisher.load_back(Path(load_check_dir))
     except (HfHubHTTPError, httpx2.TransportError, LocalTokenNotFoundError) as error:
         raise _explain(error, doing=doing, endpoint=endpoint, token=secret) from None
+    finally:
+        publisher.hashes.save()
     report = publisher.report
     report.retries, report.waited_s = publisher.pacer.retries, publisher.pacer.waited_s
     report.seconds = time.perf_counter() - started

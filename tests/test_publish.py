@@ -6,6 +6,7 @@ checkpoint branches per TriLM and FloatLM: 54 repos, 90 branches.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -18,7 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 from huggingface_hub import HfApi, ModelCard, hf_hub_download
-from safetensors.torch import load_file
+from huggingface_hub.utils.sha import git_hash
+from safetensors.torch import load_file, save_file
 
 import spectra_hf  # noqa: F401  (registers trilm / floatlm with the Auto classes)
 from spectra_hf.cli import main as cli_main
@@ -174,6 +176,12 @@ def test_second_run_makes_no_commits(published, local_hub):
     assert report.commits == report.repos_created == report.branches_created == report.collection_items_added == 0
     assert report.repos == 63 and report.branches == 99
     assert _commits(local_hub, ORG) == before
+    # Local hashes are remembered across runs (a real suite is not re-read); they match the reference digests.
+    cache = json.loads((plan.suite_dir / ".publish-staging" / "hashes.json").read_text())
+    weights = model_dir(plan.suite_dir, "TriLM_99M") / "model.safetensors"
+    size, _, sha256, sha1 = cache[str(weights.resolve())]
+    data = weights.read_bytes()
+    assert (size, sha256, sha1) == (len(data), hashlib.sha256(data).hexdigest(), git_hash(data))
 
 
 def test_killed_run_resumes_to_a_complete_suite(tmp_path, tokenizer):
@@ -190,12 +198,13 @@ def test_killed_run_resumes_to_a_complete_suite(tmp_path, tokenizer):
         child.send_signal(signal.SIGKILL)
         child.wait()
         killed_after = sum(_commits(hub, "crash").values())
-        assert 3 <= killed_after < 9, "the child should die midway"
+        total = sum(len(r.branches) for r in plan.repos)  # 3 models + 2 unpacked TriLMs: 11 branches
+        assert 3 <= killed_after < total, "the child should die midway"
         report = publish(plan, endpoint=hub.url, limits=FAST, progress=False)
         assert report.verified
         # Branches the killed run finished are not committed again; the rest are committed once.
-        assert killed_after + report.commits == 9
-        assert all(n == 3 for n in _commits(hub, "crash").values())
+        assert killed_after + report.commits == total
+        assert _commits(hub, "crash") == {r.repo_id: len(r.branches) for r in plan.repos}
 
 
 def test_stale_branch_is_repaired(tmp_path, tokenizer):
@@ -208,15 +217,23 @@ def test_stale_branch_is_repaired(tmp_path, tokenizer):
         api.create_repo("stale/FloatLM_99M")
         api.create_branch("stale/FloatLM_99M", branch="step100")
         api.create_commit("stale/FloatLM_99M", [CommitOperationAdd("junk.bin", b"\0junk")], commit_message="half", revision="step100")
-        report = publish(plan, endpoint=hub.url, limits=FAST, progress=False)
+        report = publish(plan, endpoint=hub.url, limits=FAST, progress=False, load_check_dir=tmp_path / "load")
         assert report.verified and report.files_deleted >= 1
         files = set(api.list_repo_files("stale/FloatLM_99M", revision="step100"))
         assert "junk.bin" not in files and "model.safetensors" in files
+        assert report.loaded == [f"stale/FloatLM_99M@{b}" for b in ("main", "step100", "step200")]
+        # A changed checkpoint is re-published alone, in one commit.
+        weights = checkpoint_dir(suite, "FloatLM_99M", 200) / "model.safetensors"
+        save_file({k: v + 1 for k, v in load_file(weights).items()}, str(weights), metadata={"format": "pt"})
+        report = publish(build_plan(suite, org="stale", models=["FloatLM_99M"]), endpoint=hub.url, limits=FAST, progress=False)
+        assert report.commits == 1 and report.files_uploaded == 1
+        downloaded = hf_hub_download("stale/FloatLM_99M", "model.safetensors", revision="step200", endpoint=hub.url, cache_dir=tmp_path)
+        assert Path(downloaded).read_bytes() == weights.read_bytes()
 
 
 def test_429_with_retry_after_on_branches_and_commits_still_completes(tmp_path, tokenizer):
     suite = _small_suite(tmp_path / "suite", tokenizer, ("TriLM_1.1B",))
-    plan = build_plan(suite, org="busy", models=["TriLM_1.1B"])
+    plan = build_plan(suite, org="busy", models=["TriLM_1.1B"], unpacked=False)
     with LocalHub(tmp_path / "hub") as hub:
         for kind in ("create_repo", "branch", "commit"):
             hub.inject(kind, 429, every=2, retry_after=1)  # every operation is refused once, then accepted
@@ -257,7 +274,7 @@ def test_missing_model_or_checkpoint_is_refused_before_any_request(tmp_path, tok
             publish(plan, endpoint=hub.url, limits=FAST, progress=False)
         assert hub.stats["total_requests"] == 0
         report = publish(plan, endpoint=hub.url, limits=FAST, progress=False, allow_partial=True)
-        assert report.verified and report.repos == 2
+        assert report.verified and report.repos == 3  # TriLM_99M, its unpacked sibling, FloatLM_99M
         api = HfApi(endpoint=hub.url)
         assert {b.name for b in api.list_repo_refs("gaps/TriLM_99M").branches} == {"main", "step200"}
     assert cli_main(["publish", str(suite), "--org", "gaps", "--endpoint", "http://127.0.0.1:9"]) == 2
@@ -289,7 +306,7 @@ def test_unreachable_endpoint_is_a_clear_error(suite_dir, capsys):
 def test_dry_run_prints_the_plan_without_network(suite_dir, capsys):
     assert cli_main(["publish", str(suite_dir), "--org", ORG, "--dry-run", "--endpoint", "http://127.0.0.1:9"]) == 0
     out = capsys.readouterr().out
-    assert "total: 54 repos, 90 branches, 90 commits at most" in out and f"{ORG}/TriLM_3.9B" in out
+    assert "total: 63 repos, 99 branches, 99 commits at most" in out and f"{ORG}/TriLM_3.9B_Unpacked" in out
     assert cli_main(["publish", str(suite_dir), "--org", ORG, "--dry-run", "--json", "--models", "TriLM_99M"]) == 0
     totals = json.loads(capsys.readouterr().out)["totals"]
-    assert totals["repos"] == 1 and totals["branches"] == 3 and totals["bytes"] > 0
+    assert totals["repos"] == 2 and totals["branches"] == 4 and totals["bytes"] > 0
