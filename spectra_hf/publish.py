@@ -237,7 +237,7 @@ class Publisher:
             self.api.create_commit(
                 repo.repo_id,
                 operations,
-                commit_message=f"Publish {repo.model.name} {branch.name}{where}",
+                commit_message=f"Publish {repo.repo_id.split('/')[1]} {branch.name}{where}",
                 revision=branch.name,
             )
             self.report.commits += 1
@@ -258,6 +258,7 @@ class Publisher:
             remote = {"main"}
         bar = tqdm(repo.branches, desc=repo.repo_id, unit="branch", leave=False, disable=not self.progress)
         for branch in bar:
+            bar.set_postfix_str(branch.name)
             if branch.name != "main" and branch.name not in remote:
                 self.pacer.call(lambda: self.api.create_branch(repo.repo_id, branch=branch.name, exist_ok=True))
                 self.report.branches_created += 1

@@ -303,6 +303,21 @@ def test_unreachable_endpoint_is_a_clear_error(suite_dir, capsys):
         publish(plan, endpoint="http://127.0.0.1:9", limits=FAST, progress=False)
 
 
+def test_cli_without_endpoint_or_token_publishes_to_the_embedded_local_hub(suite_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("HF_ENDPOINT")  # huggingface_hub read it at import; the CLI looks again to pick its target
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    from huggingface_hub import get_token
+
+    assert get_token() is None, "this test needs a machine without a saved Hub login"
+    root = tmp_path / "store"
+    argv = ["publish", str(suite_dir), "--org", "embedded", "--models", "QuantLM_99M_8bit", "--hub-root", str(root)]
+    assert cli_main([*argv, "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "1 repos and 0 branches created" in out and f"spectra-hf hub serve --root {root}" in out
+    with LocalHub(root) as hub:  # the store outlives the run: serve it again and read the repo back
+        assert "model.safetensors" in HfApi(endpoint=hub.url).list_repo_files("embedded/QuantLM_99M_8bit")
+
+
 def test_dry_run_prints_the_plan_without_network(suite_dir, capsys):
     assert cli_main(["publish", str(suite_dir), "--org", ORG, "--dry-run", "--endpoint", "http://127.0.0.1:9"]) == 0
     out = capsys.readouterr().out
