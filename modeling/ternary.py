@@ -40,9 +40,17 @@ def _math_dtype(weight: torch.Tensor) -> torch.dtype:
 
 
 def shard_abs_sums(weight: torch.Tensor, shards: int, shard_dim: int) -> tuple[torch.Tensor, int]:
-    """Per-shard sum of |W| (float32 or float64, shape [shards]) and the number of weights in each shard."""
-    blocks = _shard_view(weight.detach(), shards, shard_dim)
-    return blocks.abs().sum(dim=1, dtype=_math_dtype(weight)), blocks.shape[1]
+    """Per-shard sum of |W| (float32 or float64, shape [shards]) and the number of weights in each shard.
+
+    Sums each row (shard_dim 0) or column (shard_dim 1) first, then the contiguous blocks of those sums. A weight
+    sharded by tensor parallelism (a DTensor) then only replicates that [out] / [in] vector of partial sums across
+    its ranks, whatever the TP degree, so every rank's scale is the absmean over the whole scale block.
+    """
+    per_index = weight.detach().abs().sum(dim=1 - shard_dim, dtype=_math_dtype(weight))
+    if hasattr(per_index, "redistribute"):
+        mesh = per_index.device_mesh
+        per_index = per_index.redistribute(mesh, [torch.distributed.tensor.Replicate()] * mesh.ndim)
+    return per_index.reshape(shards, -1).sum(dim=1), weight.numel() // shards
 
 
 def expand_scales(scales: torch.Tensor, shape: torch.Size, shard_dim: int) -> torch.Tensor:

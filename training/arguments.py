@@ -49,6 +49,10 @@ class ModelArguments:
         default=1,
         metadata={"help": "FSDP2 degree through transformers' DistributedConfig (needs model_path)."},
     )
+    tp_size: int = field(
+        default=1,
+        metadata={"help": "Tensor-parallel degree through transformers' tp_plan / DistributedConfig (needs model_path)."},
+    )
 
 
 @dataclass

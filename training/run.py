@@ -55,16 +55,17 @@ def machine_defaults() -> dict[str, Any]:
     return defaults
 
 
-def set_gradient_accumulation(args: SpectraTrainingArguments) -> None:
-    """Derive `gradient_accumulation_steps` from `global_batch_size`, the per-device batch and the process count."""
+def set_gradient_accumulation(args: SpectraTrainingArguments, *, tensor_parallel: int = 1) -> None:
+    """Derive `gradient_accumulation_steps` from `global_batch_size`, the per-device batch and the data-parallel
+    process count (processes / tensor-parallel degree: the ranks of one TP group see the same batch)."""
     if args.global_batch_size is None:
         return
-    data_parallel = args.world_size
+    data_parallel = args.world_size // tensor_parallel
     per_step = args.per_device_train_batch_size * data_parallel
     if args.global_batch_size % per_step:
         raise SpectraError(
             f"global_batch_size={args.global_batch_size} is not divisible by per_device_train_batch_size="
-            f"{args.per_device_train_batch_size} x {data_parallel} process(es) = {per_step}: choose a "
+            f"{args.per_device_train_batch_size} x {data_parallel} data-parallel process(es) = {per_step}: choose a "
             "per-device batch size (or process count) whose product divides it"
         )
     args.gradient_accumulation_steps = args.global_batch_size // per_step
@@ -81,16 +82,17 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
 
 
 def build_model(model_args: ModelArguments, *, vocab_size: int) -> PreTrainedModel:
-    """A fresh suite model (`model`, optionally `tiny`) or the one in `model_path` (FSDP2-sharded if fsdp_size > 1)."""
+    """A fresh suite model (`model`, optionally `tiny`) or the one in `model_path`, sharded at load time by
+    transformers (`DistributedConfig`) when fsdp_size or tp_size > 1."""
     family = get_model(model_args.model).family
     if family == "quantlm":
         raise SpectraError(f"{model_args.model} is post-training quantized, not trained: train its FloatLM")
     if model_args.model_path:
         kwargs: dict[str, Any] = {}
-        if model_args.fsdp_size > 1:
+        if model_args.fsdp_size > 1 or model_args.tp_size > 1:
             from transformers.distributed import DistributedConfig
 
-            kwargs["distributed_config"] = DistributedConfig(fsdp_size=model_args.fsdp_size)
+            kwargs["distributed_config"] = DistributedConfig(fsdp_size=model_args.fsdp_size, tp_size=model_args.tp_size)
         try:
             model = AutoModelForCausalLM.from_pretrained(model_args.model_path, **kwargs)
         except OSError as error:
@@ -101,8 +103,10 @@ def build_model(model_args: ModelArguments, *, vocab_size: int) -> PreTrainedMod
                 f"({family!r}): fix model or model_path"
             )
         return model
-    if model_args.fsdp_size > 1:
-        raise SpectraError("fsdp_size > 1 shards a model at load time: set model_path (create one with spectra-hf init)")
+    if model_args.fsdp_size > 1 or model_args.tp_size > 1:
+        raise SpectraError(
+            "fsdp_size / tp_size > 1 shard a model at load time: set model_path (create one with spectra-hf init)"
+        )
     overrides = {"vocab_size": vocab_size} if model_args.tiny else {}
     config = config_for(model_args.model, tiny=model_args.tiny, **overrides)
     if vocab_size > config.vocab_size:
@@ -127,7 +131,7 @@ def train(
     Works the same under `torchrun` / `accelerate launch` (one call per process).
     """
     model_args, data_args, args = parse_recipe(recipe, overrides, defaults=machine_defaults())
-    set_gradient_accumulation(args)
+    set_gradient_accumulation(args, tensor_parallel=model_args.tp_size)
     if args.export_name is None:
         args.export_name = model_args.model
     with args.main_process_first(desc="loading the training data"):
