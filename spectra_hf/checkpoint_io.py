@@ -19,13 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
-
 from .errors import SpectraError
 from .modeling.modeling_trilm import TERNARY_SHARD_DIM
 from .modeling.packing import unpack_ternary
 from .modeling.ternary import TernaryLinear, expand_scales, recover_ternary, share_scales
+from .safetensors_io import ShardFileWriter, TensorEntry, read_header, read_tensor
 
 KINDS = ("trilm-latent", "trilm-packed", "trilm-release", "floatlm", "llama")
 FORMAT_OF_KIND = {
@@ -115,11 +113,12 @@ class Checkpoint:
         self.config = read_config(self.path)
         self.kind = checkpoint_kind(self.config)
         self.files = self._weight_files()
-        self._handle: tuple[Path, Any] | None = None
         self._file_of: dict[str, Path] = {}
+        self._entries: dict[str, TensorEntry] = {}
         for file in self.files:
-            for name in self._open(file).keys():
-                self._file_of[name] = file
+            entries = read_header(file)
+            self._entries.update(entries)
+            self._file_of.update(dict.fromkeys(entries, file))
         self._latent_cache: tuple[int, dict[str, Ternary]] | None = None
 
     def _weight_files(self) -> list[Path]:
@@ -139,16 +138,6 @@ class Checkpoint:
                 raise SpectraError(f"{file} is listed in {INDEX_FILE} but missing: the download is incomplete")
         return files
 
-    def _open(self, file: Path):
-        # One file mapped at a time: pages read through a mapping count as resident until it is closed.
-        if self._handle is None or self._handle[0] != file:
-            self._handle = None
-            try:
-                self._handle = (file, safe_open(file, framework="pt"))
-            except (SafetensorError, OSError) as error:
-                raise SpectraError(f"corrupt checkpoint file {file} ({error}): re-download or re-save it") from error
-        return self._handle[1]
-
     @property
     def family(self) -> str:
         return "trilm" if self.kind.startswith("trilm") else "floatlm"
@@ -167,19 +156,16 @@ class Checkpoint:
 
     def tensor(self, name: str) -> torch.Tensor:
         """One stored tensor, read from its file."""
-        try:
-            return self._open(self._file_of[name]).get_tensor(name)
-        except KeyError:
-            raise SpectraError(f"{self.path} has no tensor {name!r}: the checkpoint is incomplete") from None
-        except SafetensorError as error:
-            raise SpectraError(f"cannot read {name!r} from {self._file_of[name]} ({error}): the file is corrupt") from error
+        if name not in self._entries:
+            raise SpectraError(f"{self.path} has no tensor {name!r}: the checkpoint is incomplete")
+        return read_tensor(self._file_of[name], self._entries[name])
 
     def stored_shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self._open(self._file_of[name]).get_slice(name).get_shape())
+        return self._entries[name].shape
 
     def stored_dtype(self, name: str) -> str:
         """The safetensors dtype string of a stored tensor ("F16", "U8", ...)."""
-        return self._open(self._file_of[name]).get_slice(name).get_dtype()
+        return self._entries[name].dtype
 
     def names(self) -> list[str]:
         """Llama-vocabulary names of the weights (packed pairs appear once, as `P.weight`), in file order."""
@@ -245,35 +231,38 @@ class Checkpoint:
 class ShardedWriter:
     """Writes tensors into safetensors shards of at most `max_shard_bytes` (plus an index when there are several).
 
-    Only the current shard is held in memory. Call `finish()` after the last `add()`.
+    Tensors go to disk as they are added (see `safetensors_io`), so memory holds none of them. Call `finish()`
+    after the last `add()`.
     """
 
     def __init__(self, directory: str | os.PathLike, *, max_shard_bytes: int = 2 << 30) -> None:
         self.directory = Path(directory)
         self.max_shard_bytes = max_shard_bytes
-        self._pending: dict[str, torch.Tensor] = {}
-        self._pending_bytes = 0
+        self._current: ShardFileWriter | None = None
         self._shards: list[tuple[Path, list[str]]] = []
         self.total_bytes = 0
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
         nbytes = tensor.numel() * tensor.element_size()
-        if self._pending and self._pending_bytes + nbytes > self.max_shard_bytes:
-            self._flush()
-        self._pending[name] = tensor.contiguous()
-        self._pending_bytes += nbytes
+        if self._current is not None and self._current.nbytes and self._current.nbytes + nbytes > self.max_shard_bytes:
+            self._close_current()
+        if self._current is None:
+            path = self.directory / f"shard-{len(self._shards):05d}.tmp"
+            self._current = ShardFileWriter(path)
+            self._shards.append((path, []))
+        self._current.add(name, tensor)
+        self._shards[-1][1].append(name)
         self.total_bytes += nbytes
 
-    def _flush(self) -> None:
-        path = self.directory / f"shard-{len(self._shards):05d}.tmp"
-        save_file(self._pending, path, metadata={"format": "pt"})
-        self._shards.append((path, list(self._pending)))
-        self._pending, self._pending_bytes = {}, 0
+    def _close_current(self) -> None:
+        self._current.close()
+        self._current = None
 
     def finish(self) -> list[Path]:
-        """Flush, give the shards their final names (`model.safetensors` or `model-0000k-of-0000n.safetensors`)."""
-        if self._pending or not self._shards:
-            self._flush()
+        """Close the last shard, give the shards their final names (`model.safetensors` or
+        `model-0000k-of-0000n.safetensors`) and write the index when there are several."""
+        if self._current is not None:
+            self._close_current()
         count = len(self._shards)
         weight_map, files = {}, []
         for index, (path, names) in enumerate(self._shards, start=1):

@@ -1,0 +1,115 @@
+"""The safetensors file format read and written one tensor at a time with plain file I/O.
+
+`safetensors.safe_open` memory-maps a whole file, and every page read through the mapping stays resident until the
+file is closed; converting a multi-GiB shard would then hold it all. Here a tensor is read with one `read()` into
+its own buffer, and a shard is written by appending tensor bytes to a data file and prepending the header at the
+end, so memory holds one tensor at a time. Files are standard safetensors (8-byte little-endian header length, JSON
+header, data), readable by `safetensors` and transformers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import SpectraError
+
+DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+_NAMES = {dtype: name for name, dtype in DTYPES.items()}
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """Where one tensor lies in a safetensors file."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    start: int  # absolute byte offsets in the file
+    end: int
+
+
+def read_header(path: Path) -> dict[str, TensorEntry]:
+    """The tensors of safetensors file `path`; SpectraError naming the file if it is truncated or not safetensors."""
+    def corrupt(reason: str) -> SpectraError:
+        return SpectraError(f"corrupt checkpoint file {path} ({reason}): re-download or re-save it")
+
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        prefix = handle.read(8)
+        if len(prefix) < 8:
+            raise corrupt("shorter than a safetensors header")
+        (length,) = struct.unpack("<Q", prefix)
+        if length > size - 8:
+            raise corrupt("header longer than the file")
+        try:
+            header = json.loads(handle.read(length))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise corrupt(f"unreadable header: {error}") from error
+    data_start = 8 + length
+    entries = {}
+    for name, value in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            start, end = value["data_offsets"]
+            entry = TensorEntry(value["dtype"], tuple(value["shape"]), data_start + start, data_start + end)
+        except (KeyError, TypeError, ValueError) as error:
+            raise corrupt(f"bad entry for {name!r}") from error
+        if entry.dtype not in DTYPES or entry.end > size:
+            raise corrupt(f"tensor {name!r} has dtype {entry.dtype} or lies past the end of the file")
+        entries[name] = entry
+    return entries
+
+
+def read_tensor(path: Path, entry: TensorEntry) -> torch.Tensor:
+    """One tensor, read into its own memory."""
+    dtype = DTYPES[entry.dtype]
+    if entry.end == entry.start:
+        return torch.empty(entry.shape, dtype=dtype)
+    with open(path, "rb") as handle:
+        handle.seek(entry.start)
+        buffer = bytearray(entry.end - entry.start)
+        if handle.readinto(buffer) != len(buffer):
+            raise SpectraError(f"corrupt checkpoint file {path}: truncated tensor data; re-download or re-save it")
+    return torch.frombuffer(buffer, dtype=dtype).reshape(entry.shape)
+
+
+class ShardFileWriter:
+    """Writes one safetensors file tensor by tensor: `add()` appends bytes to a side file, `close()` writes the
+    header and moves the data behind it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._data_path = self.path.with_name(self.path.name + ".data")
+        self._data = open(self._data_path, "wb")
+        self._header: dict[str, dict] = {}
+        self.nbytes = 0
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        tensor = tensor.detach().cpu().contiguous()
+        raw = tensor.reshape(-1).view(torch.uint8) if tensor.numel() else torch.empty(0, dtype=torch.uint8)
+        self._data.write(memoryview(raw.numpy()))
+        self._header[name] = {
+            "dtype": _NAMES[tensor.dtype], "shape": list(tensor.shape), "data_offsets": [self.nbytes, self.nbytes + raw.numel()],
+        }
+        self.nbytes += raw.numel()
+
+    def close(self) -> None:
+        self._data.close()
+        header = json.dumps({"__metadata__": {"format": "pt"}, **self._header}, separators=(",", ":")).encode()
+        header += b" " * (-len(header) % 8)
+        with open(self.path, "wb") as out, open(self._data_path, "rb") as data:
+            out.write(struct.pack("<Q", len(header)))
+            out.write(header)
+            shutil.copyfileobj(data, out, 16 << 20)
+        os.remove(self._data_path)
