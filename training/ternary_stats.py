@@ -6,13 +6,12 @@ import torch
 from torch import nn
 
 from spectra_hf.modeling import TernaryLinear
-from spectra_hf.modeling.ternary import shard_abs_sums, ternary_digits
 
 FLIP_SAMPLE = 1 << 16  # flips are tracked on this many fixed weights per layer (all of them in smaller layers)
 
 
 def _full(tensor: torch.Tensor) -> torch.Tensor:
-    """The whole tensor on every rank: sharded DTensors (FSDP2, tensor parallel) are gathered (a collective)."""
+    """The whole tensor on every rank: DTensors (FSDP2- or TP-sharded weights outside forward) are gathered."""
     return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
 
 
@@ -38,7 +37,7 @@ class TernaryStatsTracker:
         for name, module in model.named_modules():
             if not isinstance(module, TernaryLinear):
                 continue
-            digits, scales = self._ternary_weight(module)
+            digits, scales = (_full(t) for t in module.ternary_weight())
             zeros += int((digits == 0).sum())
             total += digits.numel()
             all_scales.append(scales)
@@ -54,20 +53,6 @@ class TernaryStatsTracker:
         if tracked:
             logs["ternary/flip_fraction"] = flips / tracked
         return logs
-
-    @staticmethod
-    def _ternary_weight(module: TernaryLinear) -> tuple[torch.Tensor, torch.Tensor]:
-        """(T [out, in] int8, scales [shards]) of the whole layer, sharded or not."""
-        if not hasattr(module.weight, "full_tensor"):
-            return module.ternary_weight()
-        # Sharded parameters (outside forward): the scale of each shard is over the gathered weights of its group.
-        total, count = None, 0
-        for member in module._scale_group:
-            sums, n = shard_abs_sums(_full(member.weight), member.shards, member.shard_dim)
-            total = sums if total is None else total + sums
-            count += n
-        scales = total / count + module.eps
-        return ternary_digits(_full(module.weight), scales, module.shard_dim), scales
 
     def _indices(self, name: str, numel: int) -> torch.Tensor:
         if name not in self._sample_index:
