@@ -314,12 +314,12 @@ class TernaryLinear(nn.Linear):
         return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
-        if self.packed and self.inference_path is not None:
-            digits, scales = self.ternary_weight()
-            destination[prefix + "weight_packed"] = pack_ternary(digits)
-            destination[prefix + "weight_scale"] = scales
-            return
-        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if not self.packed:
+            return super()._save_to_state_dict(destination, prefix, keep_vars)
+        # A prepared layer holds its kernel's form, not the packed bytes: pack again. Scales stay float32 on disk.
+        packed = self.weight_packed if self.inference_path is None else pack_ternary(self._packed_digits())
+        destination[prefix + "weight_packed"] = packed
+        destination[prefix + "weight_scale"] = self.weight_scale.float()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed:
