@@ -7,7 +7,6 @@ import copy
 import os
 import subprocess
 import sys
-import textwrap
 
 import pytest
 import torch
@@ -16,6 +15,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from spectra_hf import TernaryLinear, TriLMForCausalLM
 from spectra_hf.suite import config_for
+from test_modeling import REMOTE_CODE_SCRIPT  # the lead's spectra_hf-blocking loader script
 
 LAYOUT = {"q_proj": 0, "k_proj": 0, "v_proj": 0, "o_proj": 1, "gate_proj": 0, "up_proj": 0, "down_proj": 1}
 
@@ -141,32 +141,8 @@ def test_lora_wraps_ternary_layers(saved, path) -> None:
     assert lora_grads and all(g is not None and g.abs().sum() > 0 for g in lora_grads)
 
 
-REMOTE_CODE_SCRIPT = textwrap.dedent(
-    """
-    import importlib.abc, sys
-
-    class BlockSpectra(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "spectra_hf" or name.startswith("spectra_hf."):
-                raise ModuleNotFoundError(f"No module named {name!r} (hidden by the test)")
-            return None
-
-    sys.meta_path.insert(0, BlockSpectra())
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(sys.argv[1], trust_remote_code=True, ternary_inference="dense")
-    assert "spectra_hf" not in sys.modules
-    layer = model.model.layers[0].mlp.down_proj
-    assert layer.packed and layer.inference_path == "dense", layer
-    with torch.no_grad():
-        torch.save(model(torch.load(sys.argv[2])).logits, sys.argv[3])
-    """
-)
-
-
 def test_packed_checkpoint_loads_as_remote_code_without_spectra_hf(saved, tmp_path) -> None:
-    latent, directory, ids, _ = saved
+    _, directory, ids, _ = saved
     torch.save(ids, tmp_path / "ids.pt")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HUB_OFFLINE="1")
@@ -175,5 +151,8 @@ def test_packed_checkpoint_loads_as_remote_code_without_spectra_hf(saved, tmp_pa
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    module, cls = result.stdout.split()[-2:]
+    assert module.startswith("transformers_modules") and cls == "TriLMForCausalLM"
+    in_process = TriLMForCausalLM.from_pretrained(directory)  # the same "auto" path (int8 on CPU)
     with torch.no_grad():
-        torch.testing.assert_close(torch.load(tmp_path / "out.pt"), latent(ids).logits, rtol=0, atol=0)
+        torch.testing.assert_close(torch.load(tmp_path / "out.pt"), in_process(ids).logits, rtol=0, atol=0)

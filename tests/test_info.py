@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from spectra_hf import FloatLMForCausalLM, TriLMForCausalLM
 from spectra_hf.checkpoint_info import describe_checkpoint, suite_size
