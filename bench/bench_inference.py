@@ -5,7 +5,8 @@
 Full-size shapes from the suite registry, random weights (speed does not depend on values). Every model runs in its
 own subprocess so that its peak RSS is its own. Printed per size: resident weight bytes (parameters + buffers),
 process peak RSS, decode tokens/s, and the ratios the issue targets: TriLM weight memory / FloatLM bf16 weight memory
-(target <= 0.3) and TriLM decode speed / the faster FloatLM dtype (target >= 1.5).
+(target <= 0.3; "blocks/bf16" counts the decoder blocks only, without the float embedding and LM head) and TriLM
+decode speed / the faster FloatLM dtype (target >= 1.5).
 """
 
 from __future__ import annotations
@@ -66,7 +67,9 @@ def worker(family: str, size: str, dtype_name: str, path: str | None, tokens: in
 
     dtype = getattr(torch, dtype_name)
     model = build(family, size, dtype, path, device)
-    weight_bytes = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    weight_bytes = sum(t.numel() * t.element_size() for t in tensors.values())
+    block_bytes = sum(t.numel() * t.element_size() for name, t in tensors.items() if ".layers." in name)
     ids = torch.randint(0, model.config.vocab_size, (1, 8), device=device)
 
     def decode(steps: int) -> float:
@@ -86,7 +89,7 @@ def worker(family: str, size: str, dtype_name: str, path: str | None, tokens: in
     decode(2)  # warm-up
     seconds = decode(tokens)
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"weight_bytes": weight_bytes, "peak_rss": peak_rss, "tokens_per_s": tokens / seconds}
+    return {"weight_bytes": weight_bytes, "block_bytes": block_bytes, "peak_rss": peak_rss, "tokens_per_s": tokens / seconds}
 
 
 def main() -> None:
@@ -105,7 +108,10 @@ def main() -> None:
     import torch
 
     print(f"device={args.device} threads={torch.get_num_threads()} torch={torch.__version__} decode tokens={args.tokens}")
-    header = f"{'size':>5} {'model':<17} {'weights MiB':>11} {'peak RSS MiB':>12} {'tok/s':>7} {'mem/bf16':>9} {'speed/best float':>16}"
+    header = (
+        f"{'size':>5} {'model':<17} {'weights MiB':>11} {'peak RSS MiB':>12} {'tok/s':>7} {'mem/bf16':>9} "
+        f"{'blocks/bf16':>11} {'speed/best float':>16}"
+    )
     print(header)
     print("-" * len(header))
     for size in args.sizes:
@@ -121,13 +127,15 @@ def main() -> None:
                 continue
             rows[label] = json.loads(result.stdout.strip().splitlines()[-1])
         bf16 = rows.get("FloatLM bf16", {}).get("weight_bytes")
+        bf16_blocks = rows.get("FloatLM bf16", {}).get("block_bytes")
         best_float = max((rows[k]["tokens_per_s"] for k in ("FloatLM fp32", "FloatLM bf16") if k in rows), default=None)
         for label, row in rows.items():
             memory = f"{row['weight_bytes'] / bf16:.2f}x" if bf16 else "-"
+            blocks = f"{row['block_bytes'] / bf16_blocks:.2f}x" if bf16_blocks else "-"
             speed = f"{row['tokens_per_s'] / best_float:.2f}x" if best_float else "-"
             print(
                 f"{size:>5} {label:<17} {row['weight_bytes'] / 2**20:>11.0f} {row['peak_rss'] / 2**20:>12.0f} "
-                f"{row['tokens_per_s']:>7.1f} {memory:>9} {speed:>16}",
+                f"{row['tokens_per_s']:>7.1f} {memory:>9} {blocks:>11} {speed:>16}",
                 flush=True,
             )
 
