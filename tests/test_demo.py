@@ -1,0 +1,64 @@
+"""`spectra-hf demo --quick`: the whole pipeline offline; trained models beat the untrained ones, stages run alone."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from spectra_hf.cli import main
+from spectra_hf.demo import DemoConfig, DemoPaths, report_rows
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("demo")
+    assert main(["demo", "--workdir", str(workdir), "--quick"]) == 0
+    return workdir
+
+
+def _rows(workdir) -> dict[tuple[str, str], dict]:
+    return {(row["name"], row["revision"]): row for row in report_rows(DemoPaths(workdir), DemoConfig.quick())}
+
+
+def test_demo_trained_models_beat_untrained(demo_run):
+    rows = _rows(demo_run)
+    for family in ("TriLM", "FloatLM"):
+        untrained = rows[(f"untrained_{family}_99M", "-")]["perplexity"]
+        checkpoint = rows[(f"{family}_99M", "step60")]["perplexity"]
+        final = rows[(f"{family}_99M", "main")]["perplexity"]
+        assert final < checkpoint < untrained  # training helped, and kept helping after the step-60 checkpoint
+        assert final < 0.5 * untrained
+    # GPTQ 4-bit stays close to the FloatLM it quantizes; the unpacked release format is the packed TriLM
+    floatlm = rows[("FloatLM_99M", "main")]["perplexity"]
+    assert rows[("QuantLM_99M_4bit", "main")]["perplexity"] == pytest.approx(floatlm, rel=0.05)
+    trilm = rows[("TriLM_99M", "main")]["perplexity"]
+    assert rows[("TriLM_99M_Unpacked", "main")]["perplexity"] == pytest.approx(trilm, rel=1e-4)
+    # TriLM stores its decoder weights in 1.58 bits: smaller than the 4-bit QuantLM, which is smaller than FloatLM
+    sizes = {name: row["size_bits"] for (name, _), row in rows.items()}
+    assert sizes["TriLM_99M"] < sizes["QuantLM_99M_4bit"] < sizes["FloatLM_99M"]
+
+
+def test_demo_loaded_back_models_equal_the_local_exports(demo_run):
+    """What from_pretrained(repo, revision) gave back from the local Hub scores exactly like the local export."""
+    rows = _rows(demo_run)
+    for name in ("TriLM_99M", "FloatLM_99M", "QuantLM_99M_4bit"):
+        local = json.loads((demo_run / "eval" / f"{name}.json").read_text())
+        assert rows[(name, "main")]["perplexity"] == pytest.approx(local["perplexity"]["perplexity"], rel=1e-4)
+        assert any(row["metric_type"] == "perplexity" for row in local["model_index"])
+    samples = [row["sample"] for row in rows.values() if "sample" in row]
+    assert len(samples) == 2 and all(s.startswith("The function returns") for s in samples)
+
+
+def test_demo_stage_runs_alone_on_earlier_output(demo_run, capsys):
+    """The publish stage alone re-reads the suite directory and the stored local Hub: everything is already there."""
+    capsys.readouterr()
+    assert main(["demo", "--workdir", str(demo_run), "--stages", "publish"]) == 0
+    out = capsys.readouterr().out
+    assert "published to the local Hub" in out and " 0 commits " in out
+
+
+def test_demo_stage_without_its_inputs_says_which_stage_to_run(tmp_path, capsys):
+    assert main(["demo", "--workdir", str(tmp_path / "empty"), "--stages", "publish"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "run the 'prepare' stage first" in error and len(error.splitlines()) == 1
