@@ -14,6 +14,7 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from spectra_hf import suite
+from spectra_hf.quant import FROM_PRETRAINED_BITS
 from spectra_hf.suite import SuiteModel
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -131,8 +132,12 @@ def _architecture(config: Mapping[str, Any]) -> list[tuple[str, Any]]:
         ("tied embeddings", config.get("tie_word_embeddings")),
         ("ternary scale shards (pretraining_model_parallel)", config.get("pretraining_model_parallel")),
         ("weight format", config.get("weight_format")),
-        ("quantization", (config.get("quantization_config") or {}).get("quant_method")),
     ]
+    quant = config.get("quantization_config") or {}
+    if quant:
+        group = quant.get("group_size")
+        grouping = "per channel" if group in (None, -1) else f"group size {group}"
+        rows.append(("quantization", f"{quant.get('quant_method')} {quant.get('bits')}-bit, {grouping}"))
     return [(key, value) for key, value in rows if value is not None]
 
 
@@ -193,6 +198,7 @@ def _summary(model: SuiteModel, *, variant: str, org: str) -> str:
 def _quickstart(
     *, repo_id: str, revision: str | None, remote_code: bool, tokenizer: bool, native: bool = False
 ) -> str:
+    """A runnable snippet: load `repo_id` (at `revision`) with the Auto classes and generate 20 tokens."""
     lines = []
     if native:
         lines.append("import spectra_hf  # registers TriLM and FloatLM with the transformers Auto classes")
@@ -208,14 +214,59 @@ def _quickstart(
     if tokenizer:
         lines.append(f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")')
     lines.append(f"model = AutoModelForCausalLM.from_pretrained({', '.join(args)})")
-    if tokenizer:
-        lines.append('inputs = tokenizer("Ternary language models", return_tensors="pt")')
-        lines.append("output = model.generate(**inputs, max_new_tokens=20, do_sample=False)")
-        lines.append("print(tokenizer.decode(output[0], skip_special_tokens=True))")
-    else:
-        lines.append("output = model.generate(torch.tensor([[model.config.bos_token_id]]), max_new_tokens=20)")
-        lines.append("print(output[0].tolist())")
+    lines += _generate_lines(tokenizer)
     return "\n".join(lines)
+
+
+def _generate_lines(tokenizer: bool) -> list[str]:
+    if tokenizer:
+        return [
+            'inputs = tokenizer("Ternary language models", return_tensors="pt")',
+            "output = model.generate(**inputs, max_new_tokens=20, do_sample=False)",
+            "print(tokenizer.decode(output[0], skip_special_tokens=True))",
+        ]
+    return [
+        "output = model.generate(torch.tensor([[model.config.bos_token_id]]), max_new_tokens=20, do_sample=False)",
+        "print(output[0].tolist())",
+    ]
+
+
+def _gptq_quickstart(repo_id: str) -> str:
+    """spectra-hf's loader, which reads packed GPTQ at every width (transformers' GPTQConfig stops at 2/3/4/8)."""
+    lines = [
+        "from huggingface_hub import snapshot_download",
+        "import torch",
+        "",
+        "from spectra_hf.quant import load_quantlm",
+        "",
+        f'model = load_quantlm(snapshot_download("{repo_id}"))',
+    ]
+    return "\n".join(lines + _generate_lines(False))
+
+
+def _quickstarts(
+    *, config: Mapping[str, Any], repo_id: str, native_repo: str, revision: str | None, has_tokenizer: bool
+) -> tuple[str, str | None, str]:
+    """(note, stock-transformers snippet or None, spectra-hf snippet) for a repo holding `config`."""
+    quant = config.get("quantization_config") or {}
+    if quant:
+        native = _gptq_quickstart(repo_id)
+        if quant.get("bits") not in FROM_PRETRAINED_BITS:
+            note = (
+                f"transformers' GPTQConfig does not load {quant.get('bits')}-bit GPTQ weights (gptqmodel runs them): "
+                "load this repository with spectra-hf (`pip install spectra-hf[gptq]`) as below."
+            )
+            return note, None, native
+        note = "Stock transformers loads these GPTQ weights once `optimum` and `gptqmodel` are installed (`pip install spectra-hf[gptq]`)."
+        return note, _quickstart(repo_id=repo_id, revision=None, remote_code=False, tokenizer=has_tokenizer), native
+    remote_code = "auto_map" in config
+    if remote_code:
+        note = "The model code ships in this repository; `trust_remote_code=True` runs it without installing anything else."
+    else:
+        note = "Stock transformers loads this repository as `LlamaForCausalLM`; no extra code runs."
+    stock = _quickstart(repo_id=repo_id, revision=None, remote_code=remote_code, tokenizer=has_tokenizer)
+    native = _quickstart(repo_id=native_repo, revision=revision, remote_code=True, tokenizer=False, native=True)
+    return note, stock, native
 
 
 def render_model_card(
@@ -243,16 +294,14 @@ def render_model_card(
     repo_name = f"{model.name}_Unpacked" if variant == "unpacked" else model.name
     repo_id = f"{org}/{repo_name}"
     data = card_data(model=model, repo_name=repo_name, org=org, variant=variant, evals=evals)
-    remote_code = variant == "release"
     training, recipe = _training(model)
-    native_repo = f"{org}/{model.name}"
-    last = revisions[-1].branch if revisions else None
-    if variant == "unpacked":
-        note = "Stock transformers loads this repository as `LlamaForCausalLM`; no extra code runs."
-    elif model.family == "quantlm" and config.get("quantization_config"):
-        note = "The GPTQ weights need `gptqmodel` (`pip install spectra-hf[gptq]`); the model code ships in this repository."
-    else:
-        note = "The model code ships in this repository; `trust_remote_code=True` runs it without installing anything else."
+    note, stock, native = _quickstarts(
+        config=config,
+        repo_id=repo_id,
+        native_repo=f"{org}/{model.name}",  # the unpacked variant points at the packed sibling
+        revision=revisions[-1].branch if revisions and variant == "release" else None,
+        has_tokenizer=has_tokenizer,
+    )
     card = ModelCard.from_template(
         data,
         template_path=str(TEMPLATES / "model.md"),
@@ -274,14 +323,8 @@ def render_model_card(
             for r in (data.eval_results or [])
         ],
         quickstart_note=note,
-        quickstart=_quickstart(repo_id=repo_id, revision=None, remote_code=remote_code, tokenizer=has_tokenizer),
-        quickstart_native=_quickstart(
-            repo_id=native_repo,
-            revision=last if variant == "release" else None,
-            remote_code=True,
-            tokenizer=False,
-            native=True,
-        ),
+        quickstart=stock,
+        quickstart_native=native,
     )
     return str(card)
 

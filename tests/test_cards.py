@@ -63,6 +63,21 @@ def test_quickstart_blocks_compile_and_target_the_repo():
         assert "import spectra_hf" in blocks[1] and 'revision="step2000"' in blocks[1]
 
 
+@pytest.mark.parametrize("bits", [4, 6])
+def test_gptq_card_uses_stock_transformers_where_it_can_and_spectra_hf_everywhere(bits):
+    model = next(m for m in all_models() if m.name == f"QuantLM_99M_{bits}bit")
+    config = {"model_type": "llama", "quantization_config": {"quant_method": "gptq", "bits": bits, "group_size": -1}}
+    text = render_model_card(model=model, org=ORG, config=config)
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
+    assert "| quantization | gptq " + str(bits) + "-bit, per channel |" in text
+    assert f'load_quantlm(snapshot_download("{ORG}/QuantLM_99M_{bits}bit"))' in blocks[-1]
+    if bits == 4:  # transformers' GPTQConfig loads 2/3/4/8 bits
+        assert len(blocks) == 2 and f'from_pretrained("{ORG}/QuantLM_99M_4bit")' in blocks[0]
+        assert "trust_remote_code" not in blocks[0]
+    else:
+        assert len(blocks) == 1 and "does not load 6-bit" in text
+
+
 def test_unpacked_card_loads_without_remote_code():
     model = next(m for m in all_models() if m.name == "TriLM_1.1B")
     text = render_model_card(model=model, org=ORG, config={"model_type": "llama"}, variant="unpacked")

@@ -40,8 +40,13 @@ SAMPLE = ("TriLM_3.9B", "FloatLM_99M", "QuantLM_1.1B_4bit")  # 6 scale shards, f
 
 
 @pytest.fixture(scope="module")
-def suite_dir(tmp_path_factory, tokenizer) -> Path:
-    return build_standin_suite(tmp_path_factory.mktemp("suite"), steps=STEPS, tokenizer=tokenizer)
+def suite_dir(tmp_path_factory, tokenizer, corpus_files) -> Path:
+    """The stand-in suite; QuantLM_99M_4bit is a real packed GPTQ export of FloatLM_99M (spectra_hf.quant)."""
+    from spectra_hf.quant import export_quantlms
+
+    suite = build_standin_suite(tmp_path_factory.mktemp("suite"), steps=STEPS, tokenizer=tokenizer)
+    export_quantlms(model_dir(suite, "FloatLM_99M"), suite, calibration=corpus_files[0], bits=(4,), samples=4, length=64)
+    return suite
 
 
 @pytest.fixture(scope="module")
@@ -142,8 +147,34 @@ def _python_blocks(text: str) -> list[str]:
     return re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
 
 
-def test_card_quickstart_code_runs_with_and_without_spectra_hf(published, tmp_path):
-    """Each card's python blocks run as written in a fresh interpreter pointed at the local Hub."""
+def _run_card_blocks(cards: list[str], *, endpoint: str, tmp_path: Path) -> list[str]:
+    """Run every python block of `cards` in a fresh interpreter pointed at `endpoint`: first the blocks without
+    spectra_hf (checking that they never import it), then the others. Returns the blocks run."""
+    blocks = [b for card in cards for b in _python_blocks(card)]
+    remote = [b for b in blocks if "spectra_hf" not in b]
+    native = [b for b in blocks if "spectra_hf" in b]
+    script = (
+        "import sys\n"
+        f"for block in {remote!r}:\n    exec(compile(block, 'card', 'exec'), {{}})\n"
+        "assert not any(m.startswith('spectra_hf') for m in sys.modules), 'the stock path imported spectra_hf'\n"
+        f"for block in {native!r}:\n    exec(compile(block, 'card', 'exec'), {{}})\n"
+        "print('CARDS OK')\n"
+    )
+    env = {
+        **os.environ,
+        "HF_ENDPOINT": endpoint,
+        "HF_HUB_CACHE": str(tmp_path / "cache"),
+        "HF_MODULES_CACHE": str(tmp_path / "modules"),
+    }
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "CARDS OK" in run.stdout
+    return blocks
+
+
+def test_card_quickstart_code_runs_with_and_without_spectra_hf(published, local_hub, tmp_path):
+    """Each card's python blocks run as written in a fresh interpreter pointed at the local Hub: remote code
+    (TriLM, FloatLM), stock Llama (unpacked TriLM), stock transformers + gptqmodel and spectra-hf's loader (GPTQ)."""
     plan, _ = published
     cards = []
     for repo_id in ("TriLM_1.1B", "FloatLM_99M", "QuantLM_99M_4bit", "TriLM_99M_Unpacked"):
@@ -151,22 +182,11 @@ def test_card_quickstart_code_runs_with_and_without_spectra_hf(published, tmp_pa
         for branch in repo.branches[:2]:
             card = next(f.content for f in branch.files if f.path_in_repo == "README.md").decode()
             cards.append(card)
-    blocks = [b for card in cards for b in _python_blocks(card)]
-    remote = [b for b in blocks if "import spectra_hf" not in b]
-    native = [b for b in blocks if "import spectra_hf" in b]
-    assert remote and native
-    assert all("trust_remote_code=True" in b or "_Unpacked" in b for b in remote)
-    script = (
-        "import sys\n"
-        f"for block in {remote!r}:\n    exec(compile(block, 'card', 'exec'), {{}})\n"
-        "assert not any(m.startswith('spectra_hf') for m in sys.modules), 'remote code path imported spectra_hf'\n"
-        f"for block in {native!r}:\n    exec(compile(block, 'card', 'exec'), {{}})\n"
-        "print('CARDS OK')\n"
-    )
-    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "cache"), "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert "CARDS OK" in run.stdout
+    blocks = _run_card_blocks(cards, endpoint=local_hub.url, tmp_path=tmp_path)
+    remote = [b for b in blocks if "spectra_hf" not in b]
+    assert len(remote) == len(cards) == 6 and len(blocks) == 10  # main cards: stock + native; branch cards: one
+    assert all("trust_remote_code=True" in b or "_Unpacked" in b or "QuantLM" in b for b in remote)
+    assert any("load_quantlm" in b for b in blocks)
 
 
 def test_second_run_makes_no_commits(published, local_hub):
