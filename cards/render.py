@@ -21,7 +21,7 @@ TEMPLATES = Path(__file__).parent / "templates"
 DATASET = "cerebras/SlimPajama-627B"
 REVISIONS_FILE = "revisions.json"
 VARIANTS = ("release", "unpacked")
-_FAMILY_TAGS = {"trilm": ["ternary", "1.58-bit"], "floatlm": ["fp16"], "quantlm": ["gptq"]}
+_FAMILY_TAGS = {"trilm": ["ternary", f"{suite.TERNARY_BITS}-bit"], "floatlm": ["fp16"], "quantlm": ["gptq"]}
 
 
 @dataclass(frozen=True)

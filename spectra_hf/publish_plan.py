@@ -34,7 +34,7 @@ from .exports import (
     model_dir,
     read_export_info,
 )
-from .suite import FAMILY_PREFIX, SuiteModel, all_models
+from .suite import FAMILY_PREFIX, QUANT_BITS, SIZES, TERNARY_BITS, SuiteModel, all_models
 
 CARD_FILE = "README.md"
 UNPACKED_SUFFIX = "_Unpacked"
@@ -44,11 +44,6 @@ _STAMP_FILE = ".source-stamp.json"
 _NOT_PUBLISHED = {EXPORT_INFO_FILE, CARD_FILE}
 _WEIGHT_SUFFIX = ".safetensors"
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
-_COLLECTION_DESCRIPTIONS = {
-    "trilm": "Ternary (1.58-bit) Spectra language models, 99M to 3.9B, with intermediate checkpoints",
-    "floatlm": "fp16 Spectra language models, 99M to 3.9B, trained on the same tokens as TriLM",
-    "quantlm": "GPTQ 3/4/6/8-bit quantizations of the Spectra FloatLMs",
-}
 
 
 @dataclass(frozen=True)
@@ -328,13 +323,22 @@ def _unpacked_repo(suite_dir: Path, release: RepoPlan, *, org: str, staging_dir:
     return RepoPlan(repo_id=f"{org}/{repo_name}", model=model, variant="unpacked", branches=[main])
 
 
+def _collection_description(family: str) -> str:
+    sizes = f"{next(iter(SIZES))} to {list(SIZES)[-1]}"
+    if family == "trilm":
+        return f"Ternary ({TERNARY_BITS}-bit) Spectra language models, {sizes}, with intermediate checkpoints"
+    if family == "floatlm":
+        return f"fp16 Spectra language models, {sizes}, trained on the same tokens as TriLM"
+    return f"GPTQ {'/'.join(map(str, QUANT_BITS))}-bit quantizations of the Spectra FloatLMs, {sizes}"
+
+
 def _collections(org: str, repos: Sequence[RepoPlan]) -> list[CollectionPlan]:
     collections = []
     for family, prefix in FAMILY_PREFIX.items():
         items = [r.repo_id for r in repos if r.model.family == family]
         if items:
             collections.append(
-                CollectionPlan(title=f"Spectra {prefix}", description=_COLLECTION_DESCRIPTIONS[family], items=items)
+                CollectionPlan(title=f"Spectra {prefix}", description=_collection_description(family), items=items)
             )
     return collections
 
