@@ -126,16 +126,24 @@ metric_list:
 
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory, tokenizer):
-    """A tiny FloatLM export with one intermediate checkpoint, in the suite layout."""
-    torch.manual_seed(0)
+    """A tiny FloatLM export in the suite layout, with a checkpoint at step 10 holding different weights.
+
+    Returns (final model, step-10 model, export directory).
+    """
     suite = tmp_path_factory.mktemp("suite")
-    model = _sharp_model("FloatLM_99M", tokenizer)
-    for directory, step in ((model_dir(suite, "FloatLM_tiny"), 20), (checkpoint_dir(suite, "FloatLM_tiny", 10), 10)):
+    torch.manual_seed(0)
+    final = _sharp_model("FloatLM_99M", tokenizer)
+    torch.manual_seed(1)
+    step10 = _sharp_model("FloatLM_99M", tokenizer)
+    for model, directory, step in (
+        (final, model_dir(suite, "FloatLM_tiny"), 20),
+        (step10, checkpoint_dir(suite, "FloatLM_tiny", 10), 10),
+    ):
         with atomic_directory(directory) as staging:
             model.save_pretrained(staging)
             tokenizer.save_pretrained(staging)
             write_export_info(staging, ExportInfo(name="FloatLM_tiny", family="floatlm", step=step, format="float"))
-    return model, model_dir(suite, "FloatLM_tiny")
+    return final, step10, model_dir(suite, "FloatLM_tiny")
 
 
 def _choice_loglikelihood(model, tokenizer, context: str, continuation: str) -> float:
@@ -148,7 +156,7 @@ def _choice_loglikelihood(model, tokenizer, context: str, continuation: str) -> 
 
 
 def test_cli_eval_local_task_and_perplexity(tmp_path, saved_model, tokenizer, documents, capsys):
-    model, directory = saved_model
+    model, _, directory = saved_model
     task_dir = tmp_path / "task"
     task_dir.mkdir()
     (task_dir / "questions.jsonl").write_text("".join(json.dumps(q) + "\n" for q in QUESTIONS), encoding="utf-8")
@@ -184,13 +192,25 @@ def test_cli_eval_local_task_and_perplexity(tmp_path, saved_model, tokenizer, do
     }
 
 
-def test_cli_eval_revision_of_local_export(saved_model, tmp_path, documents):
-    _, directory = saved_model
+def _step10_perplexity(saved_model, tokenizer, documents) -> float:
+    final, step10, _ = saved_model
+    scores = {
+        name: perplexity(model, tokenizer, documents, max_length=MAX_LENGTH, show_progress=False)["perplexity"]
+        for name, model in (("final", final), ("step10", step10))
+    }
+    assert scores["final"] != pytest.approx(scores["step10"], rel=1e-3)  # the revisions are distinguishable
+    return scores["step10"]
+
+
+def test_cli_eval_revision_of_local_export(saved_model, tokenizer, tmp_path, documents):
     texts = tmp_path / "texts.txt"
-    texts.write_text(documents[1] + "\n", encoding="utf-8")
+    texts.write_text("\n".join(documents[:3]) + "\n", encoding="utf-8")
     output = tmp_path / "step10.json"
-    assert main(["eval", str(directory), "--revision", "step10", "--perplexity-data", str(texts), "--output", str(output)]) == 0
-    assert json.loads(output.read_text())["revision"] == "step10"
+    argv = ["eval", str(saved_model[2]), "--revision", "step10", "--perplexity-data", str(texts)]
+    assert main([*argv, "--max-length", str(MAX_LENGTH), "--output", str(output)]) == 0
+    results = json.loads(output.read_text())
+    assert results["revision"] == "step10"
+    assert results["perplexity"]["perplexity"] == pytest.approx(_step10_perplexity(saved_model, tokenizer, documents), rel=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -203,7 +223,7 @@ def test_cli_eval_revision_of_local_export(saved_model, tmp_path, documents):
     ],
 )
 def test_cli_eval_bad_input(saved_model, tmp_path, capsys, arguments, message):
-    _, directory = saved_model
+    directory = saved_model[2]
     texts = tmp_path / "texts.txt"
     texts.write_text("Some text.\n", encoding="utf-8")
     arguments = [a.format(texts=texts, missing=tmp_path / "missing") for a in arguments]
@@ -218,3 +238,44 @@ def test_cli_eval_missing_model_path(tmp_path, capsys):
     assert main(["eval", str(tmp_path / "no_such_model"), "--perplexity-data", str(texts)]) == 2
     error = capsys.readouterr().err
     assert "does not exist" in error and "no_such_model" in error
+
+
+@pytest.fixture(scope="module")
+def hub_repo(local_hub, saved_model):
+    """The saved FloatLM on the local Hub: its export on main, its step-10 checkpoint on branch step10."""
+    from huggingface_hub import HfApi
+
+    directory = saved_model[2]
+    api, repo_id = HfApi(), "eval-tests/FloatLM_tiny"
+    api.create_repo(repo_id, exist_ok=True)
+    api.upload_folder(repo_id=repo_id, folder_path=directory, ignore_patterns=["checkpoints/**"])
+    api.create_branch(repo_id, branch="step10", exist_ok=True)
+    api.upload_folder(repo_id=repo_id, folder_path=directory / "checkpoints" / "step10", revision="step10")
+    return repo_id
+
+
+def test_cli_eval_hub_model_at_a_revision(hub_repo, local_hub, saved_model, tokenizer, tmp_path, documents):
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(documents[:3]) + "\n", encoding="utf-8")
+    output = tmp_path / "hub.json"
+    argv = ["eval", hub_repo, "--revision", "step10", "--endpoint", local_hub.url, "--perplexity-data", str(texts)]
+    assert main([*argv, "--max-length", str(MAX_LENGTH), "--output", str(output)]) == 0
+    results = json.loads(output.read_text())
+    assert results["revision"] == "step10"
+    assert results["perplexity"]["perplexity"] == pytest.approx(_step10_perplexity(saved_model, tokenizer, documents), rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("repo", "revision", "message"),
+    [
+        ("eval-tests/FloatLM_tiny", "step999", "revision 'step999' does not exist in eval-tests/FloatLM_tiny"),
+        ("eval-tests/no_such_model", None, "model 'eval-tests/no_such_model' does not exist on"),
+    ],
+)
+def test_cli_eval_hub_bad_input(hub_repo, local_hub, tmp_path, capsys, repo, revision, message):
+    texts = tmp_path / "texts.txt"
+    texts.write_text("Some text.\n", encoding="utf-8")
+    argv = ["eval", repo, "--endpoint", local_hub.url, "--perplexity-data", str(texts)]
+    assert main(argv + (["--revision", revision] if revision else [])) == 2
+    error = capsys.readouterr().err.strip()
+    assert message in error and len(error.splitlines()) == 1
