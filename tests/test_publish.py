@@ -205,26 +205,37 @@ def test_second_run_makes_no_commits(published, local_hub):
 
 
 def test_killed_run_resumes_to_a_complete_suite(tmp_path, tokenizer):
+    """A publishing process is SIGKILLed midway (deterministically: a quota of 2 commits per repo per hour holds it
+    right after it created TriLM_99M's step200 branch), and a second run completes the suite."""
     models = ("TriLM_99M", "FloatLM_99M", "TriLM_3.9B")
     suite = _small_suite(tmp_path / "suite", tokenizer, models)
     plan = build_plan(suite, org="crash", models=list(models))
+    total = sum(len(r.branches) for r in plan.repos)  # 3 models + 2 unpacked TriLMs: 11 branches
     with LocalHub(tmp_path / "hub") as hub:
-        command = [sys.executable, "-m", "spectra_hf.cli", "publish", str(suite), "--org", "crash",
-                   "--endpoint", hub.url, "--models", *models, "--no-progress", "--no-verify"]
-        child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        command = [sys.executable, "-m", "spectra_hf.cli", "publish", str(suite), "--org", "crash", "--endpoint",
+                   hub.url, "--models", *models, "--no-progress", "--commits-per-hour", "2"]
+        child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 120
-        while sum(_commits(hub, "crash").values()) < 3 and child.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.01)
+        # Waiting for its 3rd commit: step200 is created and its tree read, then the pacer holds the commit.
+        while hub.stats["requests"].get("tree", 0) < 3 and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.2)
+        assert child.poll() is None, child.stderr.read()[-2000:]
         child.send_signal(signal.SIGKILL)
         child.wait()
-        killed_after = sum(_commits(hub, "crash").values())
-        total = sum(len(r.branches) for r in plan.repos)  # 3 models + 2 unpacked TriLMs: 11 branches
-        assert 3 <= killed_after < total, "the child should die midway"
+        assert _commits(hub, "crash") == {"crash/TriLM_99M": 2}
+        api = HfApi(endpoint=hub.url)
+        stale = {f.path: f for f in api.list_repo_tree("crash/TriLM_99M", revision="step200") if hasattr(f, "lfs")}
+        final = {f.path: f for f in api.list_repo_tree("crash/TriLM_99M") if hasattr(f, "lfs")}
+        assert stale["model.safetensors"].lfs.sha256 == final["model.safetensors"].lfs.sha256  # a copy of main
+
         report = publish(plan, endpoint=hub.url, limits=FAST, progress=False)
         assert report.verified
-        # Branches the killed run finished are not committed again; the rest are committed once.
-        assert killed_after + report.commits == total
+        # The 2 branches the killed run finished are not committed again; the other 9 are committed once.
+        assert report.commits == total - 2
         assert _commits(hub, "crash") == {r.repo_id: len(r.branches) for r in plan.repos}
+        path = hf_hub_download("crash/TriLM_99M", "model.safetensors", revision="step200", endpoint=hub.url, cache_dir=tmp_path)
+        assert Path(path).read_bytes() == (checkpoint_dir(suite, "TriLM_99M", 200) / "model.safetensors").read_bytes()
 
 
 def test_stale_branch_is_repaired(tmp_path, tokenizer):
