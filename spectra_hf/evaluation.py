@@ -204,7 +204,7 @@ _FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": 
 def _load_dataset(source: str, path: Path, *, split: str | None, config: str | None):
     import datasets
 
-    if path.is_dir() and (path / "dataset_info.json").is_file():
+    if path.is_dir() and any((path / marker).is_file() for marker in ("dataset_info.json", "dataset_dict.json")):
         loaded = datasets.load_from_disk(str(path))
     elif path.is_file() and path.suffix in _FILE_BUILDERS:
         loaded = datasets.load_dataset(_FILE_BUILDERS[path.suffix], data_files=str(path), split=split or "train")
@@ -222,7 +222,7 @@ def _load_dataset(source: str, path: Path, *, split: str | None, config: str | N
                 "local file instead"
             ) from error
     if isinstance(loaded, datasets.DatasetDict):
-        if split is None and len(loaded) != 1:
+        if (split is None and len(loaded) != 1) or (split is not None and split not in loaded):
             raise SpectraError(f"{source} has splits {', '.join(loaded)}: pick one with --split")
         loaded = loaded[split] if split is not None else next(iter(loaded.values()))
     return loaded

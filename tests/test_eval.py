@@ -12,7 +12,7 @@ import torch
 
 from spectra_hf.cli import main
 from spectra_hf.errors import SpectraError
-from spectra_hf.evaluation import load_perplexity_metric, perplexity, sliding_windows
+from spectra_hf.evaluation import load_perplexity_metric, load_texts, perplexity, sliding_windows
 from spectra_hf.exports import ExportInfo, atomic_directory, checkpoint_dir, model_dir, write_export_info
 from spectra_hf.modeling import FloatLMForCausalLM, TriLMForCausalLM
 from spectra_hf.suite import config_for
@@ -82,6 +82,25 @@ def test_sliding_windows_score_every_token_once():
     assert all(len(w.input_ids) > w.num_targets for w in windows)  # every target has at least one token of context
     with pytest.raises(SpectraError, match="stride"):
         sliding_windows(ids, max_length=16, stride=16)  # the second window's first target would have no context
+
+
+def test_load_texts_from_local_files_and_saved_datasets(tmp_path):
+    import datasets
+
+    documents = ["First document.", "Second one, longer.", "Third."]
+    (tmp_path / "docs.txt").write_text("\n".join(documents) + "\n\n", encoding="utf-8")
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"body": d}) + "\n" for d in documents), encoding="utf-8")
+    splits = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": ["x"]}),
+                                   "test": datasets.Dataset.from_dict({"text": documents})})
+    splits.save_to_disk(str(tmp_path / "saved"))
+
+    assert load_texts(str(tmp_path / "docs.txt")) == documents
+    assert load_texts(str(tmp_path / "docs.jsonl"), text_column="body", max_documents=2) == documents[:2]
+    assert load_texts(str(tmp_path / "saved"), split="test") == documents
+    with pytest.raises(SpectraError, match="pick one with --split"):
+        load_texts(str(tmp_path / "saved"))
+    with pytest.raises(SpectraError, match="no column 'text'.*--text-column"):
+        load_texts(str(tmp_path / "docs.jsonl"))
 
 
 def test_evaluate_module_and_batching_agree(tokenizer, documents):
