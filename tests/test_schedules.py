@@ -16,7 +16,7 @@ import pytest
 from spectra_hf.suite import SIZES
 from spectra_hf.training import train
 
-STEPS, WARMUP, FINAL, WD = 120, 10, 0.1, 0.1
+STEPS, WARMUP, FINAL, WD = 90, 6, 0.1, 0.1
 
 
 def expected_trilm(step: int, peak: float, after: float) -> tuple[float, float]:
@@ -73,7 +73,7 @@ def tokenizer_dir(tmp_path_factory, tokenizer) -> Path:
 def assert_lower_loss(logs: list[dict]) -> None:
     first = sum(entry["loss"] for entry in logs[:10]) / 10
     last = sum(entry["loss"] for entry in logs[-10:]) / 10
-    assert last < first - 0.5, (first, last)
+    assert last < first - 0.3, (first, last)
 
 
 def test_trilm_curves_follow_the_paper_and_loss_falls(tmp_path, tokenizer_dir, corpus_files) -> None:
