@@ -179,7 +179,9 @@ def _read_config(paths: DemoPaths) -> DemoConfig:
         values = json.loads(_require(paths.config, "prepare").read_text(encoding="utf-8"))
         return DemoConfig(**{**values, "quant_bits": tuple(values["quant_bits"])})
     except (json.JSONDecodeError, TypeError, KeyError) as error:
-        raise SpectraError(f"{paths.config} is not a demo config of this version ({error}): re-run the prepare stage") from error
+        raise SpectraError(
+            f"{paths.config} is not a demo config of this version ({error}): re-run the prepare stage"
+        ) from error
 
 
 def _texts(path: Path, limit: int | None = None) -> list[str]:
@@ -290,12 +292,13 @@ def stage_evaluate(paths: DemoPaths, config: DemoConfig) -> None:
 
     texts = _texts(_require(paths.eval_text, "prepare"), config.eval_documents)
     targets = {_untrained_name(config.name(f)): paths.init(config.name(f)) for f in ("trilm", "floatlm")}
-    stages = {name: "train" if not name.startswith("QuantLM") else "quantize" for name in config.release_names}
-    targets |= {name: _require(paths.suite / name, stages[name]) for name in config.release_names}
+    producer = {name: "quantize" if name in config.quantlm_names else "train" for name in config.release_names}
+    targets |= {name: _require(paths.suite / name, producer[name]) for name in config.release_names}
     for name, directory in tqdm(targets.items(), desc="evaluate", unit="model"):
         model, tokenizer = load_pretrained(directory)
         scores = perplexity(
-            model, tokenizer, texts, max_length=config.block_size, batch_size=config.eval_batch_size, show_progress=False
+            model, tokenizer, texts, max_length=config.block_size, batch_size=config.eval_batch_size,
+            show_progress=False,
         )
         results = build_results(
             model=str(directory), revision=None, perplexity=scores, perplexity_dataset=str(paths.eval_text)
@@ -312,8 +315,6 @@ def stage_publish(paths: DemoPaths, config: DemoConfig) -> None:
 
     evals = {name: read_results(paths.eval(name)) for name in config.release_names if paths.eval(name).is_file()}
     plan = build_plan(_require(paths.suite, "train"), org=config.org, evals=evals, models=config.release_names)
-    if plan.missing:
-        raise SpectraError(f"the demo suite is incomplete: {'; '.join(plan.missing[:3])}; re-run train / quantize")
     with LocalHub(paths.hub) as hub:
         report = publish(plan, endpoint=hub.url)
     print(f"published to the local Hub in {paths.hub}: {report.summary()}")
@@ -375,8 +376,10 @@ def _load_back(spec_path: Path) -> None:
 
     import spectra_hf  # noqa: F401  (registers trilm / floatlm)
 
+    from .eval_results import write_results
     from .evaluation import perplexity
     from .quant import FROM_PRETRAINED_BITS, load_quantlm
+    from .suite import get_model
 
     _quiet_http_logs()
     spec = json.loads(spec_path.read_text(encoding="utf-8"))
@@ -385,7 +388,7 @@ def _load_back(spec_path: Path) -> None:
     for target in tqdm(spec["targets"], desc="load back from the local Hub", unit="model"):
         repo_id, revision = target["repo_id"], target["revision"]
         tokenizer = AutoTokenizer.from_pretrained(repo_id, revision=revision)
-        bits = _quant_bits(target["name"])
+        bits = get_model(target["name"]).bits
         if bits is not None and bits not in FROM_PRETRAINED_BITS:
             # transformers' GPTQConfig refuses this width: download the revision, load with spectra_hf.quant
             model = load_quantlm(snapshot_download(repo_id, revision=revision), dtype=torch.float32)
@@ -399,15 +402,12 @@ def _load_back(spec_path: Path) -> None:
             prompt = tokenizer(PROMPT, return_tensors="pt")
             torch.manual_seed(0)
             output = model.generate(
-                **prompt, max_new_tokens=24, do_sample=True, top_k=40, temperature=0.8, pad_token_id=tokenizer.pad_token_id
+                **prompt, max_new_tokens=24, do_sample=True, top_k=40, temperature=0.8,
+                pad_token_id=tokenizer.pad_token_id,
             )
             row["sample"] = tokenizer.decode(output[0], skip_special_tokens=True)
         rows.append(row)
-    Path(spec["out"]).write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
-
-
-def _quant_bits(name: str) -> int | None:
-    return int(name.rsplit("_", 1)[1].removesuffix("bit")) if name.startswith("QuantLM") else None
+    write_results(spec["out"], {"models": rows})
 
 
 # ---- the report ----------------------------------------------------------------------------------------------
@@ -442,7 +442,7 @@ def report_rows(paths: DemoPaths, config: DemoConfig) -> list[dict[str, Any]]:
         scores = json.loads(_require(paths.eval(_untrained_name(name)), "evaluate").read_text())["perplexity"]
         rows.append({"name": _untrained_name(name), "revision": "-", "where": "local", **scores,
                      "size_bits": size_bits(*widths[name])})
-    for row in json.loads(_require(paths.loadback, "loadback").read_text(encoding="utf-8")):
+    for row in json.loads(_require(paths.loadback, "loadback").read_text(encoding="utf-8"))["models"]:
         rows.append({**row, "where": "local Hub", "size_bits": size_bits(*widths[row["name"]])})
     return rows
 

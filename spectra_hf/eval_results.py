@@ -28,13 +28,17 @@ PERPLEXITY_METRICS = ("perplexity", "bits_per_byte")
 
 
 def perplexity_rows(scores: dict[str, Any], *, dataset: str, split: str | None = None) -> list[dict[str, Any]]:
-    """model-index rows of a `spectra_hf.evaluation.perplexity` result on `dataset`."""
+    """model-index rows of a `spectra_hf.evaluation.perplexity` result on `dataset` (a local file or a dataset id).
+
+    A local file is named by its file name only: its path means nothing on the Hub.
+    """
+    name = Path(dataset).name if Path(dataset).expanduser().exists() else dataset
     return [
         {
             "task_type": "text-generation",
             "task_name": "Language modeling",
-            "dataset_type": dataset,
-            "dataset_name": Path(dataset).name,
+            "dataset_type": name,
+            "dataset_name": name,
             "dataset_config": None,
             "dataset_split": split,
             "metric_type": metric,

@@ -61,7 +61,9 @@ def _start_token_id(tokenizer: Any) -> int:
     for token_id in (tokenizer.bos_token_id, tokenizer.eos_token_id):
         if token_id is not None:
             return token_id
-    raise SpectraError("the tokenizer has neither a bos nor an eos token to start documents with; set tokenizer.bos_token")
+    raise SpectraError(
+        "the tokenizer has neither a bos nor an eos token to start documents with; set tokenizer.bos_token"
+    )
 
 
 def _default_max_length(model: torch.nn.Module, tokenizer: Any) -> int:

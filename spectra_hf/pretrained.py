@@ -95,8 +95,8 @@ def load_pretrained(
     """(model in eval mode, tokenizer) of a local directory or a Hub repo id, at `revision`.
 
     Spectra model types (`trilm`, `floatlm`) load through the Auto classes (registered by `import spectra_hf`),
-    as do Llama checkpoints of the original release; packed GPTQ QuantLMs through `spectra_hf.quant.load_quantlm`. `dtype` defaults to float32 (fp16 matmuls are slow and
-    inexact on CPU).
+    as do Llama checkpoints of the original release; packed GPTQ QuantLMs through `spectra_hf.quant.load_quantlm`.
+    `dtype` defaults to float32 (fp16 matmuls are slow and inexact on CPU).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -171,7 +171,8 @@ def _choice_loglikelihood(model, tokenizer, context: str, continuation: str) -> 
     whole_ids = tokenizer(context + continuation, add_special_tokens=False)["input_ids"]
     with torch.no_grad():
         log_probs = torch.log_softmax(model(input_ids=torch.tensor([whole_ids])).logits[0].double(), dim=-1)
-    return sum(log_probs[position - 1, whole_ids[position]].item() for position in range(len(context_ids), len(whole_ids)))
+    positions = range(len(context_ids), len(whole_ids))
+    return sum(log_probs[position - 1, whole_ids[position]].item() for position in positions)
 
 
 def test_cli_eval_local_task_and_perplexity(tmp_path, saved_model, tokenizer, documents, capsys):
@@ -229,7 +230,8 @@ def test_cli_eval_revision_of_local_export(saved_model, tokenizer, tmp_path, doc
     assert main([*argv, "--max-length", str(MAX_LENGTH), "--output", str(output)]) == 0
     results = json.loads(output.read_text())
     assert results["revision"] == "step10"
-    assert results["perplexity"]["perplexity"] == pytest.approx(_step10_perplexity(saved_model, tokenizer, documents), rel=1e-6)
+    expected = _step10_perplexity(saved_model, tokenizer, documents)
+    assert results["perplexity"]["perplexity"] == pytest.approx(expected, rel=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -281,7 +283,8 @@ def test_cli_eval_hub_model_at_a_revision(hub_repo, local_hub, saved_model, toke
     assert main([*argv, "--max-length", str(MAX_LENGTH), "--output", str(output)]) == 0
     results = json.loads(output.read_text())
     assert results["revision"] == "step10"
-    assert results["perplexity"]["perplexity"] == pytest.approx(_step10_perplexity(saved_model, tokenizer, documents), rel=1e-6)
+    expected = _step10_perplexity(saved_model, tokenizer, documents)
+    assert results["perplexity"]["perplexity"] == pytest.approx(expected, rel=1e-6)
 
 
 @pytest.mark.parametrize(

@@ -36,7 +36,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="comma-separated stages to run (default: all), e.g. --stages publish,loadback",
     )
     parser.add_argument(
-        "--quick", action="store_true", help="a reduced run (smaller model, fewer steps, 4/8-bit QuantLMs only)"
+        "--quick",
+        action="store_true",
+        help="a reduced run (smaller model, fewer steps, the 4-bit QuantLM only, fewer eval documents)",
     )
     parser.set_defaults(func=run)
 

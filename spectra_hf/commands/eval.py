@@ -20,9 +20,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "--output, written as JSON whose model_index rows feed the model cards."
         ),
     )
-    parser.add_argument("model", metavar="MODEL", help="export directory, or Hub repo id (e.g. SpectraSuite/FloatLM_99M)")
+    parser.add_argument("model", metavar="MODEL", help="export directory or Hub repo id, e.g. SpectraSuite/FloatLM_99M")
     parser.add_argument("--revision", help="branch / tag / commit (Hub), or step<N> of a local export's checkpoints")
-    parser.add_argument("--endpoint", help="Hub endpoint, e.g. a local Hub at http://127.0.0.1:PORT (default: HF_ENDPOINT)")
+    parser.add_argument("--endpoint", help="Hub endpoint, e.g. a local Hub http://127.0.0.1:PORT (default: HF_ENDPOINT)")
     parser.add_argument("--token", help="Hub token (default: the usual huggingface_hub sources)")
     parser.add_argument(
         "--tasks",
@@ -85,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
         perplexity_split=args.split,
         harness=harness,
     )
-    print(json.dumps({key: results[key] for key in ("model", "revision", "perplexity", "tasks") if key in results}, indent=2))
+    shown = {key: results[key] for key in ("model", "revision", "perplexity", "tasks") if key in results}
+    print(json.dumps(shown, indent=2))
     if args.output:
         print(f"results written to {write_results(args.output, results)}")
     return 0
