@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
 import subprocess
 import sys
@@ -63,14 +62,16 @@ def directory_bytes(directory: Path) -> int:
 
 
 def timed_convert(src: Path, out: Path, to: str) -> dict:
-    """Run one conversion in a fresh process; its wall time and peak RSS."""
+    """Run one conversion in a fresh process; its wall time and peak RSS (VmHWM: ru_maxrss would include the
+    parent's RSS, which Linux carries across fork and exec)."""
     code = (
-        "import json, resource, sys, time\n"
+        "import json, sys, time\n"
         "from spectra_hf.convert import convert_checkpoint\n"
         "start = time.perf_counter()\n"
         "convert_checkpoint(sys.argv[1], sys.argv[2], to=sys.argv[3], progress=False)\n"
-        "print(json.dumps({'seconds': time.perf_counter() - start,\n"
-        "                  'peak_rss': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))\n"
+        "seconds = time.perf_counter() - start\n"
+        "hwm = next(l for l in open('/proc/self/status') if l.startswith('VmHWM:'))\n"
+        "print(json.dumps({'seconds': seconds, 'peak_rss': int(hwm.split()[1]) * 1024}))\n"
     )
     result = subprocess.run([sys.executable, "-c", code, str(src), str(out), to], capture_output=True, text=True)
     if result.returncode:
@@ -90,9 +91,7 @@ def main() -> None:
         write_release(root / "release", args.size)
         generated = time.perf_counter() - start
         release_bytes = directory_bytes(root / "release")
-        print(f"TriLM_{args.size} release-format checkpoint: {release_bytes / 2**30:.2f} GiB "
-              f"(generated in {generated:.0f} s, peak RSS of the generator "
-              f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB)")
+        print(f"TriLM_{args.size} release-format checkpoint: {release_bytes / 2**30:.2f} GiB (generated in {generated:.0f} s)")
         header = f"{'conversion':<22} {'seconds':>8} {'peak RSS GiB':>12} {'output GiB':>10} {'RSS / input':>11}"
         print(header)
         print("-" * len(header))

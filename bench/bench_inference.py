@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -88,7 +87,9 @@ def worker(family: str, size: str, dtype_name: str, path: str | None, tokens: in
 
     decode(2)  # warm-up
     seconds = decode(tokens)
-    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # VmHWM, not ru_maxrss: Linux carries the parent's ru_maxrss across fork and exec.
+    hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+    peak_rss = int(hwm.split()[1]) * 1024
     return {"weight_bytes": weight_bytes, "block_bytes": block_bytes, "peak_rss": peak_rss, "tokens_per_s": tokens / seconds}
 
 
