@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -47,8 +46,14 @@ def measure(name: str, layers: int, vocab: int, tokens: int, seq: int, steps: in
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"step_s": statistics.median(times), "peak_rss_mib": peak_kib / 1024}
+    return {"step_s": statistics.median(times), "peak_rss_mib": peak_rss_mib()}
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory (VmHWM; ru_maxrss can carry a parent's across fork/exec)."""
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
 
 
 def main() -> None:
