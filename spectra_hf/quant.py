@@ -199,7 +199,7 @@ def read_model_config(directory: Path) -> dict[str, Any]:
         raise SpectraError(f"{path} is corrupt ({error}); re-export the model") from error
 
 
-def _load_floatlm_as_llama(directory: Path):
+def load_floatlm_as_llama(directory: Path):
     """Load a FloatLM checkpoint as a plain `LlamaForCausalLM` in its stored dtype, on CPU, in eval mode."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -393,6 +393,14 @@ def _size_label(floatlm: Path, config: dict[str, Any], size: str | None) -> tupl
     )
 
 
+def _eager():
+    """gptqmodel's TorchLinear torch.compiles its dequantization on first use: worth it for serving, not for the
+    one probe forward that checks an export (the compile takes seconds to minutes on a CPU)."""
+    import torch._dynamo
+
+    return torch._dynamo.config.patch(disable=True)
+
+
 def _reload_error(expected: torch.Tensor, reloaded: Any, probe: torch.Tensor) -> float:
     with torch.no_grad():
         actual = reloaded(probe.to(reloaded.device)).logits.float().cpu()
@@ -464,15 +472,16 @@ def export_quantlms(
     for setting in tqdm(settings, desc="QuantLM widths"):
         name = f"QuantLM_{size_label}_{setting.bits}bit"
         with atomic_directory(model_dir(suite_dir, name)) as staging:
-            model, quantizer = quantize_model(_load_floatlm_as_llama(floatlm), samples_, setting)
-            with torch.no_grad():
+            model, quantizer = quantize_model(load_floatlm_as_llama(floatlm), samples_, setting)
+            with torch.no_grad(), _eager():
                 expected = model(probe.to(model.device)).logits.float().cpu()
             with tempfile.TemporaryDirectory(dir=staging.parent, prefix=f".{name}.packed-") as packed:
                 packed_dir = staging if format == "gptq" else Path(packed)
                 save_quantized(model, quantizer, packed_dir)
                 del model  # converted in place by save(): only the reloaded copy is trustworthy
                 reloaded = load_quantlm(packed_dir, backend=REFERENCE_BACKEND)
-                error = _reload_error(expected, reloaded, probe)
+                with _eager():
+                    error = _reload_error(expected, reloaded, probe)
                 if error > 1e-3 * max(1.0, expected.abs().max().item()):
                     raise SpectraError(
                         f"{name}: the saved checkpoint reloads to a different model (max logit difference {error:.3g}); "
