@@ -14,7 +14,7 @@ import sys
 from .errors import SpectraError
 
 # Order here is the order in `spectra-hf --help`.
-COMMANDS = ("suite", "init", "hub", "eval", "train", "publish", "convert", "quantize", "info", "demo")
+COMMANDS = ("suite", "init", "info", "convert", "train", "quantize", "publish", "hub", "eval", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:
