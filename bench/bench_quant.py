@@ -22,7 +22,6 @@ import argparse
 import logging
 import math
 import multiprocessing
-import resource
 import tempfile
 import time
 from pathlib import Path
@@ -123,6 +122,12 @@ def quality(args, workdir: Path) -> None:
     print("disk MB: fp32 safetensors for FloatLM and QuantLM's unquantized tensors; bitsandbytes and TriLM are not exported here")
 
 
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM; ru_maxrss would carry the parent's peak into a spawned child)."""
+    status = Path("/proc/self/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1]) / 2**10
+
+
 def _quantize_99m(floatlm_dir: str, bits: int, samples: int, length: int, queue) -> None:
     """Child process: GPTQ the 99M FloatLM at `bits`; report time, peak RSS and checkpoint size."""
     from pathlib import Path
@@ -136,11 +141,11 @@ def _quantize_99m(floatlm_dir: str, bits: int, samples: int, length: int, queue)
     texts = load_calibration_texts(Path(floatlm_dir) / "calibration.txt")
     data = calibration_samples(tokenizer, texts.documents, samples=samples, length=length)
     model = load_floatlm_as_llama(Path(floatlm_dir))
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
+    rss_before = _peak_rss_mb()
     started = time.perf_counter()
     model, quantizer = quantize_model(model, data, GPTQSettings.paper(bits))
     seconds = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
+    peak = _peak_rss_mb()
     with tempfile.TemporaryDirectory() as out:
         save_quantized(model, quantizer, out)
         disk = _disk_mb(Path(out))
@@ -165,7 +170,7 @@ def cost(args, workdir: Path) -> None:
     print(f"\nCost: FloatLM_99M architecture with {args.cost_layers} of 16 decoder layers ({params / 1e6:.1f}M parameters, "
           f"random fp32 weights, {_disk_mb(floatlm_dir):.0f} MB); "
           f"calibration {args.calibration_samples} x {args.calibration_length} tokens; one fresh process per width")
-    print(f"{'bits':>4}{'group':>7}{'GPTQ s':>9}{'RSS before MB':>15}{'peak RSS MB':>13}{'packed MB':>11}")
+    print(f"{'bits':>4}{'group':>7}{'GPTQ s':>9}{'peak RSS before GPTQ MB':>25}{'peak RSS MB':>13}{'packed MB':>11}")
     context = multiprocessing.get_context("spawn")
     for bits in QUANT_BITS:
         queue = context.Queue()
@@ -174,7 +179,7 @@ def cost(args, workdir: Path) -> None:
         result = queue.get()
         child.join()
         group = GPTQSettings.paper(bits).group_size
-        print(f"{bits:>4}{group:>7}{result['seconds']:>9.1f}{result['rss_before_mb']:>15.0f}{result['peak_mb']:>13.0f}{result['disk_mb']:>11.1f}", flush=True)
+        print(f"{bits:>4}{group:>7}{result['seconds']:>9.1f}{result['rss_before_mb']:>25.0f}{result['peak_mb']:>13.0f}{result['disk_mb']:>11.1f}", flush=True)
 
 
 def main() -> None:
