@@ -29,8 +29,9 @@ class TriLMConfig(FloatLMConfig):
             inference only, no latent weights are ever materialized.
         ternary_inference (`str`, defaults to "auto"):
             How a packed model multiplies: "dense" (g * T materialized once in the compute dtype), "int8" (int8
-            weight-only kernel), "int4" (int4 weight-only kernel, CPU, smallest) or "auto" ("int8" on CPU,
-            "dense" elsewhere). Also accepted as a `from_pretrained` keyword argument.
+            weight-only kernel), "int4" (int4 weight-only kernel, CPU: smallest and fastest there) or "auto" ("int4" on
+            CPU, "int8" for CPU layers whose in_features is not a multiple of 32, "dense" elsewhere). Also accepted
+            as a `from_pretrained` keyword argument.
     """
 
     model_type = "trilm"

@@ -141,15 +141,20 @@ class TriLMPreTrainedModel(CheckedLoadingMixin, LlamaPreTrainedModel):
     @torch.no_grad()
     def prepare_ternary_inference(self, path: str | None = None) -> str:
         """Make every packed ternary layer resident on inference path `path` ("dense", "int8" or "int4"; default
-        `config.ternary_inference`, whose "auto" means "int8" on CPU and "dense" elsewhere). Returns the path."""
+        `config.ternary_inference`, whose "auto" picks per layer: "int4" on CPU, "int8" for CPU layers the int4
+        kernel cannot take, "dense" elsewhere). Returns the path, "auto" if the layers chose differently."""
         embeddings = self.get_input_embeddings().weight
-        path = path or self.config.ternary_inference
-        if path == "auto":
-            path = default_inference_path(embeddings.device)
+        requested = path or self.config.ternary_inference
+        chosen = set()
         for module in self.modules():
-            if isinstance(module, TernaryLinear) and module.packed and module.inference_path != path:
-                module.prepare_inference(path, embeddings.dtype)
-        return path
+            if isinstance(module, TernaryLinear) and module.packed:
+                layer_path = requested
+                if requested == "auto":
+                    layer_path = default_inference_path(embeddings.device, module.in_features)
+                if module.inference_path != layer_path:
+                    module.prepare_inference(layer_path, embeddings.dtype)
+                chosen.add(layer_path)
+        return chosen.pop() if len(chosen) == 1 else requested
 
     @torch.no_grad()
     def ternary_stats(self) -> dict[str, dict[str, float | list[float]]]:

@@ -275,7 +275,8 @@ class TernaryLinear(nn.Linear):
             input_scale = expand_scales(scales.float(), shape, 1).reshape(-1) if self.shard_dim == 1 else None
             row = torch.ones(shape[0], device=digits.device) if row is None else row
             if path == "int8":
-                weight, kernel_scale = digits, row.to(KERNEL_DTYPE)
+                # (T read back from the int4 layout is a transposed view; the kernel needs it contiguous)
+                weight, kernel_scale = digits.contiguous(), row.to(KERNEL_DTYPE)
             else:
                 group = next((g for g in (256, 128, 64, 32) if shape[1] % g == 0), None)
                 if group is None or digits.device.type != "cpu":
@@ -293,7 +294,7 @@ class TernaryLinear(nn.Linear):
 
     def _packed_forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.inference_path is None:
-            self.prepare_inference(default_inference_path(x.device), x.dtype)
+            self.prepare_inference(default_inference_path(x.device, self.in_features), x.dtype)
         if self.inference_path == "dense":
             return F.linear(x, self.weight.to(x.dtype))
         if torch.is_grad_enabled() and x.requires_grad:
@@ -338,9 +339,13 @@ class TernaryLinear(nn.Linear):
         )
 
 
-def default_inference_path(device: torch.device) -> str:
-    """"int8" on CPU (bf16 weight-only kernel: fastest there), "dense" elsewhere (plain GEMMs win on GPUs)."""
-    return "int8" if device.type == "cpu" else "dense"
+def default_inference_path(device: torch.device, in_features: int) -> str:
+    """The "auto" path of one layer: on CPU "int4" (the fastest and smallest there: bench/bench_inference.py), or
+    "int8" where the int4 kernel cannot take the width (in_features not a multiple of 32); "dense" elsewhere (plain
+    GEMMs win on GPUs)."""
+    if device.type != "cpu":
+        return "dense"
+    return "int4" if in_features % 32 == 0 else "int8"
 
 
 def share_scales(*layers: TernaryLinear) -> None:

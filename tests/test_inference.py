@@ -96,11 +96,12 @@ def test_auto_path_and_switching_paths(saved) -> None:
     _, directory, ids, _ = saved
     model = TriLMForCausalLM.from_pretrained(directory)
     assert model.config.ternary_inference == "auto"
-    assert {m.inference_path for m in model.modules() if isinstance(m, TernaryLinear)} == {"int8"}  # CPU default
+    assert {m.inference_path for m in model.modules() if isinstance(m, TernaryLinear)} == {"int4"}  # CPU default
     with torch.no_grad():
-        int8 = model(ids).logits
-        assert model.prepare_ternary_inference("int4") == "int4"
-        torch.testing.assert_close(model(ids).logits, int8, rtol=0, atol=1e-2 * int8.abs().max().item())
+        int4 = model(ids).logits
+        assert model.prepare_ternary_inference("int8") == "int8"
+        assert {m.inference_path for m in model.modules() if isinstance(m, TernaryLinear)} == {"int8"}
+        torch.testing.assert_close(model(ids).logits, int4, rtol=0, atol=1e-2 * int4.abs().max().item())
     with pytest.raises(ValueError, match="unknown ternary inference path"):
         TriLMForCausalLM.from_pretrained(directory, ternary_inference="int3")
 
@@ -153,6 +154,6 @@ def test_packed_checkpoint_loads_as_remote_code_without_spectra_hf(saved, tmp_pa
     assert result.returncode == 0, result.stderr[-3000:]
     module, cls = result.stdout.split()[-2:]
     assert module.startswith("transformers_modules") and cls == "TriLMForCausalLM"
-    in_process = TriLMForCausalLM.from_pretrained(directory)  # the same "auto" path (int8 on CPU)
+    in_process = TriLMForCausalLM.from_pretrained(directory)  # the same "auto" path (int4 on CPU)
     with torch.no_grad():
         torch.testing.assert_close(torch.load(tmp_path / "out.pt"), in_process(ids).logits, rtol=0, atol=0)
