@@ -161,18 +161,20 @@ def _quiet_uploads(quiet: bool) -> Iterator[None]:
 
 
 @contextmanager
-def _plain_lfs_uploads(enabled: bool) -> Iterator[None]:
-    """Upload through the LFS batch API instead of xet (a local Hub speaks LFS only).
+def _local_hub_client(enabled: bool) -> Iterator[None]:
+    """For a Hub on this machine: upload through the LFS batch API instead of xet (a local Hub speaks LFS only), and
+    let requests through even when HF_HUB_OFFLINE=1 (offline means no network; loopback is not the network).
 
-    This is what HF_HUB_DISABLE_XET=1 does; huggingface_hub reads that variable once at import, so a process that
-    already imported it is configured through the same constant.
+    This is what HF_HUB_DISABLE_XET=1 / HF_HUB_OFFLINE=0 do; huggingface_hub reads those variables once at import, so
+    a process that already imported it is configured through the same constants.
     """
-    previous = constants.HF_HUB_DISABLE_XET
-    constants.HF_HUB_DISABLE_XET = previous or enabled
+    previous = constants.HF_HUB_DISABLE_XET, constants.HF_HUB_OFFLINE
+    if enabled:
+        constants.HF_HUB_DISABLE_XET, constants.HF_HUB_OFFLINE = True, False
     try:
         yield
     finally:
-        constants.HF_HUB_DISABLE_XET = previous
+        constants.HF_HUB_DISABLE_XET, constants.HF_HUB_OFFLINE = previous
 
 
 def _scrub(text: str, token: str | None) -> str:
@@ -362,7 +364,7 @@ def publish(
     started = time.perf_counter()
     doing = f"contacting {endpoint}"
     try:
-        with _plain_lfs_uploads(is_local_endpoint(endpoint)), _quiet_uploads(not progress):
+        with _local_hub_client(is_local_endpoint(endpoint)), _quiet_uploads(not progress):
             # One unretried call first: an unreachable endpoint or a refused token fails here, before any write.
             if secret:
                 api.whoami()

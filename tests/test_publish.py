@@ -275,6 +275,19 @@ def test_429_with_retry_after_on_branches_and_commits_still_completes(tmp_path, 
         assert report.retries == 6 and report.waited_s >= 6  # each retry waited the server's Retry-After
 
 
+def test_offline_mode_still_publishes_to_a_loopback_hub(tmp_path, tokenizer, monkeypatch):
+    """HF_HUB_OFFLINE=1 means "no network": a Hub on 127.0.0.1 is no network, so publishing to it must work."""
+    from huggingface_hub import constants
+
+    suite = _small_suite(tmp_path / "suite", tokenizer, ("FloatLM_99M",))
+    plan = build_plan(suite, org="offline", models=["FloatLM_99M"])
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with LocalHub(tmp_path / "hub") as hub:
+        report = publish(plan, endpoint=hub.url, limits=FAST, progress=False)
+        assert report.verified and _commits(hub, "offline") == {"offline/FloatLM_99M": 3}
+    assert constants.HF_HUB_OFFLINE is True  # restored after the run
+
+
 def test_pacer_keeps_commits_and_requests_under_the_quotas():
     now = [0.0]
     slept = []
