@@ -33,5 +33,6 @@ def run(args: argparse.Namespace) -> int:
     for key, value in info.items():
         shown = f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else value
         shown = f"{value:.4f}" if isinstance(value, float) else shown
+        shown = "- (not a suite architecture)" if value is None and key in ("size", "name") else shown
         print(f"{key:<{width}}  {shown}")
     return 0
