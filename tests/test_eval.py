@@ -222,16 +222,21 @@ def _step10_perplexity(saved_model, tokenizer, documents) -> float:
     return scores["step10"]
 
 
-def test_cli_eval_revision_of_local_export(saved_model, tokenizer, tmp_path, documents):
+def _assert_cli_scores_step10(model: str, extra_args: list[str], saved_model, tokenizer, tmp_path, documents) -> None:
+    """`spectra-hf eval MODEL --revision step10` must score the step-10 weights, not main's."""
     texts = tmp_path / "texts.txt"
     texts.write_text("\n".join(documents[:3]) + "\n", encoding="utf-8")
     output = tmp_path / "step10.json"
-    argv = ["eval", str(saved_model[2]), "--revision", "step10", "--perplexity-data", str(texts)]
+    argv = ["eval", model, "--revision", "step10", *extra_args, "--perplexity-data", str(texts)]
     assert main([*argv, "--max-length", str(MAX_LENGTH), "--output", str(output)]) == 0
     results = json.loads(output.read_text())
     assert results["revision"] == "step10"
     expected = _step10_perplexity(saved_model, tokenizer, documents)
     assert results["perplexity"]["perplexity"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_cli_eval_revision_of_local_export(saved_model, tokenizer, tmp_path, documents):
+    _assert_cli_scores_step10(str(saved_model[2]), [], saved_model, tokenizer, tmp_path, documents)
 
 
 @pytest.mark.parametrize(
@@ -276,15 +281,7 @@ def hub_repo(local_hub, saved_model):
 
 
 def test_cli_eval_hub_model_at_a_revision(hub_repo, local_hub, saved_model, tokenizer, tmp_path, documents):
-    texts = tmp_path / "texts.txt"
-    texts.write_text("\n".join(documents[:3]) + "\n", encoding="utf-8")
-    output = tmp_path / "hub.json"
-    argv = ["eval", hub_repo, "--revision", "step10", "--endpoint", local_hub.url, "--perplexity-data", str(texts)]
-    assert main([*argv, "--max-length", str(MAX_LENGTH), "--output", str(output)]) == 0
-    results = json.loads(output.read_text())
-    assert results["revision"] == "step10"
-    expected = _step10_perplexity(saved_model, tokenizer, documents)
-    assert results["perplexity"]["perplexity"] == pytest.approx(expected, rel=1e-6)
+    _assert_cli_scores_step10(hub_repo, ["--endpoint", local_hub.url], saved_model, tokenizer, tmp_path, documents)
 
 
 @pytest.mark.parametrize(
