@@ -166,9 +166,9 @@ def _training(model: SuiteModel) -> tuple[str, list[tuple[str, str]]]:
         recipe.append(("GPTQ group size", "per channel" if group < 0 else str(group)))
         recipe.append(("effective bits per weight", f"{model.bits_per_linear_weight:g}"))
         text = (
-            f"Post-training GPTQ quantization of FloatLM_{model.size} (symmetric, no zero point) of every linear "
+            f"Post-training GPTQ quantization of {model.base_model} (symmetric, no zero point) of every linear "
             "layer in the decoder blocks; embedding, LM head and activations stay unquantized. The recipe below "
-            f"is the one FloatLM_{model.size} was trained with."
+            f"is the one {model.base_model} was trained with."
         )
     return text, recipe
 
@@ -190,7 +190,7 @@ def _summary(model: SuiteModel, *, variant: str, org: str) -> str:
     if model.family == "floatlm":
         return f"FloatLM {model.size}: the fp16 LLaMA-style baseline of the Spectra suite, trained like its TriLM sibling."
     return (
-        f"QuantLM {model.size} {model.bits}-bit: FloatLM_{model.size} quantized with GPTQ at {model.bits} bits "
+        f"QuantLM {model.size} {model.bits}-bit: {model.base_model} quantized with GPTQ at {model.bits} bits "
         f"({model.bits_per_linear_weight:g} effective bits per weight)."
     )
 
