@@ -23,6 +23,12 @@ def tiny(name: str, **overrides):
     return AutoModelForCausalLM.from_config(config_for(name, tiny=True, **overrides)).eval()
 
 
+def stock_llama(config) -> LlamaForCausalLM:
+    """transformers' own LlamaForCausalLM with the same architecture (random weights, eval mode)."""
+    keys = {k: v for k, v in config.to_dict().items() if k not in ("model_type", "auto_map")}
+    return LlamaForCausalLM(LlamaConfig(**keys)).eval()
+
+
 @pytest.mark.parametrize("name", FAMILIES)
 def test_save_and_auto_reload_give_identical_logits(name: str, tmp_path) -> None:
     model = tiny(name)
@@ -52,8 +58,7 @@ def test_trilm_has_ternary_linears_only_inside_decoder_blocks() -> None:
 
 def test_floatlm_is_llama(tmp_path) -> None:
     model = tiny("FloatLM_99M")
-    llama_config = LlamaConfig(**{k: v for k, v in model.config.to_dict().items() if k not in ("model_type", "auto_map")})
-    llama = LlamaForCausalLM(llama_config).eval()
+    llama = stock_llama(model.config)
     llama.load_state_dict(model.state_dict())
     ids = torch.randint(0, model.config.vocab_size, (2, 19))
     with torch.no_grad():
@@ -63,8 +68,7 @@ def test_floatlm_is_llama(tmp_path) -> None:
 def test_trilm_equals_llama_on_effective_weights() -> None:
     """A TriLM is a Llama whose block linears hold g * T: check against stock LlamaForCausalLM."""
     model = tiny("TriLM_1.1B")
-    llama_config = LlamaConfig(**{k: v for k, v in model.config.to_dict().items() if k not in ("model_type", "auto_map")})
-    llama = LlamaForCausalLM(llama_config).eval()
+    llama = stock_llama(model.config)
     state = model.state_dict()
     for name, module in model.named_modules():
         if isinstance(module, TernaryLinear):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from spectra_hf.suite import FAMILIES
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -13,7 +15,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="List the 54 Spectra models: 9 sizes x (TriLM, FloatLM, QuantLM at 3/4/6/8 bits).",
     )
     parser.add_argument("--json", action="store_true", help="print a JSON list (one object per model)")
-    parser.add_argument("--family", choices=("trilm", "floatlm", "quantlm"), help="only this family")
+    parser.add_argument("--family", choices=FAMILIES, help="only this family")
     parser.set_defaults(func=run)
 
 
