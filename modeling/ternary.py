@@ -92,9 +92,19 @@ def recover_ternary(weight: torch.Tensor, shards: int, shard_dim: int, name: str
             f"{values.numel()} distinct nonzero magnitudes (e.g. {values[:3].tolist()}), expected one. The checkpoint "
             "is not a TriLM release, or its pretraining_model_parallel does not match how it was trained."
         )
+    return digits_of_dense(weight, scales, shard_dim), scales
+
+
+def dense_of_digits(digits: torch.Tensor, scales: torch.Tensor, shard_dim: int, dtype: torch.dtype) -> torch.Tensor:
+    """g * T in `dtype` [out, in] from T (int8 [out, in]) and its per-shard scales."""
+    return (digits.float() * expand_scales(scales.float(), digits.shape, shard_dim)).to(dtype)
+
+
+def digits_of_dense(weight: torch.Tensor, scales: torch.Tensor, shard_dim: int) -> torch.Tensor:
+    """T (int8) read back from a weight g * T and its per-shard scales (an all-zero shard's scale 0 divides by 1)."""
+    scales = scales.float()
     safe = torch.where(scales == 0, torch.ones_like(scales), scales)
-    digits = (weight.detach().float() / expand_scales(safe, weight.shape, shard_dim)).round_().to(torch.int8)
-    return digits, scales
+    return (weight.detach().float() / expand_scales(safe, weight.shape, shard_dim)).round_().to(torch.int8)
 
 
 class _TernaryMatmul(torch.autograd.Function):
@@ -134,9 +144,7 @@ class _WeightOnlyMatmul(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         layer = ctx.layer
-        digits, scales = layer.ternary_weight()
-        weight = digits.to(grad_out.dtype) * expand_scales(scales, digits.shape, layer.shard_dim).to(grad_out.dtype)
-        return grad_out @ weight, None
+        return grad_out @ dense_of_digits(*layer.ternary_weight(), layer.shard_dim, grad_out.dtype), None
 
 
 class TernaryLinear(nn.Linear):
@@ -248,9 +256,7 @@ class TernaryLinear(nn.Linear):
         if self.inference_path == "int8":
             return self.weight.detach().clone()
         if self.inference_path == "dense":
-            scales = self.weight_scale.float()
-            scales = torch.where(scales == 0, torch.ones_like(scales), scales)
-            return (self.weight.detach().float() / expand_scales(scales, shape, self.shard_dim)).round_().to(torch.int8)
+            return digits_of_dense(self.weight, self.weight_scale, self.shard_dim)
         # int4: the packed layout is the kernel's own; multiplying the identity by unit scales reads T back exactly.
         unit = torch.zeros_like(self.kernel_scale)
         unit[..., 0] = 1
@@ -268,7 +274,7 @@ class TernaryLinear(nn.Linear):
         digits, scales = self.ternary_weight()
         shape = digits.shape
         if path == "dense":
-            weight = (digits.float() * expand_scales(scales.float(), shape, self.shard_dim)).to(dtype)
+            weight = dense_of_digits(digits, scales, self.shard_dim, dtype)
             kernel_scale = input_scale = None
         else:
             row = expand_scales(scales.float(), shape, 0).reshape(-1) if self.shard_dim == 0 else None

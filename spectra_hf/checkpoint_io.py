@@ -22,7 +22,7 @@ import torch
 from .errors import SpectraError
 from .modeling.modeling_trilm import TERNARY_SHARD_DIM
 from .modeling.packing import unpack_ternary
-from .modeling.ternary import TernaryLinear, expand_scales, recover_ternary, share_scales
+from .modeling.ternary import TernaryLinear, dense_of_digits, recover_ternary, share_scales
 from .safetensors_io import ShardFileWriter, TensorEntry, read_header, read_tensor
 
 KINDS = ("trilm-latent", "trilm-packed", "trilm-release", "floatlm", "llama")
@@ -50,8 +50,7 @@ class Ternary:
 
     def dense(self, dtype: torch.dtype) -> torch.Tensor:
         """g * T as `dtype` [out, in]."""
-        per_weight = expand_scales(self.scales.float(), self.digits.shape, self.shard_dim)
-        return (self.digits.float() * per_weight).to(dtype)
+        return dense_of_digits(self.digits, self.scales, self.shard_dim, dtype)
 
     @property
     def shape(self) -> torch.Size:
