@@ -140,6 +140,11 @@ def recipe_keys() -> set[str]:
     return {f.name for dataclass_type in _DATACLASSES for f in fields(dataclass_type) if f.init}
 
 
+def recipe_parser() -> HfArgumentParser:
+    """The parser of every recipe key (`parse_recipe` parses with it; `spectra-hf train --help` prints it)."""
+    return HfArgumentParser(_DATACLASSES)
+
+
 def recipe_path(recipe: str | Path) -> Path:
     """A recipe file: a path, or a suite model name for the bundled recipe (`TriLM_99M` -> recipes/TriLM_99M.yaml)."""
     path = Path(recipe)
@@ -217,7 +222,7 @@ def parse_recipe(
     else:
         override_argv = list(overrides)
     argv = _as_argv(defaults or {}) + _as_argv(values) + override_argv
-    parser = HfArgumentParser(_DATACLASSES)
+    parser = recipe_parser()
     try:
         *parsed, remaining = parser.parse_args_into_dataclasses(
             args=argv, return_remaining_strings=True, look_for_args_file=False

@@ -24,13 +24,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from transformers import HfArgumentParser
-
     from spectra_hf.training import train
-    from spectra_hf.training.arguments import DataArguments, ModelArguments, SpectraTrainingArguments
+    from spectra_hf.training.arguments import recipe_parser
 
     if "-h" in args.overrides or "--help" in args.overrides:
-        HfArgumentParser((ModelArguments, DataArguments, SpectraTrainingArguments)).print_help()
+        recipe_parser().print_help()
         return 0
     result = train(args.recipe, overrides=args.overrides)
     if result.trainer.args.should_save:
