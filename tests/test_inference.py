@@ -16,16 +16,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from spectra_hf import TernaryLinear, TriLMForCausalLM
 from spectra_hf.suite import config_for
 from test_modeling import REMOTE_CODE_SCRIPT  # the lead's spectra_hf-blocking loader script
+from test_ternary import reference_ternary_weight  # g * T by the paper's formula, float64
 
 LAYOUT = {"q_proj": 0, "k_proj": 0, "v_proj": 0, "o_proj": 1, "gate_proj": 0, "up_proj": 0, "down_proj": 1}
-
-
-def paper_ternary(weights: list[torch.Tensor], shards: int, dim: int, eps: float = 1e-5) -> list[torch.Tensor]:
-    """g * T by the paper's formula in float64, g = eps + mean|W| per shard over all of `weights` (fused q/k/v)."""
-    chunks = [w.double().chunk(shards, dim=dim) for w in weights]
-    scales = [eps + torch.cat([c[s].abs().flatten() for c in chunks]).mean() for s in range(shards)]
-    return [torch.cat([(c[s] / scales[s]).clamp(-1, 1).round() * scales[s] for s in range(shards)], dim=dim)
-            for c in chunks]
 
 
 def llama_reference(latent: TriLMForCausalLM) -> LlamaForCausalLM:
@@ -37,11 +30,12 @@ def llama_reference(latent: TriLMForCausalLM) -> LlamaForCausalLM:
     state = {k: v.double() for k, v in latent.state_dict().items()}
     for i in range(config.num_hidden_layers):
         attn, mlp = f"model.layers.{i}.self_attn", f"model.layers.{i}.mlp"
-        qkv = paper_ternary([state[f"{attn}.{p}.weight"] for p in ("q_proj", "k_proj", "v_proj")], shards, 0)
+        qkv = reference_ternary_weight([state[f"{attn}.{p}.weight"] for p in ("q_proj", "k_proj", "v_proj")], shards, 0)
         for p, weight in zip(("q_proj", "k_proj", "v_proj"), qkv):
             state[f"{attn}.{p}.weight"] = weight
         for prefix, p in ((attn, "o_proj"), (mlp, "gate_proj"), (mlp, "up_proj"), (mlp, "down_proj")):
-            state[f"{prefix}.{p}.weight"] = paper_ternary([state[f"{prefix}.{p}.weight"]], shards, LAYOUT[p])[0]
+            name = f"{prefix}.{p}.weight"
+            state[name] = reference_ternary_weight([state[name]], shards, LAYOUT[p])[0]
     llama.load_state_dict(state)
     return llama.double().eval()
 
