@@ -1,7 +1,7 @@
 """Content-addressed blob storage: every file's bytes live once, under their sha256, whatever repo holds them.
 
-Also the two git hashes the Hub protocol exposes: the git blob sha1 of a regular file (its ETag and tree `oid`) and
-the sha1 of the LFS pointer file that stands in git for an LFS file.
+Also the LFS pointer file that stands in git for an LFS file: its git blob sha1 (huggingface_hub's `git_hash`, as
+for a regular file) is the file's tree `oid`.
 """
 
 from __future__ import annotations
@@ -13,11 +13,6 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from .errors import bad_request
-
-
-def git_blob_oid(data: bytes) -> str:
-    """The sha1 git gives a blob (`git hash-object`): what the Hub calls the oid of a regular file."""
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
 def lfs_pointer(sha256: str, size: int) -> bytes:

@@ -26,7 +26,9 @@ from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
 
-from .blobs import BlobStore, git_blob_oid, lfs_pointer
+from huggingface_hub.utils.sha import git_hash
+
+from .blobs import BlobStore, lfs_pointer
 from .errors import HubError, bad_request, entry_not_found, repo_not_found, revision_not_found
 from .files import read_json, write_json_atomic
 from .names import RepoRef, check_ref_name, check_revision, is_commit_oid
@@ -57,11 +59,11 @@ class FileEntry:
 
     @classmethod
     def regular(cls, sha256: str, data: bytes) -> FileEntry:
-        return cls(sha256, len(data), git_blob_oid(data), False)
+        return cls(sha256, len(data), git_hash(data), False)
 
     @classmethod
     def large(cls, sha256: str, size: int) -> FileEntry:
-        return cls(sha256, size, git_blob_oid(lfs_pointer(sha256, size)), True)
+        return cls(sha256, size, git_hash(lfs_pointer(sha256, size)), True)
 
 
 @dataclass(frozen=True)
