@@ -5,12 +5,14 @@ Reads config.json and safetensors headers; only the ternary statistics read tens
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
 from tqdm.auto import tqdm
 
 from .checkpoint_io import Checkpoint, Ternary
+from .safetensors_io import DTYPES
 from .suite import SIZES, FAMILY_PREFIX
 
 
@@ -47,14 +49,14 @@ def describe_checkpoint(path: str | os.PathLike, *, stats: bool = True, progress
         "name": f"{FAMILY_PREFIX[source.family]}_{size}" if size else None,
         "format": source.format,
         "resumable": source.kind == "trilm-latent",
-        "params": sum(_numel(shape) for shape in shapes.values()),
+        "params": sum(math.prod(shape) for shape in shapes.values()),
         "weight_bytes": sum(file.stat().st_size for file in source.files),
     }
     if source.family != "trilm":
         return info
-    ternary_params = sum(_numel(shapes[name]) for name in ternary_names)
+    ternary_params = sum(math.prod(shapes[name]) for name in ternary_names)
     stored = [n for n in source.tensor_names() if n.endswith((".weight_packed", ".weight_scale"))] or ternary_names
-    stored_bytes = sum(_numel(source.stored_shape(n)) * _itemsize(source, n) for n in stored)
+    stored_bytes = sum(math.prod(source.stored_shape(n)) * DTYPES[source.stored_dtype(n)].itemsize for n in stored)
     info.update(
         pretraining_model_parallel=source.shards,
         ternary_params=ternary_params,
@@ -78,15 +80,3 @@ def describe_checkpoint(path: str | os.PathLike, *, stats: bool = True, progress
             scale_max=scale_max,
         )
     return info
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    total = 1
-    for size in shape:
-        total *= size
-    return total
-
-
-def _itemsize(source: Checkpoint, name: str) -> int:
-    dtype = source.stored_dtype(name)
-    return {"U8": 1, "I8": 1, "BOOL": 1, "F16": 2, "BF16": 2, "I16": 2, "F32": 4, "I32": 4, "F64": 8, "I64": 8}[dtype]
