@@ -42,6 +42,14 @@ def tokenizer(corpus_texts):
 
 
 @pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory, tokenizer):
+    """The `tokenizer` fixture saved with save_pretrained (for recipes and CLIs that take a path)."""
+    path = tmp_path_factory.mktemp("tokenizer")
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def corpus_files(tmp_path_factory, corpus_texts):
     """(train.txt, eval.txt) written from the local corpus."""
     return write_corpus(corpus_texts, tmp_path_factory.mktemp("corpus"))

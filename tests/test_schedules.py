@@ -63,13 +63,6 @@ def run_tiny(name: str, tmp_path: Path, tokenizer_dir: Path, train_file: Path, *
     return [entry for entry in state["log_history"] if "loss" in entry]
 
 
-@pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory, tokenizer) -> Path:
-    path = tmp_path_factory.mktemp("tokenizer")
-    tokenizer.save_pretrained(path)
-    return path
-
-
 def assert_lower_loss(logs: list[dict]) -> None:
     first = sum(entry["loss"] for entry in logs[:10]) / 10
     last = sum(entry["loss"] for entry in logs[-10:]) / 10

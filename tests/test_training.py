@@ -19,13 +19,6 @@ from spectra_hf.training import SpectraTrainer, SpectraTrainingArguments, parse_
 from spectra_hf.training.arguments import RECIPES_DIR
 
 
-@pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory, tokenizer) -> Path:
-    path = tmp_path_factory.mktemp("tokenizer")
-    tokenizer.save_pretrained(path)
-    return path
-
-
 def tiny_recipe(tmp_path: Path, tokenizer_dir: Path, train_file: Path, **values) -> dict:
     return {
         "model": "TriLM_1.1B",  # 2 scale shards
