@@ -184,11 +184,6 @@ def _read_config(paths: DemoPaths) -> DemoConfig:
         ) from error
 
 
-def _texts(path: Path, limit: int | None = None) -> list[str]:
-    texts = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return texts[:limit] if limit else texts
-
-
 def _quiet_http_logs() -> None:
     # gptqmodel turns INFO logging on at import; one line per HTTP request would drown the demo's output
     for name in ("httpx", "httpx2"):
@@ -208,12 +203,13 @@ def stage_prepare(paths: DemoPaths, config: DemoConfig) -> None:
     from transformers import AutoModelForCausalLM
 
     from .corpus import local_corpus, train_tokenizer, write_corpus
+    from .evaluation import load_texts
     from .exports import atomic_directory
     from .suite import config_for
 
     paths.workdir.mkdir(parents=True, exist_ok=True)
     write_corpus(local_corpus(), paths.data)
-    tokenizer = train_tokenizer(_texts(paths.train_text), vocab_size=config.vocab_size)  # held-out text unseen
+    tokenizer = train_tokenizer(load_texts(str(paths.train_text)), vocab_size=config.vocab_size)  # held-out text unseen
     with atomic_directory(paths.tokenizer) as staging:
         tokenizer.save_pretrained(staging)
     for family in ("trilm", "floatlm"):
@@ -287,10 +283,10 @@ def stage_evaluate(paths: DemoPaths, config: DemoConfig) -> None:
     from tqdm.auto import tqdm
 
     from .eval_results import build_results, write_results
-    from .evaluation import perplexity
+    from .evaluation import load_texts, perplexity
     from .pretrained import load_pretrained
 
-    texts = _texts(_require(paths.eval_text, "prepare"), config.eval_documents)
+    texts = load_texts(str(_require(paths.eval_text, "prepare")), max_documents=config.eval_documents)
     targets = {_untrained_name(config.name(f)): paths.init(config.name(f)) for f in ("trilm", "floatlm")}
     producer = {name: "quantize" if name in config.quantlm_names else "train" for name in config.release_names}
     targets |= {name: _require(paths.suite / name, producer[name]) for name in config.release_names}
@@ -377,13 +373,13 @@ def _load_back(spec_path: Path) -> None:
     import spectra_hf  # noqa: F401  (registers trilm / floatlm)
 
     from .eval_results import write_results
-    from .evaluation import perplexity
+    from .evaluation import load_texts, perplexity
     from .quant import FROM_PRETRAINED_BITS, load_quantlm
     from .suite import get_model
 
     _quiet_http_logs()
     spec = json.loads(spec_path.read_text(encoding="utf-8"))
-    texts = _texts(Path(spec["eval_text"]), spec["eval_documents"])
+    texts = load_texts(spec["eval_text"], max_documents=spec["eval_documents"])
     rows = []
     for target in tqdm(spec["targets"], desc="load back from the local Hub", unit="model"):
         repo_id, revision = target["repo_id"], target["revision"]
