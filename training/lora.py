@@ -22,13 +22,7 @@ from peft.tuners.lora import LoraLayer
 from torch import nn
 
 from spectra_hf.modeling import FloatLMConfig, FloatLMForCausalLM, TernaryLinear, TriLMConfig
-from spectra_hf.modeling.ternary import expand_scales
-
-
-def _dense_ternary(layer: TernaryLinear) -> torch.Tensor:
-    """g * T of a ternary layer as a float32 [out, in] weight."""
-    digits, scales = layer.ternary_weight()
-    return digits.float() * expand_scales(scales.float(), digits.shape, layer.shard_dim)
+from spectra_hf.modeling.ternary import dense_of_digits
 
 
 def _merged_weight(module: nn.Module) -> torch.Tensor:
@@ -43,7 +37,7 @@ def _merged_weight(module: nn.Module) -> torch.Tensor:
                 weight = weight + module.get_delta_weight(adapter).float()
         return weight
     if isinstance(module, TernaryLinear):
-        return _dense_ternary(module)
+        return dense_of_digits(*module.ternary_weight(), module.shard_dim, torch.float32)
     return module.weight.float()
 
 
