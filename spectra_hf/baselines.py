@@ -14,7 +14,8 @@ from typing import Any
 import torch
 
 from .errors import SpectraError
-from .quant import check_floatlm_config, read_model_config
+from .checkpoint_io import read_config
+from .quant import check_floatlm_config
 from .suite import FLOAT_BITS
 
 BNB_BITS: tuple[int, ...] = (4, 8)
@@ -44,7 +45,7 @@ def load_floatlm_bnb(
     if quant_type not in ("nf4", "fp4"):
         raise SpectraError(f"quant_type {quant_type!r} is not a bitsandbytes 4-bit type: use nf4 or fp4")
     floatlm = Path(floatlm)
-    check_floatlm_config(read_model_config(floatlm), where=str(floatlm), packable=False)
+    check_floatlm_config(read_config(floatlm), where=str(floatlm), packable=False)
     config = (
         BitsAndBytesConfig(load_in_8bit=True)
         if bits == 8

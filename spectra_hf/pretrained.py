@@ -7,13 +7,13 @@ from `endpoint` (default: `HF_ENDPOINT`, i.e. huggingface.co or a local Hub) and
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .checkpoint_io import read_config
 from .errors import SpectraError
 from .exports import checkpoint_dir, checkpoint_steps
 
@@ -127,5 +127,4 @@ def load_pretrained(
 
 
 def _is_gptq(directory: Path) -> bool:
-    config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
-    return (config.get("quantization_config") or {}).get("quant_method") == "gptq"
+    return (read_config(directory).get("quantization_config") or {}).get("quant_method") == "gptq"

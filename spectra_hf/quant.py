@@ -24,7 +24,6 @@ export records the group size it used; a group size the caller chose that does n
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -34,6 +33,7 @@ from typing import Any
 
 import torch
 
+from .checkpoint_io import read_config
 from .errors import SpectraError
 from .exports import ExportInfo, atomic_directory, model_dir, read_export_info, write_export_info
 from .quant_calibration import CalibrationSource, calibration_samples, load_calibration_texts
@@ -188,22 +188,11 @@ def _llama_keys(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k not in ("model_type", "auto_map", "architectures", "transformers_version")}
 
 
-def read_model_config(directory: Path) -> dict[str, Any]:
-    """The config.json of a model directory, as a dict."""
-    path = directory / "config.json"
-    if not path.is_file():
-        raise SpectraError(f"{directory} is not a model directory: config.json is missing")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise SpectraError(f"{path} is corrupt ({error}); re-export the model") from error
-
-
 def load_floatlm_as_llama(directory: Path):
     """Load a FloatLM checkpoint as a plain `LlamaForCausalLM` in its stored dtype, on CPU, in eval mode."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(**_llama_keys(read_model_config(directory)))
+    config = LlamaConfig(**_llama_keys(read_config(directory)))
     return LlamaForCausalLM.from_pretrained(directory, config=config, dtype="auto").eval()
 
 
@@ -268,7 +257,7 @@ def save_quantized(model: Any, quantizer: Any, directory: str | Path) -> None:
     model.config.quantization_config["dataset"] = None
     model.config.quantization_config["format"] = "gptq"
     quantizer.save(model, str(directory))
-    saved = read_model_config(Path(directory))["quantization_config"]
+    saved = read_config(Path(directory))["quantization_config"]
     if saved.get("format") != "gptq" or saved.get("dataset") is not None:
         raise SpectraError(f"optimum wrote quantization_config {saved} to {directory}; expected format 'gptq' and no dataset")
 
@@ -290,7 +279,7 @@ def load_quantlm(
             dequantize-and-multiply reference).
     """
     directory = Path(directory)
-    config = read_model_config(directory)
+    config = read_config(directory)
     quant = config.get("quantization_config")
     if not quant or quant.get("quant_method") != "gptq":
         raise SpectraError(f"{directory} is not a packed GPTQ checkpoint (no gptq quantization_config in config.json)")
@@ -454,7 +443,7 @@ def export_quantlms(
     if not bits:
         raise SpectraError("no bit widths given: pass at least one of 2..8 (the paper's are 3 4 6 8)")
     floatlm = Path(floatlm)
-    config = read_model_config(floatlm)
+    config = read_config(floatlm)
     check_floatlm_config(config, where=str(floatlm))
     settings = plan_settings(config, bits, group_size=group_size, damp_percent=damp_percent, where=str(floatlm))
     size_label, base_model = _size_label(floatlm, config, size)
