@@ -89,6 +89,15 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
         raise SpectraError(f"{config_path} is corrupt ({error}); re-download or re-save the checkpoint") from error
 
 
+# What a config.json says about storage and loading rather than about the network.
+_STORAGE_KEYS = ("model_type", "architectures", "auto_map", "transformers_version", "weight_format", "ternary_inference")
+
+
+def config_architecture(config: dict[str, Any]) -> dict[str, Any]:
+    """A config.json without its storage keys: the architecture, shared by the TriLM, FloatLM and Llama forms."""
+    return {key: value for key, value in config.items() if key not in _STORAGE_KEYS}
+
+
 def checkpoint_kind(config: dict[str, Any]) -> str:
     """One of KINDS, from a config.json dict."""
     model_type = config.get("model_type")

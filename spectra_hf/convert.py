@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from transformers import LlamaConfig
 from transformers.dynamic_module_utils import custom_object_save
 
-from .checkpoint_io import INDEX_FILE, Checkpoint, ShardedWriter, Ternary
+from .checkpoint_io import INDEX_FILE, Checkpoint, ShardedWriter, Ternary, config_architecture
 from .errors import SpectraError
 from .exports import atomic_directory
 from .modeling import FloatLMConfig, FloatLMForCausalLM, TriLMConfig, TriLMForCausalLM
@@ -26,8 +26,6 @@ from .modeling.packing import pack_ternary
 
 TARGETS = ("packed", "unpacked", "floatlm", "gguf-tq1_0", "gguf-tq2_0", "gguf-f16")
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-# config.json keys that only describe how a Spectra checkpoint is stored, not the architecture.
-_STORAGE_KEYS = ("model_type", "architectures", "auto_map", "transformers_version", "weight_format", "ternary_inference")
 _TERNARY_KEYS = ("ternary_eps", "ternary_fused_qkv_scale")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 
@@ -99,13 +97,9 @@ def _output_tensors(name: str, weight: torch.Tensor | Ternary, to: str, cast: to
     return [(name, weight.to(cast) if cast is not None and weight.is_floating_point() else weight)]
 
 
-def _architecture(config: dict) -> dict:
-    return {key: value for key, value in config.items() if key not in _STORAGE_KEYS}
-
-
 def _write_config(source: Checkpoint, directory: Path, to: str, cast: torch.dtype | None) -> None:
     """config.json for format `to` (plus the remote code for Spectra formats)."""
-    architecture = _architecture(source.config)
+    architecture = config_architecture(source.config)
     dtype = str(cast).removeprefix("torch.") if cast is not None else architecture.pop("dtype", None)
     architecture.pop("dtype", None)
     architecture.pop("torch_dtype", None)

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from .checkpoint_io import read_config
+from .checkpoint_io import config_architecture, read_config
 from .errors import SpectraError
 from .exports import ExportInfo, atomic_directory, model_dir, read_export_info, write_export_info
 from .quant_calibration import CalibrationSource, calibration_samples, load_calibration_texts
@@ -134,7 +134,7 @@ def check_floatlm_config(config: dict[str, Any], *, where: str, packable: bool =
         return
     from transformers import LlamaConfig
 
-    for name, (in_features, out_features) in quantized_linear_shapes(LlamaConfig(**_llama_keys(config))).items():
+    for name, (in_features, out_features) in quantized_linear_shapes(LlamaConfig(**config_architecture(config))).items():
         if in_features % PACK_MULTIPLE or out_features % PACK_MULTIPLE:
             raise SpectraError(
                 f"{where}: {name} is {in_features} -> {out_features}; GPTQ kernels pack layers whose widths are "
@@ -165,7 +165,7 @@ def plan_settings(
     """
     from transformers import LlamaConfig
 
-    in_widths = {i for i, _ in quantized_linear_shapes(LlamaConfig(**_llama_keys(config))).values()}
+    in_widths = {i for i, _ in quantized_linear_shapes(LlamaConfig(**config_architecture(config))).values()}
     chosen = group_size if isinstance(group_size, Mapping) else {b: group_size for b in bits}
     plans = []
     for b in bits:
@@ -183,16 +183,11 @@ def plan_settings(
     return plans
 
 
-def _llama_keys(config: dict[str, Any]) -> dict[str, Any]:
-    """A FloatLM config.json minus what makes it a FloatLM: the same architecture as a plain Llama config."""
-    return {k: v for k, v in config.items() if k not in ("model_type", "auto_map", "architectures", "transformers_version")}
-
-
 def load_floatlm_as_llama(directory: Path):
     """Load a FloatLM checkpoint as a plain `LlamaForCausalLM` in its stored dtype, on CPU, in eval mode."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(**_llama_keys(read_config(directory)))
+    config = LlamaConfig(**config_architecture(read_config(directory)))
     return LlamaForCausalLM.from_pretrained(directory, config=config, dtype="auto").eval()
 
 
@@ -299,7 +294,7 @@ def _load_wide_gptq(directory: Path, config: dict[str, Any], *, dtype: torch.dty
     from transformers import LlamaConfig, LlamaForCausalLM
 
     quant = dict(config["quantization_config"])
-    llama_config = LlamaConfig(**{k: v for k, v in _llama_keys(config).items() if k != "quantization_config"})
+    llama_config = LlamaConfig(**{k: v for k, v in config_architecture(config).items() if k != "quantization_config"})
     torch_dtype = llama_config.dtype if dtype == "auto" else dtype
     model = LlamaForCausalLM(llama_config).to(dtype=torch_dtype)
     quantizer = _gptq_quantizer_class()(**{**quant, "backend": backend})
@@ -335,7 +330,7 @@ def dequantize_to_llama(model: Any, *, dtype: torch.dtype = torch.float16):
     config = model.config.to_dict()
     config.pop("quantization_config", None)
     config["dtype"] = str(dtype).removeprefix("torch.")
-    plain = LlamaForCausalLM(LlamaConfig(**_llama_keys(config))).to(dtype=dtype)
+    plain = LlamaForCausalLM(LlamaConfig(**config_architecture(config))).to(dtype=dtype)
     state = {}
     for name, module in model.named_modules():
         if isinstance(module, BaseQuantLinear):
@@ -351,7 +346,7 @@ def quantlm_size_bits(config: Any, settings: GPTQSettings) -> int:
     """Model size in bits as the paper counts it: quantized weights at effective bits, everything else fp16."""
     from transformers import LlamaConfig
 
-    llama = config if isinstance(config, LlamaConfig) else LlamaConfig(**_llama_keys(config))
+    llama = config if isinstance(config, LlamaConfig) else LlamaConfig(**config_architecture(config))
     per_block = sum(i * o for i, o in quantized_linear_shapes(llama).values())
     quantized = llama.num_hidden_layers * per_block
     h = llama.hidden_size
