@@ -159,9 +159,6 @@ def check_repo_id(repo_id: str) -> None:
         raise SpectraError(
             f"invalid Hub repo id {repo_id!r}: {error} Pick an --org made of letters, digits, '-', '_' and '.'"
         ) from None
-    org = repo_id.split("/")[0]
-    if org[0] in "-." or org[-1] in "-.":
-        raise SpectraError(f"invalid Hub org {org!r}: it cannot start or end with '-' or '.'")
 
 
 def export_files(directory: Path) -> dict[str, Path]:
