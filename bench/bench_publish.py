@@ -110,9 +110,11 @@ def main() -> None:
     per_branch_calls = (first["api_calls"] - per_repo_calls * repos) / branches
     estimate = _estimate(args.branches, per_branch_calls, per_repo_calls, len(all_models()))
     print()
+    trilms = sum(m.family == "trilm" for m in all_models())
+    quota = HubLimits()
     print(f"estimate for a real publish: {len(all_models())} repos + {args.branches} checkpoint branches "
-          f"(+ 9 unpacked TriLM repos, negligible), under the Hub's quotas (1000 API requests / 5 min, "
-          f"128 commits / h / repo):")
+          f"(+ {trilms} unpacked TriLM repos, negligible), under the Hub's quotas ({quota.requests_per_window} API "
+          f"requests / {quota.window_s / 60:g} min, {quota.commits_per_hour} commits / h / repo):")
     print(f"  API requests:        {estimate['api_calls']:.0f} ({per_branch_calls:.2f} per branch, {per_repo_calls:.2f} per repo)")
     print(f"  request-quota bound: {estimate['request_bound_s'] / 60:.0f} min")
     print(f"  commit-quota bound:  {estimate['commit_bound_s'] / 60:.0f} min ({estimate['commits_per_repo']} commits per trained repo)")
