@@ -62,16 +62,16 @@ def directory_bytes(directory: Path) -> int:
 
 
 def timed_convert(src: Path, out: Path, to: str) -> dict:
-    """Run one conversion in a fresh process; its wall time and peak RSS (VmHWM: ru_maxrss would include the
-    parent's RSS, which Linux carries across fork and exec)."""
+    """Run one conversion in a fresh process; its wall time and peak RSS."""
     code = (
         "import json, sys, time\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from peak_memory import peak_rss_bytes\n"
         "from spectra_hf.convert import convert_checkpoint\n"
         "start = time.perf_counter()\n"
         "convert_checkpoint(sys.argv[1], sys.argv[2], to=sys.argv[3], progress=False)\n"
         "seconds = time.perf_counter() - start\n"
-        "hwm = next(l for l in open('/proc/self/status') if l.startswith('VmHWM:'))\n"
-        "print(json.dumps({'seconds': seconds, 'peak_rss': int(hwm.split()[1]) * 1024}))\n"
+        "print(json.dumps({'seconds': seconds, 'peak_rss': peak_rss_bytes()}))\n"
     )
     result = subprocess.run([sys.executable, "-c", code, str(src), str(out), to], capture_output=True, text=True)
     if result.returncode:

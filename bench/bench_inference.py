@@ -17,6 +17,8 @@ import subprocess
 import sys
 import time
 
+from peak_memory import peak_rss_bytes
+
 # (label, family, dtype of the float parts, ternary inference path)
 VARIANTS = (
     ("FloatLM fp32", "floatlm", "float32", None),
@@ -87,10 +89,7 @@ def worker(family: str, size: str, dtype_name: str, path: str | None, tokens: in
 
     decode(2)  # warm-up
     seconds = decode(tokens)
-    # VmHWM, not ru_maxrss: Linux carries the parent's ru_maxrss across fork and exec.
-    hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM:"))
-    peak_rss = int(hwm.split()[1]) * 1024
-    return {"weight_bytes": weight_bytes, "block_bytes": block_bytes, "peak_rss": peak_rss, "tokens_per_s": tokens / seconds}
+    return {"weight_bytes": weight_bytes, "block_bytes": block_bytes, "peak_rss": peak_rss_bytes(), "tokens_per_s": tokens / seconds}
 
 
 def main() -> None:

@@ -29,6 +29,8 @@ from pathlib import Path
 import torch
 import torch._dynamo
 
+from peak_memory import peak_rss_bytes
+
 SHAPE = {"hidden_size": 128, "intermediate_size": 384, "num_attention_heads": 2, "num_key_value_heads": 2, "num_hidden_layers": 4}
 CONTEXT = 128
 
@@ -122,12 +124,6 @@ def quality(args, workdir: Path) -> None:
     print("disk MB: fp32 safetensors for FloatLM and QuantLM's unquantized tensors; bitsandbytes and TriLM are not exported here")
 
 
-def _peak_rss_mb() -> float:
-    """This process's peak resident memory (VmHWM; ru_maxrss would carry the parent's peak into a spawned child)."""
-    status = Path("/proc/self/status").read_text()
-    return int(next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1]) / 2**10
-
-
 def _quantize_99m(floatlm_dir: str, bits: int, samples: int, length: int, queue) -> None:
     """Child process: GPTQ the 99M FloatLM at `bits`; report time, peak RSS and checkpoint size."""
     from pathlib import Path
@@ -141,11 +137,11 @@ def _quantize_99m(floatlm_dir: str, bits: int, samples: int, length: int, queue)
     texts = load_calibration_texts(Path(floatlm_dir) / "calibration.txt")
     data = calibration_samples(tokenizer, texts.documents, samples=samples, length=length)
     model = load_floatlm_as_llama(Path(floatlm_dir))
-    rss_before = _peak_rss_mb()
+    rss_before = peak_rss_bytes() / 2**20
     started = time.perf_counter()
     model, quantizer = quantize_model(model, data, GPTQSettings.paper(bits))
     seconds = time.perf_counter() - started
-    peak = _peak_rss_mb()
+    peak = peak_rss_bytes() / 2**20
     with tempfile.TemporaryDirectory() as out:
         save_quantized(model, quantizer, out)
         disk = _disk_mb(Path(out))

@@ -18,6 +18,8 @@ import subprocess
 import sys
 import time
 
+from peak_memory import peak_rss_bytes
+
 
 def measure(name: str, layers: int, vocab: int, tokens: int, seq: int, steps: int, dtype: str) -> dict:
     """Runs in the child process: build the model, warm up once, time `steps` steps, report peak RSS."""
@@ -46,14 +48,7 @@ def measure(name: str, layers: int, vocab: int, tokens: int, seq: int, steps: in
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
-    return {"step_s": statistics.median(times), "peak_rss_mib": peak_rss_mib()}
-
-
-def peak_rss_mib() -> float:
-    """This process's peak resident memory (VmHWM; ru_maxrss can carry a parent's across fork/exec)."""
-    with open("/proc/self/status") as status:
-        line = next(line for line in status if line.startswith("VmHWM:"))
-    return int(line.split()[1]) / 1024
+    return {"step_s": statistics.median(times), "peak_rss_mib": peak_rss_bytes() / 2**20}
 
 
 def main() -> None:
