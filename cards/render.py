@@ -291,7 +291,7 @@ def render_model_card(
         variant: "release" (the model's own repo) or "unpacked" (the TriLM release format, plain Llama).
         has_tokenizer: whether the repo ships tokenizer files (the quickstart uses them when it does).
     """
-    repo_name = f"{model.name}_Unpacked" if variant == "unpacked" else model.name
+    repo_name = model.unpacked_name if variant == "unpacked" else model.name
     repo_id = f"{org}/{repo_name}"
     data = card_data(model=model, repo_name=repo_name, org=org, variant=variant, evals=evals)
     training, recipe = _training(model)

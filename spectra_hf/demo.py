@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SpectraError
-from .suite import FAMILY_PREFIX, FLOAT_BITS, QUANT_BITS, QUANT_EFFECTIVE_BITS, TERNARY_BITS, TERNARY_LINEARS
+from .suite import FLOAT_BITS, QUANT_BITS, QUANT_EFFECTIVE_BITS, TERNARY_BITS, TERNARY_LINEARS, SuiteModel, get_model
 
 STAGES: tuple[str, ...] = ("prepare", "train", "quantize", "evaluate", "publish", "loadback")
 CONFIG_FILE = "demo_config.json"
@@ -91,8 +91,7 @@ class DemoConfig:
         )
 
     def name(self, family: str, bits: int | None = None) -> str:
-        base = f"{FAMILY_PREFIX[family]}_{self.size}"
-        return f"{base}_{bits}bit" if bits is not None else base
+        return SuiteModel(family, self.size, bits).name
 
     @property
     def quantlm_names(self) -> list[str]:
@@ -326,7 +325,7 @@ def loadback_targets(paths: DemoPaths, config: DemoConfig) -> list[dict[str, Any
         steps = checkpoint_steps(paths.suite, name)
         targets += [{"name": name, "revision": f"step{step}"} for step in steps if step < config.max_steps]
         targets.append({"name": name, "revision": "main", "generate": True})
-    targets.append({"name": f"{config.name('trilm')}_Unpacked", "revision": "main"})
+    targets.append({"name": get_model(config.name("trilm")).unpacked_name, "revision": "main"})
     targets += [{"name": name, "revision": "main"} for name in config.quantlm_names]
     for target in targets:
         target["repo_id"] = f"{config.org}/{target['name']}"
@@ -375,7 +374,6 @@ def _load_back(spec_path: Path) -> None:
     from .eval_results import write_results
     from .evaluation import load_texts, perplexity
     from .quant import FROM_PRETRAINED_BITS, load_quantlm
-    from .suite import get_model
 
     _quiet_http_logs()
     spec = json.loads(spec_path.read_text(encoding="utf-8"))
@@ -430,7 +428,7 @@ def report_rows(paths: DemoPaths, config: DemoConfig) -> list[dict[str, Any]]:
     """The table: untrained baselines (local), then every model loaded back from the Hub."""
     trilm_dir, floatlm_dir = paths.init(config.name("trilm")), paths.init(config.name("floatlm"))
     widths = {config.name("trilm"): (trilm_dir, TERNARY_BITS), config.name("floatlm"): (floatlm_dir, FLOAT_BITS)}
-    widths[f"{config.name('trilm')}_Unpacked"] = (trilm_dir, TERNARY_BITS)
+    widths[get_model(config.name("trilm")).unpacked_name] = (trilm_dir, TERNARY_BITS)
     widths |= {config.name("quantlm", b): (floatlm_dir, QUANT_EFFECTIVE_BITS[b]) for b in config.quant_bits}
     rows = []
     for family in ("trilm", "floatlm"):

@@ -37,7 +37,6 @@ from .exports import (
 from .suite import FAMILY_PREFIX, QUANT_BITS, SIZES, TERNARY_BITS, SuiteModel, all_models
 
 CARD_FILE = "README.md"
-UNPACKED_SUFFIX = "_Unpacked"
 STAGING_DIR = ".publish-staging"  # inside the suite directory: converted exports (unpacked TriLM), reused across runs
 _STAMP_FILE = ".source-stamp.json"
 # Files of an export directory that are not published: local bookkeeping and the card we render ourselves.
@@ -299,7 +298,7 @@ def stage_unpacked(source: Path, staged: Path) -> bool:
 
 def _unpacked_repo(suite_dir: Path, release: RepoPlan, *, org: str, staging_dir: Path) -> RepoPlan:
     model = release.model
-    repo_name = f"{model.name}{UNPACKED_SUFFIX}"
+    repo_name = model.unpacked_name
     staged = staging_dir / repo_name
     stage_unpacked(model_dir(suite_dir, model.name), staged)
     files = export_files(staged)
@@ -375,7 +374,7 @@ def build_plan(
         raise SpectraError(f"not suite model names: {', '.join(unknown)} (run `spectra-hf suite` for the list)")
     selected = [m for m in registry if models is None or m.name in models]
     for model in selected:
-        check_repo_id(f"{org}/{model.name}{UNPACKED_SUFFIX if unpacked and model.family == 'trilm' else ''}")
+        check_repo_id(f"{org}/{model.unpacked_name if unpacked and model.family == 'trilm' else model.name}")
     missing: list[str] = []
     repos = []
     for model in selected:

@@ -35,6 +35,7 @@ BATCH_TOKENS: dict[str, int] = {"trilm": 1 << 20, "floatlm": 1 << 21}  # 1M and 
 # The 2.4B size is spelled "2.3B" in the original QuantLM and checkpoint repo names.
 SIZE_ALIASES: dict[str, str] = {"2.3B": "2.4B"}
 RELEASE_ORG = "SpectraSuite"
+UNPACKED_SUFFIX = "_Unpacked"  # repos holding the original release format (fp16 Llama checkpoints)
 TERNARY_LINEARS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -133,13 +134,18 @@ class SuiteModel:
         return f"FloatLM_{self.size}" if self.family == "quantlm" else None
 
     @property
+    def unpacked_name(self) -> str:
+        """Name of the repo holding this model in the release format, e.g. `TriLM_99M_Unpacked`."""
+        return f"{self.name}{UNPACKED_SUFFIX}"
+
+    @property
     def release_repo(self) -> str:
         """The repo of the original public release (fp16 Llama checkpoints), e.g. `SpectraSuite/TriLM_99M_Unpacked`."""
         size = "2.3B" if self.size == "2.4B" and self.family == "quantlm" else self.size
         if self.family == "floatlm":
             return f"{RELEASE_ORG}/FloatLM_{size}"
         bits = f"_{self.bits}bit" if self.bits is not None else ""
-        return f"{RELEASE_ORG}/{FAMILY_PREFIX[self.family]}_{size}{bits}_Unpacked"
+        return f"{RELEASE_ORG}/{FAMILY_PREFIX[self.family]}_{size}{bits}{UNPACKED_SUFFIX}"
 
     @property
     def peak_lr(self) -> float:
