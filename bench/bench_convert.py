@@ -26,7 +26,7 @@ def write_release(directory: Path, size: str) -> None:
     import torch
     from transformers import LlamaConfig
 
-    from spectra_hf.checkpoint_io import ShardedWriter, ternary_shape
+    from spectra_hf.checkpoints.io import ShardedWriter, ternary_shape
     from spectra_hf.modeling.modeling_trilm import TERNARY_SHARD_DIM
     from spectra_hf.suite import config_kwargs
 
@@ -67,7 +67,7 @@ def timed_convert(src: Path, out: Path, to: str) -> dict:
         "import json, sys, time\n"
         f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
         "from peak_memory import peak_rss_bytes\n"
-        "from spectra_hf.convert import convert_checkpoint\n"
+        "from spectra_hf.checkpoints.convert import convert_checkpoint\n"
         "start = time.perf_counter()\n"
         "convert_checkpoint(sys.argv[1], sys.argv[2], to=sys.argv[3], progress=False)\n"
         "seconds = time.perf_counter() - start\n"
@@ -113,7 +113,7 @@ def identical(a: Path, b: Path) -> bool:
     """Whether two checkpoints hold the same tensors with the same bytes (compared one tensor at a time)."""
     import torch
 
-    from spectra_hf.checkpoint_io import Checkpoint
+    from spectra_hf.checkpoints.io import Checkpoint
 
     left, right = Checkpoint(a), Checkpoint(b)
     if sorted(left.tensor_names()) != sorted(right.tensor_names()):

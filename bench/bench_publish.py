@@ -16,12 +16,12 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from spectra_hf.corpus import local_corpus, train_tokenizer
-from spectra_hf.localhub import LocalHub
-from spectra_hf.publish import publish
-from spectra_hf.publish_pacing import HubLimits
-from spectra_hf.publish_plan import build_plan
-from spectra_hf.publish_standin import build_standin_suite
+from spectra_hf.testing.corpus import local_corpus, train_tokenizer
+from spectra_hf.hub.localhub import LocalHub
+from spectra_hf.hub.publish import publish
+from spectra_hf.hub.pacing import HubLimits
+from spectra_hf.hub.plan import build_plan
+from spectra_hf.testing.standin import build_standin_suite
 from spectra_hf.suite import all_models
 
 # Calls that do not count against the Hub's API quota: the LFS PUT goes to storage, not to the API.

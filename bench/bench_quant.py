@@ -7,7 +7,7 @@ Part 1, quality (small trained models): trains a small FloatLM and a TriLM of th
 batch 16 x 128 tokens), quantizes the FloatLM with `export_quantlms` at 3/4/6/8 bits (the paper's group sizes,
 calibration `--quality-samples` x 128 tokens of the training text), loads it with bitsandbytes 8-bit and NF4, and
 prints size in bits (as the paper counts: quantized weights at their stored width, everything else 16 bits), size
-on disk and held-out perplexity (`spectra_hf.evaluation.perplexity`, windows of 128 tokens) side by side.
+on disk and held-out perplexity (`spectra_hf.evaluation.text_perplexity.perplexity`, windows of 128 tokens) side by side.
 
 Part 2, cost (the 99M architecture, random fp32 weights, vocabulary 50304; `--cost-layers` of its 16 decoder
 layers): GPTQ at each width in a fresh subprocess, printing quantization wall time, peak RSS of that process, and
@@ -70,11 +70,11 @@ def _disk_mb(directory: Path) -> float:
 
 def quality(args, workdir: Path) -> None:
     from spectra_hf import FloatLMForCausalLM, TriLMForCausalLM
-    from spectra_hf.baselines import bnb_size_bits, load_floatlm_bnb
-    from spectra_hf.corpus import local_corpus, train_tokenizer, write_corpus
-    from spectra_hf.evaluation import perplexity
-    from spectra_hf.exports import read_export_info
-    from spectra_hf.quant import export_quantlms, load_quantlm
+    from spectra_hf.quantization.bnb import bnb_size_bits, load_floatlm_bnb
+    from spectra_hf.testing.corpus import local_corpus, train_tokenizer, write_corpus
+    from spectra_hf.evaluation.text_perplexity import perplexity
+    from spectra_hf.checkpoints.exports import read_export_info
+    from spectra_hf.quantization.gptq import export_quantlms, load_quantlm
     from spectra_hf.suite import FLOAT_BITS, QUANT_BITS, TERNARY_BITS, config_for
 
     documents = local_corpus()
@@ -130,8 +130,8 @@ def _quantize_99m(floatlm_dir: str, bits: int, samples: int, length: int, queue)
 
     from transformers import AutoTokenizer
 
-    from spectra_hf.quant import GPTQSettings, load_floatlm_as_llama, quantize_model, save_quantized
-    from spectra_hf.quant_calibration import calibration_samples, load_calibration_texts
+    from spectra_hf.quantization.gptq import GPTQSettings, load_floatlm_as_llama, quantize_model, save_quantized
+    from spectra_hf.quantization.calibration import calibration_samples, load_calibration_texts
 
     tokenizer = AutoTokenizer.from_pretrained(floatlm_dir)
     texts = load_calibration_texts(Path(floatlm_dir) / "calibration.txt")
@@ -150,8 +150,8 @@ def _quantize_99m(floatlm_dir: str, bits: int, samples: int, length: int, queue)
 
 def cost(args, workdir: Path) -> None:
     from spectra_hf import FloatLMForCausalLM
-    from spectra_hf.corpus import local_corpus, train_tokenizer
-    from spectra_hf.quant import GPTQSettings
+    from spectra_hf.testing.corpus import local_corpus, train_tokenizer
+    from spectra_hf.quantization.gptq import GPTQSettings
     from spectra_hf.suite import QUANT_BITS, config_for
 
     documents = local_corpus()

@@ -68,7 +68,7 @@ def main() -> None:
     parser.add_argument("--block-size", type=int, default=128)
     options = parser.parse_args()
 
-    from spectra_hf.corpus import local_corpus, train_tokenizer
+    from spectra_hf.testing.corpus import local_corpus, train_tokenizer
     from spectra_hf.training.data import pack_documents
     from datasets import Dataset
 

@@ -14,7 +14,7 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from spectra_hf import suite
-from spectra_hf.quant import FROM_PRETRAINED_BITS
+from spectra_hf.quantization.gptq import FROM_PRETRAINED_BITS
 from spectra_hf.suite import SuiteModel
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -78,7 +78,7 @@ def eval_results(evals: Mapping[str, Any]) -> list[EvalResult]:
 
     - a plain mapping `{"arc_easy/acc": 0.41, "wikitext/perplexity": 31.2, "piqa": 0.6}`: a key is `task` or
       `task/metric` (metric defaults to "acc");
-    - a `spectra-hf eval` results document (`spectra_hf.eval_results`), whose "model_index" rows are EvalResult
+    - a `spectra-hf eval` results document (`spectra_hf.evaluation.results`), whose "model_index" rows are EvalResult
       keyword arguments.
     """
     if "model_index" in evals:
@@ -237,7 +237,7 @@ def _gptq_quickstart(repo_id: str) -> str:
         "from huggingface_hub import snapshot_download",
         "import torch",
         "",
-        "from spectra_hf.quant import load_quantlm",
+        "from spectra_hf.quantization import load_quantlm",
         "",
         f'model = load_quantlm(snapshot_download("{repo_id}"))',
     ]

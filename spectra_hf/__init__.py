@@ -6,7 +6,7 @@ AutoModelForCausalLM.
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
-from .modeling import (
+from spectra_hf.modeling import (
     FloatLMConfig,
     FloatLMForCausalLM,
     FloatLMModel,
@@ -30,7 +30,7 @@ for _config, _model, _causal_lm in (
 def __getattr__(name: str):
     # SpectraTrainer pulls in the Trainer stack (accelerate, datasets); import it only when asked for.
     if name == "SpectraTrainer":
-        from .training import SpectraTrainer
+        from spectra_hf.training import SpectraTrainer
 
         return SpectraTrainer
     raise AttributeError(f"module 'spectra_hf' has no attribute {name!r}")

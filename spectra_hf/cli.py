@@ -11,7 +11,7 @@ import importlib
 import os
 import sys
 
-from .errors import SpectraError
+from spectra_hf.errors import SpectraError
 
 # Order here is the order in `spectra-hf --help`.
 COMMANDS = ("suite", "init", "info", "convert", "train", "quantize", "publish", "hub", "eval", "demo")

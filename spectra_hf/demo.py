@@ -2,11 +2,11 @@
 
 Stages (each reads the previous stages' output from the work directory, so any of them can run alone):
 
-    prepare    corpus from local text (spectra_hf.corpus), a BPE tokenizer, untrained TriLM / FloatLM (the baseline)
+    prepare    corpus from local text (spectra_hf.testing.corpus), a BPE tokenizer, untrained TriLM / FloatLM (the baseline)
     train      SpectraTrainer on both with the paper's recipes (scaled down), checkpoints as suite exports
-    quantize   GPTQ QuantLMs of the trained FloatLM (spectra_hf.quant)
+    quantize   GPTQ QuantLMs of the trained FloatLM (spectra_hf.quantization.gptq)
     evaluate   perplexity of every local export and of the untrained models (spectra-hf eval results files)
-    publish    a local Hub server on 127.0.0.1, every repo / branch / card published to it (spectra_hf.publish)
+    publish    a local Hub server on 127.0.0.1, every repo / branch / card published to it (spectra_hf.hub.publish)
     loadback   a fresh process loads each repo back with `from_pretrained(repo, revision=...)` from the local Hub,
                generates a sample and scores perplexity; the table of models, sizes and perplexities
 
@@ -17,8 +17,8 @@ Work directory layout:
     WORKDIR/tokenizer/
     WORKDIR/init/<name>/         the untrained models training starts from
     WORKDIR/runs/<name>/         Trainer checkpoints (resumable)
-    WORKDIR/suite/               the suite directory (spectra_hf.exports layout) that publishing reads
-    WORKDIR/eval/<name>.json     perplexity results (spectra_hf.eval_results), fed into the cards' model-index
+    WORKDIR/suite/               the suite directory (spectra_hf.checkpoints.exports layout) that publishing reads
+    WORKDIR/eval/<name>.json     perplexity results (spectra_hf.evaluation.results), fed into the cards' model-index
     WORKDIR/hub/                 the local Hub's storage (`spectra-hf hub serve --root WORKDIR/hub` serves it again)
     WORKDIR/loadback.json        what the load-back process measured
 """
@@ -37,8 +37,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import SpectraError
-from .suite import FLOAT_BITS, QUANT_BITS, QUANT_EFFECTIVE_BITS, TERNARY_BITS, TERNARY_LINEARS, SuiteModel, get_model
+from spectra_hf.errors import SpectraError
+from spectra_hf.suite import FLOAT_BITS, QUANT_BITS, QUANT_EFFECTIVE_BITS, TERNARY_BITS, TERNARY_LINEARS, SuiteModel, get_model
 
 STAGES: tuple[str, ...] = ("prepare", "train", "quantize", "evaluate", "publish", "loadback")
 CONFIG_FILE = "demo_config.json"
@@ -201,10 +201,10 @@ def stage_prepare(paths: DemoPaths, config: DemoConfig) -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from .corpus import local_corpus, train_tokenizer, write_corpus
-    from .evaluation import load_texts
-    from .exports import atomic_directory
-    from .suite import config_for
+    from spectra_hf.testing.corpus import local_corpus, train_tokenizer, write_corpus
+    from spectra_hf.evaluation.text_perplexity import load_texts
+    from spectra_hf.checkpoints.exports import atomic_directory
+    from spectra_hf.suite import config_for
 
     paths.workdir.mkdir(parents=True, exist_ok=True)
     write_corpus(local_corpus(), paths.data)
@@ -225,8 +225,8 @@ def stage_prepare(paths: DemoPaths, config: DemoConfig) -> None:
 
 def stage_train(paths: DemoPaths, config: DemoConfig) -> None:
     """SpectraTrainer on TriLM and FloatLM: the paper's recipe of `config.size`, on the local corpus, scaled down."""
-    from .training import train
-    from .training.arguments import read_recipe
+    from spectra_hf.training import train
+    from spectra_hf.training.arguments import read_recipe
 
     for family in ("trilm", "floatlm"):
         name = config.name(family)
@@ -262,7 +262,7 @@ def stage_train(paths: DemoPaths, config: DemoConfig) -> None:
 
 def stage_quantize(paths: DemoPaths, config: DemoConfig) -> None:
     """GPTQ QuantLMs of the trained FloatLM at `config.quant_bits`, calibrated on the training text."""
-    from .quant import export_quantlms
+    from spectra_hf.quantization.gptq import export_quantlms
 
     floatlm = _require(paths.suite / config.name("floatlm"), "train")
     export_quantlms(
@@ -281,9 +281,9 @@ def stage_evaluate(paths: DemoPaths, config: DemoConfig) -> None:
     """Perplexity of the untrained and the exported models on the held-out text; one results file each."""
     from tqdm.auto import tqdm
 
-    from .eval_results import build_results, write_results
-    from .evaluation import load_texts, perplexity
-    from .pretrained import load_pretrained
+    from spectra_hf.evaluation.results import build_results, write_results
+    from spectra_hf.evaluation.text_perplexity import load_texts, perplexity
+    from spectra_hf.evaluation.pretrained import load_pretrained
 
     texts = load_texts(str(_require(paths.eval_text, "prepare")), max_documents=config.eval_documents)
     targets = {_untrained_name(config.name(f)): paths.init(config.name(f)) for f in ("trilm", "floatlm")}
@@ -303,10 +303,10 @@ def stage_evaluate(paths: DemoPaths, config: DemoConfig) -> None:
 
 def stage_publish(paths: DemoPaths, config: DemoConfig) -> None:
     """Start a local Hub on a free port and publish every export, its checkpoint branches and cards to it."""
-    from .eval_results import read_results
-    from .localhub import LocalHub
-    from .publish import publish
-    from .publish_plan import build_plan
+    from spectra_hf.evaluation.results import read_results
+    from spectra_hf.hub.localhub import LocalHub
+    from spectra_hf.hub.publish import publish
+    from spectra_hf.hub.plan import build_plan
 
     evals = {name: read_results(paths.eval(name)) for name in config.release_names if paths.eval(name).is_file()}
     plan = build_plan(_require(paths.suite, "train"), org=config.org, evals=evals, models=config.release_names)
@@ -317,7 +317,7 @@ def stage_publish(paths: DemoPaths, config: DemoConfig) -> None:
 
 def loadback_targets(paths: DemoPaths, config: DemoConfig) -> list[dict[str, Any]]:
     """Repo / revision pairs to load back: every branch of TriLM and FloatLM, the unpacked TriLM, the QuantLMs."""
-    from .exports import checkpoint_steps
+    from spectra_hf.checkpoints.exports import checkpoint_steps
 
     targets = []
     for family in ("trilm", "floatlm"):
@@ -334,7 +334,7 @@ def loadback_targets(paths: DemoPaths, config: DemoConfig) -> list[dict[str, Any
 
 def stage_loadback(paths: DemoPaths, config: DemoConfig) -> None:
     """Serve the published Hub again and load every repo back in a fresh process, as a user would; print the table."""
-    from .localhub import LocalHub
+    from spectra_hf.hub.localhub import LocalHub
 
     _require(paths.hub, "publish")
     spec = paths.workdir / ".loadback_spec.json"
@@ -371,9 +371,9 @@ def _load_back(spec_path: Path) -> None:
 
     import spectra_hf  # noqa: F401  (registers trilm / floatlm)
 
-    from .eval_results import write_results
-    from .evaluation import load_texts, perplexity
-    from .quant import FROM_PRETRAINED_BITS, load_quantlm
+    from spectra_hf.evaluation.results import write_results
+    from spectra_hf.evaluation.text_perplexity import load_texts, perplexity
+    from spectra_hf.quantization.gptq import FROM_PRETRAINED_BITS, load_quantlm
 
     _quiet_http_logs()
     spec = json.loads(spec_path.read_text(encoding="utf-8"))
@@ -384,7 +384,7 @@ def _load_back(spec_path: Path) -> None:
         tokenizer = AutoTokenizer.from_pretrained(repo_id, revision=revision)
         bits = get_model(target["name"]).bits
         if bits is not None and bits not in FROM_PRETRAINED_BITS:
-            # transformers' GPTQConfig refuses this width: download the revision, load with spectra_hf.quant
+            # transformers' GPTQConfig refuses this width: download the revision, load with spectra_hf.quantization.gptq
             model = load_quantlm(snapshot_download(repo_id, revision=revision), dtype=torch.float32)
         else:
             model = AutoModelForCausalLM.from_pretrained(repo_id, revision=revision, dtype=torch.float32).eval()
@@ -457,7 +457,7 @@ def print_report(paths: DemoPaths, config: DemoConfig) -> None:
         f"\nwritten under {paths.workdir}:\n"
         f"  data/, tokenizer/     corpus ({paths.train_text.name}, {paths.eval_text.name}) and BPE tokenizer\n"
         f"  runs/                 resumable Trainer checkpoints\n"
-        f"  suite/                release exports and checkpoints/step<N> (spectra_hf.exports layout)\n"
+        f"  suite/                release exports and checkpoints/step<N> (spectra_hf.checkpoints.exports layout)\n"
         f"  eval/                 perplexity results (spectra-hf eval format, in the cards' model-index)\n"
         f"  hub/                  the local Hub: serve it with `spectra-hf hub serve --root {paths.hub}`\n"
         f"  {LOADBACK_FILE:<21} what the load-back process measured"

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .errors import SpectraError
+from spectra_hf.errors import SpectraError
 
 Family = Literal["trilm", "floatlm", "quantlm"]
 
@@ -268,7 +268,7 @@ def config_kwargs(name: str, *, tiny: bool = False, **overrides: Any) -> dict[st
 
 def config_for(name: str, *, tiny: bool = False, **overrides: Any):
     """The config of a suite model: `config_for("TriLM_99M")` -> TriLMConfig. QuantLM names give their FloatLM's."""
-    from .modeling import FloatLMConfig, TriLMConfig
+    from spectra_hf.modeling import FloatLMConfig, TriLMConfig
 
     family = get_model(name).family
     config_class = TriLMConfig if family == "trilm" else FloatLMConfig

@@ -15,7 +15,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-# Hub traffic in tests goes to the project's local Hub (spectra_hf.localhub), never to huggingface.co.
+# Hub traffic in tests goes to the project's local Hub (spectra_hf.hub.localhub), never to huggingface.co.
 # huggingface_hub reads these once, when it is first imported (spectra_hf imports transformers, which imports it),
 # so they are set before the imports below; the `local_hub` fixture serves on this port.
 LOCAL_HUB_PORT = _free_port()
@@ -27,7 +27,7 @@ os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="spectra-hf-tests-hf-home-")
 import pytest
 import torch
 
-from spectra_hf.corpus import local_corpus, train_tokenizer, write_corpus
+from spectra_hf.testing.corpus import local_corpus, train_tokenizer, write_corpus
 
 
 @pytest.fixture(scope="session")
@@ -68,7 +68,7 @@ def local_hub(tmp_path_factory):
     """
     from huggingface_hub import constants
 
-    from spectra_hf.localhub import LocalHub
+    from spectra_hf.hub.localhub import LocalHub
 
     assert constants.ENDPOINT == os.environ["HF_ENDPOINT"], "huggingface_hub was imported before conftest set HF_ENDPOINT"
     with LocalHub(tmp_path_factory.mktemp("local-hub"), port=LOCAL_HUB_PORT) as hub:

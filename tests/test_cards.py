@@ -8,7 +8,7 @@ import pytest
 from huggingface_hub import ModelCard
 
 from spectra_hf.cards import Revision, render_checkpoint_card, render_model_card
-from spectra_hf.eval_results import build_results
+from spectra_hf.evaluation.results import build_results
 from spectra_hf.suite import all_models, config_for
 
 ORG = "cards"

@@ -11,7 +11,7 @@ from transformers import LlamaForCausalLM
 
 from spectra_hf import FloatLMForCausalLM, TriLMForCausalLM
 from spectra_hf.cli import main
-from spectra_hf.convert import convert_checkpoint
+from spectra_hf.checkpoints.convert import convert_checkpoint
 from spectra_hf.errors import SpectraError
 from spectra_hf.suite import config_for
 from trilm_release import release_model

@@ -23,7 +23,7 @@ import yaml
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from spectra_hf.exports import read_export_info
+from spectra_hf.checkpoints.exports import read_export_info
 from spectra_hf.suite import config_for
 from spectra_hf.training import train
 

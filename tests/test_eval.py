@@ -12,8 +12,8 @@ import torch
 
 from spectra_hf.cli import main
 from spectra_hf.errors import SpectraError
-from spectra_hf.evaluation import load_perplexity_metric, load_texts, perplexity, sliding_windows
-from spectra_hf.exports import ExportInfo, atomic_directory, checkpoint_dir, model_dir, write_export_info
+from spectra_hf.evaluation.text_perplexity import load_perplexity_metric, load_texts, perplexity, sliding_windows
+from spectra_hf.checkpoints.exports import ExportInfo, atomic_directory, checkpoint_dir, model_dir, write_export_info
 from spectra_hf.modeling import FloatLMForCausalLM, TriLMForCausalLM
 from spectra_hf.suite import config_for
 

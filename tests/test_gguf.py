@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlamaForCausalLM
 
-from spectra_hf.convert import convert_checkpoint
+from spectra_hf.checkpoints.convert import convert_checkpoint
 from spectra_hf.errors import SpectraError
 from trilm_release import release_model
 

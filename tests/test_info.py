@@ -7,7 +7,7 @@ import json
 import pytest
 
 from spectra_hf import FloatLMForCausalLM, TriLMForCausalLM
-from spectra_hf.checkpoint_info import describe_checkpoint, suite_size
+from spectra_hf.checkpoints.info import describe_checkpoint, suite_size
 from spectra_hf.cli import main
 from spectra_hf.errors import SpectraError
 from spectra_hf.suite import SIZES, config_for

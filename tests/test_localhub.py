@@ -1,4 +1,4 @@
-"""The local Hub (spectra_hf.localhub) against the real huggingface_hub client and transformers, on 127.0.0.1."""
+"""The local Hub (spectra_hf.hub.localhub) against the real huggingface_hub client and transformers, on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from huggingface_hub.errors import (
 from huggingface_hub.utils.sha import git_hash
 
 from spectra_hf.cli import main as cli_main
-from spectra_hf.localhub import Fault, LocalHub
+from spectra_hf.hub.localhub import Fault, LocalHub
 
 REPO = "spectra/tiny"
 WEIGHTS = bytes(range(256)) * 40  # binary, so LFS by content as well as by the *.safetensors pattern

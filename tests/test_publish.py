@@ -25,12 +25,12 @@ from safetensors.torch import load_file, save_file
 import spectra_hf  # noqa: F401  (registers trilm / floatlm with the Auto classes)
 from spectra_hf.cli import main as cli_main
 from spectra_hf.errors import SpectraError
-from spectra_hf.exports import checkpoint_dir, model_dir
-from spectra_hf.localhub import LocalHub
-from spectra_hf.publish import publish
-from spectra_hf.publish_pacing import HubLimits, Pacer
-from spectra_hf.publish_plan import build_plan
-from spectra_hf.publish_standin import build_standin_suite
+from spectra_hf.checkpoints.exports import checkpoint_dir, model_dir
+from spectra_hf.hub.localhub import LocalHub
+from spectra_hf.hub.publish import publish
+from spectra_hf.hub.pacing import HubLimits, Pacer
+from spectra_hf.hub.plan import build_plan
+from spectra_hf.testing.standin import build_standin_suite
 from spectra_hf.suite import all_models, get_model
 
 ORG = "standin"
@@ -41,8 +41,8 @@ SAMPLE = ("TriLM_3.9B", "FloatLM_99M", "QuantLM_1.1B_4bit")  # 6 scale shards, f
 
 @pytest.fixture(scope="module")
 def suite_dir(tmp_path_factory, tokenizer, corpus_files) -> Path:
-    """The stand-in suite; QuantLM_99M_4bit is a real packed GPTQ export of FloatLM_99M (spectra_hf.quant)."""
-    from spectra_hf.quant import export_quantlms
+    """The stand-in suite; QuantLM_99M_4bit is a real packed GPTQ export of FloatLM_99M (spectra_hf.quantization.gptq)."""
+    from spectra_hf.quantization.gptq import export_quantlms
 
     suite = build_standin_suite(tmp_path_factory.mktemp("suite"), steps=STEPS, tokenizer=tokenizer)
     export_quantlms(model_dir(suite, "FloatLM_99M"), suite, calibration=corpus_files[0], bits=(4,), samples=4, length=64)

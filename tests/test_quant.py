@@ -18,8 +18,8 @@ from safetensors.torch import load_file
 import spectra_hf
 from spectra_hf.cli import main
 from spectra_hf.errors import SpectraError
-from spectra_hf.exports import read_export_info
-from spectra_hf.quant import (
+from spectra_hf.checkpoints.exports import read_export_info
+from spectra_hf.quantization.gptq import (
     GPTQSettings,
     export_quantlms,
     load_quantlm,
@@ -27,7 +27,7 @@ from spectra_hf.quant import (
     quantize_model,
     quantlm_size_bits,
 )
-from spectra_hf.quant_calibration import calibration_samples, load_calibration_texts
+from spectra_hf.quantization.calibration import calibration_samples, load_calibration_texts
 from spectra_hf.suite import QUANT_BITS, QUANT_EFFECTIVE_BITS, SuiteModel, config_for
 
 SAMPLES, LENGTH = 4, 64  # calibration kept small: the tests check plumbing and ordering, not GPTQ's quality
@@ -286,7 +286,7 @@ def test_cli_reports_bad_bits_in_one_line(tmp_path, floatlm_dir, corpus_files, c
 def test_bitsandbytes_baselines_load_on_cpu(floatlm_dir, probe, float_logits):
     import bitsandbytes as bnb
 
-    from spectra_hf.baselines import bnb_size_bits, load_floatlm_bnb
+    from spectra_hf.quantization.bnb import bnb_size_bits, load_floatlm_bnb
 
     errors, sizes = {}, {}
     for bits, layer_type in ((8, bnb.nn.Linear8bitLt), (4, bnb.nn.Linear4bit)):

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, TrainerCallback
 
 from spectra_hf import cli
 from spectra_hf.errors import SpectraError
-from spectra_hf.exports import checkpoint_steps, read_export_info
+from spectra_hf.checkpoints.exports import checkpoint_steps, read_export_info
 from spectra_hf.modeling import TernaryLinear
 from spectra_hf.suite import BATCH_TOKENS, CONTEXT_LENGTH, SIZES, TOKENS, all_models
 from spectra_hf.training import SpectraTrainer, SpectraTrainingArguments, parse_recipe, train

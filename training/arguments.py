@@ -99,7 +99,7 @@ class SpectraTrainingArguments(TrainingArguments):
         metadata={"help": "Sequences per optimizer step over all processes; sets gradient_accumulation_steps."},
     )
     suite_dir: str | None = field(
-        default=None, metadata={"help": "Suite directory that receives release exports (spectra_hf.exports layout)."}
+        default=None, metadata={"help": "Suite directory that receives release exports (spectra_hf.checkpoints.exports layout)."}
     )
     export_name: str | None = field(
         default=None, metadata={"help": "Name of the exports in suite_dir (default: the model name)."}

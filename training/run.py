@@ -20,7 +20,7 @@ from transformers import (
 )
 
 from spectra_hf.errors import SpectraError
-from spectra_hf.exports import model_dir
+from spectra_hf.checkpoints.exports import model_dir
 from spectra_hf.suite import config_for, get_model
 
 from .arguments import ModelArguments, SpectraTrainingArguments, parse_recipe

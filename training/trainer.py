@@ -27,7 +27,7 @@ from transformers import AutoModelForCausalLM, Trainer, TrainerCallback
 from transformers.trainer_utils import _is_peft_model, get_last_checkpoint
 
 from spectra_hf.errors import SpectraError
-from spectra_hf.exports import CHECKPOINTS_DIR, ExportInfo, atomic_directory, checkpoint_dir, write_export_info
+from spectra_hf.checkpoints.exports import CHECKPOINTS_DIR, ExportInfo, atomic_directory, checkpoint_dir, write_export_info
 
 from .arguments import SpectraTrainingArguments
 from .callbacks import LogSpacedCheckpoints, WeightDecaySchedule

@@ -38,7 +38,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from spectra_hf.convert import convert_checkpoint
+    from spectra_hf.checkpoints.convert import convert_checkpoint
 
     out = convert_checkpoint(
         args.src, args.out, to=args.to, dtype=args.dtype, max_shard_bytes=int(args.max_shard_size * (1 << 30))

@@ -51,10 +51,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from spectra_hf.errors import SpectraError
-    from spectra_hf.eval_results import build_results, write_results
-    from spectra_hf.evaluation import load_texts, perplexity
-    from spectra_hf.harness import resolve_tasks, run_harness
-    from spectra_hf.pretrained import load_pretrained
+    from spectra_hf.evaluation.results import build_results, write_results
+    from spectra_hf.evaluation.text_perplexity import load_texts, perplexity
+    from spectra_hf.evaluation.harness import resolve_tasks, run_harness
+    from spectra_hf.evaluation.pretrained import load_pretrained
 
     if not args.tasks and not args.perplexity_data:
         raise SpectraError("nothing to evaluate: pass --tasks and / or --perplexity-data")

@@ -1,4 +1,4 @@
-"""`spectra-hf hub serve`: run the local Hugging Face Hub server (spectra_hf.localhub) until Ctrl-C."""
+"""`spectra-hf hub serve`: run the local Hugging Face Hub server (spectra_hf.hub.localhub) until Ctrl-C."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..errors import SpectraError
+from spectra_hf.errors import SpectraError
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -38,7 +38,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from ..localhub import Fault, LocalHub
+    from spectra_hf.hub.localhub import Fault, LocalHub
 
     if args.root.exists() and not args.root.is_dir():
         raise SpectraError(f"--root {args.root} is a file: pass a directory (it is created if missing).")

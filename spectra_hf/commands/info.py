@@ -23,7 +23,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from spectra_hf.checkpoint_info import describe_checkpoint
+    from spectra_hf.checkpoints.info import describe_checkpoint
 
     info = describe_checkpoint(args.path, stats=not args.no_stats, progress=not args.json)
     if args.json:

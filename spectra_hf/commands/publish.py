@@ -9,7 +9,7 @@ import sys
 from contextlib import ExitStack
 from pathlib import Path
 
-from ..errors import SpectraError
+from spectra_hf.errors import SpectraError
 
 DEFAULT_HUB_ROOT = Path.home() / ".cache" / "spectra-hf" / "hub"
 
@@ -30,7 +30,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "publish",
         help="publish a suite directory to the Hub or a local Hub (repos, checkpoint branches, cards, collections)",
-        description="Publish SUITE_DIR (one export per model, checkpoints/step<N> inside, see spectra_hf.exports) "
+        description="Publish SUITE_DIR (one export per model, checkpoints/step<N> inside, see spectra_hf.checkpoints.exports) "
         "as one repo per model under --org, each checkpoint as a branch step<N>, with model cards, a revisions.json "
         "in main and one collection per family.",
         epilog=TARGET_HELP,
@@ -64,7 +64,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _limits(args: argparse.Namespace, *, local: bool):
-    from ..publish_pacing import HubLimits
+    from spectra_hf.hub.pacing import HubLimits
 
     overrides = {
         key: value
@@ -85,7 +85,7 @@ def _limits(args: argparse.Namespace, *, local: bool):
 
 def _read_evals(path: Path | None) -> dict | None:
     """{model: {"task/metric": value}} or {model: "results.json" written by `spectra-hf eval`} (relative to the file)."""
-    from ..eval_results import read_results
+    from spectra_hf.evaluation.results import read_results
 
     if path is None:
         return None
@@ -103,8 +103,8 @@ def _read_evals(path: Path | None) -> dict | None:
 def run(args: argparse.Namespace) -> int:
     from huggingface_hub import get_token
 
-    from ..publish import is_local_endpoint, publish
-    from ..publish_plan import build_plan
+    from spectra_hf.hub.publish import is_local_endpoint, publish
+    from spectra_hf.hub.plan import build_plan
 
     plan = build_plan(
         args.suite_dir, org=args.org, evals=_read_evals(args.evals), models=args.models, unpacked=not args.no_unpacked
@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
         endpoint = args.endpoint or os.environ.get("HF_ENDPOINT")
         embedded = endpoint is None and (args.token or get_token()) is None
         if embedded:
-            from ..localhub import LocalHub
+            from spectra_hf.hub.localhub import LocalHub
 
             args.hub_root.mkdir(parents=True, exist_ok=True)
             hub = stack.enter_context(LocalHub(args.hub_root))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..suite import QUANT_BITS
+from spectra_hf.suite import QUANT_BITS
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -16,7 +16,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "Quantize a FloatLM with GPTQ at each width and write OUT/QuantLM_<size>_<b>bit for each. Defaults are "
             "the paper's: symmetric, group size 128 at 3/4 bits, per-channel at 6/8, 512 x 2048-token calibration "
             "samples. Packed 2/3/4/8-bit exports load with AutoModelForCausalLM.from_pretrained; 5/6/7-bit ones "
-            "with spectra_hf.quant.load_quantlm (transformers' GPTQConfig refuses those widths)."
+            "with spectra_hf.quantization.gptq.load_quantlm (transformers' GPTQConfig refuses those widths)."
         ),
     )
     parser.add_argument("floatlm", type=Path, help="FloatLM directory (config.json, weights, tokenizer files)")
@@ -44,7 +44,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..quant import CALIBRATION_LENGTH, CALIBRATION_SAMPLES, DAMP_PERCENT, export_quantlms
+    from spectra_hf.quantization.gptq import CALIBRATION_LENGTH, CALIBRATION_SAMPLES, DAMP_PERCENT, export_quantlms
 
     calibration = args.calibration[0] if len(args.calibration) == 1 else [Path(p) for p in args.calibration]
     written = export_quantlms(

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint_io import Checkpoint, Ternary
-from .errors import SpectraError
-from .modeling.modeling_trilm import TERNARY_SHARD_DIM
+from spectra_hf.checkpoints.io import Checkpoint, Ternary
+from spectra_hf.errors import SpectraError
+from spectra_hf.modeling.modeling_trilm import TERNARY_SHARD_DIM
 
 logger = logging.getLogger(__name__)
 

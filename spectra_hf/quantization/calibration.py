@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from .errors import SpectraError
+from spectra_hf.errors import SpectraError
 
 # What `load_calibration_texts` accepts: a text file or `save_to_disk` directory, several files, a `datasets`
 # dataset name (loaded with `datasets.load_dataset`), or an in-memory `datasets.Dataset` / list of documents.

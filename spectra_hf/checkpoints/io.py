@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from .errors import SpectraError
-from .modeling.modeling_trilm import TERNARY_SHARD_DIM
-from .modeling.packing import unpack_ternary
-from .modeling.ternary import TernaryLinear, dense_of_digits, recover_ternary, share_scales
-from .safetensors_io import ShardFileWriter, TensorEntry, read_header, read_tensor
+from spectra_hf.errors import SpectraError
+from spectra_hf.modeling.modeling_trilm import TERNARY_SHARD_DIM
+from spectra_hf.modeling.packing import unpack_ternary
+from spectra_hf.modeling.ternary import TernaryLinear, dense_of_digits, recover_ternary, share_scales
+from spectra_hf.checkpoints.safetensors_io import ShardFileWriter, TensorEntry, read_header, read_tensor
 
 KINDS = ("trilm-latent", "trilm-packed", "trilm-release", "floatlm", "llama")
 FORMAT_OF_KIND = {

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .errors import SpectraError
+from spectra_hf.errors import SpectraError
 
 PERPLEXITY_METRIC_PATH = Path(__file__).with_name("perplexity_metric.py")
 
@@ -182,7 +182,7 @@ def load_texts(
 ) -> list[str]:
     """Documents to score, from a local file or a `datasets` dataset.
 
-    `source` is a `.txt` file (one document per non-empty line, as `spectra_hf.corpus.write_corpus` writes), a
+    `source` is a `.txt` file (one document per non-empty line, as `spectra_hf.testing.corpus.write_corpus` writes), a
     `.json` / `.jsonl` / `.csv` / `.parquet` file, a directory written by `Dataset.save_to_disk`, or a dataset
     name that `datasets.load_dataset` knows (Hub ids need network or the local cache).
     """

@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from .exports import ExportInfo, atomic_directory, checkpoint_dir, model_dir, write_export_info
-from .suite import all_models, config_for
+from spectra_hf.checkpoints.exports import ExportInfo, atomic_directory, checkpoint_dir, model_dir, write_export_info
+from spectra_hf.suite import all_models, config_for
 
 WEIGHTS_FILE = "model.safetensors"
 
@@ -53,12 +53,12 @@ def build_standin_suite(
     vocab_size: int = 512,
     models: Sequence[str] | None = None,
 ) -> Path:
-    """Write a stand-in suite directory with the layout `spectra_hf.exports` describes.
+    """Write a stand-in suite directory with the layout `spectra_hf.checkpoints.exports` describes.
 
     Args:
         suite_dir: where to write (created; existing exports are replaced).
         steps: optimizer steps of the intermediate checkpoints of every TriLM and FloatLM (QuantLMs have none).
-        tokenizer: a tokenizer saved into every export (e.g. `spectra_hf.corpus.train_tokenizer(...)`), or None.
+        tokenizer: a tokenizer saved into every export (e.g. `spectra_hf.testing.corpus.train_tokenizer(...)`), or None.
         vocab_size: vocabulary of the tiny models (match the tokenizer).
         models: suite names to write (default: all 54).
 

@@ -22,13 +22,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .errors import SpectraError
+from spectra_hf.errors import SpectraError
 
 PERPLEXITY_METRICS = ("perplexity", "bits_per_byte")
 
 
 def perplexity_rows(scores: dict[str, Any], *, dataset: str, split: str | None = None) -> list[dict[str, Any]]:
-    """model-index rows of a `spectra_hf.evaluation.perplexity` result on `dataset` (a local file or a dataset id).
+    """model-index rows of a `spectra_hf.evaluation.text_perplexity.perplexity` result on `dataset` (a local file or a dataset id).
 
     A local file is named by its file name only: its path means nothing on the Hub.
     """
@@ -50,7 +50,7 @@ def perplexity_rows(scores: dict[str, Any], *, dataset: str, split: str | None =
 
 
 def harness_rows(output: dict[str, Any]) -> list[dict[str, Any]]:
-    """model-index rows of a `spectra_hf.harness.run_harness` output (zero-shot unless n-shot says otherwise)."""
+    """model-index rows of a `spectra_hf.evaluation.harness.run_harness` output (zero-shot unless n-shot says otherwise)."""
     rows = []
     for task, metrics in output["metrics"].items():
         config = output.get("configs", {}).get(task, {})
@@ -82,7 +82,7 @@ def build_results(
     harness: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The results document (module docstring) of a perplexity run and / or an lm-eval run."""
-    from . import __version__
+    from spectra_hf import __version__
 
     results: dict[str, Any] = {"model": model, "revision": revision or "main", "model_index": []}
     versions = {"spectra_hf": __version__}

@@ -11,9 +11,9 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from .checkpoint_io import Checkpoint, Ternary
-from .safetensors_io import DTYPES
-from .suite import SIZES, FAMILY_PREFIX
+from spectra_hf.checkpoints.io import Checkpoint, Ternary
+from spectra_hf.checkpoints.safetensors_io import DTYPES
+from spectra_hf.suite import SIZES, FAMILY_PREFIX
 
 
 def suite_size(config: dict[str, Any]) -> str | None:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import SpectraError
+from spectra_hf.errors import SpectraError
 
 # The paper's zero-shot evaluation (arXiv 2407.12327; lm-evaluation-harness 0.4.x).
 PAPER_TASKS: tuple[str, ...] = (

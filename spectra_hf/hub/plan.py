@@ -1,6 +1,6 @@
 """The publish plan: which repos, branches and files the suite directory becomes on the Hub.
 
-Built from the suite registry and the suite directory (layout in `spectra_hf.exports`), without any network:
+Built from the suite registry and the suite directory (layout in `spectra_hf.checkpoints.exports`), without any network:
 
     <org>/<name>              one repo per suite model (54): `main` = the final export + model card + revisions.json,
                               one branch `step<N>` per intermediate checkpoint (a checkpoint card each)
@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .cards import REVISIONS_FILE, Revision, render_checkpoint_card, render_model_card
-from .errors import SpectraError
-from .exports import (
+from spectra_hf.cards import REVISIONS_FILE, Revision, render_checkpoint_card, render_model_card
+from spectra_hf.errors import SpectraError
+from spectra_hf.checkpoints.exports import (
     CHECKPOINTS_DIR,
     EXPORT_INFO_FILE,
     ExportInfo,
@@ -34,7 +34,7 @@ from .exports import (
     model_dir,
     read_export_info,
 )
-from .suite import FAMILY_PREFIX, QUANT_BITS, SIZES, TERNARY_BITS, SuiteModel, all_models
+from spectra_hf.suite import FAMILY_PREFIX, QUANT_BITS, SIZES, TERNARY_BITS, SuiteModel, all_models
 
 CARD_FILE = "README.md"
 STAGING_DIR = ".publish-staging"  # inside the suite directory: converted exports (unpacked TriLM), reused across runs
@@ -285,7 +285,7 @@ def stage_unpacked(source: Path, staged: Path) -> bool:
 
     Returns True when it converted. The stamp is written last, so an interrupted conversion is redone.
     """
-    from .convert import convert_checkpoint
+    from spectra_hf.checkpoints.convert import convert_checkpoint
 
     stamp = staged / _STAMP_FILE
     expected = _source_stamp(source)
@@ -351,7 +351,7 @@ def build_plan(
     """Plan the publication of a suite directory under `org`, without any network.
 
     Args:
-        suite_dir: directory laid out as `spectra_hf.exports` describes (one export per model, checkpoints inside).
+        suite_dir: directory laid out as `spectra_hf.checkpoints.exports` describes (one export per model, checkpoints inside).
         org: Hub user or organization the repos go to (e.g. "SpectraSuite").
         evals: model name -> {"task/metric": value}, or -> a `spectra-hf eval` results document; shown in the
             cards and their model-index (see `spectra_hf.cards.eval_results`).

@@ -18,11 +18,11 @@ from tqdm.auto import tqdm
 from transformers import LlamaConfig
 from transformers.dynamic_module_utils import custom_object_save
 
-from .checkpoint_io import INDEX_FILE, Checkpoint, ShardedWriter, Ternary, config_architecture
-from .errors import SpectraError
-from .exports import atomic_directory
-from .modeling import FloatLMConfig, FloatLMForCausalLM, TriLMConfig, TriLMForCausalLM
-from .modeling.packing import pack_ternary
+from spectra_hf.checkpoints.io import INDEX_FILE, Checkpoint, ShardedWriter, Ternary, config_architecture
+from spectra_hf.errors import SpectraError
+from spectra_hf.checkpoints.exports import atomic_directory
+from spectra_hf.modeling import FloatLMConfig, FloatLMForCausalLM, TriLMConfig, TriLMForCausalLM
+from spectra_hf.modeling.packing import pack_ternary
 
 TARGETS = ("packed", "unpacked", "floatlm", "gguf-tq1_0", "gguf-tq2_0", "gguf-f16")
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -68,7 +68,7 @@ def convert_checkpoint(
         raise SpectraError(f"{out} is the source checkpoint: write the conversion to another path")
     cast = DTYPES[dtype] if dtype else (torch.float16 if to == "unpacked" else None)
     if to.startswith("gguf-"):
-        from .gguf_export import write_gguf
+        from spectra_hf.checkpoints.gguf import write_gguf
 
         return write_gguf(source, out, qtype=to.removeprefix("gguf-"), progress=progress)
     if to == "packed" and source.family != "trilm":

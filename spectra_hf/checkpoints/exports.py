@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import SpectraError
+from spectra_hf.errors import SpectraError
 
 EXPORT_INFO_FILE = "spectra_export.json"
 CHECKPOINTS_DIR = "checkpoints"

@@ -1,13 +1,13 @@
 """Perplexity and bits per byte as an `evaluate` module that works offline and takes the model object.
 
-Load it with `spectra_hf.evaluation.load_perplexity_metric()` (or `evaluate.load(<path of this file>)`); the Hub's
-`evaluate.load("perplexity")` needs network and a model id. The computation is `spectra_hf.evaluation.perplexity`.
+Load it with `spectra_hf.evaluation.text_perplexity.load_perplexity_metric()` (or `evaluate.load(<path of this file>)`); the Hub's
+`evaluate.load("perplexity")` needs network and a model id. The computation is `spectra_hf.evaluation.text_perplexity.perplexity`.
 """
 
 import datasets
 import evaluate
 
-from spectra_hf.evaluation import perplexity
+from spectra_hf.evaluation.text_perplexity import perplexity
 
 _DESCRIPTION = """
 Perplexity (exp of the mean per-token negative log-likelihood) and bits per byte (total NLL in bits over the UTF-8
@@ -26,7 +26,7 @@ Args:
 Returns:
     perplexity, bits_per_byte, nll_per_token, num_tokens, num_bytes, num_documents.
 Examples:
-    >>> metric = evaluate.load("spectra_hf/perplexity_metric.py")  # doctest: +SKIP
+    >>> metric = evaluate.load("spectra_hf/evaluation/perplexity_metric.py")  # doctest: +SKIP
     >>> metric.compute(predictions=["Hello world."], model=model, tokenizer=tokenizer)  # doctest: +SKIP
 """
 

@@ -33,9 +33,9 @@ from huggingface_hub.hf_api import RepoFile
 from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 from tqdm.auto import tqdm
 
-from .errors import SpectraError
-from .publish_pacing import HubLimits, Pacer
-from .publish_plan import STAGING_DIR, BranchPlan, PlanFile, PublishPlan, RepoPlan
+from spectra_hf.errors import SpectraError
+from spectra_hf.hub.pacing import HubLimits, Pacer
+from spectra_hf.hub.plan import STAGING_DIR, BranchPlan, PlanFile, PublishPlan, RepoPlan
 
 HASH_CACHE = "hashes.json"  # under SUITE_DIR/.publish-staging
 
@@ -327,7 +327,7 @@ def publish(
     """Publish `plan` so that the Hub ends up holding exactly it; safe to re-run and to interrupt.
 
     Args:
-        plan: from `spectra_hf.publish_plan.build_plan`.
+        plan: from `spectra_hf.hub.plan.build_plan`.
         endpoint: Hub URL (default: HF_ENDPOINT, else https://huggingface.co). A loopback URL (a local Hub) uploads
             through the plain LFS API.
         token: write token (default: HF_TOKEN or the saved `hf auth login` token).

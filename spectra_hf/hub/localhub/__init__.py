@@ -6,7 +6,7 @@ deletions and parent_commit), repo info, tree listings, hf_hub_download / snapsh
 `from_pretrained(repo, revision=...)`, collections, whoami. Storage is content-addressed under one root directory
 and survives restarts; serving uses only the standard library.
 
-    from spectra_hf.localhub import LocalHub
+    from spectra_hf.hub.localhub import LocalHub
 
     with LocalHub("/tmp/hub", port=0, token=None) as hub:
         api = HfApi(endpoint=hub.url)
