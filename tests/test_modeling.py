@@ -194,8 +194,11 @@ def test_missing_and_corrupt_checkpoints_get_one_clear_error(tmp_path) -> None:
 
 
 def test_registration_is_exported() -> None:
-    assert {"trilm", "floatlm"} <= set(spectra_hf.__all__) | {"trilm", "floatlm"}
+    exported = {"TriLMConfig", "TriLMModel", "TriLMForCausalLM", "FloatLMConfig", "FloatLMModel",
+                "FloatLMForCausalLM", "SpectraTrainer"}
+    assert exported <= set(spectra_hf.__all__)
     assert AutoConfig.for_model("trilm").__class__ is TriLMConfig
+    assert AutoConfig.for_model("floatlm").__class__ is spectra_hf.FloatLMConfig
     assert spectra_hf.SpectraTrainer.__name__ == "SpectraTrainer"
 
 
