@@ -180,51 +180,12 @@ def load_texts(
     config: str | None = None,
     max_documents: int | None = None,
 ) -> list[str]:
-    """Documents to score, from a local file or a `datasets` dataset.
+    """Documents to score: `spectra_hf.texts.load_documents` (the reader training and calibration use too).
 
     `source` is a `.txt` file (one document per non-empty line, as `spectra_hf.testing.corpus.write_corpus` writes), a
     `.json` / `.jsonl` / `.csv` / `.parquet` file, a directory written by `Dataset.save_to_disk`, or a dataset
-    name that `datasets.load_dataset` knows (Hub ids need network or the local cache).
+    name that `datasets.load_dataset` knows (Hub ids need network or the local cache; several splits need `split`).
     """
-    path = Path(source).expanduser()
-    if path.suffix == ".txt" and path.is_file():
-        texts = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        return texts[:max_documents] if max_documents else texts
-    dataset = _load_dataset(source, path, split=split, config=config)
-    if text_column not in dataset.column_names:
-        raise SpectraError(
-            f"{source} has no column {text_column!r} (columns: {', '.join(dataset.column_names)}); pass --text-column"
-        )
-    if max_documents:
-        dataset = dataset.select(range(min(max_documents, len(dataset))))
-    return list(dataset[text_column])
+    from spectra_hf.texts import load_documents
 
-
-_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
-
-
-def _load_dataset(source: str, path: Path, *, split: str | None, config: str | None):
-    import datasets
-
-    if path.is_dir() and any((path / marker).is_file() for marker in ("dataset_info.json", "dataset_dict.json")):
-        loaded = datasets.load_from_disk(str(path))
-    elif path.is_file() and path.suffix in _FILE_BUILDERS:
-        loaded = datasets.load_dataset(_FILE_BUILDERS[path.suffix], data_files=str(path), split=split or "train")
-    elif path.exists() or source.startswith((".", "/", "~")):
-        raise SpectraError(
-            f"cannot read text from {source}: expected a .txt/.json/.jsonl/.csv/.parquet file, a dataset saved with "
-            "save_to_disk, or a dataset name"
-        )
-    else:
-        try:
-            loaded = datasets.load_dataset(source, config, split=split or "test")
-        except (FileNotFoundError, ConnectionError, ValueError) as error:
-            raise SpectraError(
-                f"cannot load dataset {source!r} (config {config}, split {split or 'test'}): {error}; offline, pass a "
-                "local file instead"
-            ) from error
-    if isinstance(loaded, datasets.DatasetDict):
-        if (split is None and len(loaded) != 1) or (split is not None and split not in loaded):
-            raise SpectraError(f"{source} has splits {', '.join(loaded)}: pick one with --split")
-        loaded = loaded[split] if split is not None else next(iter(loaded.values()))
-    return loaded
+    return load_documents(source, text_column=text_column, split=split, config=config, max_documents=max_documents)

@@ -10,15 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from spectra_hf.errors import SpectraError
 
-# What `load_calibration_texts` accepts: a text file or `save_to_disk` directory, several files, a `datasets`
-# dataset name (loaded with `datasets.load_dataset`), or an in-memory `datasets.Dataset` / list of documents.
+# What `load_calibration_texts` accepts: any `spectra_hf.texts` source (text files, a `save_to_disk` directory, a
+# `datasets` name or object), or a list of strings (the documents themselves).
 CalibrationSource = Any
 
 
@@ -30,86 +29,26 @@ class CalibrationTexts:
     source: str
 
 
-def _is_saved_dataset(path: Path) -> bool:
-    return path.is_dir() and ((path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file())
-
-
-def _dataset_column(dataset: Any, text_column: str, source: str) -> list[str]:
-    if text_column not in dataset.column_names:
-        raise SpectraError(
-            f"calibration dataset {source} has no column {text_column!r} (columns: {', '.join(dataset.column_names)}); "
-            "pass the name of its text column (--text-column)"
-        )
-    return [text for text in dataset[text_column] if text and text.strip()]
-
-
 def load_calibration_texts(
-    source: CalibrationSource, *, text_column: str = "text", split: str = "train"
+    source: CalibrationSource, *, text_column: str = "text", split: str | None = None
 ) -> CalibrationTexts:
-    """Read calibration documents.
+    """Read calibration documents with `spectra_hf.texts.load_documents` (the reader of training and evaluation).
 
     Args:
-        source: one of
-            - a path, or a list of `Path`s, to text files: every non-empty line is one document;
-            - a directory written by `datasets.Dataset.save_to_disk` (a `DatasetDict` uses `split`);
-            - a `datasets.Dataset` object, or a list of strings (the documents themselves);
-            - any other string: a dataset name for `datasets.load_dataset(source, split=split)` (a Hub name works
-              only where it is cached, or online).
+        source: text files (a path or a list of `Path`s; `.txt` gives one document per line, `.jsonl` one per
+            record), a directory written by `Dataset.save_to_disk`, a dataset name for `datasets.load_dataset`,
+            a `datasets.Dataset`, or a list of strings (the documents themselves).
         text_column: the dataset column holding the text.
-        split: the split of a dataset name or a saved `DatasetDict`.
+        split: the split of a dataset name or a saved `DatasetDict` (None: its only split).
     """
-    if isinstance(source, (str, Path)):
-        path = Path(source)
-        if _is_saved_dataset(path):
-            return _load_saved_dataset(path, text_column=text_column, split=split)
-        if path.is_file():
-            return _read_text_files([path])
-        if path.exists() or isinstance(source, Path) or path.suffix:
-            raise SpectraError(
-                f"calibration path {path} is not a text file or a saved dataset: pass text files (one document per "
-                "line) or a directory written by Dataset.save_to_disk"
-            )
-        return _load_named_dataset(str(source), text_column=text_column, split=split)
-    if isinstance(source, Sequence) and source and all(isinstance(s, Path) for s in source):
-        missing = [str(p) for p in source if not p.is_file()]
-        if missing:
-            raise SpectraError(f"calibration text file(s) not found: {', '.join(missing)}")
-        return _read_text_files(list(source))
-    if isinstance(source, Sequence) and all(isinstance(s, str) for s in source):
-        return CalibrationTexts([s for s in source if s.strip()], f"documents:{len(source)}")
-    if hasattr(source, "column_names"):
-        name = getattr(getattr(source, "info", None), "dataset_name", None) or "in-memory"
-        return CalibrationTexts(_dataset_column(source, text_column, name), f"datasets:{name}")
-    raise SpectraError(f"cannot read calibration text from {type(source).__name__}: pass text files or a dataset")
+    from spectra_hf.texts import describe_source, load_documents
 
-
-def _read_text_files(paths: list[Path]) -> CalibrationTexts:
-    documents = [line.strip() for p in paths for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return CalibrationTexts(documents, "files:" + ",".join(str(p) for p in paths))
-
-
-def _load_saved_dataset(path: Path, *, text_column: str, split: str) -> CalibrationTexts:
-    import datasets
-
-    loaded = datasets.load_from_disk(str(path))
-    if isinstance(loaded, datasets.DatasetDict):
-        if split not in loaded:
-            raise SpectraError(f"saved dataset {path} has no split {split!r} (splits: {', '.join(loaded)}); pass --split")
-        loaded = loaded[split]
-    return CalibrationTexts(_dataset_column(loaded, text_column, str(path)), f"datasets:{path}")
-
-
-def _load_named_dataset(name: str, *, text_column: str, split: str) -> CalibrationTexts:
-    import datasets
-
-    try:
-        dataset = datasets.load_dataset(name, split=split)
-    except Exception as error:  # datasets raises many types (connection, not found, config) for one cause
-        raise SpectraError(
-            f"could not load calibration dataset {name!r} split {split!r} ({type(error).__name__}: {error}); "
-            "offline, pass local text files or a directory written by Dataset.save_to_disk"
-        ) from error
-    return CalibrationTexts(_dataset_column(dataset, text_column, name), f"datasets:{name}[{split}]")
+    is_document_list = isinstance(source, Sequence) and not isinstance(source, str) and bool(source)
+    if is_document_list and all(isinstance(item, str) for item in source):
+        documents = [text for text in source if text and text.strip()]
+        return CalibrationTexts(documents, f"documents:{len(source)}")
+    documents = load_documents(source, text_column=text_column, split=split)
+    return CalibrationTexts(documents, describe_source(source, split=split))
 
 
 def calibration_samples(
