@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .context import HubContext
-from .errors import bad_request, repo_not_found
+from .errors import HubError, bad_request, repo_not_found
 from .names import split_repo_id
 from .protocol import Request, Response, json_response
 
@@ -20,13 +20,16 @@ def create_collection(ctx: HubContext, req: Request) -> Response:
     title = payload.get("title")
     if not isinstance(title, str):
         raise bad_request('Creating a collection needs {"title": ..., "namespace": ...}.')
-    namespace = payload.get("namespace") or ctx.user
+    namespace = payload.get("namespace") or req.user or ctx.user
     collection = ctx.collections.create(namespace, title, payload.get("description"), bool(payload.get("private")))
     return json_response(collection)
 
 
 def get_collection(ctx: HubContext, req: Request) -> Response:
-    return json_response(ctx.collections.get(_slug(req)))
+    collection = ctx.collections.get(_slug(req))
+    if req.user is None and collection.get("private"):
+        raise HubError(404, f"Collection {_slug(req)!r} not found.")
+    return json_response(collection)
 
 
 def delete_collection(ctx: HubContext, req: Request) -> Response:
@@ -36,6 +39,8 @@ def delete_collection(ctx: HubContext, req: Request) -> Response:
 
 def list_collections(ctx: HubContext, req: Request) -> Response:
     found = ctx.collections.list(owner=req.arg("owner"), item=req.arg("item"))
+    if req.user is None:
+        found = [c for c in found if not c.get("private")]
     # huggingface_hub passes each listed collection's position itself, so the field must not be in the body.
     return json_response([{key: value for key, value in c.items() if key != "position"} for c in found])
 
@@ -44,7 +49,7 @@ def add_item(ctx: HubContext, req: Request) -> Response:
     """Add a repo (it must exist) or another item to a collection; 409 if it is already there."""
     payload = req.json()
     item = payload.get("item") or {}
-    item_id, item_type = item.get("id"), item.get("type")
+    item_id, item_type = (item.get("id"), item.get("type")) if isinstance(item, dict) else (None, None)
     if not isinstance(item_id, str) or item_type not in _ITEM_TYPES:
         raise bad_request(f'An item needs {{"id": ..., "type": one of {sorted(_ITEM_TYPES)}}}, got {item!r}.')
     if item_type in _REPO_ITEM_TYPES:

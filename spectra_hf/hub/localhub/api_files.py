@@ -75,7 +75,7 @@ def resolve(ctx: HubContext, req: Request) -> Response:
     if entry.lfs:
         headers["X-Linked-Etag"] = headers["ETag"]
         headers["X-Linked-Size"] = str(entry.size)
-    blob = ctx.store.blobs.path(entry.sha256)
+    blob = ctx.store.blobs.good_path(entry.sha256, path)  # never serve bytes that no longer match their sha256
     byte_range = _byte_range(req.headers.get("Range"), entry.size)
     if byte_range is None:
         return Response(200, headers=headers, file=FileSlice(blob, 0, entry.size))

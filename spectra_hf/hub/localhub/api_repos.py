@@ -8,9 +8,10 @@ from urllib.parse import urlencode
 from .cardmeta import front_matter
 from .context import HubContext
 from .errors import HubError, bad_request
-from .names import RepoRef, check_repo_type, repo_ref
+from .names import API_SEGMENTS, RepoRef, check_repo_type, repo_ref, split_repo_id
 from .protocol import Request, Response, json_response
-from .store import DEFAULT_BRANCH
+from .repo_metadata import card_data, model_metadata
+from .store import DEFAULT_BRANCH, Commit
 from .trees import sibling_json
 
 COMMITS_PAGE_SIZE = 50
@@ -39,28 +40,134 @@ def delete_repo(ctx: HubContext, req: Request) -> Response:
     return json_response({})
 
 
-def repo_info(ctx: HubContext, req: Request) -> Response:
-    """Model or dataset info at a revision: id, sha, siblings, dates, and the card's metadata as cardData."""
-    repo = _repo(req)
-    commit = ctx.store.resolve(repo, req.params.get("rev") or DEFAULT_BRANCH)
+def _info(ctx: HubContext, repo: RepoRef, commit: Commit, *, siblings: bool, card: bool = True) -> dict:
+    """Repo info as the Hub shapes it: ids, dates, visibility, and what it derives from the card, config and weights."""
     meta = ctx.store.metadata(repo)
     info: dict = {
         "_id": meta["_id"], "id": repo.id, "author": repo.namespace, "sha": commit.oid,
         "lastModified": commit.date, "createdAt": meta["createdAt"], "private": meta["private"],
         "gated": False, "disabled": False, "downloads": 0, "likes": 0, "tags": [],
-        "siblings": [sibling_json(path, entry) for path, entry in sorted(commit.tree.items())],
     }
+    if siblings:
+        info["siblings"] = [sibling_json(path, entry) for path, entry in sorted(commit.tree.items())]
     if repo.type == "model":
         info["modelId"] = repo.id
-    readme = commit.tree.get("README.md")
-    if readme is not None:
-        try:
-            card_data = front_matter(ctx.store.blobs.path(readme.sha256).read_text(encoding="utf-8", errors="replace"))
-        except ValueError:
-            card_data = None  # the Hub serves repos with broken cards too, just without cardData
-        if card_data is not None:
-            info["cardData"] = card_data
-    return json_response(info)
+        info.update(model_metadata(ctx.store.blobs, commit))
+    else:
+        data = card_data(ctx.store.blobs, commit)
+        if data is not None:
+            info["cardData"] = data
+            info["tags"] = [str(tag) for tag in data.get("tags") or [] if isinstance(data.get("tags"), list)]
+    if not card:
+        info.pop("cardData", None)
+    return info
+
+
+def repo_info(ctx: HubContext, req: Request) -> Response:
+    """Model or dataset info at a revision: id, sha, siblings, dates, the card's metadata (cardData), pipeline_tag,
+    library_name, tags, config and safetensors parameter counts."""
+    repo = _repo(req)
+    commit = ctx.store.resolve(repo, req.params.get("rev") or DEFAULT_BRANCH)
+    return json_response(_info(ctx, repo, commit, siblings=True))
+
+
+LIST_PAGE_SIZE = 1000
+
+
+def list_repos(ctx: HubContext, req: Request) -> Response:
+    """GET /api/models (or /api/datasets) with `author`, `search`, `filter` (repeatable: all must be among the
+    tags), `pipeline_tag`, `limit`, `full`, `cardData`, `config`; private repos only for a token holder."""
+    repo_type = API_SEGMENTS[req.params["rtype_list"]]
+    author = (req.arg("author") or "").lower()
+    search = (req.arg("search") or "").lower()
+    wanted_tags = set(req.query.get("filter", []))
+    pipeline_tag = req.arg("pipeline_tag")
+    full = req.flag("full")
+    try:
+        start = int(req.arg("cursor", "0") or 0)
+        limit = int(req.arg("limit", "0") or 0)
+    except ValueError:
+        raise bad_request("`limit` and `cursor` must be integers.") from None
+    found = []
+    for repo in ctx.store.repos():
+        if repo.type != repo_type or (author and repo.namespace.lower() != author) or search not in repo.id.lower():
+            continue
+        if req.user is None and ctx.store.metadata(repo)["private"]:
+            continue
+        commit = ctx.store.resolve(repo, DEFAULT_BRANCH)
+        info = _info(ctx, repo, commit, siblings=full, card=full or req.flag("cardData"))
+        if not wanted_tags <= set(info["tags"]) or (pipeline_tag and info.get("pipeline_tag") != pipeline_tag):
+            continue
+        if not (full or req.flag("config")):
+            info.pop("config", None)
+        found.append(info)
+    end = start + (min(limit, LIST_PAGE_SIZE) if limit > 0 else LIST_PAGE_SIZE)
+    headers = {}
+    if end < len(found):
+        query = [(key, value) for key, values in req.query.items() if key != "cursor" for value in values]
+        headers["Link"] = f'<{req.base_url}{req.path}?{urlencode(query + [("cursor", str(end))])}>; rel="next"'
+    return json_response(found[start:end], headers=headers)
+
+
+def list_storage(ctx: HubContext, req: Request) -> Response:
+    """GET /api/settings/repositories (the token's user; on a local Hub: every repo) or
+    /api/organizations/{org}/settings/repositories: what `hf repos ls` shows, with storage in bytes."""
+    org = req.params.get("org")
+    items = []
+    for repo in ctx.store.repos():
+        if org is not None and repo.namespace != org:
+            continue
+        meta = ctx.store.metadata(repo)
+        if req.user is None and meta["private"]:
+            continue
+        head = ctx.store.resolve(repo, DEFAULT_BRANCH)
+        items.append({
+            "id": repo.id, "type": repo.type, "updatedAt": head.date,
+            "visibility": "private" if meta["private"] else "public",
+            "storage": sum(entry.size for entry in head.tree.values()),
+        })
+    total = sum(item["storage"] for item in items) or 1
+    for item in items:
+        item["storagePercent"] = 100.0 * item["storage"] / total
+    return json_response(items)
+
+
+def move_repo(ctx: HubContext, req: Request) -> Response:
+    """POST /api/repos/move {"fromRepo", "toRepo", "type"}: rename a repo (huggingface_hub's move_repo)."""
+    payload = req.json()
+    repo_type = check_repo_type(payload.get("type"))
+    source, target = (split_repo_id(payload.get(key), repo_type) for key in ("fromRepo", "toRepo"))
+    ctx.store.move_repo(source, target)
+    return json_response({"url": f"{req.base_url}/{target.url_path}"})
+
+
+def update_settings(ctx: HubContext, req: Request) -> Response:
+    """PUT settings {"private": bool} or {"visibility": "public"|"private"} (huggingface_hub's
+    update_repo_settings); gating is not served."""
+    payload = req.json()
+    changes: dict = {}
+    visibility = payload.get("visibility")
+    if visibility is not None:
+        if visibility not in ("public", "private"):
+            raise bad_request(f"visibility must be 'public' or 'private', not {visibility!r}.")
+        changes["private"] = visibility == "private"
+    if "private" in payload:
+        if not isinstance(payload["private"], bool):
+            raise bad_request("private must be true or false.")
+        changes["private"] = payload["private"]
+    if payload.get("gated") not in (None, False):
+        raise bad_request("The local Hub does not serve gated repos: leave gated unset or False.")
+    ctx.store.update_metadata(_repo(req), **changes)
+    return json_response({})
+
+
+def super_squash(ctx: HubContext, req: Request) -> Response:
+    """POST super-squash/{branch} {"message"}: the branch becomes one commit with its current files."""
+    message = req.json().get("message") or f"Super-squash branch '{req.params['rev']}'"
+    if not isinstance(message, str):
+        raise bad_request("The squash commit message must be a string.")
+    commit = ctx.store.squash(_repo(req), req.params["rev"], message)
+    return json_response({"commitId": commit.oid})
 
 
 def refs(ctx: HubContext, req: Request) -> Response:
@@ -122,7 +229,7 @@ def commits(ctx: HubContext, req: Request) -> Response:
 
 def whoami(ctx: HubContext, req: Request) -> Response:
     return json_response({
-        "type": "user", "name": ctx.user, "fullname": ctx.user, "email": None, "emailVerified": False,
+        "type": "user", "name": req.user or ctx.user, "fullname": req.user or ctx.user, "email": None, "emailVerified": False,
         "isPro": False, "orgs": [],
         "auth": {"type": "access_token", "accessToken": {"displayName": "local-hub", "role": "write"}},
     })

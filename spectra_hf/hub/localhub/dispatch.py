@@ -11,7 +11,7 @@ import traceback
 from collections.abc import Callable
 
 from .context import HubContext
-from .errors import HubError
+from .errors import HubError, repo_not_found
 from .faults import FaultPlan
 from .names import API_SEGMENTS, URL_PREFIXES, repo_ref
 from .protocol import Request, Response, json_response
@@ -30,34 +30,57 @@ def error_response(error: HubError) -> Response:
 
 
 class Dispatcher:
-    """Turns a Request into a Response; `log` (if given) receives tracebacks of handler bugs."""
+    """Turns a Request into a Response; `log` (if given) receives tracebacks of handler bugs.
 
-    def __init__(self, ctx: HubContext, faults: FaultPlan, token: str | None, log: Callable[[str], None] | None):
+    Access (see the package docstring): `tokens` maps each accepted token to its user name. Without tokens the
+    server is single-user: every request acts as `ctx.user`. With tokens, a request without one is anonymous: it may
+    read public repos and nothing else; any valid token reads and writes everything.
+    """
+
+    def __init__(
+        self,
+        ctx: HubContext,
+        faults: FaultPlan,
+        tokens: dict[str, str] | None,
+        log: Callable[[str], None] | None,
+    ):
         self.ctx = ctx
         self.faults = faults
-        self._token = token
+        self._tokens = dict(tokens or {})
         self._log = log
+        ctx.single_user = not self._tokens
 
-    def _authorize(self, req: Request) -> None:
-        if self._token is None:
-            return
+    def _user(self, req: Request) -> str | None:
+        """Who sends the request: a user name, or None for anonymous; 401 for a wrong token."""
+        if not self._tokens:
+            return self.ctx.user
         scheme, _, credentials = (req.headers.get("Authorization") or "").partition(" ")
         if not credentials:
-            raise HubError(
-                401,
-                "Authorization required: this local Hub was started with a token; pass token=... to huggingface_hub "
-                "or set HF_TOKEN.",
-            )
-        if scheme.lower() != "bearer" or not hmac.compare_digest(credentials.strip().encode(), self._token.encode()):
-            # The exact message huggingface_hub recognizes as a bad token (rather than a missing repo).
-            raise HubError(401, "Invalid credentials in Authorization header")
+            return None
+        secret = credentials.strip().encode()
+        for token, user in self._tokens.items():
+            if scheme.lower() == "bearer" and hmac.compare_digest(secret, token.encode()):
+                return user
+        # The exact message huggingface_hub recognizes as a bad token (rather than a missing repo).
+        raise HubError(401, "Invalid credentials in Authorization header")
+
+    @staticmethod
+    def _login_required() -> HubError:
+        return HubError(
+            401,
+            "Authorization required: this local Hub was started with a token; pass token=... to huggingface_hub "
+            "or set HF_TOKEN.",
+        )
 
     def handle(self, req: Request) -> tuple[Response, str]:
         """The response and the route kind it was counted under ("-" when no route matched)."""
         kind = "-"
         try:
+            if req.body.framing_error is not None:
+                raise HubError(400, req.body.framing_error)
             if req.path == STATS_PATH and req.method == "GET":
-                self._authorize(req)
+                if self._user(req) is None:
+                    raise self._login_required()
                 return json_response(self.ctx.stats.snapshot()), kind
             route, req.params = match(req.method, req.path)
             kind = route.kind
@@ -69,10 +92,14 @@ class Dispatcher:
                 self.ctx.stats.fault(kind)
                 raise fault.error()
             if kind != "lfs_upload":  # the client PUTs LFS content without its token; the URL is signed instead
-                self._authorize(req)
+                req.user = self._user(req)
+                if req.user is None and (route.writes or kind == "whoami"):
+                    raise self._login_required()
             if "name" in req.params:
                 req.repo = repo_ref(repo_type, req.params["ns"], req.params["name"])
                 self.ctx.store.require(req.repo)
+                if req.user is None and kind != "lfs_upload" and self.ctx.store.metadata(req.repo)["private"]:
+                    raise repo_not_found(req.repo.id)  # as the Hub: a private repo does not exist for outsiders
             return route.handler(self.ctx, req), kind
         except HubError as error:
             return error_response(error), kind

@@ -42,15 +42,22 @@ class RepoRef:
         return URL_PREFIXES[self.type] + self.id
 
 
+def _require_text(value: object, what: str) -> str:
+    if not isinstance(value, str):
+        raise bad_request(f"{what} must be a string, got {type(value).__name__} {str(value)[:40]!r}.")
+    return value
+
+
 def check_repo_type(repo_type: str | None) -> str:
     """The repo type of a create/delete payload: model (default) or dataset."""
     repo_type = repo_type or "model"
-    if repo_type not in URL_PREFIXES:
+    if not isinstance(repo_type, str) or repo_type not in URL_PREFIXES:
         raise bad_request(f"Repo type {repo_type!r} is not served by the local Hub: use 'model' or 'dataset'.")
     return repo_type
 
 
 def _check_name_part(part: str, what: str) -> None:
+    _require_text(part, f"Repo {what}")
     problem = None
     if not part or len(part) > MAX_NAME_LENGTH:
         problem = f"must be 1 to {MAX_NAME_LENGTH} characters long"
@@ -85,18 +92,25 @@ def repo_ref(repo_type: str, namespace: str | None, name: str | None) -> RepoRef
 
 def split_repo_id(repo_id: str, repo_type: str) -> RepoRef:
     """Validate a full `namespace/name` id (as found in collection items)."""
-    namespace, slash, name = repo_id.partition("/")
+    namespace, slash, name = _require_text(repo_id, "A repo id").partition("/")
     if not slash:
         return repo_ref(repo_type, None, repo_id)
     return repo_ref(repo_type, namespace, name)
 
 
 def is_commit_oid(revision: str) -> bool:
-    return bool(_COMMIT_OID.fullmatch(revision))
+    return isinstance(revision, str) and bool(_COMMIT_OID.fullmatch(revision))
+
+
+def parse_url_path(url_path: str) -> RepoRef:
+    """The repo of a URL path as `RepoRef.url_path` writes it (`org/name` or `datasets/org/name`)."""
+    repo_type = "dataset" if url_path.startswith(URL_PREFIXES["dataset"]) else "model"
+    return split_repo_id(url_path.removeprefix(URL_PREFIXES[repo_type]), repo_type)
 
 
 def check_ref_name(name: str, what: str = "branch") -> str:
     """A branch or tag name as git accepts it; 40-hex names are refused since they read as commit ids."""
+    _require_text(name, f"A {what} name")
     problem = None
     if not name or len(name) > 255:
         problem = "must be 1 to 255 characters long"
@@ -117,11 +131,13 @@ def check_ref_name(name: str, what: str = "branch") -> str:
 
 def check_revision(revision: str) -> str:
     """A revision to read from: a branch, a tag or a full commit id."""
+    _require_text(revision, "A revision")
     return revision if is_commit_oid(revision) else check_ref_name(revision, "revision")
 
 
 def check_path(path: str) -> str:
     """A file or folder path inside a repo: relative, '/'-separated, no '.', '..' or empty components."""
+    _require_text(path, "A path in a repo")
     problem = None
     if not path or len(path) > 1024:
         problem = "must be 1 to 1024 characters long"

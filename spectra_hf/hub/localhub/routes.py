@@ -25,12 +25,21 @@ _REPO_WEB = rf"(?:/(?P<rtype>datasets))?/(?P<ns>{_SEG})/(?P<name>{_SEG})"
 _COLLECTION = rf"/api/collections/(?P<ns>{_SEG})/(?P<slug>{_SEG})"
 
 
+# POST routes that only read: anonymous clients may call them on public repos when the server has tokens.
+_READ_ONLY_POSTS = {"paths_info", "validate_yaml"}
+
+
 @dataclass(frozen=True)
 class Route:
     method: str
     pattern: re.Pattern[str]
     kind: str
     handler: Handler
+
+    @property
+    def writes(self) -> bool:
+        """Changes the store (needs a token when the server has tokens)."""
+        return self.method not in ("GET", "HEAD") and self.kind not in _READ_ONLY_POSTS
 
 
 def _route(method: str, pattern: str, kind: str, handler: Handler) -> Route:
@@ -40,10 +49,16 @@ def _route(method: str, pattern: str, kind: str, handler: Handler) -> Route:
 ROUTES: tuple[Route, ...] = (
     _route("POST", r"/api/repos/create", "create_repo", api_repos.create_repo),
     _route("DELETE", r"/api/repos/delete", "delete_repo", api_repos.delete_repo),
+    _route("POST", r"/api/repos/move", "move_repo", api_repos.move_repo),
+    _route("GET", r"/api/(?P<rtype_list>models|datasets)", "list_repos", api_repos.list_repos),
+    _route("GET", r"/api/settings/repositories", "list_repos", api_repos.list_storage),
+    _route("GET", rf"/api/organizations/(?P<org>{_SEG})/settings/repositories", "list_repos", api_repos.list_storage),
     _route("GET", r"/api/whoami-v2", "whoami", api_repos.whoami),
     _route("POST", r"/api/validate-yaml", "validate_yaml", api_repos.validate_yaml),
     _route("GET", _REPO_API + rf"(?:/revision/(?P<rev>{_SEG}))?", "repo_info", api_repos.repo_info),
     _route("GET", _REPO_API + r"/refs", "refs", api_repos.refs),
+    _route("PUT", _REPO_API + r"/settings", "settings", api_repos.update_settings),
+    _route("POST", _REPO_API + rf"/super-squash/(?P<rev>{_SEG})", "commit", api_repos.super_squash),
     _route("GET", _REPO_API + rf"/commits/(?P<rev>{_SEG})", "commits", api_repos.commits),
     _route("POST", _REPO_API + rf"/branch/(?P<rev>{_SEG})", "branch", api_repos.create_branch),
     _route("DELETE", _REPO_API + rf"/branch/(?P<rev>{_SEG})", "branch", api_repos.delete_branch),

@@ -22,7 +22,10 @@ from .stats import Stats
 from .store import RepoStore
 
 DEFAULT_LFS_THRESHOLD = 10 * 1024 * 1024  # the Hub refuses regular (non-LFS) files above 10 MB
+DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024  # API bodies (JSON, NDJSON commits with inline files); LFS PUTs excepted
+DEFAULT_MAX_FILE_BYTES = 50 * 1000**3  # the Hub's limit per LFS file
 _SEND_CHUNK = 1 << 20
+_DRAIN_LIMIT = 1 << 30  # unread body bytes skipped to keep a connection; past this it is closed instead
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -48,11 +51,14 @@ class _Handler(BaseHTTPRequestHandler):
             path=parts.path,
             query=parse_qs(parts.query),
             headers=self.headers,
-            body=Body(self.rfile, self.headers),
-            base_url=f"http://{self.headers.get('Host') or '%s:%d' % self.server.server_address[:2]}",
+            body=Body(self.rfile, self.headers, limit=self.server.dispatcher.ctx.max_body_bytes),
+            base_url=self.server.base_url,
         )
         response, kind = self.server.dispatcher.handle(request)
-        request.body.drain()
+        if not request.body.drain(at_most=_DRAIN_LIMIT):
+            # The rest of the body cannot be skipped (bad framing, or too much of it): answer, then hang up.
+            self.close_connection = True
+            response.headers["Connection"] = "close"
         self._send(response)
         if self.server.log is not None:
             elapsed = (time.perf_counter() - started) * 1000
@@ -99,6 +105,7 @@ class _Server(ThreadingHTTPServer):
         super().__init__(address, _Handler)
         self.dispatcher = dispatcher
         self.log = log
+        self.base_url = ""  # set by LocalHub once the port is known
         self._connections: set[socket.socket] = set()
         self._lock = threading.Lock()
 
@@ -125,10 +132,15 @@ class _Server(ThreadingHTTPServer):
 class LocalHub:
     """A local server speaking the Hugging Face Hub protocol, storing everything under `root`.
 
-    `token`: when set, every request must carry `Authorization: Bearer <token>` (401 otherwise).
-    `faults`: initial fault injection (see `inject`). `lfs_threshold`: files this large or larger go through LFS
-    (besides binary files and the .gitattributes LFS patterns). `tree_page_size`: entries per tree listing page.
-    `log`: receives one line per request (method, path, status, route kind, duration), never headers or tokens.
+    `token`: the token of `user`; `tokens`: more accepted tokens, {token: user name}. Without any, the server is
+    single-user (every client acts as `user`, private repos included); with them, writes need a token and private
+    repos are visible only with one (see `access`). `faults`: initial fault injection (see `inject`).
+    `lfs_threshold`: files this large or larger go through LFS (besides binary files and the .gitattributes LFS
+    patterns); inline commit files must be smaller. `max_body_bytes`: the largest API request body (413 beyond;
+    LFS uploads are bounded by `max_file_bytes` instead). `tree_page_size`: entries per tree listing page.
+    `public_url`: the base URL put in Link headers and LFS upload URLs (default: `url`, the bound address; never
+    the client's Host header). `log`: receives one line per request (method, path, status, route kind, duration),
+    never headers or tokens.
     """
 
     def __init__(
@@ -138,16 +150,23 @@ class LocalHub:
         host: str = "127.0.0.1",
         port: int = 0,
         token: str | None = None,
+        tokens: dict[str, str] | None = None,
         user: str = "local",
         faults: list[Fault] | None = None,
         lfs_threshold: int = DEFAULT_LFS_THRESHOLD,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
         tree_page_size: int = 1000,
+        public_url: str | None = None,
         log: Callable[[str], None] | None = None,
     ):
         self.root = Path(root)
         self._stats = Stats()
         self._faults = FaultPlan(faults)
-        context = HubContext(
+        accepted = dict(tokens or {})
+        if token:
+            accepted[token] = user
+        self.context = HubContext(
             store=RepoStore(self.root),
             collections=CollectionStore(self.root),
             stats=self._stats,
@@ -155,9 +174,25 @@ class LocalHub:
             lfs_threshold=lfs_threshold,
             tree_page_size=tree_page_size,
             upload_secret=os.urandom(32),
+            max_body_bytes=max_body_bytes,
+            max_file_bytes=max_file_bytes,
         )
-        self._server = _Server((host, port), Dispatcher(context, self._faults, token, log), log)
+        self._server = _Server((host, port), Dispatcher(self.context, self._faults, accepted, log), log)
+        self._server.base_url = (public_url or self.url).rstrip("/")
         self._thread: threading.Thread | None = None
+
+    @property
+    def access(self) -> str:
+        """One line saying who may read and write, for the start-up message."""
+        if self.context.single_user:
+            return (
+                "Access: single-user, no token: anyone who can connect reads and writes every repo, private ones "
+                "included (give --token-file or SPECTRA_HUB_TOKEN to require a token)."
+            )
+        return (
+            "Access: writes and private repos need a token (Authorization: Bearer); requests without one read "
+            "public repos only."
+        )
 
     @property
     def url(self) -> str:

@@ -138,6 +138,7 @@ class RepoStore:
         self._repos.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         self._load_commit = lru_cache(maxsize=1024)(self._read_commit)
+        self._lfs_objects: dict[RepoRef, set[str]] = {}
 
     # -- repos ---------------------------------------------------------------------------------------------
     def _dir(self, repo: RepoRef) -> Path:
@@ -178,9 +179,67 @@ class RepoStore:
             os.replace(self._dir(repo), trash / "repo")
             shutil.rmtree(trash)
             self._load_commit.cache_clear()
+            self._lfs_objects.pop(repo, None)
 
     def metadata(self, repo: RepoRef) -> dict:
         return read_json(self._dir(repo) / "repo.json")
+
+    def update_metadata(self, repo: RepoRef, **changes: object) -> dict:
+        with self._lock:
+            self.require(repo)
+            meta = {**self.metadata(repo), **changes}
+            write_json_atomic(self._dir(repo) / "repo.json", meta)
+            return meta
+
+    def repos(self) -> Iterator[RepoRef]:
+        """Every repo stored, models then datasets, sorted by id."""
+        for repo_type in ("model", "dataset"):
+            base = self._repos / f"{repo_type}s"
+            for refs_file in sorted(base.glob("*/*/refs.json")):
+                yield RepoRef(repo_type, refs_file.parent.parent.name, refs_file.parent.name)
+
+    def move_repo(self, source: RepoRef, target: RepoRef) -> None:
+        """Rename `source` to `target` (same type); 409 if the target exists."""
+        with self._lock:
+            self.require(source)
+            if self.exists(target):
+                raise HubError(409, f"Cannot move {source.id} to {target.id}: that repo already exists.")
+            self._dir(target).parent.mkdir(parents=True, exist_ok=True)
+            os.rename(self._dir(source), self._dir(target))
+            meta = {**self.metadata(target), "id": target.id}
+            write_json_atomic(self._dir(target) / "repo.json", meta)
+            self._load_commit.cache_clear()
+            self._lfs_objects.pop(source, None)
+
+    # -- LFS objects of a repo -----------------------------------------------------------------------------
+    # Blobs are stored once for all repos, but a commit may only name an LFS object that was uploaded to its own
+    # repo (or is already in it): knowing a sha256 must not be a way to copy another repo's file.
+    def _linked(self, repo: RepoRef) -> set[str]:
+        linked = self._lfs_objects.get(repo)
+        if linked is None:
+            listing = self._dir(repo) / "lfs-objects.txt"
+            linked = set(listing.read_text(encoding="ascii").split()) if listing.is_file() else set()
+            refs = self.refs(repo)
+            for oid in {*refs["branches"].values(), *refs["tags"].values()}:
+                linked.update(entry.sha256 for entry in self.commit(repo, oid).tree.values() if entry.lfs)
+            self._lfs_objects[repo] = linked
+        return linked
+
+    def has_lfs_object(self, repo: RepoRef, sha256: str) -> bool:
+        with self._lock:
+            return sha256 in self._linked(repo)
+
+    def link_lfs_object(self, repo: RepoRef, sha256: str) -> None:
+        """Record that `sha256` was uploaded to `repo` (append-only list beside refs.json)."""
+        with self._lock:
+            linked = self._linked(repo)
+            if sha256 in linked:
+                return
+            with open(self._dir(repo) / "lfs-objects.txt", "a", encoding="ascii") as handle:
+                handle.write(sha256 + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            linked.add(sha256)
 
     # -- refs ----------------------------------------------------------------------------------------------
     def refs(self, repo: RepoRef) -> dict[str, dict[str, str]]:
@@ -245,8 +304,13 @@ class RepoStore:
         title: str,
         message: str,
         parent: str | None = None,
+        new_blobs: dict[str, bytes] | None = None,
     ) -> Commit:
-        """Apply `operations` on top of `branch` and move the branch; `parent` (a full or short commit id) must be its head."""
+        """Apply `operations` on top of `branch` and move the branch; `parent` (a full or short commit id) must be its head.
+
+        `new_blobs` (sha256 -> bytes: the inline files of the commit) are stored only once the commit is known to
+        apply, so a refused commit leaves no blob behind.
+        """
         with self._lock:
             refs = self.refs(repo)
             head_oid = refs["branches"].get(check_ref_name(branch, "branch"))
@@ -259,7 +323,24 @@ class RepoStore:
             tree = dict(self.commit(repo, head_oid).tree)
             for operation in operations:
                 _apply(tree, operation, head_oid)
+            for sha256, data in (new_blobs or {}).items():
+                self.blobs.put_bytes(data, sha256)
             commit = _new_commit((head_oid,), tree, title, message)
+            write_json_atomic(self._dir(repo) / "commits" / f"{commit.oid}.json", commit.to_json())
+            refs["branches"][branch] = commit.oid
+            self._write_refs(repo, refs)
+            return commit
+
+    def squash(self, repo: RepoRef, branch: str, message: str) -> Commit:
+        """Replace `branch`'s history by one root commit holding its current files (huggingface_hub's
+        super_squash_history); other branches and tags keep their commits."""
+        with self._lock:
+            head = self.resolve(repo, check_ref_name(branch, "branch"))
+            refs = self.refs(repo)
+            if branch not in refs["branches"]:
+                raise bad_request(f"Can only squash a branch, and {branch!r} is not one.")
+            title, _, body = message.partition("\n")
+            commit = _new_commit((), dict(head.tree), title, body.strip())
             write_json_atomic(self._dir(repo) / "commits" / f"{commit.oid}.json", commit.to_json())
             refs["branches"][branch] = commit.oid
             self._write_refs(repo, refs)
