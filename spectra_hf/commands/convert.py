@@ -22,7 +22,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("src", help="checkpoint directory (config.json + *.safetensors)")
-    parser.add_argument("out", help="output directory, or a .gguf file for gguf targets")
+    parser.add_argument(
+        "out",
+        help="output directory (new or empty; not the source, nor inside or around it), or a .gguf file for gguf targets",
+    )
     parser.add_argument(
         "--to", choices=("packed", "unpacked", "floatlm", "gguf-tq1_0", "gguf-tq2_0", "gguf-f16"), help=TARGET_HELP
     )
@@ -34,6 +37,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--max-shard-size", type=float, default=2.0, metavar="GB", help="largest safetensors shard in GiB (default 2)"
     )
+    parser.add_argument(
+        "--allow-f16-fallback",
+        action="store_true",
+        help="gguf-tq*: write ternary matrices whose rows or scale shards do not split into 256-weight TQ blocks as "
+        "f16 (default: refuse such a model)",
+    )
+    parser.add_argument(
+        "--no-tokenizer",
+        action="store_true",
+        help="gguf: write the file without tokenizer keys when the model has no tokenizer.json (llama.cpp refuses it)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace OUT if it is an earlier output of this same conversion (anything else in OUT is never replaced: "
+        "a non-empty OUT that convert did not write, or that holds files of yours, is refused)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -41,7 +61,14 @@ def run(args: argparse.Namespace) -> int:
     from spectra_hf.checkpoints.convert import convert_checkpoint
 
     out = convert_checkpoint(
-        args.src, args.out, to=args.to, dtype=args.dtype, max_shard_bytes=int(args.max_shard_size * (1 << 30))
+        args.src,
+        args.out,
+        to=args.to,
+        dtype=args.dtype,
+        max_shard_bytes=int(args.max_shard_size * (1 << 30)),
+        allow_f16_fallback=args.allow_f16_fallback,
+        allow_no_tokenizer=args.no_tokenizer,
+        overwrite=args.overwrite,
     )
     print(f"wrote {out}")
     return 0
