@@ -1,0 +1,412 @@
+"""From the public release to the published suite, revision by revision, under a disk budget, resumable.
+
+For each release revision (per model: its checkpoint branches by step, then the final model as `main`):
+
+    download (huggingface_hub, resumable) -> convert + verify (release.conversion) -> free the download
+    -> publish as branch `step<N>` / `main` of ORG/<name> (the publisher: one idempotent commit per branch,
+       paced, verified) -> journal entry with the sha256 of every published file -> free the output
+
+Only one revision's files exist at a time, so disk stays under twice the largest revision, which is checked against
+`max_disk` before anything is downloaded. The journal (release.journal) makes a killed run resume where it stopped;
+the publisher's tree comparison makes sure no revision is committed twice. At the end the manifest
+(release.manifest) is written, published to ORG/spectra-release-manifest, and returned; the run is complete when no
+revision is refused, missing or pending.
+
+`import` mode runs the same loop but moves each verified conversion into a suite directory
+(`spectra_hf.checkpoints.exports` layout) instead of publishing it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx2
+from huggingface_hub import HfApi, constants
+from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError
+from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+from tqdm.auto import tqdm
+from transformers.utils import logging
+
+from spectra_hf.cards import Revision
+from spectra_hf.checkpoints.exports import CHECKPOINTS_DIR, checkpoint_dir, model_dir
+from spectra_hf.errors import CheckpointError, ConfigError, SpectraError
+from spectra_hf.hub.pacing import HubLimits
+from spectra_hf.hub.plan import CARD_FILE, BranchPlan, PlanFile, PublishPlan, RepoPlan, check_repo_id, export_files
+from spectra_hf.hub.publish import Publisher, _explain, _local_hub_client, is_local_endpoint
+from spectra_hf.release.cards import revision_card
+from spectra_hf.release.conversion import Conversion, convert_revision
+from spectra_hf.release.discovery import Discovery, ReleaseRevision, discover, select_models
+from spectra_hf.release.estimate import Estimate, disk_needed, estimate, revisions_of
+from spectra_hf.release.journal import JOURNAL_FILE, Journal
+from spectra_hf.release.manifest import MANIFEST_FILE, MANIFEST_REPO, build_manifest, manifest_card, render, write_manifest
+
+logger = logging.get_logger(__name__)
+
+REVISIONS_FILE = "revisions.json"
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKMGT]i?B?|B)?\s*$")
+_UNITS = {"": 1, "B": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+
+
+def parse_size(text: str) -> int:
+    """'200GB', '1.5 TB', '512MiB', '1000000' -> bytes."""
+    match = _SIZE.match(text)
+    if match is None:
+        raise ConfigError(f"cannot read the size {text!r}: write it like 200GB, 512MiB or 1000000 (bytes)")
+    number, unit = match.groups()
+    unit = (unit or "").removesuffix("B")
+    return int(float(number) * _UNITS[unit])
+
+
+def human_size(size: int) -> str:
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.2f} {unit}"
+    return f"{size} B"
+
+
+def directory_bytes(path: Path) -> int:
+    """Bytes of the regular files under `path` (what the run occupies on disk)."""
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except FileNotFoundError:
+                continue
+    return total
+
+
+@dataclass
+class ReleaseRunReport:
+    """What one run did. `manifest["complete"]` says whether every release revision is accounted for."""
+
+    mode: str
+    discovery: Discovery
+    estimate: Estimate
+    manifest: dict[str, Any] | None = None
+    manifest_path: Path | None = None
+    commits: int = 0
+    processed: int = 0
+    skipped: int = 0
+    refused: list[str] = field(default_factory=list)
+    peak_disk_bytes: int = 0
+    seconds: float = 0.0
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.manifest and self.manifest["complete"])
+
+    def summary(self) -> str:
+        m = self.manifest or {}
+        return (
+            f"{len(self.discovery.revisions)} release revisions: {self.processed} processed, {self.skipped} already done, "
+            f"{len(m.get('refused', []))} refused, {len(m.get('missing', []))} missing, {len(m.get('pending', []))} "
+            f"pending; {self.commits} commits; peak disk {human_size(self.peak_disk_bytes)}; {self.seconds:.1f} s"
+        )
+
+
+def _slug(revision: ReleaseRevision) -> str:
+    return f"{revision.source_repo.replace('/', '--')}@{revision.source_revision}"
+
+
+def _plan_file(path_in_repo: str, local: Path) -> PlanFile:
+    return PlanFile(path_in_repo=path_in_repo, size=local.stat().st_size, local_path=local)
+
+
+def _generated(path_in_repo: str, text: str) -> PlanFile:
+    content = text.encode("utf-8")
+    return PlanFile(path_in_repo=path_in_repo, size=len(content), content=content)
+
+
+class _Run:
+    """State of one run: clients, journal, publisher, work directories and counters."""
+
+    def __init__(
+        self,
+        *,
+        mode: str,
+        discovery: Discovery,
+        source_api: HfApi,
+        target_api: HfApi | None,
+        target_org: str | None,
+        suite_dir: Path | None,
+        work_dir: Path,
+        limits: HubLimits,
+        private: bool,
+        progress: bool,
+        report: ReleaseRunReport,
+    ) -> None:
+        self.mode = mode
+        self.discovery = discovery
+        self.source_api = source_api
+        self.target_org = target_org
+        self.suite_dir = suite_dir
+        self.work_dir = work_dir
+        self.downloads = work_dir / "download"
+        self.converted = work_dir / "convert"
+        self.journal = Journal(work_dir / JOURNAL_FILE)
+        self.private = private
+        self.progress = progress
+        self.report = report
+        self.publisher = None
+        if target_api is not None:
+            plan = PublishPlan(org=target_org, suite_dir=work_dir, repos=[], collections=[])
+            self.publisher = Publisher(plan, api=target_api, limits=limits, progress=False)
+
+    def measure_disk(self) -> None:
+        self.report.peak_disk_bytes = max(self.report.peak_disk_bytes, directory_bytes(self.work_dir))
+
+    def _clear_other_work(self, keep: Path) -> None:
+        """Remove what a killed run left of other revisions, so that one revision at a time is on disk."""
+        for parent in (self.downloads, self.converted):
+            if parent.is_dir():
+                for child in parent.iterdir():
+                    if child != keep:
+                        shutil.rmtree(child, ignore_errors=True)
+
+    def process(self, revision: ReleaseRevision) -> None:
+        key = revision.key
+        download = self.downloads / _slug(revision)
+        out = self.converted / _slug(revision)
+        self._clear_other_work(keep=download)
+        if not revision.has_weights:
+            self.journal.record(key, "refused", reason=f"{key} holds no config.json and *.safetensors weights")
+            self.report.refused.append(key)
+            return
+        self.source_api.snapshot_download(
+            revision.source_repo, revision=revision.source_revision, local_dir=download
+        )
+        self.measure_disk()
+        self.journal.record(key, "downloaded")
+        try:
+            conversion = convert_revision(revision, download, out)
+        except CheckpointError as error:
+            shutil.rmtree(out, ignore_errors=True)
+            shutil.rmtree(download, ignore_errors=True)
+            self.journal.record(key, "refused", reason=str(error))
+            self.report.refused.append(f"{key}: {error}")
+            logger.error(f"refused {key}: {error}")
+            return
+        self.measure_disk()
+        shutil.rmtree(download, ignore_errors=True)
+        self.journal.record(key, "converted", checks=conversion.checks)
+        if self.mode == "publish":
+            self._publish(revision, conversion, out)
+        else:
+            self._import(revision, conversion, out)
+        shutil.rmtree(out, ignore_errors=True)
+        self.report.processed += 1
+
+    def _published_checkpoints(self, revision: ReleaseRevision) -> list[Revision]:
+        """The checkpoint branches of the same model that are done, by step (what main's card and revisions.json list)."""
+        rows = []
+        for other in self.discovery.revisions:
+            if other.model == revision.model and other.step is not None and self.journal.done(other.key):
+                rows.append(Revision(branch=other.branch, step=other.step, tokens_seen=other.tokens_seen))
+        return sorted(rows, key=lambda r: r.step)
+
+    def _publish(self, revision: ReleaseRevision, conversion: Conversion, out: Path) -> None:
+        files = export_files(out)
+        config = json.loads((out / "config.json").read_text(encoding="utf-8"))
+        checkpoints = self._published_checkpoints(revision) if revision.step is None else []
+        card = revision_card(
+            revision, conversion, org=self.target_org, config=config, revisions=checkpoints,
+            has_tokenizer=any(name in files for name in _TOKENIZER_FILES),
+        )
+        plan_files = [_plan_file(path, local) for path, local in files.items()] + [_generated(CARD_FILE, card)]
+        repo_id = f"{self.target_org}/{revision.model.name}"
+        if revision.step is None:
+            listing = {
+                "repo_id": repo_id,
+                "main": {"step": None, "tokens_seen": None, "release": f"{revision.key}"},
+                "revisions": [r.as_dict() for r in checkpoints],
+            }
+            plan_files.append(_generated(REVISIONS_FILE, json.dumps(listing, indent=2, sort_keys=True) + "\n"))
+        branch = BranchPlan(name=revision.branch, files=plan_files, step=revision.step, tokens_seen=revision.tokens_seen)
+        repo = RepoPlan(repo_id=repo_id, model=revision.model, variant="release", branches=[branch])
+        before = self.publisher.report.commits
+        self.publisher.publish_repo(repo, private=self.private)
+        self.report.commits += self.publisher.report.commits - before
+        stale = self.publisher.changes(repo_id, branch)
+        if stale:
+            raise SpectraError(
+                f"{repo_id}@{branch.name} does not hold what was published ({len(stale)} files differ); re-run to repair"
+            )
+        self.journal.record(
+            revision.key,
+            "published",
+            conversion=conversion.conversion,
+            checks=conversion.checks,
+            warnings=conversion.warnings,
+            files={f.path_in_repo: self.publisher.hashes.of(f)[0] for f in plan_files},
+        )
+
+    def _import(self, revision: ReleaseRevision, conversion: Conversion, out: Path) -> None:
+        from spectra_hf.hub.publish import _Hashes
+
+        hashes = _Hashes(None)
+        name = revision.model.name
+        if revision.step is not None:
+            target = checkpoint_dir(self.suite_dir, name, revision.step)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(target, ignore_errors=True)
+            files = {p.name: hashes.of(_plan_file(p.name, p))[0] for p in sorted(out.iterdir()) if p.is_file()}
+            os.replace(out, target)
+        else:
+            # the model's directory also holds its checkpoints/: replace its files one by one, not the directory
+            target = model_dir(self.suite_dir, name)
+            target.mkdir(parents=True, exist_ok=True)
+            for stale in target.iterdir():
+                if stale.is_file():
+                    stale.unlink()
+            files = {}
+            for path in sorted(out.iterdir()):
+                if path.is_file():
+                    files[path.name] = hashes.of(_plan_file(path.name, path))[0]
+                    os.replace(path, target / path.name)
+        relative = target.relative_to(self.suite_dir).as_posix()
+        self.journal.record(
+            revision.key, "imported", conversion=conversion.conversion, checks=conversion.checks,
+            warnings=conversion.warnings, files=files, path=relative,
+        )
+
+    def publish_manifest(self, manifest: dict[str, Any]) -> None:
+        repo_id = f"{self.target_org}/{MANIFEST_REPO}"
+        files = [_generated(MANIFEST_FILE, render(manifest)), _generated(CARD_FILE, manifest_card(manifest))]
+        from spectra_hf.suite import all_models
+
+        branch = BranchPlan(name="main", files=files)
+        repo = RepoPlan(repo_id=repo_id, model=all_models()[0], variant="release", branches=[branch])
+        before = self.publisher.report.commits
+        self.publisher.publish_repo(repo, private=self.private)
+        self.report.commits += self.publisher.report.commits - before
+
+
+def run_release(
+    *,
+    source_org: str,
+    target_org: str | None = None,
+    suite_dir: str | Path | None = None,
+    work_dir: str | Path,
+    endpoint: str | None = None,
+    source_endpoint: str | None = None,
+    token: str | None = None,
+    models: Sequence[str] | None = None,
+    steps: Sequence[int] | None = None,
+    max_disk: int | None = None,
+    dry_run: bool = False,
+    limits: HubLimits | None = None,
+    private: bool = False,
+    progress: bool = True,
+    down_mb_s: float = 100.0,
+    up_mb_s: float = 50.0,
+) -> ReleaseRunReport:
+    """Re-publish (`target_org`) or import (`suite_dir`) the release of `source_org`; see the module docstring.
+
+    Args:
+        source_org: the release org (SpectraSuite).
+        target_org: publish to this org; exactly one of `target_org` and `suite_dir`.
+        suite_dir: import into this suite directory instead.
+        work_dir: downloads, conversions, the journal and the manifest; reuse it to resume.
+        endpoint: the Hub to publish to (default HF_ENDPOINT or huggingface.co); source_endpoint: the Hub the release
+            is read from (default: `endpoint`).
+        models: suite model names (any spelling the registry accepts); default all 54. Named models whose release
+            repo does not exist are refused before anything is done.
+        steps: only these checkpoint steps (each must exist); default every step<N> branch.
+        max_disk: bytes the work directory may use; refused before anything is done if one revision needs more.
+        dry_run: discover and estimate only (tree listings; nothing downloaded or published).
+        limits: Hub quotas (default: the Hub's; a local Hub gets none).
+        down_mb_s, up_mb_s: bandwidths the dry-run estimate assumes.
+
+    Raises:
+        SpectraError: bad options, a missing repo or branch, too little disk, an unreachable Hub or a refused token
+            (before anything is published); a failure while publishing (re-run to resume).
+    """
+    if (target_org is None) == (suite_dir is None):
+        raise ConfigError("pass exactly one of a target org (publish) and a suite directory (import)")
+    mode = "publish" if target_org is not None else "import"
+    selected = select_models(models)
+    if target_org is not None:
+        for model in selected:
+            check_repo_id(f"{target_org}/{model.name}")
+    check_repo_id(f"{source_org}/{selected[0].name}")
+    endpoint = (endpoint or constants.ENDPOINT).rstrip("/")
+    source_endpoint = (source_endpoint or endpoint).rstrip("/")
+    work_dir = Path(work_dir)
+    started = time.perf_counter()
+    local = is_local_endpoint(endpoint) and is_local_endpoint(source_endpoint)
+    limits = limits or (HubLimits.unlimited() if local else HubLimits())
+    source_api = HfApi(endpoint=source_endpoint, token=token)
+    doing = f"listing the release of {source_org} at {source_endpoint}"
+    with ExitStack() as stack:
+        stack.enter_context(_local_hub_client(local))
+        if not progress:
+            disable_progress_bars()
+            stack.callback(enable_progress_bars)
+        try:
+            found = discover(source_api, source_org=source_org, models=selected, steps=steps, require_repos=bool(models))
+            report = ReleaseRunReport(mode=mode, discovery=found, estimate=estimate(revisions_of(found.revisions), down_mb_s=down_mb_s, up_mb_s=up_mb_s))
+            _check_disk(found, max_disk=max_disk, work_dir=work_dir)
+            if dry_run:
+                report.seconds = time.perf_counter() - started
+                return report
+            target_api = HfApi(endpoint=endpoint, token=token) if mode == "publish" else None
+            run = _Run(
+                mode=mode, discovery=found, source_api=source_api, target_api=target_api, target_org=target_org,
+                suite_dir=Path(suite_dir) if suite_dir is not None else None, work_dir=work_dir, limits=limits,
+                private=private, progress=progress, report=report,
+            )
+            bar = tqdm(found.revisions, desc=f"release {mode}", unit="revision", disable=not progress)
+            for revision in bar:
+                bar.set_postfix_str(revision.key)
+                if run.journal.done(revision.key):
+                    report.skipped += 1
+                    continue
+                doing = f"{'publishing' if mode == 'publish' else 'importing'} {revision.key}"
+                run.process(revision)
+            shutil.rmtree(run.downloads, ignore_errors=True)
+            shutil.rmtree(run.converted, ignore_errors=True)
+            manifest = build_manifest(found, run.journal, target_org=target_org, mode=mode)
+            report.manifest = manifest
+            report.manifest_path = write_manifest(manifest, (Path(suite_dir) if suite_dir else work_dir) / MANIFEST_FILE)
+            if mode == "publish":
+                doing = "publishing the manifest"
+                run.publish_manifest(manifest)
+        except (HfHubHTTPError, httpx2.TransportError, LocalTokenNotFoundError) as error:
+            raise _explain(error, doing=doing, endpoint=endpoint, token=token) from None
+        finally:
+            if "run" in locals() and run.publisher is not None:
+                run.publisher.hashes.save()
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _check_disk(found: Discovery, *, max_disk: int | None, work_dir: Path) -> None:
+    """Refuse, before anything is downloaded, a budget (or a disk) too small for the largest single revision."""
+    if not found.revisions:
+        return
+    largest = max(found.revisions, key=lambda r: r.size)
+    needed = disk_needed(largest.size)
+    if max_disk is not None and needed > max_disk:
+        raise SpectraError(
+            f"--max-disk {human_size(max_disk)} is too small for one revision: {largest.key} needs {human_size(needed)} "
+            f"(its {human_size(largest.size)} download and the converted output side by side). Nothing was downloaded "
+            f"or published; raise --max-disk to at least {human_size(needed)}"
+        )
+    probe = work_dir if work_dir.exists() else next((p for p in work_dir.parents if p.exists()), Path("/"))
+    free = shutil.disk_usage(probe).free + directory_bytes(work_dir) if work_dir.exists() else shutil.disk_usage(probe).free
+    if needed > free:
+        raise SpectraError(
+            f"{probe} has {human_size(free)} free, too little for one revision: {largest.key} needs {human_size(needed)}. "
+            "Nothing was downloaded or published; free disk or pass a --work-dir on a larger disk"
+        )
