@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import os
 import sys
 from pathlib import Path
 
-from spectra_hf.errors import SpectraError
+from spectra_hf.errors import ConfigError, SpectraError
+
+TOKEN_ENV = "SPECTRA_HUB_TOKEN"
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -25,7 +29,26 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--root", type=Path, required=True, help="storage directory (created if missing)")
     serve.add_argument("--port", type=int, default=8080, help="TCP port; 0 picks a free one (default: 8080)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, local only)")
-    serve.add_argument("--token", default=None, help="require `Authorization: Bearer TOKEN` on every request")
+    serve.add_argument(
+        "--token-file",
+        type=Path,
+        default=None,
+        help=f"file holding the token that writes and reads private repos (or set {TOKEN_ENV}); without a token "
+        "the server is single-user: anyone who can connect reads and writes everything",
+    )
+    serve.add_argument(
+        "--token",
+        default=None,
+        help=f"the token itself (visible to other users in `ps`: prefer --token-file or {TOKEN_ENV})",
+    )
+    serve.add_argument(
+        "--public-url",
+        default=None,
+        help="base URL clients reach this server at, for the URLs it hands out (default: http://HOST:PORT)",
+    )
+    serve.add_argument(
+        "--max-body-mb", type=float, default=64.0, help="largest API request body in MiB; LFS uploads excepted (default: 64)"
+    )
     serve.add_argument(
         "--fault",
         action="append",
@@ -35,6 +58,35 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     serve.add_argument("--quiet", action="store_true", help="do not log one line per request")
     serve.set_defaults(func=run_serve)
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    """The token from --token-file, --token or SPECTRA_HUB_TOKEN (in that order), stripped of surrounding space."""
+    given = [name for name, value in (("--token-file", args.token_file), ("--token", args.token)) if value]
+    if len(given) > 1:
+        raise ConfigError("give the token once: --token-file or --token (or SPECTRA_HUB_TOKEN), not both")
+    if args.token_file is not None:
+        try:
+            token = args.token_file.read_text(encoding="utf-8").strip()
+        except OSError as error:
+            raise ConfigError(f"--token-file {args.token_file}: cannot read it ({error.strerror}).") from None
+        if not token:
+            raise ConfigError(f"--token-file {args.token_file} is empty: write the token in it.")
+        return token
+    token = args.token or os.environ.get(TOKEN_ENV, "").strip()
+    if args.token:
+        print("warning: --token is visible to every user of this machine in `ps`; prefer --token-file or "
+              f"{TOKEN_ENV}.", file=sys.stderr)
+    return token or None
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -48,14 +100,27 @@ def run_serve(args: argparse.Namespace) -> int:
         faults = [Fault.parse(spec) for spec in args.fault]
     except ValueError as error:
         raise SpectraError(f"--fault: {error}") from error
+    if args.max_body_mb <= 0:
+        raise ConfigError(f"--max-body-mb {args.max_body_mb} must be positive.")
+    token = _token(args)
+    if token is None and not _is_loopback(args.host):
+        raise ConfigError(
+            f"--host {args.host} lets other machines in, and without a token anyone could write: give --token-file "
+            f"or {TOKEN_ENV}, or bind 127.0.0.1."
+        )
     args.root.mkdir(parents=True, exist_ok=True)
     log = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     try:
-        hub = LocalHub(args.root, host=args.host, port=args.port, token=args.token, faults=faults, log=log)
+        hub = LocalHub(
+            args.root, host=args.host, port=args.port, token=token, faults=faults, log=log,
+            max_body_bytes=int(args.max_body_mb * 1024 * 1024), public_url=args.public_url,
+        )
     except OSError as error:
         raise SpectraError(f"Cannot listen on {args.host}:{args.port} ({error}): pick another --port.") from error
-    print(f"Local Hub serving {args.root.resolve()} at {hub.url}", flush=True)
-    print(f"Point clients at it: HF_ENDPOINT={hub.url} HF_HUB_DISABLE_XET=1 (Ctrl-C stops)", flush=True)
+    url = args.public_url or hub.url
+    print(f"Local Hub serving {args.root.resolve()} at {url}", flush=True)
+    print(f"Point clients at it: HF_ENDPOINT={url} HF_HUB_DISABLE_XET=1 (Ctrl-C stops)", flush=True)
+    print(hub.access, flush=True)
     try:
         hub.serve_forever()
     except KeyboardInterrupt:

@@ -19,6 +19,7 @@ import hashlib
 import ipaddress
 import json
 import os
+import random
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,17 +28,29 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import httpx2
-from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, constants, get_token
+from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, constants, get_token, hf_hub_url
 from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError, RepositoryNotFoundError
 from huggingface_hub.hf_api import RepoFile
-from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+from huggingface_hub.utils import (
+    are_progress_bars_disabled,
+    build_hf_headers,
+    disable_progress_bars,
+    enable_progress_bars,
+    get_session,
+    hf_raise_for_status,
+)
 from tqdm.auto import tqdm
+from transformers.utils import logging
 
-from spectra_hf.errors import SpectraError
+from spectra_hf.errors import ConfigError, HubError, SpectraError
 from spectra_hf.hub.pacing import HubLimits, Pacer
 from spectra_hf.hub.plan import STAGING_DIR, BranchPlan, PlanFile, PublishPlan, RepoPlan
 
+logger = logging.get_logger(__name__)
+
 HASH_CACHE = "hashes.json"  # under SUITE_DIR/.publish-staging
+VERIFY_MODES = ("none", "listing", "sample", "full")
+DEFAULT_SAMPLE_BYTES = 2 * 1024**3  # content downloaded by `verify="sample"`, spread at random over the plan
 
 _KEEP_REMOTE = {".gitattributes"}  # created by the Hub with the repo; never ours to delete
 _MISSING_SHOWN = 10
@@ -61,15 +74,24 @@ class PublishReport:
     waited_s: float = 0.0
     seconds: float = 0.0
     verified: bool = False
+    verify_mode: str = "none"  # what `verified` means: listing, sample or full (see `publish`)
+    files_verified: int = 0  # files whose content was downloaded and hashed
+    bytes_verified: int = 0
+    files_repaired: int = 0  # files whose published content differed and were uploaded again
     loaded: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
+        checked = ""
+        if self.verified:
+            checked = f", verified ({self.verify_mode}"
+            if self.verify_mode != "listing":
+                checked += f": {self.files_verified} files, {self.bytes_verified} bytes hashed"
+            checked += f", {self.files_repaired} repaired)" if self.files_repaired else ")"
         return (
             f"{self.repos} repos, {self.branches} branches: {self.repos_created} repos and {self.branches_created} "
             f"branches created, {self.commits} commits ({self.files_uploaded} files, {self.bytes_uploaded} bytes "
             f"uploaded, {self.files_deleted} deleted), {self.collection_items_added} collection items added, "
-            f"{self.retries} retries ({self.waited_s:.1f} s waited), {self.seconds:.1f} s"
-            + (", verified" if self.verified else "")
+            f"{self.retries} retries ({self.waited_s:.1f} s waited), {self.seconds:.1f} s" + checked
         )
 
 
@@ -77,7 +99,9 @@ class _Hashes:
     """sha256 and git blob sha1 of plan files (one read pass per file), remembered across runs.
 
     Re-running over a real suite (hundreds of GB) must not re-read every file: hashes of local files are kept in
-    `cache_file` keyed by path, size and mtime, and reused while those are unchanged.
+    `cache_file` keyed by path and the file's (size, mtime_ns, ctime_ns, inode, device), and reused while all of
+    those are unchanged. mtime alone is not enough: `cp -p`, `rsync -t` and `tar` rewrite a file and put its old
+    mtime back, but none of them can restore its ctime. Verification after publishing checks content anyway.
     """
 
     def __init__(self, cache_file: Path | None = None) -> None:
@@ -94,13 +118,19 @@ class _Hashes:
         if file.content is not None:
             return _digest(file)
         stat = file.local_path.stat()
-        key, stamp = str(file.local_path.resolve()), [stat.st_size, stat.st_mtime_ns]
+        key = str(file.local_path.resolve())
+        stamp = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino, stat.st_dev]
         cached = self._cache.get(key)
-        if cached is None or cached[:2] != stamp:
+        if cached is None or cached[: len(stamp)] != stamp:
             cached = [*stamp, *_digest(file)]
             self._cache[key] = cached
             self._dirty = True
-        return cached[2], cached[3]
+        return cached[-2], cached[-1]
+
+    def forget(self, file: PlanFile) -> None:
+        """Drop a file's cached hashes (its content did not match them)."""
+        if file.local_path is not None and self._cache.pop(str(file.local_path.resolve()), None) is not None:
+            self._dirty = True
 
     def save(self) -> None:
         if self._file is None or not self._dirty:
@@ -175,6 +205,16 @@ def _local_hub_client(enabled: bool) -> Iterator[None]:
         yield
     finally:
         constants.HF_HUB_DISABLE_XET, constants.HF_HUB_OFFLINE = previous
+
+
+def _verify_mode(verify: bool | str, *, local: bool) -> str:
+    if verify is True:
+        return "full" if local else "sample"
+    if verify is False or verify is None:
+        return "none"
+    if verify not in VERIFY_MODES:
+        raise ConfigError(f"verify={verify!r}: use one of {', '.join(VERIFY_MODES)} (or True for the default)")
+    return verify
 
 
 def _scrub(text: str, token: str | None) -> str:
@@ -284,7 +324,7 @@ class Publisher:
                     self.report.collection_items_added += 1
 
     def verify(self) -> list[str]:
-        """Every expected branch exists and holds exactly its planned files; returns the problems found."""
+        """Every expected branch exists and holds exactly its planned files (by listing); returns the problems found."""
         problems = []
         for repo in tqdm(self.plan.repos, desc="verify", unit="repo", disable=not self.progress):
             refs = self.pacer.call(lambda: self.api.list_repo_refs(repo.repo_id))
@@ -297,6 +337,72 @@ class Publisher:
                 if stale:
                     paths = ", ".join(op.path_in_repo for op in stale[:5])
                     problems.append(f"{repo.repo_id}@{branch.name}: {len(stale)} files differ ({paths})")
+        return problems
+
+    def _content_matches(self, repo_id: str, branch: str, file: PlanFile) -> bool:
+        """Download the published file and compare its sha256 with the local file's; False when it differs or the
+        Hub refuses to serve it as corrupt. 429/5xx otherwise raise (for the pacer to retry)."""
+        expected, _ = self.hashes.of(file)
+        url = hf_hub_url(repo_id, file.path_in_repo, revision=branch, endpoint=self.api.endpoint)
+        digest, size = hashlib.sha256(), 0
+        headers = build_hf_headers(token=self.api.token)
+        with get_session().stream("GET", url, headers=headers, follow_redirects=True, timeout=60) as response:
+            if response.headers.get("X-Error-Code") == "CorruptContent":
+                return False
+            if response.status_code >= 400:
+                response.read()  # the error body, for hf_raise_for_status's message
+                hf_raise_for_status(response)
+            for chunk in response.iter_bytes(1 << 22):
+                digest.update(chunk)
+                size += len(chunk)
+        self.report.files_verified += 1
+        self.report.bytes_verified += size
+        return digest.hexdigest() == expected
+
+    def _content_sample(self, mode: str, sample_bytes: int, seed: int | None) -> list[tuple[RepoPlan, BranchPlan, PlanFile]]:
+        everything = [(repo, branch, file) for repo in self.plan.repos for branch in repo.branches for file in branch.files]
+        if mode == "full":
+            return everything
+        rng = random.Random(seed)
+        rng.shuffle(everything)
+        chosen, budget = [], sample_bytes
+        for item in everything:
+            if item[2].size <= budget:
+                chosen.append(item)
+                budget -= item[2].size
+        return chosen
+
+    def verify_content(self, *, mode: str, sample_bytes: int, seed: int | None = None) -> list[str]:
+        """Download and hash published files (all of them, or a random sample of about `sample_bytes`); re-upload
+        those whose content differs from the local file and check them again. Returns what stays wrong."""
+        differing: dict[tuple[str, str], list[tuple[BranchPlan, PlanFile]]] = {}
+        chosen = self._content_sample(mode, sample_bytes, seed)
+        for repo, branch, file in tqdm(chosen, desc="verify content", unit="file", disable=not self.progress):
+            if not self.pacer.call(lambda: self._content_matches(repo.repo_id, branch.name, file)):
+                self.hashes.forget(file)  # re-read the local file too: the cache may be what is wrong
+                differing.setdefault((repo.repo_id, branch.name), []).append((branch, file))
+        problems = []
+        for (repo_id, branch_name), items in differing.items():
+            operations = [
+                CommitOperationAdd(
+                    path_in_repo=file.path_in_repo,
+                    path_or_fileobj=file.content if file.content is not None else str(file.local_path),
+                )
+                for _, file in items
+            ]
+            logger.warning(f"{repo_id}@{branch_name}: {len(items)} published files differ from the local ones; re-uploading")
+            self.pacer.admit(requests=4, repo=repo_id, commits=1)
+            self.pacer.call(
+                lambda: self.api.create_commit(
+                    repo_id, operations, commit_message=f"Repair {len(items)} files whose content did not verify",
+                    revision=branch_name,
+                )
+            )
+            self.report.commits += 1
+            self.report.files_repaired += len(items)
+            for _, file in items:
+                if not self.pacer.call(lambda: self._content_matches(repo_id, branch_name, file)):
+                    problems.append(f"{repo_id}@{branch_name}: {file.path_in_repo} still differs after re-uploading it")
         return problems
 
     def load_back(self, cache_dir: Path) -> None:
@@ -320,9 +426,10 @@ def publish(
     limits: HubLimits | None = None,
     allow_partial: bool = False,
     private: bool = False,
-    verify: bool = True,
+    verify: bool | str = True,
     load_check_dir: str | Path | None = None,
     progress: bool = True,
+    verify_sample_bytes: int = DEFAULT_SAMPLE_BYTES,
 ) -> PublishReport:
     """Publish `plan` so that the Hub ends up holding exactly it; safe to re-run and to interrupt.
 
@@ -335,9 +442,15 @@ def publish(
         allow_partial: publish a plan whose suite directory misses models or checkpoints (otherwise refused before
             any network call).
         private: create new repos private.
-        verify: after publishing, list every repo's refs and compare every expected branch's tree with the plan.
+        verify: after publishing, check what the Hub holds. "listing": every expected branch exists and its tree
+            lists the planned files with their hashes; "sample": that, plus the content of a random sample of files
+            (about `verify_sample_bytes`) downloaded and hashed; "full": every file's content; "none"/False: skip.
+            True picks "full" for a local Hub and "sample" for a remote one. Files whose content differs are
+            uploaded again (the local Hub also refuses to serve, and asks again for, a stored copy that no longer
+            matches its sha256).
         load_check_dir: when given, also download every branch there and load it with `from_pretrained`.
         progress: show tqdm bars per repo and per branch.
+        verify_sample_bytes: content downloaded by `verify="sample"`.
 
     Raises:
         SpectraError: an incomplete plan (without `allow_partial`), an unreachable endpoint, a refused token, a
@@ -353,6 +466,7 @@ def publish(
     if not plan.repos:
         raise SpectraError(f"nothing to publish: no complete model export in {plan.suite_dir}")
     endpoint = (endpoint or constants.ENDPOINT).rstrip("/")
+    mode = _verify_mode(verify, local=is_local_endpoint(endpoint))
     secret = token or get_token()
     if secret is None and not is_local_endpoint(endpoint):
         raise SpectraError(
@@ -375,14 +489,18 @@ def publish(
                 publisher.publish_repo(repo, private=private)
             doing = "publishing the collections"
             publisher.publish_collections()
-            if verify:
+            if mode != "none":
                 doing = "verifying the published repos"
                 problems = publisher.verify()
+                if not problems and mode in ("sample", "full"):
+                    doing = "verifying the published files' content"
+                    problems = publisher.verify_content(mode=mode, sample_bytes=verify_sample_bytes)
                 if problems:
-                    raise SpectraError(
+                    raise HubError(
                         f"verification failed for {len(problems)} branches (re-run to repair): " + "; ".join(problems[:5])
                     )
                 publisher.report.verified = True
+                publisher.report.verify_mode = mode
             if load_check_dir is not None:
                 doing = "loading the published branches back"
                 publisher.load_back(Path(load_check_dir))
