@@ -6,7 +6,9 @@ Everything else in spectra-hf (configs, recipes, cards, publishing, the CLI) rea
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -27,6 +29,8 @@ FLOAT_BITS = 16
 VOCAB_SIZE = 50304  # GPT-NeoX-20B tokenizer, padded
 CONTEXT_LENGTH = 2048
 TOKENS = 300_000_000_000
+# The paper's pre-training corpus (deduplicated SlimPajama), as the Hub names it: recipes and cards read it here.
+DATASET_ID = "cerebras/SlimPajama-627B"
 ROPE_THETA = 10000.0
 RMS_NORM_EPS = 1e-5
 TERNARY_EPS = 1e-5
@@ -58,20 +62,85 @@ class SizeSpec:
         return self.hidden_size // self.num_attention_heads
 
     @property
+    def architecture(self) -> dict[str, Any]:
+        """The config.json keys of this size's architecture (shared by TriLM and FloatLM; `config_kwargs` adds the rest)."""
+        return {
+            "vocab_size": VOCAB_SIZE,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_attention_heads,
+            "num_hidden_layers": self.num_hidden_layers,
+            "head_dim": self.head_dim,
+            "tie_word_embeddings": False,
+        }
+
+    @property
     def linear_params(self) -> int:
         """Weights of the seven linear layers of all decoder blocks (the ternary / quantized ones)."""
-        h, i, attn = self.hidden_size, self.intermediate_size, self.num_attention_heads * self.head_dim
-        return self.num_hidden_layers * (4 * h * attn + 3 * h * i)
+        return linear_params(self.architecture)
 
     @property
     def float_params(self) -> int:
         """Parameters that stay in floating point: embedding, LM head (untied) and RMSNorm weights."""
-        h = self.hidden_size
-        return 2 * VOCAB_SIZE * h + (2 * self.num_hidden_layers + 1) * h
+        return float_params(self.architecture)
 
     @property
     def params(self) -> int:
         return self.linear_params + self.float_params
+
+
+def _architecture_value(architecture: Mapping[str, Any] | Any, key: str, default: Any = None) -> Any:
+    """`key` of a config.json dict or of a config object (`LlamaConfig`, `TriLMConfig`, ...)."""
+    value = architecture.get(key) if isinstance(architecture, Mapping) else getattr(architecture, key, None)
+    return default if value is None else value
+
+
+def linear_weight_shapes(architecture: Mapping[str, Any] | Any) -> dict[str, tuple[int, int]]:
+    """[out_features, in_features] (the shape of `nn.Linear.weight`) of each of the seven projections of one decoder
+    block, keyed by their path inside the block ("self_attn.q_proj", ..., "mlp.down_proj"), in TERNARY_LINEARS order.
+
+    `architecture` is a config.json dict or a config object; `head_dim` and `num_key_value_heads` default as in Llama.
+    """
+    hidden = _architecture_value(architecture, "hidden_size")
+    inter = _architecture_value(architecture, "intermediate_size")
+    heads = _architecture_value(architecture, "num_attention_heads")
+    head_dim = _architecture_value(architecture, "head_dim", hidden // heads)
+    kv_heads = _architecture_value(architecture, "num_key_value_heads", heads)
+    attn, kv = heads * head_dim, kv_heads * head_dim
+    return {
+        "self_attn.q_proj": (attn, hidden),
+        "self_attn.k_proj": (kv, hidden),
+        "self_attn.v_proj": (kv, hidden),
+        "self_attn.o_proj": (hidden, attn),
+        "mlp.gate_proj": (inter, hidden),
+        "mlp.up_proj": (inter, hidden),
+        "mlp.down_proj": (hidden, inter),
+    }
+
+
+def linear_params(architecture: Mapping[str, Any] | Any) -> int:
+    """Weights of the seven projections of every decoder block: the ternary (TriLM) or quantized (QuantLM) ones."""
+    per_block = sum(math.prod(shape) for shape in linear_weight_shapes(architecture).values())
+    return _architecture_value(architecture, "num_hidden_layers") * per_block
+
+
+def float_params(architecture: Mapping[str, Any] | Any) -> int:
+    """Parameters that stay in floating point: the embedding, the LM head unless tied, and the RMSNorm weights."""
+    hidden = _architecture_value(architecture, "hidden_size")
+    layers = _architecture_value(architecture, "num_hidden_layers")
+    tied = bool(_architecture_value(architecture, "tie_word_embeddings", False))
+    return (1 if tied else 2) * _architecture_value(architecture, "vocab_size") * hidden + (2 * layers + 1) * hidden
+
+
+def size_bits(architecture: Mapping[str, Any] | Any, *, bits_per_linear_weight: float) -> int:
+    """A model's size in bits as the paper counts it: the decoder projections at `bits_per_linear_weight`
+    (TERNARY_BITS, QUANT_EFFECTIVE_BITS[b] or FLOAT_BITS), every other parameter at FLOAT_BITS.
+
+    Ternary scales (one per shard per matrix) and per-channel quantization scales are not counted, as in the paper;
+    they add < 0.01%. `architecture` is a config.json dict or a config object.
+    """
+    return round(linear_params(architecture) * bits_per_linear_weight + float_params(architecture) * FLOAT_BITS)
 
 
 SIZES: dict[str, SizeSpec] = {
@@ -122,11 +191,8 @@ class SuiteModel:
 
     @property
     def size_bits(self) -> int:
-        """Model size in bits as the paper counts it: linear weights at their stored width, the rest fp16.
-
-        Ternary scales (one per shard per matrix) are not counted, as in the paper; they add < 0.001%.
-        """
-        return round(self.spec.linear_params * self.bits_per_linear_weight + self.spec.float_params * FLOAT_BITS)
+        """Model size in bits as the paper counts it (see `size_bits`)."""
+        return size_bits(self.spec.architecture, bits_per_linear_weight=self.bits_per_linear_weight)
 
     @property
     def base_model(self) -> str | None:
@@ -240,18 +306,11 @@ def config_kwargs(name: str, *, tiny: bool = False, **overrides: Any) -> dict[st
     model = get_model(name)
     spec = model.spec
     kwargs: dict[str, Any] = {
-        "vocab_size": VOCAB_SIZE,
-        "hidden_size": spec.hidden_size,
-        "intermediate_size": spec.intermediate_size,
-        "num_attention_heads": spec.num_attention_heads,
-        "num_key_value_heads": spec.num_attention_heads,
-        "num_hidden_layers": spec.num_hidden_layers,
-        "head_dim": spec.head_dim,
+        **spec.architecture,
         "max_position_embeddings": CONTEXT_LENGTH,
         "rms_norm_eps": RMS_NORM_EPS,
         "bos_token_id": BOS_TOKEN_ID,
         "eos_token_id": EOS_TOKEN_ID,
-        "tie_word_embeddings": False,
         "rope_parameters": {"rope_type": "default", "rope_theta": ROPE_THETA},
     }
     if model.family == "trilm":

@@ -11,7 +11,17 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from spectra_hf.errors import SpectraError
-from spectra_hf.suite import SIZES, all_models, config_for, get_model
+from spectra_hf.suite import (
+    FLOAT_BITS,
+    QUANT_EFFECTIVE_BITS,
+    SIZES,
+    TERNARY_BITS,
+    all_models,
+    config_for,
+    get_model,
+    linear_weight_shapes,
+    size_bits,
+)
 
 # The paper's architecture table (shared/SPECTRA.md), typed in again here as the reference.
 PAPER_TABLE = {
@@ -111,3 +121,63 @@ def test_cli_init_tiny_and_bad_name(tmp_path) -> None:
     assert not (tmp_path / "x").exists()
     again = run_cli("init", "TriLM_1.1B", str(tmp_path / "m"), "--tiny")
     assert again.returncode == 2 and "not empty" in again.stderr
+
+
+# Architectures unlike any suite size: grouped-query attention, a head_dim that is not hidden / heads, tied embeddings.
+ODD_ARCHITECTURES = [
+    {"hidden_size": 64, "intermediate_size": 96, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 24,
+     "num_hidden_layers": 3, "vocab_size": 100, "tie_word_embeddings": False},
+    {"hidden_size": 48, "intermediate_size": 160, "num_attention_heads": 6, "num_key_value_heads": 6,
+     "num_hidden_layers": 2, "vocab_size": 77, "tie_word_embeddings": True},
+]
+
+
+def _meta_llama(architecture: dict):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    with torch.device("meta"):
+        return LlamaForCausalLM(LlamaConfig(**architecture))
+
+
+@pytest.mark.parametrize("architecture", ODD_ARCHITECTURES)
+def test_linear_weight_shapes_are_the_shapes_of_transformers_linears(architecture: dict) -> None:
+    model = _meta_llama(architecture)
+    block = model.model.layers[0]
+    expected = {path: tuple(block.get_submodule(path).weight.shape) for path in linear_weight_shapes(model.config)}
+    assert len(expected) == 7
+    assert linear_weight_shapes(model.config) == expected  # a config object
+    assert linear_weight_shapes(model.config.to_dict()) == expected  # a config.json dict
+    assert linear_weight_shapes(architecture) == expected
+
+
+@pytest.mark.parametrize("architecture", ODD_ARCHITECTURES)
+@pytest.mark.parametrize("bits", [TERNARY_BITS, QUANT_EFFECTIVE_BITS[3], 4.5, FLOAT_BITS])
+def test_size_bits_counts_every_parameter_of_the_real_model(architecture: dict, bits: float) -> None:
+    model = _meta_llama(architecture)
+    projections = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    linear = rest = 0
+    for name, parameter in model.named_parameters():  # tied weights are listed once
+        if name.startswith("model.layers.") and name.split(".")[-2] in projections:
+            linear += parameter.numel()
+        else:
+            rest += parameter.numel()
+    assert size_bits(model.config, bits_per_linear_weight=bits) == round(linear * bits + rest * 16)
+
+
+def test_registry_sizes_in_bits_are_the_shared_count_of_their_configs() -> None:
+    for model in all_models():
+        config = config_for(model.name)
+        assert model.size_bits == size_bits(config.to_dict(), bits_per_linear_weight=model.bits_per_linear_weight)
+    # The paper's bits per linear weight: log2(3) rounded for TriLM, GPTQ group-128 parameters at 3 and 4 bits.
+    assert [get_model(n).bits_per_linear_weight for n in ("TriLM_99M", "QuantLM_99M_3bit", "QuantLM_99M_4bit",
+            "QuantLM_99M_6bit", "QuantLM_99M_8bit", "FloatLM_99M")] == [1.58, 3.25, 4.25, 6, 8, 16]
+
+
+def test_floatlm_config_defaults_are_the_registry_99m_model() -> None:
+    """FloatLMConfig() restates the 99M architecture (modeling/ cannot import the registry): they must agree."""
+    from spectra_hf.modeling import FloatLMConfig
+
+    default, registry = FloatLMConfig().to_dict(), config_for("FloatLM_99M").to_dict()
+    for key in ("transformers_version", "dtype", "torch_dtype"):
+        default.pop(key, None), registry.pop(key, None)
+    assert default == registry

@@ -24,6 +24,7 @@ from spectra_hf.modeling.modeling_trilm import TERNARY_SHARD_DIM
 from spectra_hf.modeling.packing import unpack_ternary
 from spectra_hf.modeling.ternary import TernaryLinear, dense_of_digits, recover_ternary, share_scales
 from spectra_hf.checkpoints.safetensors_io import ShardFileWriter, TensorEntry, read_header, read_tensor
+from spectra_hf.suite import linear_weight_shapes
 
 KINDS = ("trilm-latent", "trilm-packed", "trilm-release", "floatlm", "llama")
 FORMAT_OF_KIND = {
@@ -55,24 +56,6 @@ class Ternary:
     @property
     def shape(self) -> torch.Size:
         return self.digits.shape
-
-
-def ternary_shape(path: str, config: dict[str, Any]) -> tuple[int, int]:
-    """[out, in] of the ternary matrix at `path` (e.g. "self_attn.k_proj") in a model with `config` (config.json)."""
-    hidden, inter = config["hidden_size"], config["intermediate_size"]
-    heads = config["num_attention_heads"]
-    head_dim = config.get("head_dim") or hidden // heads
-    kv = config.get("num_key_value_heads") or heads
-    shapes = {
-        "self_attn.q_proj": (heads * head_dim, hidden),
-        "self_attn.k_proj": (kv * head_dim, hidden),
-        "self_attn.v_proj": (kv * head_dim, hidden),
-        "self_attn.o_proj": (hidden, heads * head_dim),
-        "mlp.gate_proj": (inter, hidden),
-        "mlp.up_proj": (inter, hidden),
-        "mlp.down_proj": (hidden, inter),
-    }
-    return shapes[path]
 
 
 def read_config(path: str | os.PathLike) -> dict[str, Any]:
@@ -191,7 +174,7 @@ class Checkpoint:
         """Logical shape of weight `name` (Llama vocabulary), from headers and config only."""
         match = _TERNARY_NAME.match(name)
         if match and self.kind == "trilm-packed":
-            return ternary_shape(match.group(2), self.config)
+            return linear_weight_shapes(self.config)[match.group(2)]
         return self.stored_shape(name)
 
     def weight(self, name: str) -> torch.Tensor | Ternary:
@@ -203,7 +186,7 @@ class Checkpoint:
         shard_dim = TERNARY_SHARD_DIM[path]
         if self.kind == "trilm-packed":
             prefix = name.removesuffix(".weight")
-            digits = unpack_ternary(self.tensor(f"{prefix}.weight_packed"), ternary_shape(path, self.config))
+            digits = unpack_ternary(self.tensor(f"{prefix}.weight_packed"), linear_weight_shapes(self.config)[path])
             return Ternary(digits, self.tensor(f"{prefix}.weight_scale").float(), shard_dim)
         if self.kind == "trilm-release":
             try:

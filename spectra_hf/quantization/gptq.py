@@ -37,7 +37,7 @@ from spectra_hf.checkpoints.io import config_architecture, read_config
 from spectra_hf.errors import SpectraError
 from spectra_hf.checkpoints.exports import ExportInfo, atomic_directory, model_dir, read_export_info, write_export_info
 from spectra_hf.quantization.calibration import CalibrationSource, calibration_samples, load_calibration_texts
-from spectra_hf.suite import CONTEXT_LENGTH, FLOAT_BITS, QUANT_BITS, QUANT_GROUP_SIZE, SIZES, TERNARY_LINEARS
+from spectra_hf.suite import CONTEXT_LENGTH, FLOAT_BITS, QUANT_BITS, QUANT_GROUP_SIZE, SIZES, linear_weight_shapes, size_bits
 
 GPTQ_BITS: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8)  # widths gptqmodel's torch kernel packs and runs
 FROM_PRETRAINED_BITS: tuple[int, ...] = (2, 3, 4, 8)  # widths transformers' GPTQConfig accepts
@@ -98,23 +98,6 @@ class GPTQSettings:
         return self.bits + (2 * FLOAT_BITS / self.group_size if self.group_size > 0 else 0.0)
 
 
-def quantized_linear_shapes(config: Any) -> dict[str, tuple[int, int]]:
-    """(in_features, out_features) of each quantized projection of one decoder block, keyed by projection name."""
-    hidden, inter = config.hidden_size, config.intermediate_size
-    head_dim = getattr(config, "head_dim", None) or hidden // config.num_attention_heads
-    attn, kv = config.num_attention_heads * head_dim, config.num_key_value_heads * head_dim
-    shapes = {
-        "q_proj": (hidden, attn),
-        "k_proj": (hidden, kv),
-        "v_proj": (hidden, kv),
-        "o_proj": (attn, hidden),
-        "gate_proj": (hidden, inter),
-        "up_proj": (hidden, inter),
-        "down_proj": (inter, hidden),
-    }
-    return {name: shapes[name] for name in TERNARY_LINEARS}
-
-
 def check_floatlm_config(config: dict[str, Any], *, where: str, packable: bool = True) -> None:
     """Refuse what cannot become a QuantLM: a TriLM, a non-Llama model, widths GPTQ kernels cannot pack.
 
@@ -132,9 +115,7 @@ def check_floatlm_config(config: dict[str, Any], *, where: str, packable: bool =
         raise SpectraError(f"{where} has model_type {model_type!r}; pass a FloatLM (model_type floatlm or llama)")
     if not packable:
         return
-    from transformers import LlamaConfig
-
-    for name, (in_features, out_features) in quantized_linear_shapes(LlamaConfig(**config_architecture(config))).items():
+    for name, (out_features, in_features) in linear_weight_shapes(config).items():
         if in_features % PACK_MULTIPLE or out_features % PACK_MULTIPLE:
             raise SpectraError(
                 f"{where}: {name} is {in_features} -> {out_features}; GPTQ kernels pack layers whose widths are "
@@ -163,9 +144,7 @@ def plan_settings(
         damp_percent: GPTQ Hessian dampening.
         where: names the model in error messages.
     """
-    from transformers import LlamaConfig
-
-    in_widths = {i for i, _ in quantized_linear_shapes(LlamaConfig(**config_architecture(config))).values()}
+    in_widths = {in_features for _, in_features in linear_weight_shapes(config).values()}
     chosen = group_size if isinstance(group_size, Mapping) else {b: group_size for b in bits}
     plans = []
     for b in bits:
@@ -343,15 +322,8 @@ def dequantize_to_llama(model: Any, *, dtype: torch.dtype = torch.float16):
 
 
 def quantlm_size_bits(config: Any, settings: GPTQSettings) -> int:
-    """Model size in bits as the paper counts it: quantized weights at effective bits, everything else fp16."""
-    from transformers import LlamaConfig
-
-    llama = config if isinstance(config, LlamaConfig) else LlamaConfig(**config_architecture(config))
-    per_block = sum(i * o for i, o in quantized_linear_shapes(llama).values())
-    quantized = llama.num_hidden_layers * per_block
-    h = llama.hidden_size
-    unquantized = (1 if llama.tie_word_embeddings else 2) * llama.vocab_size * h + (2 * llama.num_hidden_layers + 1) * h
-    return round(quantized * settings.effective_bits + unquantized * FLOAT_BITS)
+    """Model size in bits as the paper counts it (`spectra_hf.suite.size_bits`) at these settings' effective bits."""
+    return size_bits(config, bits_per_linear_weight=settings.effective_bits)
 
 
 def _size_label(floatlm: Path, config: dict[str, Any], size: str | None) -> tuple[str, str]:
