@@ -1,6 +1,33 @@
-"""FloatLM configuration: the Spectra suite's fp16 LLaMA-style models (arXiv 2407.12327)."""
+"""FloatLM configuration: the Spectra suite's fp16 LLaMA-style models (arXiv 2407.12327).
 
-from transformers import LlamaConfig
+Every Spectra module imports this one first (TriLM's configuration builds on it), so the transformers version check
+below runs before any code that an older transformers could not import or run: published repos carry these files as
+remote code, and a user on transformers 4.x gets one message naming the version instead of an error deep inside.
+"""
+
+import re
+
+import transformers
+
+# The oldest transformers this code runs on (config `rope_parameters`, the v5 loading API); the package pins the same.
+MIN_TRANSFORMERS_VERSION = "5.23"
+
+
+def require_transformers_version(installed: str, *, required: str = MIN_TRANSFORMERS_VERSION) -> None:
+    """Raise ImportError naming the required version when transformers `installed` is older than `required`."""
+    def release(version: str) -> tuple[int, ...]:
+        return tuple(int(part) for part in re.findall(r"\d+", version.split("+")[0])[:3])
+
+    if release(installed) < release(required):
+        raise ImportError(
+            f"the Spectra model code (TriLM / FloatLM) needs transformers>={required}, but transformers {installed} is "
+            f'installed: pip install -U "transformers>={required}"'
+        )
+
+
+require_transformers_version(transformers.__version__)
+
+from transformers import LlamaConfig  # noqa: E402  (after the version check, which names what to install)
 
 # Defaults describe the smallest suite member (99M); `spectra_hf.suite.config_for(name)` builds any other.
 _SPECTRA_DEFAULTS = {

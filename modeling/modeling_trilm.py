@@ -74,6 +74,7 @@ class TriLMPreTrainedModel(CheckedLoadingMixin, LlamaPreTrainedModel):
         """`PreTrainedModel.from_pretrained`, plus: a packed checkpoint is made ready for inference on the path
         `ternary_inference` (default: the config's, "auto"), and an original Llama release checkpoint (model_type
         "llama", fp16 weights g_s * T) is converted to a packed TriLM while loading (`TriLMForCausalLM` only)."""
+        refuse_weight_quantization(kwargs.get("quantization_config"))
         if kwargs.get("config") is None and not kwargs.get("gguf_file") and _is_llama_checkpoint(
             pretrained_model_name_or_path, kwargs
         ):
@@ -183,6 +184,22 @@ def _is_llama_checkpoint(pretrained_model_name_or_path, kwargs: dict) -> bool:
     except OSError:
         return False  # let from_pretrained raise its own, clearer error
     return config_dict.get("model_type") == "llama"
+
+
+def refuse_weight_quantization(quantization_config) -> None:
+    """Refuse a `quantization_config` (BitsAndBytesConfig, GPTQConfig, ...) for a TriLM load, which would otherwise
+    load and quantize nothing: transformers' quantizers leave the ternary layers and the LM head as they are."""
+    if quantization_config is None:
+        return
+    method = getattr(quantization_config, "quant_method", None) or (
+        quantization_config.get("quant_method") if isinstance(quantization_config, dict) else None
+    )
+    kind = type(quantization_config).__name__ if not isinstance(quantization_config, dict) else f"a {method} config"
+    raise ValueError(
+        f"TriLM does not take quantization_config ({kind}): its decoder linear layers already are ternary, stored at "
+        "1.6 bits per weight and run by the int4/int8 kernels, and the quantizer would convert none of them (nor the "
+        "LM head it skips). Load without quantization_config; quantize a FloatLM with bitsandbytes or GPTQ instead."
+    )
 
 
 class TriLMModel(TriLMPreTrainedModel, LlamaModel):
