@@ -11,8 +11,8 @@ import yaml
 from transformers import AutoModelForCausalLM, TrainerCallback
 
 from spectra_hf import cli
-from spectra_hf.errors import SpectraError
 from spectra_hf.checkpoints.exports import checkpoint_steps, read_export_info
+from spectra_hf.errors import SpectraError
 from spectra_hf.modeling import TernaryLinear
 from spectra_hf.suite import BATCH_TOKENS, CONTEXT_LENGTH, SIZES, TOKENS, all_models
 from spectra_hf.training import SpectraTrainer, SpectraTrainingArguments, parse_recipe, train
@@ -60,7 +60,9 @@ def test_the_18_recipes_agree_with_the_registry() -> None:
 
 
 def test_overrides_win_over_the_recipe() -> None:
-    _, data_args, args = parse_recipe("TriLM_99M", ["--max_steps", "7", "--block_size", "16"], defaults={"use_cpu": True})
+    _, data_args, args = parse_recipe(
+        "TriLM_99M", ["--max_steps", "7", "--block_size", "16"], defaults={"use_cpu": True}
+    )
     assert (args.max_steps, data_args.block_size) == (7, 16)
     _, _, args = parse_recipe("FloatLM_99M", {"learning_rate": 1e-3}, defaults={"use_cpu": True})
     assert args.learning_rate == 1e-3
@@ -89,7 +91,9 @@ def test_no_weight_decay_on_norms_and_biases(tmp_path) -> None:
 
 
 def test_cli_trains_from_a_recipe_and_exports_the_suite_layout(tmp_path, tokenizer_dir, corpus_files) -> None:
-    recipe = tiny_recipe(tmp_path, tokenizer_dir, corpus_files[0], global_batch_size=4, suite_dir=str(tmp_path / "suite"))
+    recipe = tiny_recipe(
+        tmp_path, tokenizer_dir, corpus_files[0], global_batch_size=4, suite_dir=str(tmp_path / "suite")
+    )
     recipe_file = tmp_path / "tiny.yaml"
     recipe_file.write_text(yaml.safe_dump(recipe))
     argv = ["train", str(recipe_file), "--max_steps", "6", "--checkpoint_spacing", "log", "--save_steps", "6"]
@@ -101,7 +105,12 @@ def test_cli_trains_from_a_recipe_and_exports_the_suite_layout(tmp_path, tokeniz
     for step in (1, 6):
         export = suite / "TriLM_1.1B" / "checkpoints" / f"step{step}"
         info = read_export_info(export)
-        assert (info.step, info.tokens_seen, info.format, info.branch) == (step, step * tokens_per_step, "packed", f"step{step}")
+        assert (info.step, info.tokens_seen, info.format, info.branch) == (
+            step,
+            step * tokens_per_step,
+            "packed",
+            f"step{step}",
+        )
         model = AutoModelForCausalLM.from_pretrained(export)
         assert model.config.model_type == "trilm" and model.config.weight_format == "packed"
         assert (export / "tokenizer.json").is_file()
@@ -142,9 +151,9 @@ def test_resume_gives_the_same_lr_wd_and_losses(tmp_path, tokenizer_dir, corpus_
     whole = train({**base, "output_dir": str(tmp_path / "whole")}).trainer.state.log_history
     train({**base, "output_dir": str(tmp_path / "cut")}, callbacks=[StopAt(5)])
     assert not (tmp_path / "cut" / "checkpoint-10").exists()
-    resumed = train(
-        {**base, "output_dir": str(tmp_path / "cut"), "resume_from_checkpoint": str(tmp_path / "cut" / "checkpoint-5")}
-    ).trainer.state.log_history
+    # "true", as `--resume_from_checkpoint true` gives it: the latest checkpoint in output_dir (checkpoint-5).
+    resumed = train({**base, "output_dir": str(tmp_path / "cut")}, overrides=["--resume_from_checkpoint", "true"])
+    resumed = resumed.trainer.state.log_history
 
     def by_step(history):
         return {e["step"]: e for e in history if "loss" in e}
@@ -155,6 +164,102 @@ def test_resume_gives_the_same_lr_wd_and_losses(tmp_path, tokenizer_dir, corpus_
         assert resumed[step]["learning_rate"] == whole[step]["learning_rate"]
         assert resumed[step]["weight_decay"] == whole[step]["weight_decay"]
         assert resumed[step]["loss"] == pytest.approx(whole[step]["loss"], rel=1e-6), step
+
+
+def test_resume_false_starts_over_and_a_path_named_true_is_a_path(tmp_path, tokenizer_dir, corpus_files) -> None:
+    base = tiny_recipe(tmp_path, tokenizer_dir, corpus_files[0], max_steps=2, save_steps=1, ternary_stats=False)
+    train(base)
+    again = train(base, overrides=["--resume_from_checkpoint", "False"]).trainer.state.log_history
+    assert [e["step"] for e in again if "loss" in e] == [1, 2]  # trained from step 0, not resumed at 2
+    with pytest.raises(SpectraError, match="no checkpoint-<step> directory to resume from"):
+        train({**base, "output_dir": str(tmp_path / "fresh")}, overrides=["--resume_from_checkpoint", "true"])
+
+
+# ---- stock TrainingArguments ---------------------------------------------------------------------------------
+
+
+def _user_blocks(tokenizer, texts, *, block_size: int) -> list[dict[str, list[int]]]:
+    """Blocks of `block_size` token ids, as a user's own preprocessing would make them."""
+    ids = [token for text in texts for token in (*tokenizer(text)["input_ids"], tokenizer.eos_token_id)]
+    return [
+        {"input_ids": ids[i : i + block_size], "labels": ids[i : i + block_size]}
+        for i in range(0, len(ids) - block_size + 1, block_size)
+    ]
+
+
+def test_stock_training_arguments_get_the_paper_trilm_schedule(tmp_path, tokenizer, corpus_texts, caplog) -> None:
+    import logging
+
+    from transformers import TrainingArguments
+
+    from spectra_hf import TriLMConfig, TriLMForCausalLM
+
+    config = TriLMConfig(  # a user's own small TriLM: not a suite size
+        vocab_size=len(tokenizer),
+        hidden_size=48,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=64,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "run"),
+        max_steps=8,
+        learning_rate=1e-3,
+        per_device_train_batch_size=2,
+        logging_steps=1,
+        use_cpu=True,
+        report_to=[],
+        disable_tqdm=True,
+        save_strategy="no",
+    )
+    with caplog.at_level(logging.INFO, logger="spectra_hf.training.trainer"):
+        trainer = SpectraTrainer(
+            model=TriLMForCausalLM(config),
+            args=args,
+            train_dataset=_user_blocks(tokenizer, corpus_texts[:60], block_size=32),
+        )
+        trainer.train()
+    logged = {e["step"]: e["learning_rate"] for e in trainer.state.log_history if "loss" in e}
+    # The paper's TriLM schedule written out by hand (SPECTRA.md): linear decay to 0.1 x the peak in force, no
+    # warmup (TrainingArguments' default 0), peak 1e-3 dropped at half of training to 1e-3 x 1.5e-3 / 2.4e-3.
+    peak_after_drop = 1e-3 * 1.5e-3 / 2.4e-3
+    expected = {}
+    for step in range(8):
+        peak = 1e-3 if step < 4 else peak_after_drop
+        expected[step + 1] = peak * (0.1 + 0.9 * (1 - step / 8))
+    assert logged == pytest.approx(expected, rel=1e-6)
+    decays = [e["weight_decay"] for e in trainer.state.log_history if "loss" in e]
+    assert decays == [0.0] * 8  # TrainingArguments' weight_decay (0.0) kept as given
+    text = caplog.text
+    assert "not a suite size" in text and "dropping to 0.000625" in text
+    assert "linear decay over 8 steps" in text and "at step 4" in text
+
+
+def test_stock_training_arguments_for_a_suite_architecture_use_its_drop_ratio(tmp_path, caplog) -> None:
+    import logging
+
+    from transformers import TrainingArguments
+
+    from spectra_hf.suite import config_for
+    from spectra_hf.training.trainer import spectra_arguments
+
+    with torch.device("meta"):  # the full 390M architecture, without allocating it
+        model = AutoModelForCausalLM.from_config(config_for("TriLM_390M"))
+    with caplog.at_level(logging.INFO, logger="spectra_hf.training.trainer"):
+        args = spectra_arguments(
+            TrainingArguments(output_dir=str(tmp_path), learning_rate=3e-3, use_cpu=True), model=model
+        )
+    assert args.schedule == "trilm"
+    assert args.lr_after_drop == pytest.approx(3e-3 * 1.2e-3 / 1.8e-3)  # 390M: 1.8e-3 -> 1.2e-3
+    assert "suite size 390M" in caplog.text and "peak LR 0.0018" in caplog.text
+
+    floatlm = AutoModelForCausalLM.from_config(config_for("FloatLM_99M", tiny=True))
+    trainer = SpectraTrainer(model=floatlm, args=TrainingArguments(output_dir=str(tmp_path), use_cpu=True))
+    assert (trainer.args.schedule, trainer.args.lr_after_drop) == ("floatlm", None)
 
 
 # ---- bad input ---------------------------------------------------------------------------------------------
@@ -169,7 +274,7 @@ def assert_nothing_written(tmp_path: Path) -> None:
 def test_unknown_recipe_key_is_named(tmp_path, tokenizer_dir, corpus_files) -> None:
     recipe = tmp_path / "bad.yaml"
     recipe.write_text(yaml.safe_dump({**tiny_recipe(tmp_path, tokenizer_dir, corpus_files[0]), "learning_rat": 1e-3}))
-    with pytest.raises(SpectraError, match="unknown key 'learning_rat'.*did you mean 'learning_rate'"):
+    with pytest.raises(SpectraError, match=r"unknown key 'learning_rat'.*did you mean 'learning_rate'"):
         train(recipe)
     assert cli.main(["train", str(recipe)]) == 2
     assert_nothing_written(tmp_path)
@@ -177,13 +282,15 @@ def test_unknown_recipe_key_is_named(tmp_path, tokenizer_dir, corpus_files) -> N
 
 def test_missing_data_files(tmp_path, tokenizer_dir) -> None:
     recipe = tiny_recipe(tmp_path, tokenizer_dir, tmp_path / "absent.txt", suite_dir=str(tmp_path / "suite"))
-    with pytest.raises(SpectraError, match="data file.*absent.txt"):
+    with pytest.raises(SpectraError, match=r"not found.*absent\.txt"):
         train(recipe)
     assert_nothing_written(tmp_path)
 
 
 def test_global_batch_not_divisible(tmp_path, tokenizer_dir, corpus_files) -> None:
-    recipe = tiny_recipe(tmp_path, tokenizer_dir, corpus_files[0], global_batch_size=5, suite_dir=str(tmp_path / "suite"))
+    recipe = tiny_recipe(
+        tmp_path, tokenizer_dir, corpus_files[0], global_batch_size=5, suite_dir=str(tmp_path / "suite")
+    )
     with pytest.raises(SpectraError, match="global_batch_size=5 is not divisible by per_device_train_batch_size=2"):
         train(recipe)
     assert_nothing_written(tmp_path)
@@ -193,8 +300,14 @@ def test_resume_from_an_incompatible_checkpoint(tmp_path, tokenizer_dir, corpus_
     floatlm = tiny_recipe(tmp_path, tokenizer_dir, corpus_files[0], model="FloatLM_1.1B", max_steps=1, save_steps=1)
     train({**floatlm, "output_dir": str(tmp_path / "float"), "ternary_stats": False})
     recipe = tiny_recipe(
-        tmp_path, tokenizer_dir, corpus_files[0], max_steps=2, resume_from_checkpoint=str(tmp_path / "float" / "checkpoint-1")
+        tmp_path,
+        tokenizer_dir,
+        corpus_files[0],
+        max_steps=2,
+        resume_from_checkpoint=str(tmp_path / "float" / "checkpoint-1"),
     )
-    with pytest.raises(SpectraError, match="does not fit this model.*model_type: checkpoint 'floatlm' vs model 'trilm'"):
+    with pytest.raises(
+        SpectraError, match=r"does not fit this model.*model_type: checkpoint 'floatlm' vs model 'trilm'"
+    ):
         train(recipe)
     assert_nothing_written(tmp_path)

@@ -10,10 +10,13 @@
   `trainer_state.json` holds both curves), plus `ternary/*` statistics (`ternary_stats.py`).
 - Suite exports: with `suite_dir` set, every saved checkpoint also writes a release export (packed TriLM, float
   FloatLM) to `checkpoint_dir(suite_dir, name, step)`, atomically, with tokenizer and `spectra_export.json`.
+- Stock arguments: a plain `transformers.TrainingArguments` is accepted (as TRL's trainers accept it) and completed
+  with the schedule of the model's family; see `spectra_arguments`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -23,37 +26,62 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, Trainer, TrainerCallback
+from transformers import AutoModelForCausalLM, PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import _is_peft_model, get_last_checkpoint
+from transformers.utils import logging
 
+from spectra_hf.checkpoints.exports import (
+    CHECKPOINTS_DIR,
+    ExportInfo,
+    atomic_directory,
+    checkpoint_dir,
+    write_export_info,
+)
+from spectra_hf.checkpoints.info import suite_size
 from spectra_hf.errors import SpectraError
-from spectra_hf.checkpoints.exports import CHECKPOINTS_DIR, ExportInfo, atomic_directory, checkpoint_dir, write_export_info
+from spectra_hf.suite import FAMILY_PREFIX, SIZES, get_model
 
 from .arguments import SpectraTrainingArguments
 from .callbacks import LogSpacedCheckpoints, WeightDecaySchedule
 from .schedules import SpectraLRScheduler, SpectraSchedule, paper_schedule
 from .ternary_stats import TernaryStatsTracker
 
+logger = logging.get_logger(__name__)
+
 # config.json keys that must match between a checkpoint and the model that resumes from it.
 _ARCHITECTURE_KEYS = (
-    "model_type", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
-    "num_hidden_layers", "vocab_size", "pretraining_model_parallel",
+    "model_type",
+    "hidden_size",
+    "intermediate_size",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "num_hidden_layers",
+    "vocab_size",
+    "pretraining_model_parallel",
 )
 
 
 class SpectraTrainer(Trainer):
     """`Trainer` with the paper's schedules, ternary statistics and suite exports (see the module docstring).
 
-    Takes `SpectraTrainingArguments`; every other argument is `Trainer`'s.
+    Takes `SpectraTrainingArguments`, or a stock `TrainingArguments` completed by `spectra_arguments`; every other
+    argument is `Trainer`'s.
     """
 
     args: SpectraTrainingArguments
 
-    def __init__(self, *args: Any, callbacks: Sequence[TrainerCallback] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        model: PreTrainedModel | torch.nn.Module | None = None,
+        args: TrainingArguments | None = None,
+        *trainer_args: Any,
+        callbacks: Sequence[TrainerCallback] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if not isinstance(args, SpectraTrainingArguments):
+            args = spectra_arguments(args, model=model)
         callbacks = [WeightDecaySchedule(), *(callbacks or [])]
-        super().__init__(*args, callbacks=callbacks, **kwargs)
-        if not isinstance(self.args, SpectraTrainingArguments):
-            raise SpectraError("SpectraTrainer needs SpectraTrainingArguments (spectra_hf.training.arguments)")
+        super().__init__(model, args, *trainer_args, callbacks=callbacks, **kwargs)
         if self.args.checkpoint_spacing == "log":
             self.add_callback(LogSpacedCheckpoints())
         self._ternary_tracker = TernaryStatsTracker() if self.args.ternary_stats else None
@@ -90,7 +118,9 @@ class SpectraTrainer(Trainer):
         self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None
     ) -> torch.optim.lr_scheduler.LRScheduler:
         if self.lr_scheduler is None:
-            self.lr_scheduler = SpectraLRScheduler(optimizer or self.optimizer, self.schedule(num_training_steps))
+            schedule = self.schedule(num_training_steps)
+            logger.info("SpectraTrainer: %s", describe_schedule(schedule))
+            self.lr_scheduler = SpectraLRScheduler(optimizer or self.optimizer, schedule)
             self._created_lr_scheduler = True
         return self.lr_scheduler
 
@@ -107,7 +137,12 @@ class SpectraTrainer(Trainer):
         super().log(logs, start_time)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any):
-        """`Trainer.train`, after checking that the checkpoint to resume from is complete and fits the model."""
+        """`Trainer.train`, after checking that the checkpoint to resume from is complete and fits the model.
+
+        `resume_from_checkpoint` may be a path, True (the latest `checkpoint-<step>` in `output_dir`) or the
+        strings "true" / "false" a command line gives (as in transformers' example scripts).
+        """
+        resume_from_checkpoint = resume_flag(resume_from_checkpoint)
         if resume_from_checkpoint:
             if resume_from_checkpoint is True:
                 resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
@@ -162,6 +197,78 @@ class SpectraTrainer(Trainer):
                     os.replace(target / CHECKPOINTS_DIR, staging / CHECKPOINTS_DIR)
         self.accelerator.wait_for_everyone()
         return target
+
+
+def resume_flag(value: str | bool | None) -> str | bool | None:
+    """The strings "true" / "false" (any case) as booleans, unless such a directory exists; anything else as is."""
+    if isinstance(value, str) and value.strip().lower() in ("true", "false") and not Path(value).is_dir():
+        return value.strip().lower() == "true"
+    return value
+
+
+def spectra_arguments(args: TrainingArguments | None, *, model: Any) -> SpectraTrainingArguments:
+    """`SpectraTrainingArguments` from a stock `TrainingArguments` (None: transformers' defaults), for `model`.
+
+    Every `TrainingArguments` value is kept as given (the learning rate is the peak). The schedule comes from the
+    model: a TriLM gets the paper's linear decay, weight decay off at two thirds and the peak-LR drop at half, to
+    `learning_rate` times the second-half / first-half peak ratio of its suite size (found from the architecture),
+    or of the suite size nearest in hidden size when it is not one; a FloatLM gets the cosine decay.
+    """
+    fields = [f.name for f in dataclasses.fields(TrainingArguments) if f.init]
+    values = {} if args is None else {name: getattr(args, name) for name in fields}
+    values.setdefault("output_dir", "trainer_output")
+    config = getattr(model, "config", None)
+    family = "trilm" if getattr(config, "model_type", None) == "trilm" else "floatlm"
+    values["schedule"] = family
+    if family == "trilm":
+        values["lr_after_drop"] = values.get("learning_rate", 5e-5) * trilm_lr_drop_ratio(config)
+    converted = SpectraTrainingArguments(**values)
+    size = suite_size(config.to_dict()) if config is not None else None
+    logger.warning(
+        "SpectraTrainer: stock TrainingArguments completed for a %s (%s): the paper's %s schedule, peak LR %g%s "
+        "(lr_scheduler_type is not used; pass SpectraTrainingArguments to set the schedule yourself)",
+        family,
+        f"suite size {size}" if size else "not a suite size",
+        "TriLM (linear decay, peak-LR drop, weight decay off)" if family == "trilm" else "FloatLM (cosine)",
+        converted.learning_rate,
+        f" dropping to {converted.lr_after_drop:g}" if converted.lr_after_drop is not None else "",
+    )
+    if size is not None and converted.learning_rate != get_model(f"{FAMILY_PREFIX[family]}_{size}").peak_lr:
+        logger.info(
+            "SpectraTrainer: the paper trained %s_%s at peak LR %g (set learning_rate to follow it)",
+            FAMILY_PREFIX[family],
+            size,
+            get_model(f"{FAMILY_PREFIX[family]}_{size}").peak_lr,
+        )
+    return converted
+
+
+def trilm_lr_drop_ratio(config: Any) -> float:
+    """The paper's TriLM second-half / first-half peak LR for `config`'s suite size (its architecture), or for the
+    suite size nearest in hidden size when the architecture is not a suite size (1.5e-3 / 2.4e-3 below 99M)."""
+    size = suite_size(config.to_dict()) if config is not None else None
+    if size is None:
+        hidden = getattr(config, "hidden_size", 0) or 0
+        size = min(SIZES, key=lambda name: abs(SIZES[name].hidden_size - hidden))
+    spec = SIZES[size]
+    return spec.trilm_lr_after_drop / spec.trilm_lr
+
+
+def describe_schedule(schedule: SpectraSchedule) -> str:
+    """One line: the schedule in force (logged when training starts)."""
+    parts = [
+        f"{schedule.decay} decay over {schedule.total_steps} steps after {schedule.warmup_steps} warmup steps",
+        f"peak LR {schedule.peak_lr:g}",
+    ]
+    if schedule.lr_after_drop is not None and schedule.lr_drop_step is not None:
+        parts.append(f"dropping to {schedule.lr_after_drop:g} at step {schedule.lr_drop_step}")
+    elif schedule.decay == "linear":
+        parts.append("no peak-LR drop (lr_after_drop unset)")
+    parts.append(f"final LR {schedule.final_lr_ratio:g} x the peak in force")
+    parts.append(f"weight decay {schedule.weight_decay:g}")
+    if schedule.weight_decay_off_step is not None:
+        parts.append(f"set to 0 from step {schedule.weight_decay_off_step}")
+    return ", ".join(parts)
 
 
 def _broadcast_path(path: Path | None) -> Path:
