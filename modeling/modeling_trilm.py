@@ -12,9 +12,10 @@ Llama checkpoints (weights g_s * T in fp16) and packs them on the fly.
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import nn
-from transformers import PretrainedConfig
 from transformers.models.llama.modeling_llama import (
     LlamaDecoderLayer,
     LlamaForCausalLM,
@@ -22,7 +23,7 @@ from transformers.models.llama.modeling_llama import (
     LlamaPreTrainedModel,
 )
 
-from .checkpoint_checks import CheckedLoadingMixin
+from .checkpoint_checks import CheckedLoadingMixin, check_loaded_keys, check_packed_bytes, check_scale_values
 from .configuration_trilm import WEIGHT_FORMATS, TriLMConfig
 from .ternary import TernaryLinear, default_inference_path, recover_ternary, share_scales
 
@@ -71,24 +72,40 @@ class TriLMPreTrainedModel(CheckedLoadingMixin, LlamaPreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, ternary_inference: str | None = None, **kwargs):
-        """`PreTrainedModel.from_pretrained`, plus: a packed checkpoint is made ready for inference on the path
+        """`PreTrainedModel.from_pretrained`, plus: the checkpoint is checked first (complete, consistent, a TriLM
+        or a Llama release; see `checkpoint_checks`), a packed checkpoint is made ready for inference on the path
         `ternary_inference` (default: the config's, "auto"), and an original Llama release checkpoint (model_type
         "llama", fp16 weights g_s * T) is converted to a packed TriLM while loading (`TriLMForCausalLM` only)."""
         refuse_weight_quantization(kwargs.get("quantization_config"))
-        if kwargs.get("config") is None and not kwargs.get("gguf_file") and _is_llama_checkpoint(
-            pretrained_model_name_or_path, kwargs
-        ):
-            if not hasattr(cls, "from_llama"):
-                raise ValueError(f"{pretrained_model_name_or_path} is a Llama release checkpoint: load it with TriLMForCausalLM")
-            llama = LlamaForCausalLM.from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-            model = cls.from_llama(llama)
-        else:
-            model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        result = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        model = result[0] if isinstance(result, tuple) else result
         if ternary_inference is not None:
             model.config.ternary_inference = ternary_inference
         if model.config.weight_format == "packed":
+            _check_packed_layers(model, where=os.fspath(pretrained_model_name_or_path))
             model.prepare_ternary_inference()
-        return model
+        return result
+
+    @classmethod
+    def _from_checked_pretrained(cls, pretrained_model_name_or_path, config_dict, *args, **kwargs):
+        if config_dict is None or config_dict.get("model_type") != "llama" or kwargs.get("gguf_file"):
+            return super()._from_checked_pretrained(pretrained_model_name_or_path, config_dict, *args, **kwargs)
+        where = os.fspath(pretrained_model_name_or_path)
+        if not hasattr(cls, "from_llama"):
+            raise OSError(f"{where} is a Llama release checkpoint: load it with TriLMForCausalLM")
+        wants_info = kwargs.pop("output_loading_info", False)
+        llama, loading_info = LlamaForCausalLM.from_pretrained(
+            pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs
+        )
+        check_loaded_keys(loading_info, llama, where=where)
+        try:
+            model = cls.from_llama(llama)
+        except ValueError as error:
+            raise ValueError(
+                f"{where}: {error} A float model (a FloatLM, or any non-ternary Llama) loads with FloatLMForCausalLM, "
+                "LlamaForCausalLM or AutoModelForCausalLM."
+            ) from error
+        return (model, loading_info) if wants_info else model
 
     def save_pretrained(self, save_directory, *args, weight_format: str | None = None, **kwargs):
         """`PreTrainedModel.save_pretrained`, choosing what ternary layers store.
@@ -174,16 +191,13 @@ class TriLMPreTrainedModel(CheckedLoadingMixin, LlamaPreTrainedModel):
         return stats
 
 
-def _is_llama_checkpoint(pretrained_model_name_or_path, kwargs: dict) -> bool:
-    """Whether the checkpoint's config.json says model_type "llama" (the original release format)."""
-    hub_keys = ("cache_dir", "force_download", "proxies", "token", "revision", "local_files_only", "subfolder")
-    try:
-        config_dict, _ = PretrainedConfig.get_config_dict(
-            pretrained_model_name_or_path, **{key: kwargs[key] for key in hub_keys if key in kwargs}
-        )
-    except OSError:
-        return False  # let from_pretrained raise its own, clearer error
-    return config_dict.get("model_type") == "llama"
+def _check_packed_layers(model: nn.Module, *, where: str) -> None:
+    """OSError naming the tensor if a loaded packed layer holds a negative or non-finite scale or a byte that is not
+    five base-3 digits (checked here too because checkpoints from the Hub are not pre-checked on disk)."""
+    for name, module in model.named_modules():
+        if isinstance(module, TernaryLinear) and module.packed:
+            check_scale_values(f"{name}.weight_scale", module.weight_scale, where=where)
+            check_packed_bytes(f"{name}.weight_packed", module.weight_packed, where=where)
 
 
 def refuse_weight_quantization(quantization_config) -> None:

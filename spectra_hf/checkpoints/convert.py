@@ -3,12 +3,17 @@
     TriLM:   release (Llama, fp16 g_s * T) | latent | packed   -> packed | unpacked (release) | GGUF
     FloatLM: FloatLM | Llama                                   -> floatlm | unpacked (Llama) | GGUF
 
-Outputs are written into a temporary sibling and renamed into place (never half-written). Memory stays bounded by
-one output shard (`max_shard_bytes`) plus one decoder layer, so a 3.9B checkpoint never sits in memory twice.
+Nothing is lost: the source is checked complete and consistent before any work (`Checkpoint`); an output that equals,
+contains or lies inside the source is refused, and so is a non-empty output directory that is not an earlier
+conversion of the same kind (`--overwrite` replaces one of those, and only those). Outputs are written into a staging
+sibling and renamed into place (never half-written; an interrupted run's staging folder is refused by every loader
+and removed by the next run, see `staging`). Memory stays bounded by one output shard (`max_shard_bytes`) plus one
+decoder layer, so a 3.9B checkpoint never sits in memory twice.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -19,8 +24,9 @@ from transformers import LlamaConfig
 from transformers.dynamic_module_utils import custom_object_save
 
 from spectra_hf.checkpoints.io import INDEX_FILE, Checkpoint, ShardedWriter, Ternary, config_architecture
-from spectra_hf.errors import SpectraError
-from spectra_hf.checkpoints.exports import atomic_directory
+from spectra_hf.checkpoints.staging import staged_directory
+from spectra_hf.errors import OutputExistsError, SpectraError
+from spectra_hf.modeling.checkpoint_checks import INCOMPLETE_MARKER
 from spectra_hf.modeling import FloatLMConfig, FloatLMForCausalLM, TriLMConfig, TriLMForCausalLM
 from spectra_hf.modeling.packing import pack_ternary
 
@@ -28,6 +34,8 @@ TARGETS = ("packed", "unpacked", "floatlm", "gguf-tq1_0", "gguf-tq2_0", "gguf-f1
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 _TERNARY_KEYS = ("ternary_eps", "ternary_fused_qkv_scale")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+# Written into every output directory: what wrote it, so that only an earlier output of the same kind is replaced.
+OUTPUT_RECORD = ".spectra-convert.json"
 
 
 def default_target(kind: str) -> str:
@@ -47,6 +55,7 @@ def convert_checkpoint(
     progress: bool = True,
     allow_f16_fallback: bool = False,
     allow_no_tokenizer: bool = False,
+    overwrite: bool = False,
 ) -> Path:
     """Convert the checkpoint directory `src` and write `out` (a directory, or a .gguf file for gguf targets).
 
@@ -57,8 +66,11 @@ def convert_checkpoint(
         max_shard_bytes: largest safetensors shard written.
         progress: show a tqdm bar over tensors.
         allow_f16_fallback, allow_no_tokenizer: GGUF only, see `spectra_hf.checkpoints.gguf.write_gguf`.
+        overwrite: replace `out` if it is an earlier output of this same conversion target (nothing else is ever
+            replaced: see `check_output`).
 
-    Returns the path written. Raises SpectraError for a source that is not convertible to `to`.
+    Returns the path written. Raises CheckpointError for an incomplete or inconsistent source, OutputExistsError for
+    an `out` that would lose data, SpectraError for a source that is not convertible to `to`.
     """
     source = Checkpoint(src)
     to = to or default_target(source.kind)
@@ -66,9 +78,12 @@ def convert_checkpoint(
         raise SpectraError(f"unknown conversion target {to!r}: choose one of {', '.join(TARGETS)}")
     if dtype is not None and dtype not in DTYPES:
         raise SpectraError(f"unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+    if to == "packed" and source.family != "trilm":
+        raise SpectraError(f"{source.path} is a {source.kind} checkpoint, not a TriLM: only TriLMs pack (use --to floatlm)")
+    if to == "floatlm" and source.family != "floatlm":
+        raise SpectraError(f"{source.path} is a TriLM checkpoint: convert it --to packed or --to unpacked")
     out = Path(out)
-    if out.resolve() == source.path.resolve():
-        raise SpectraError(f"{out} is the source checkpoint: write the conversion to another path")
+    replace = check_output(out, source=source.path, to=to, overwrite=overwrite)
     cast = DTYPES[dtype] if dtype else (torch.float16 if to == "unpacked" else None)
     if to.startswith("gguf-"):
         from spectra_hf.checkpoints.gguf import write_gguf
@@ -81,11 +96,7 @@ def convert_checkpoint(
             allow_f16_fallback=allow_f16_fallback,
             allow_no_tokenizer=allow_no_tokenizer,
         )
-    if to == "packed" and source.family != "trilm":
-        raise SpectraError(f"{source.path} is a {source.kind} checkpoint, not a TriLM: only TriLMs pack (use --to floatlm)")
-    if to == "floatlm" and source.family != "floatlm":
-        raise SpectraError(f"{source.path} is a TriLM checkpoint: convert it --to packed or --to unpacked")
-    with atomic_directory(out) as staging:
+    with staged_directory(out, replace=replace) as staging:
         writer = ShardedWriter(staging, max_shard_bytes=max_shard_bytes)
         names = source.names()
         for name in tqdm(names, desc=f"convert -> {to}", unit="tensor", disable=not progress):
@@ -94,7 +105,74 @@ def convert_checkpoint(
         writer.finish()
         _write_config(source, staging, to, cast)
         _copy_side_files(source.path, staging)
+        written = sorted(path.name for path in staging.iterdir() if path.name != INCOMPLETE_MARKER)
+        record = {"format": to, "source": str(source.path.resolve()), "files": written}
+        (staging / OUTPUT_RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return out
+
+
+def _previous_output_format(directory: Path) -> str | None:
+    """The target of the earlier conversion that wrote `directory` and nothing else, or None: no record, or files
+    the record does not list (the user's own, which replacing the directory would delete)."""
+    try:
+        record = json.loads((directory / OUTPUT_RECORD).read_text(encoding="utf-8"))
+        listed = set(record["files"]) | {OUTPUT_RECORD, INCOMPLETE_MARKER}
+        return record["format"] if {path.name for path in directory.iterdir()} <= listed else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _gguf_file_format(path: Path) -> str | None:
+    """The conversion target ("gguf-tq1_0", ...) a GGUF file at `path` was written as, or None if it is not one."""
+    try:
+        import gguf
+
+        field = gguf.GGUFReader(path).get_field("general.file_type")
+        file_type = gguf.LlamaFileType(int(field.contents()))
+    except Exception:  # noqa: BLE001 - anything unreadable is not a GGUF file we wrote
+        return None
+    return f"gguf-{file_type.name.removeprefix('MOSTLY_').lower()}"
+
+
+def check_output(out: Path, *, source: Path, to: str, overwrite: bool) -> bool:
+    """Refuse an output path that would lose data; return whether `out` exists and is to be replaced.
+
+    Refused: `out` equal to the source, containing it, or inside it; a non-empty `out` that is not an earlier output
+    of this same target (an OUTPUT_RECORD listing all its files, or a GGUF file of that type); and an earlier output
+    of the same target unless `overwrite`. An empty directory is written into.
+    """
+    source, resolved = source.resolve(), out.resolve()
+    if resolved == source or resolved in source.parents:
+        raise OutputExistsError(
+            f"{out} {'is' if resolved == source else 'contains'} the source checkpoint {source}: writing there would "
+            "delete it; write the conversion to a new directory"
+        )
+    if source in resolved.parents:
+        raise OutputExistsError(
+            f"{out} lies inside the source checkpoint {source}: the output would become part of it; write the "
+            "conversion next to it instead"
+        )
+    if not out.exists() and not out.is_symlink():
+        return False
+    if to.startswith("gguf-"):
+        found = _gguf_file_format(out) if out.is_file() else None
+        what = f"a {found} file" if found else ("a directory" if out.is_dir() else "not a GGUF file this command wrote")
+    elif out.is_dir() and not out.is_symlink():
+        if not any(out.iterdir()):
+            return False
+        found = _previous_output_format(out)
+        listing = ", ".join(sorted(path.name for path in out.iterdir())[:5])
+        what = f"an earlier 'convert --to {found}' output" if found else f"not a convert output (it holds {listing})"
+    else:
+        found, what = None, "not a directory"
+    if found != to:
+        raise OutputExistsError(
+            f"{out} exists and is {what}, not an earlier 'convert --to {to}' output: refusing to replace it; choose a "
+            "new or empty output path (nothing was written)"
+        )
+    if not overwrite:
+        raise OutputExistsError(f"{out} holds an earlier 'convert --to {to}' output: pass --overwrite to replace it")
+    return True
 
 
 def _output_tensors(name: str, weight: torch.Tensor | Ternary, to: str, cast: torch.dtype | None):

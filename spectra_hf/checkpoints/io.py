@@ -19,11 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from spectra_hf.errors import SpectraError
+from spectra_hf.errors import CheckpointError, SpectraError
+from spectra_hf.modeling.checkpoint_checks import INCOMPLETE_MARKER, INDEX_FILE, inspect_checkpoint
+from spectra_hf.modeling.configuration_trilm import TERNARY_STORAGE_KEYS
 from spectra_hf.modeling.modeling_trilm import TERNARY_SHARD_DIM
 from spectra_hf.modeling.packing import unpack_ternary
 from spectra_hf.modeling.ternary import TernaryLinear, dense_of_digits, recover_ternary, share_scales
 from spectra_hf.checkpoints.safetensors_io import ShardFileWriter, TensorEntry, read_header, read_tensor
+from spectra_hf.suite import linear_weight_shapes
 from spectra_hf.suite import linear_weight_shapes
 
 KINDS = ("trilm-latent", "trilm-packed", "trilm-release", "floatlm", "llama")
@@ -34,7 +37,6 @@ FORMAT_OF_KIND = {
     "floatlm": "float",
     "llama": "float",
 }
-INDEX_FILE = "model.safetensors.index.json"
 _TERNARY_NAME = re.compile(
     r"^model\.layers\.(\d+)\.(self_attn\.[qkvo]_proj|mlp\.(?:gate|up|down)_proj)\.(weight|weight_packed|weight_scale)$"
 )
@@ -58,11 +60,26 @@ class Ternary:
         return self.digits.shape
 
 
+def _checked(check, *args, **kwargs):
+    """Run a modeling.checkpoint_checks function, raising its OSError as a CheckpointError (the CLI's one line)."""
+    try:
+        return check(*args, **kwargs)
+    except CheckpointError:
+        raise
+    except OSError as error:
+        raise CheckpointError(str(error)) from error
+
+
 def read_config(path: str | os.PathLike) -> dict[str, Any]:
     """config.json of the checkpoint directory `path`, with a clear error if missing or unreadable."""
     directory = Path(path)
     if not directory.is_dir():
         raise SpectraError(f"no checkpoint directory at {directory}: pass a directory written by save_pretrained")
+    if (directory / INCOMPLETE_MARKER).exists():
+        raise CheckpointError(
+            f"{directory} is an unfinished output (it holds {INCOMPLETE_MARKER}: the command that wrote it was "
+            "interrupted): run that command again"
+        )
     config_path = directory / "config.json"
     if not config_path.is_file():
         raise SpectraError(f"{directory} is not a checkpoint: config.json is missing")
@@ -73,7 +90,7 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
 
 
 # What a config.json says about storage and loading rather than about the network.
-_STORAGE_KEYS = ("model_type", "architectures", "auto_map", "transformers_version", "weight_format", "ternary_inference")
+_STORAGE_KEYS = ("model_type", "architectures", "auto_map", "transformers_version", *TERNARY_STORAGE_KEYS)
 
 
 def config_architecture(config: dict[str, Any]) -> dict[str, Any]:
@@ -100,34 +117,22 @@ class Checkpoint:
     """A checkpoint directory opened for streaming: its config, kind and safetensors files (headers only)."""
 
     def __init__(self, path: str | os.PathLike) -> None:
+        """Opens `path` after checking it is complete and consistent (`modeling.checkpoint_checks`): every tensor
+        config.json implies present with its shape and dtype, packed scales finite and not negative. Raises
+        CheckpointError naming the problem otherwise, before any tensor data is read."""
         self.path = Path(path)
         self.config = read_config(self.path)
         self.kind = checkpoint_kind(self.config)
-        self.files = self._weight_files()
-        self._file_of: dict[str, Path] = {}
-        self._entries: dict[str, TensorEntry] = {}
-        for file in self.files:
-            entries = read_header(file)
-            self._entries.update(entries)
-            self._file_of.update(dict.fromkeys(entries, file))
+        checked = _checked(inspect_checkpoint, self.path)
+        if not checked.files:
+            raise CheckpointError(
+                f"{self.path} holds no model.safetensors (or index of shards): only safetensors checkpoints are read"
+            )
+        self.architecture = checked.architecture  # the config object: config.json with the class defaults filled in
+        self.files = checked.files
+        self._entries: dict[str, TensorEntry] = checked.tensors
+        self._file_of: dict[str, Path] = checked.file_of
         self._latent_cache: tuple[int, dict[str, Ternary]] | None = None
-
-    def _weight_files(self) -> list[Path]:
-        index = self.path / INDEX_FILE
-        if index.is_file():
-            try:
-                weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-            except (json.JSONDecodeError, KeyError, TypeError) as error:
-                raise SpectraError(f"{index} is corrupt ({error}); re-download or re-save the checkpoint") from error
-            files = [self.path / name for name in dict.fromkeys(weight_map.values())]
-        else:
-            files = sorted(self.path.glob("*.safetensors"))
-        if not files:
-            raise SpectraError(f"{self.path} holds no *.safetensors weights (only safetensors checkpoints are read)")
-        for file in files:
-            if not file.is_file():
-                raise SpectraError(f"{file} is listed in {INDEX_FILE} but missing: the download is incomplete")
-        return files
 
     @property
     def family(self) -> str:
@@ -174,7 +179,7 @@ class Checkpoint:
         """Logical shape of weight `name` (Llama vocabulary), from headers and config only."""
         match = _TERNARY_NAME.match(name)
         if match and self.kind == "trilm-packed":
-            return linear_weight_shapes(self.config)[match.group(2)]
+            return linear_weight_shapes(self.architecture)[match.group(2)]
         return self.stored_shape(name)
 
     def weight(self, name: str) -> torch.Tensor | Ternary:
@@ -186,7 +191,10 @@ class Checkpoint:
         shard_dim = TERNARY_SHARD_DIM[path]
         if self.kind == "trilm-packed":
             prefix = name.removesuffix(".weight")
-            digits = unpack_ternary(self.tensor(f"{prefix}.weight_packed"), linear_weight_shapes(self.config)[path])
+            try:
+                digits = unpack_ternary(self.tensor(f"{prefix}.weight_packed"), linear_weight_shapes(self.architecture)[path])
+            except ValueError as error:
+                raise CheckpointError(f"{self.path}: tensor {prefix}.weight_packed: {error}") from error
             return Ternary(digits, self.tensor(f"{prefix}.weight_scale").float(), shard_dim)
         if self.kind == "trilm-release":
             try:

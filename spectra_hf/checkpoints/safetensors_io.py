@@ -13,12 +13,12 @@ import json
 import os
 import shutil
 import struct
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from spectra_hf.errors import SpectraError
+from spectra_hf.errors import CheckpointError
+from spectra_hf.modeling.checkpoint_checks import StoredTensor, read_safetensors_header, read_stored_tensor
 
 DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -28,60 +28,26 @@ DTYPES = {
 _NAMES = {dtype: name for name, dtype in DTYPES.items()}
 
 
-@dataclass(frozen=True)
-class TensorEntry:
-    """Where one tensor lies in a safetensors file."""
-
-    dtype: str
-    shape: tuple[int, ...]
-    start: int  # absolute byte offsets in the file
-    end: int
+# One header reader and checker for every reader of checkpoints (from_pretrained included): see checkpoint_checks.
+TensorEntry = StoredTensor
 
 
 def read_header(path: Path) -> dict[str, TensorEntry]:
-    """The tensors of safetensors file `path`; SpectraError naming the file if it is truncated or not safetensors."""
-    def corrupt(reason: str) -> SpectraError:
-        return SpectraError(f"corrupt checkpoint file {path} ({reason}): re-download or re-save it")
-
-    size = path.stat().st_size
-    with open(path, "rb") as handle:
-        prefix = handle.read(8)
-        if len(prefix) < 8:
-            raise corrupt("shorter than a safetensors header")
-        (length,) = struct.unpack("<Q", prefix)
-        if length > size - 8:
-            raise corrupt("header longer than the file")
-        try:
-            header = json.loads(handle.read(length))
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise corrupt(f"unreadable header: {error}") from error
-    data_start = 8 + length
-    entries = {}
-    for name, value in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            start, end = value["data_offsets"]
-            entry = TensorEntry(value["dtype"], tuple(value["shape"]), data_start + start, data_start + end)
-        except (KeyError, TypeError, ValueError) as error:
-            raise corrupt(f"bad entry for {name!r}") from error
-        if entry.dtype not in DTYPES or entry.end > size:
-            raise corrupt(f"tensor {name!r} has dtype {entry.dtype} or lies past the end of the file")
-        entries[name] = entry
-    return entries
+    """The tensors of safetensors file `path`; CheckpointError naming the file if it is truncated or corrupt."""
+    try:
+        return read_safetensors_header(path)
+    except OSError as error:
+        raise CheckpointError(str(error)) from error
 
 
 def read_tensor(path: Path, entry: TensorEntry) -> torch.Tensor:
     """One tensor, read into its own memory."""
-    dtype = DTYPES[entry.dtype]
-    if entry.end == entry.start:
-        return torch.empty(entry.shape, dtype=dtype)
-    with open(path, "rb") as handle:
-        handle.seek(entry.start)
-        buffer = bytearray(entry.end - entry.start)
-        if handle.readinto(buffer) != len(buffer):
-            raise SpectraError(f"corrupt checkpoint file {path}: truncated tensor data; re-download or re-save it")
-    return torch.frombuffer(buffer, dtype=dtype).reshape(entry.shape)
+    if entry.dtype not in DTYPES:
+        raise CheckpointError(f"{path}: dtype {entry.dtype} is not supported here (only {', '.join(DTYPES)})")
+    try:
+        return read_stored_tensor(path, entry, DTYPES[entry.dtype])
+    except OSError as error:
+        raise CheckpointError(str(error)) from error
 
 
 class ShardFileWriter:

@@ -22,7 +22,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("src", help="checkpoint directory (config.json + *.safetensors)")
-    parser.add_argument("out", help="output directory, or a .gguf file for gguf targets")
+    parser.add_argument(
+        "out",
+        help="output directory (new or empty; not the source, nor inside or around it), or a .gguf file for gguf targets",
+    )
     parser.add_argument(
         "--to", choices=("packed", "unpacked", "floatlm", "gguf-tq1_0", "gguf-tq2_0", "gguf-f16"), help=TARGET_HELP
     )
@@ -45,6 +48,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="gguf: write the file without tokenizer keys when the model has no tokenizer.json (llama.cpp refuses it)",
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace OUT if it is an earlier output of this same conversion (anything else in OUT is never replaced: "
+        "a non-empty OUT that convert did not write, or that holds files of yours, is refused)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -59,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
         max_shard_bytes=int(args.max_shard_size * (1 << 30)),
         allow_f16_fallback=args.allow_f16_fallback,
         allow_no_tokenizer=args.no_tokenizer,
+        overwrite=args.overwrite,
     )
     print(f"wrote {out}")
     return 0
