@@ -64,7 +64,7 @@ def parse_size(text: str) -> int:
         raise ConfigError(f"cannot read the size {text!r}: write it like 200GB, 512MiB or 1000000 (bytes)")
     number, unit = match.groups()
     unit = (unit or "").removesuffix("B")
-    return int(float(number) * _UNITS[unit])
+    return int(float(number) * _UNITS[unit[:1].upper() + unit[1:]])
 
 
 def human_size(size: int) -> str:
