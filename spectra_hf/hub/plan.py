@@ -291,7 +291,8 @@ def stage_unpacked(source: Path, staged: Path) -> bool:
     expected = _source_stamp(source)
     if stamp.is_file() and json.loads(stamp.read_text(encoding="utf-8")) == expected:
         return False
-    convert_checkpoint(source, staged, to="unpacked", progress=False)
+    stamp.unlink(missing_ok=True)  # convert replaces only a directory holding nothing but its own earlier output
+    convert_checkpoint(source, staged, to="unpacked", progress=False, overwrite=True)
     stamp.write_text(json.dumps(expected, sort_keys=True), encoding="utf-8")
     return True
 
