@@ -26,14 +26,14 @@ def write_release(directory: Path, size: str) -> None:
     import torch
     from transformers import LlamaConfig
 
-    from spectra_hf.checkpoints.io import ShardedWriter, ternary_shape
+    from spectra_hf.checkpoints.io import ShardedWriter
+    from spectra_hf.modeling.configuration_trilm import without_trilm_keys
     from spectra_hf.modeling.modeling_trilm import TERNARY_SHARD_DIM
-    from spectra_hf.suite import config_kwargs
+    from spectra_hf.suite import config_kwargs, linear_weight_shapes
 
     kwargs = config_kwargs(f"TriLM_{size}")
-    shards = kwargs.pop("pretraining_model_parallel")
-    kwargs.pop("ternary_eps")
-    config = LlamaConfig(**kwargs, dtype="float16")
+    shards = kwargs["pretraining_model_parallel"]
+    config = LlamaConfig(**without_trilm_keys(kwargs), dtype="float16")
     config.pretraining_model_parallel = shards
     config.architectures = ["LlamaForCausalLM"]
     config.save_pretrained(directory)
@@ -44,7 +44,7 @@ def write_release(directory: Path, size: str) -> None:
     for layer in range(config.num_hidden_layers):
         qkv_scales = (torch.rand(shards, generator=generator) * 0.05 + 0.01).half()
         for path, dim in TERNARY_SHARD_DIM.items():
-            shape = ternary_shape(path, config.to_dict())
+            shape = linear_weight_shapes(config)[path]
             fused = path.startswith("self_attn.") and path != "self_attn.o_proj"
             scales = qkv_scales if fused else (torch.rand(shards, generator=generator) * 0.05 + 0.01).half()
             per_index = scales.repeat_interleave(shape[dim] // shards)

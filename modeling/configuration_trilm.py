@@ -1,9 +1,21 @@
 """TriLM configuration: FloatLM's architecture with ternary linear layers in every decoder block."""
 
+from typing import Any
+
 from .configuration_floatlm import FloatLMConfig
 from .ternary import INFERENCE_PATHS
 
 WEIGHT_FORMATS = ("latent", "packed")
+# The config keys a TriLMConfig adds to FloatLM's (Llama's): what a FloatLM or Llama config made from a TriLM's leaves
+# out. The first three describe the network; TERNARY_STORAGE_KEYS say how its ternary weights are stored and run.
+TERNARY_STORAGE_KEYS: tuple[str, ...] = ("weight_format", "ternary_inference")
+TRILM_ONLY_KEYS: tuple[str, ...] = ("pretraining_model_parallel", "ternary_eps", "ternary_fused_qkv_scale", *TERNARY_STORAGE_KEYS)
+
+
+def without_trilm_keys(config: dict[str, Any]) -> dict[str, Any]:
+    """A copy of the config dict `config` without TRILM_ONLY_KEYS: the keyword arguments of a FloatLM or Llama config
+    with the same architecture."""
+    return {key: value for key, value in config.items() if key not in TRILM_ONLY_KEYS}
 
 
 class TriLMConfig(FloatLMConfig):

@@ -14,6 +14,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from spectra_hf import TernaryLinear, TriLMForCausalLM
+from spectra_hf.modeling.configuration_trilm import without_trilm_keys
 from spectra_hf.suite import config_for
 from test_modeling import REMOTE_CODE_SCRIPT  # the lead's spectra_hf-blocking loader script
 from test_ternary import reference_ternary_weight  # g * T by the paper's formula, float64
@@ -25,8 +26,8 @@ def llama_reference(latent: TriLMForCausalLM) -> LlamaForCausalLM:
     """A float64 LlamaForCausalLM whose linears hold the paper's g * T of `latent`'s latent weights."""
     config = latent.config
     shards = config.pretraining_model_parallel
-    keys = {"model_type", "auto_map", "weight_format", "ternary_inference", "ternary_eps", "ternary_fused_qkv_scale"}
-    llama = LlamaForCausalLM(LlamaConfig(**{k: v for k, v in config.to_dict().items() if k not in keys}))
+    architecture = {k: v for k, v in without_trilm_keys(config.to_dict()).items() if k not in ("model_type", "auto_map")}
+    llama = LlamaForCausalLM(LlamaConfig(**architecture))
     state = {k: v.double() for k, v in latent.state_dict().items()}
     for i in range(config.num_hidden_layers):
         attn, mlp = f"model.layers.{i}.self_attn", f"model.layers.{i}.mlp"

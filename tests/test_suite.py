@@ -181,3 +181,17 @@ def test_floatlm_config_defaults_are_the_registry_99m_model() -> None:
     for key in ("transformers_version", "dtype", "torch_dtype"):
         default.pop(key, None), registry.pop(key, None)
     assert default == registry
+
+
+def test_trilm_only_keys_are_what_trilm_config_adds_to_floatlm() -> None:
+    from spectra_hf.modeling import FloatLMConfig, TriLMConfig
+    from spectra_hf.modeling.configuration_trilm import TRILM_ONLY_KEYS, without_trilm_keys
+
+    added = set(TriLMConfig().to_dict()) - set(FloatLMConfig().to_dict())
+    assert set(TRILM_ONLY_KEYS) == added == {
+        "pretraining_model_parallel", "ternary_eps", "ternary_fused_qkv_scale", "weight_format", "ternary_inference"
+    }
+    trilm = config_for("TriLM_1.1B", tiny=True).to_dict()
+    assert without_trilm_keys(trilm).keys() == trilm.keys() - added
+    del trilm["model_type"], trilm["auto_map"]
+    assert FloatLMConfig(**without_trilm_keys(trilm)).to_dict().keys() == FloatLMConfig().to_dict().keys()

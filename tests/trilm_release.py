@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from spectra_hf.modeling.configuration_trilm import without_trilm_keys
 from spectra_hf.suite import config_kwargs
 
 # (path, shard dim): column-parallel layers shard output rows, row-parallel layers input columns.
@@ -22,10 +23,7 @@ SIZE_OF_MP = {1: "TriLM_99M", 2: "TriLM_1.1B", 3: "TriLM_2.4B", 6: "TriLM_3.9B"}
 
 def release_model(mp: int, *, seed: int = 0, **overrides) -> LlamaForCausalLM:
     """A tiny fp16 LlamaForCausalLM holding release-format ternary weights with `mp` scale shards."""
-    kwargs = config_kwargs(SIZE_OF_MP[mp], tiny=True, **overrides)
-    kwargs.pop("ternary_eps")
-    kwargs.pop("pretraining_model_parallel")
-    config = LlamaConfig(**kwargs)
+    config = LlamaConfig(**without_trilm_keys(config_kwargs(SIZE_OF_MP[mp], tiny=True, **overrides)))
     config.pretraining_model_parallel = mp
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config).to(torch.float16).eval()

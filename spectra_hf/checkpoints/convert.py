@@ -28,11 +28,11 @@ from spectra_hf.checkpoints.staging import staged_directory
 from spectra_hf.errors import OutputExistsError, SpectraError
 from spectra_hf.modeling.checkpoint_checks import INCOMPLETE_MARKER
 from spectra_hf.modeling import FloatLMConfig, FloatLMForCausalLM, TriLMConfig, TriLMForCausalLM
+from spectra_hf.modeling.configuration_trilm import without_trilm_keys
 from spectra_hf.modeling.packing import pack_ternary
 
 TARGETS = ("packed", "unpacked", "floatlm", "gguf-tq1_0", "gguf-tq2_0", "gguf-f16")
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-_TERNARY_KEYS = ("ternary_eps", "ternary_fused_qkv_scale")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 # Written into every output directory: what wrote it, so that only an earlier output of the same kind is replaced.
 OUTPUT_RECORD = ".spectra-convert.json"
@@ -195,10 +195,10 @@ def _write_config(source: Checkpoint, directory: Path, to: str, cast: torch.dtyp
         config = TriLMConfig(**architecture, weight_format="packed", dtype=dtype)
         model_class = TriLMForCausalLM
     elif to == "floatlm":
-        config = FloatLMConfig(**{k: v for k, v in architecture.items() if k not in _TERNARY_KEYS}, dtype=dtype)
+        config = FloatLMConfig(**without_trilm_keys(architecture), dtype=dtype)
         model_class = FloatLMForCausalLM
     else:
-        config = LlamaConfig(**{k: v for k, v in architecture.items() if k not in _TERNARY_KEYS}, dtype=dtype)
+        config = LlamaConfig(**without_trilm_keys(architecture), dtype=dtype)
         config.architectures = ["LlamaForCausalLM"]
         if source.family == "trilm":
             config.pretraining_model_parallel = source.shards
