@@ -36,10 +36,14 @@ def _stamp(stat: os.stat_result) -> tuple[int, int, int, int]:
 
 
 def corrupt_blob(sha256: str, path_in_repo: str | None = None) -> HubError:
-    """500 for a stored blob whose bytes no longer hash to its name (disk damage, someone edited the store)."""
+    """409 for a stored blob whose bytes no longer hash to its name (disk damage, someone edited the store).
+
+    A server-side fault, but not a 5xx: huggingface_hub retries 5xx answers to HEAD /resolve/ for 23 s and then
+    reports a cache miss; a 4xx reaches the user at once with this message.
+    """
     what = f"{path_in_repo!r} (sha256 {sha256})" if path_in_repo else f"blob {sha256}"
     return HubError(
-        500,
+        409,
         f"The stored content of {what} is corrupt on this local Hub (its bytes no longer match their sha256) and "
         "was set aside: upload the file again (re-running `spectra-hf publish` repairs it).",
         code="CorruptContent",
@@ -112,7 +116,7 @@ class BlobStore:
         return False
 
     def good_path(self, sha256: str, path_in_repo: str | None = None) -> Path:
-        """The blob's file, after checking its bytes; 500 (CorruptContent) when they no longer match."""
+        """The blob's file, after checking its bytes; 409 (CorruptContent) when they no longer match."""
         if not self.verified(sha256):
             raise corrupt_blob(sha256, path_in_repo)
         return self.path(sha256)

@@ -7,6 +7,8 @@ X-Error-Message), never a traceback.
 from __future__ import annotations
 
 import hmac
+import os
+import sys
 import traceback
 from collections.abc import Callable
 
@@ -18,6 +20,21 @@ from .protocol import Request, Response, json_response
 from .routes import match
 
 STATS_PATH = "/api/_local/stats"
+
+
+_HEAVY_MODULES = ("torch", "transformers", "numpy")
+
+
+def _process_info() -> dict:
+    """The serving process: pid, resident memory and which heavy libraries it has imported (a Hub server needs
+    none of them; `spectra-hf hub serve` is checked against this)."""
+    rss = None
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            rss = next((int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:")), None)
+    except OSError:
+        pass
+    return {"pid": os.getpid(), "rss_bytes": rss, "heavy_modules": [m for m in _HEAVY_MODULES if m in sys.modules]}
 
 
 def error_response(error: HubError) -> Response:
@@ -81,7 +98,7 @@ class Dispatcher:
             if req.path == STATS_PATH and req.method == "GET":
                 if self._user(req) is None:
                     raise self._login_required()
-                return json_response(self.ctx.stats.snapshot()), kind
+                return json_response({**self.ctx.stats.snapshot(), "process": _process_info()}), kind
             route, req.params = match(req.method, req.path)
             kind = route.kind
             self.ctx.stats.request(kind)
