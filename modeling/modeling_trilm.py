@@ -26,6 +26,7 @@ from transformers.models.llama.modeling_llama import (
 from .checkpoint_checks import CheckedLoadingMixin, check_loaded_keys, check_packed_bytes, check_scale_values
 from .configuration_trilm import WEIGHT_FORMATS, TriLMConfig
 from .ternary import TernaryLinear, default_inference_path, recover_ternary, share_scales
+from .ternary_stats import TernaryCounts
 
 # Column-parallel layers are sharded by output rows, row-parallel layers by input columns.
 TERNARY_SHARD_DIM = {
@@ -181,13 +182,9 @@ class TriLMPreTrainedModel(CheckedLoadingMixin, LlamaPreTrainedModel):
         for name, module in self.named_modules():
             if isinstance(module, TernaryLinear):
                 digits, scales = module.ternary_weight()
-                numel = digits.numel()
-                stats[name] = {
-                    "zero_fraction": (digits == 0).sum().item() / numel,
-                    "plus_fraction": (digits == 1).sum().item() / numel,
-                    "minus_fraction": (digits == -1).sum().item() / numel,
-                    "scales": scales.tolist(),
-                }
+                counts = TernaryCounts()
+                counts.add(digits, scales)
+                stats[name] = {**counts.fractions(), "scales": scales.tolist()}
         return stats
 
 

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from spectra_hf.modeling import TernaryLinear
+from spectra_hf.modeling.ternary_stats import TernaryCounts
 
 FLIP_SAMPLE = 1 << 16  # flips are tracked on this many fixed weights per layer (all of them in smaller layers)
 
@@ -32,24 +33,22 @@ class TernaryStatsTracker:
     @torch.no_grad()
     def stats(self, model: nn.Module) -> dict[str, float]:
         logs: dict[str, float] = {}
-        zeros = total = flips = tracked = 0
-        all_scales: list[torch.Tensor] = []
+        counts = TernaryCounts()
+        flips = tracked = 0
         for name, module in model.named_modules():
             if not isinstance(module, TernaryLinear):
                 continue
             digits, scales = (_full(t) for t in module.ternary_weight())
-            zeros += int((digits == 0).sum())
-            total += digits.numel()
-            all_scales.append(scales)
+            counts.add(digits, scales)
             logs[f"ternary/scale/{name}"] = scales.mean().item()
             sample = digits.flatten()[self._indices(name, digits.numel())].cpu()
             if name in self._previous:
                 flips += int((sample != self._previous[name]).sum())
                 tracked += sample.numel()
             self._previous[name] = sample
-        if total:
-            logs["ternary/zero_fraction"] = zeros / total
-            logs["ternary/scale_mean"] = torch.cat(all_scales).mean().item()
+        if counts.total:
+            logs["ternary/zero_fraction"] = counts.fractions()["zero_fraction"]
+            logs["ternary/scale_mean"] = counts.scale_mean
         if tracked:
             logs["ternary/flip_fraction"] = flips / tracked
         return logs

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from spectra_hf.checkpoints.io import Checkpoint, Ternary
 from spectra_hf.checkpoints.safetensors_io import DTYPES
+from spectra_hf.modeling.ternary_stats import TernaryCounts
 from spectra_hf.suite import SIZES, FAMILY_PREFIX
 
 
@@ -63,20 +64,10 @@ def describe_checkpoint(path: str | os.PathLike, *, stats: bool = True, progress
         ternary_bits_per_weight=8 * stored_bytes / ternary_params if ternary_params else None,
     )
     if stats and ternary_names:
-        counts = {-1: 0, 0: 0, 1: 0}
-        scale_min, scale_max = float("inf"), float("-inf")
+        counts = TernaryCounts()
         for name in tqdm(ternary_names, desc="ternary stats", unit="tensor", disable=not progress):
             weight = source.weight(name)
             assert isinstance(weight, Ternary)
-            for digit in counts:
-                counts[digit] += int((weight.digits == digit).sum())
-            scale_min = min(scale_min, float(weight.scales.min()))
-            scale_max = max(scale_max, float(weight.scales.max()))
-        info.update(
-            zero_fraction=counts[0] / ternary_params,
-            plus_fraction=counts[1] / ternary_params,
-            minus_fraction=counts[-1] / ternary_params,
-            scale_min=scale_min,
-            scale_max=scale_max,
-        )
+            counts.add(weight.digits, weight.scales)
+        info.update(**counts.fractions(), scale_min=counts.scale_min, scale_max=counts.scale_max)
     return info
