@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from spectra_hf.suite import CONTEXT_LENGTH, TOKENS, SuiteModel, all_models
+from spectra_hf.suite import CONTEXT_LENGTH, DATASET_ID, TOKENS, SuiteModel, all_models
 
 from .arguments import DEFAULT_TOKENIZER, RECIPES_DIR
 from .schedules import (
@@ -23,7 +23,6 @@ from .schedules import (
     DEFAULT_WEIGHT_DECAY_OFF_FRACTION,
 )
 
-CORPUS = "cerebras/SlimPajama-627B"  # the paper's corpus (deduplicated SlimPajama), streamed
 PER_DEVICE_BATCH = 4  # a hardware choice, not the paper's: override it; gradient accumulation follows
 
 _HEADER = """\
@@ -46,7 +45,7 @@ def recipe_for(model: SuiteModel) -> dict[str, Any]:
     recipe: dict[str, Any] = {
         "model": model.name,
         "tokenizer": DEFAULT_TOKENIZER,
-        "dataset_name": CORPUS,
+        "dataset_name": DATASET_ID,  # streamed
         "streaming": True,
         "block_size": CONTEXT_LENGTH,
         "global_batch_size": global_batch,
