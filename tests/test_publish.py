@@ -199,7 +199,7 @@ def test_second_run_makes_no_commits(published, local_hub):
     # Local hashes are remembered across runs (a real suite is not re-read); they match the reference digests.
     cache = json.loads((plan.suite_dir / ".publish-staging" / "hashes.json").read_text())
     weights = model_dir(plan.suite_dir, "TriLM_99M") / "model.safetensors"
-    size, _, sha256, sha1 = cache[str(weights.resolve())]
+    size, *_, sha256, sha1 = cache[str(weights.resolve())]  # size, file stamps..., digests
     data = weights.read_bytes()
     assert (size, sha256, sha1) == (len(data), hashlib.sha256(data).hexdigest(), git_hash(data))
 
