@@ -25,8 +25,14 @@ from transformers.models.llama.modeling_llama import (
 
 from .checkpoint_checks import CheckedLoadingMixin, check_loaded_keys, check_packed_bytes, check_scale_values
 from .configuration_trilm import WEIGHT_FORMATS, TriLMConfig
+from transformers.utils import logging
+
 from .ternary import TernaryLinear, default_inference_path, recover_ternary, share_scales
 from .ternary_stats import TernaryCounts
+from .ternary_stats import TernaryCounts
+from .ternary_kernels import cpu_kernel_status
+
+logger = logging.get_logger(__name__)
 
 # Column-parallel layers are sharded by output rows, row-parallel layers by input columns.
 TERNARY_SHARD_DIM = {
@@ -157,11 +163,24 @@ class TriLMPreTrainedModel(CheckedLoadingMixin, LlamaPreTrainedModel):
                 setattr(self.get_submodule(parent_name), child_name, packed)
         self.config.weight_format = "packed"
 
+    def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
+        """`PreTrainedModel.num_parameters`, counting every ternary weight once whatever its resident form (packed
+        1.6-bit bytes, a 2/4-bit kernel layout, int8 or dense): the model's real parameter count."""
+        total = super().num_parameters(only_trainable=only_trainable, exclude_embeddings=exclude_embeddings)
+        if not only_trainable:  # a prepared layer shows its weights as a [out, in] parameter; an unprepared one not
+            total += sum(
+                m.in_features * m.out_features
+                for m in self.modules()
+                if isinstance(m, TernaryLinear) and m.packed and m.inference_path is None
+            )
+        return total
+
     @torch.no_grad()
     def prepare_ternary_inference(self, path: str | None = None) -> str:
-        """Make every packed ternary layer resident on inference path `path` ("dense", "int8" or "int4"; default
-        `config.ternary_inference`, whose "auto" picks per layer: "int4" on CPU, "int8" for CPU layers the int4
-        kernel cannot take, "dense" elsewhere). Returns the path, "auto" if the layers chose differently."""
+        """Make every packed ternary layer resident on inference path `path` ("dense", "int8", "int4" or "2bit";
+        default `config.ternary_inference`, whose "auto" picks per layer: "2bit" on CPU where its kernel builds, else
+        "int4", "int8" for CPU layers the int4 kernel cannot take, "dense" elsewhere). Logs and returns the path,
+        "auto" if the layers chose differently."""
         embeddings = self.get_input_embeddings().weight
         requested = path or self.config.ternary_inference
         chosen = set()
@@ -173,7 +192,10 @@ class TriLMPreTrainedModel(CheckedLoadingMixin, LlamaPreTrainedModel):
                 if module.inference_path != layer_path:
                     module.prepare_inference(layer_path, embeddings.dtype)
                 chosen.add(layer_path)
-        return chosen.pop() if len(chosen) == 1 else requested
+        in_force = chosen.pop() if len(chosen) == 1 else requested
+        kernel = f"; CPU 2-bit kernel: {cpu_kernel_status()}" if embeddings.device.type == "cpu" else ""
+        logger.info(f"ternary inference path in force: {in_force} (requested {requested!r}){kernel}")
+        return in_force
 
     @torch.no_grad()
     def ternary_stats(self) -> dict[str, dict[str, float | list[float]]]:

@@ -18,10 +18,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from transformers.utils import logging
+
 from .packing import pack_ternary, packed_size, unpack_ternary
+from .ternary_kernels import cpu_kernel, pack_2bit, ternary_matmul_2bit, triton_available, unpack_2bit
+
+logger = logging.get_logger(__name__)
 
 # Ways a packed layer multiplies (see `TernaryLinear.prepare_inference`); "auto" picks one per device.
-INFERENCE_PATHS = ("dense", "int8", "int4")
+INFERENCE_PATHS = ("dense", "int8", "int4", "2bit")
+# Buffers whose dtype is the kernel's own: dtype casts of the model (.half(), .to(torch.float32)) leave them as they
+# are and only move them between devices (see `TernaryLinear._apply`).
+_KERNEL_BUFFERS = ("weight_scale", "kernel_scale", "input_scale")
+MERGE_REFUSAL = (
+    "{name} is a packed ternary layer: it holds no float weight that an adapter could be merged into (a merged "
+    "weight g*T + s*B*A is not ternary, and the 1.6-bit checkpoint could not store it). Use "
+    "spectra_hf.training.lora.merge_lora_to_float(peft_model) for an exact dense FloatLM, or keep the adapter "
+    "unmerged (peft_model.save_pretrained saves the adapter alone)."
+)
 # The weight-only kernels run in bfloat16 (their fast CPU path); results are cast back to the input's dtype.
 KERNEL_DTYPE = torch.bfloat16
 
@@ -133,7 +147,7 @@ class _TernaryMatmul(torch.autograd.Function):
 
 
 class _WeightOnlyMatmul(torch.autograd.Function):
-    """The int8 / int4 kernels with a gradient for the input (the kernels have none), so adapters such as LoRA
+    """The int8 / int4 / 2bit kernels with a gradient for the input (the kernels have none), so adapters such as LoRA
     train on top of a packed model. Backward rebuilds g * T in the gradient's dtype for the one product."""
 
     @staticmethod
@@ -147,6 +161,34 @@ class _WeightOnlyMatmul(torch.autograd.Function):
         return grad_out @ dense_of_digits(*layer.ternary_weight(), layer.shard_dim, grad_out.dtype), None
 
 
+class _PackedWeight(nn.Parameter):
+    """What a prepared packed layer shows as `weight`: shape [out, in] in the compute dtype with one element of
+    storage (a zero-stride view), so parameter counts (`num_parameters()`, peft's totals) count each ternary weight
+    once and adapters take the layer's device and dtype, while the weights themselves live in `weight_kernel`.
+    Its `.data` refuses with the way out: peft merges adapters by writing `weight.data`, which cannot hold g*T + s*B*A.
+    """
+
+    @property
+    def data(self):
+        raise RuntimeError(MERGE_REFUSAL.format(name=f"this {tuple(self.shape)} ternary weight"))
+
+    @data.setter
+    def data(self, value):
+        raise RuntimeError(MERGE_REFUSAL.format(name=f"this {tuple(self.shape)} ternary weight"))
+
+    def __deepcopy__(self, memo):
+        return _packed_weight(self.shape, self.dtype, self.device)
+
+    def __reduce_ex__(self, protocol):
+        return _packed_weight, (self.shape, self.dtype, self.device)
+
+
+def _packed_weight(shape: torch.Size | tuple[int, int], dtype: torch.dtype, device: torch.device) -> _PackedWeight:
+    weight = _PackedWeight(torch.zeros((), dtype=dtype, device=device).expand(*shape), requires_grad=False)
+    weight._is_hf_initialized = True  # transformers' weight init must not write into it
+    return weight
+
+
 class TernaryLinear(nn.Linear):
     """A linear layer whose weight is ternarized on the fly: `Y = X (g * T)^T` (see the module docstring).
 
@@ -154,15 +196,20 @@ class TernaryLinear(nn.Linear):
     returns (T, scales) in both storage modes:
 
     - latent (default, training): `weight` is the latent float weight [out, in] that the optimizer updates.
-    - packed (`packed=True`, inference): the layer never holds latent weights. Its state dict is `weight_packed`
-      (uint8, 5 digits per byte, see `packing.py`) and `weight_scale` (float32 [shards]). `prepare_inference(path)`
-      (run by `from_pretrained`, or by the first forward) replaces the packed bytes with one resident form in
-      `weight`, and the state dict is packed again from it on save:
+    - packed (`packed=True`, inference): the layer never holds latent weights (`weight` is None; reading it
+      raises an AttributeError that points to `merge_lora_to_float`, so peft's merge stops before changing anything).
+      Its state dict is `weight_packed` (uint8, 5 digits per byte, see `packing.py`) and `weight_scale` (float32
+      [shards]). `prepare_inference(path)` (run by `from_pretrained`, or by the first forward) replaces the packed
+      bytes with one resident form in the buffer `weight_kernel`, and the state dict is packed again from it on save:
         "dense": g * T in the compute dtype [out, in]; plain `F.linear` (fastest on GPUs).
         "int8":  T as int8 [out, in]; `torch._weight_int8pack_mm` in bfloat16 with the per-row scales as its
                  scales and per-column scales (o, down) folded into the input.
         "int4":  T in torch's int4 weight-only layout (4 bits per weight; CPU); `torch._weight_int4pack_mm_for_cpu`
                  in bfloat16, scales folded the same way.
+        "2bit":  T at 2 bits per weight (`ternary_kernels.pack_2bit`), read directly by a C++ AVX2 kernel on CPU or a
+                 Triton kernel on CUDA, fp32 accumulation, float32 row scales, column scales folded into the input.
+      Dtype casts (`.half()`, `.float()`, `.to(dtype)`) keep the kernel buffers in their own dtype; device moves
+      re-plan the path on the new device at the next forward.
 
     Args:
         shards: number of scale shards (the original run's model-parallel degree, `pretraining_model_parallel`).
@@ -207,6 +254,7 @@ class TernaryLinear(nn.Linear):
             numel = in_features * out_features
             self.register_buffer("weight_packed", torch.empty(packed_size(numel), dtype=torch.uint8, device=device))
             self.register_buffer("weight_scale", torch.empty(shards, dtype=torch.float32, device=device))
+            self.register_buffer("weight_kernel", None, persistent=False)
             self.register_buffer("kernel_scale", None, persistent=False)
             self.register_buffer("input_scale", None, persistent=False)
 
@@ -251,18 +299,21 @@ class TernaryLinear(nn.Linear):
 
     def _packed_digits(self) -> torch.Tensor:
         shape = (self.out_features, self.in_features)
+        kernel = self.weight_kernel
         if self.inference_path is None:
             return unpack_ternary(self.weight_packed, shape)
         if self.inference_path == "int8":
-            return self.weight.detach().clone()
+            return kernel.detach().clone()
         if self.inference_path == "dense":
-            return digits_of_dense(self.weight, self.weight_scale, self.shard_dim)
+            return digits_of_dense(kernel, self.weight_scale, self.shard_dim)
+        if self.inference_path == "2bit":
+            return unpack_2bit(kernel, self.in_features)
         # int4: the packed layout is the kernel's own; multiplying the identity by unit scales reads T back exactly.
         unit = torch.zeros_like(self.kernel_scale)
         unit[..., 0] = 1
         eye = torch.eye(self.in_features, dtype=unit.dtype, device=unit.device)
         group = self.in_features // unit.shape[0]
-        return torch._weight_int4pack_mm_for_cpu(eye, self.weight, group, unit).t().to(torch.int8)
+        return torch._weight_int4pack_mm_for_cpu(eye, kernel, group, unit).t().to(torch.int8)
 
     @torch.no_grad()
     def prepare_inference(self, path: str, dtype: torch.dtype) -> None:
@@ -280,7 +331,13 @@ class TernaryLinear(nn.Linear):
             row = expand_scales(scales.float(), shape, 0).reshape(-1) if self.shard_dim == 0 else None
             input_scale = expand_scales(scales.float(), shape, 1).reshape(-1) if self.shard_dim == 1 else None
             row = torch.ones(shape[0], device=digits.device) if row is None else row
-            if path == "int8":
+            if path == "2bit":
+                unavailable = _2bit_unavailable(digits.device)
+                if unavailable:
+                    raise ValueError(f"the 2bit path cannot run here: {unavailable}; use ternary_inference='auto'")
+                weight, kernel_scale = pack_2bit(digits), row.float().contiguous()
+                input_scale = None if input_scale is None else input_scale.contiguous()
+            elif path == "int8":
                 # (T read back from the int4 layout is a transposed view; the kernel needs it contiguous)
                 weight, kernel_scale = digits.contiguous(), row.to(KERNEL_DTYPE)
             else:
@@ -294,30 +351,64 @@ class TernaryLinear(nn.Linear):
                 kernel_scale = torch.zeros(shape[1] // group, shape[0], 2, dtype=KERNEL_DTYPE, device=digits.device)
                 kernel_scale[..., 0] = row
         self.weight_packed = None
-        self.weight = nn.Parameter(weight, requires_grad=False)
+        self.weight_kernel = weight
         self.kernel_scale, self.input_scale = kernel_scale, input_scale
         self.inference_path = path
+        self.weight = _packed_weight(shape, dtype if dtype.is_floating_point else torch.float32, digits.device)
+
+    def _apply(self, fn, recurse: bool = True):
+        """Module casts and moves: kernel scales keep their dtype (a model-wide `.half()` must not round them, nor
+        turn the int8 / int4 kernels' bfloat16 scales into another dtype); a device move returns a prepared layer to
+        its 1.6-bit packed form first, so that the next forward re-plans the path on the new device."""
+        if not self.packed:
+            return super()._apply(fn, recurse)
+        current = self.weight_scale.device
+        target = fn(torch.empty(0, device=current)).device
+        if target != current and self.inference_path is not None:
+            logger.info(f"ternary layer moved from {current} to {target}: its inference path is re-planned there")
+            self.weight_packed = pack_ternary(self._packed_digits())
+            self.weight_kernel = self.kernel_scale = self.input_scale = None
+            self.weight = None
+            self.inference_path = None
+        kept = {name: self._buffers.pop(name) for name in _KERNEL_BUFFERS if self._buffers.get(name) is not None}
+        if self.inference_path not in (None, "dense") and self.weight_kernel is not None:
+            kept["weight_kernel"] = self._buffers.pop("weight_kernel")
+        placeholder = self._parameters.pop("weight", None)
+        super()._apply(fn, recurse)
+        for name, tensor in kept.items():
+            moved = fn(tensor)
+            self._buffers[name] = moved if moved.dtype == tensor.dtype else tensor.to(moved.device)
+        if placeholder is None:
+            self._parameters["weight"] = None
+        else:
+            probe = fn(torch.zeros(0, dtype=placeholder.dtype, device=placeholder.device))
+            self._parameters["weight"] = _packed_weight(placeholder.shape, probe.dtype, probe.device)
+        return self
 
     def _packed_forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.inference_path is None:
             self.prepare_inference(default_inference_path(x.device, self.in_features), x.dtype)
+        elif not isinstance(self._parameters["weight"], _PackedWeight):  # something assigned a float weight
+            raise RuntimeError(MERGE_REFUSAL.format(name=f"this {self.out_features}x{self.in_features} layer"))
         if self.inference_path == "dense":
-            return F.linear(x, self.weight.to(x.dtype))
+            return F.linear(x, self.weight_kernel.to(x.dtype))
         if torch.is_grad_enabled() and x.requires_grad:
             return _WeightOnlyMatmul.apply(x, self)
         return self._weight_only_matmul(x)
 
     def _weight_only_matmul(self, x: torch.Tensor) -> torch.Tensor:
-        """Y = X (g * T)^T through the int8 / int4 kernel: x [..., in] -> [..., out] in x's dtype."""
+        """Y = X (g * T)^T through the int8 / int4 / 2bit kernel: x [..., in] -> [..., out] in x's dtype."""
+        if self.inference_path == "2bit":
+            return ternary_matmul_2bit(x, self.weight_kernel, self.kernel_scale, self.input_scale)
         flat = x.reshape(-1, self.in_features)
         if self.input_scale is not None:
             flat = flat * self.input_scale
         flat = flat.to(KERNEL_DTYPE)
         if self.inference_path == "int8":
-            y = torch._weight_int8pack_mm(flat, self.weight, self.kernel_scale)
+            y = torch._weight_int8pack_mm(flat, self.weight_kernel, self.kernel_scale)
         else:
             group = self.in_features // self.kernel_scale.shape[0]
-            y = torch._weight_int4pack_mm_for_cpu(flat, self.weight, group, self.kernel_scale)
+            y = torch._weight_int4pack_mm_for_cpu(flat, self.weight_kernel, group, self.kernel_scale)
         return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
@@ -345,12 +436,24 @@ class TernaryLinear(nn.Linear):
         )
 
 
+def _2bit_unavailable(device: torch.device) -> str | None:
+    """Why the 2bit path cannot run on `device`, or None."""
+    if device.type == "cpu":
+        return None if cpu_kernel() is not None else "the C++ CPU kernel could not be built (see the log)"
+    if device.type == "cuda":
+        return None if triton_available() else "the CUDA kernel needs triton (pip install triton)"
+    return f"there is no 2-bit kernel for {device.type}"
+
+
 def default_inference_path(device: torch.device, in_features: int) -> str:
-    """The "auto" path of one layer: on CPU "int4" (the fastest and smallest there: bench/bench_inference.py), or
-    "int8" where the int4 kernel cannot take the width (in_features not a multiple of 32); "dense" elsewhere (plain
-    GEMMs win on GPUs)."""
+    """The "auto" path of one layer. CPU: "2bit" where its C++ kernel builds (2 bits per weight; fastest in
+    bench/bench_inference.py), else "int4", or "int8" where the int4 kernel cannot take the width (in_features not a
+    multiple of 32). Other devices: "dense" (plain GEMMs; the CUDA int4 / Triton 2-bit figures are pending, see
+    bench/gpu_check.sh)."""
     if device.type != "cpu":
         return "dense"
+    if _2bit_unavailable(device) is None:
+        return "2bit"
     return "int4" if in_features % 32 == 0 else "int8"
 
 
