@@ -29,7 +29,6 @@ from transformers.utils import logging
 
 from .ternary import TernaryLinear, default_inference_path, recover_ternary, share_scales
 from .ternary_stats import TernaryCounts
-from .ternary_stats import TernaryCounts
 from .ternary_kernels import cpu_kernel_status
 
 logger = logging.get_logger(__name__)
