@@ -193,9 +193,10 @@ class _Run:
         except CheckpointError as error:
             shutil.rmtree(out, ignore_errors=True)
             shutil.rmtree(download, ignore_errors=True)
-            self.journal.record(key, "refused", reason=str(error))
-            self.report.refused.append(f"{key}: {error}")
-            logger.error(f"refused {key}: {error}")
+            reason = str(error).replace(f"{download}/", "").replace(str(download), key)  # no paths of this machine
+            self.journal.record(key, "refused", reason=reason)
+            self.report.refused.append(f"{key}: {reason}")
+            logger.error(f"refused {key}: {reason}")
             return
         self.measure_disk()
         shutil.rmtree(download, ignore_errors=True)
@@ -403,8 +404,9 @@ def _check_disk(found: Discovery, *, max_disk: int | None, work_dir: Path) -> No
             f"(its {human_size(largest.size)} download and the converted output side by side). Nothing was downloaded "
             f"or published; raise --max-disk to at least {human_size(needed)}"
         )
-    probe = work_dir if work_dir.exists() else next((p for p in work_dir.parents if p.exists()), Path("/"))
-    free = shutil.disk_usage(probe).free + directory_bytes(work_dir) if work_dir.exists() else shutil.disk_usage(probe).free
+    probe = next(p for p in (work_dir, *work_dir.resolve().parents) if p.exists())
+    # what a previous run left in the work directory is freed as this one goes, so it counts as free
+    free = shutil.disk_usage(probe).free + (directory_bytes(work_dir) if work_dir.exists() else 0)
     if needed > free:
         raise SpectraError(
             f"{probe} has {human_size(free)} free, too little for one revision: {largest.key} needs {human_size(needed)}. "
