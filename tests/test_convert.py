@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +17,7 @@ from transformers import LlamaForCausalLM
 from spectra_hf import FloatLMForCausalLM, TriLMForCausalLM
 from spectra_hf.cli import main
 from spectra_hf.checkpoints.convert import convert_checkpoint
+from spectra_hf.checkpoints.staging import remove_stale_staging, staged_directory
 from spectra_hf.errors import SpectraError
 from spectra_hf.suite import config_for
 from trilm_release import release_model
@@ -115,3 +121,102 @@ def test_floatlm_to_llama_and_back(tmp_path) -> None:
         convert_checkpoint(tmp_path / "floatlm", tmp_path / "nope", to="packed", progress=False)
     with pytest.raises(SpectraError, match="needs an explicit --to"):
         convert_checkpoint(tmp_path / "floatlm", tmp_path / "nope", progress=False)
+
+
+# --- nothing lost: the output path -------------------------------------------------------------------------------
+
+
+def tree_bytes(directory) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_out_that_is_or_contains_or_lies_inside_src_is_refused_and_src_kept(tmp_path, capsys, monkeypatch) -> None:
+    """`convert ck/release ck --to packed` used to replace ck, deleting the release inside it, and exit 0."""
+    monkeypatch.chdir(tmp_path)
+    release_model(1).save_pretrained("ck/release")
+    Path("ck/notes.txt").write_text("my notes\n")
+    before = tree_bytes(tmp_path / "ck")
+    for out in ("ck", "ck/release", ".", "ck/release/packed", "ck/release/../release"):
+        for extra in ([], ["--overwrite"]):
+            capsys.readouterr()
+            assert main(["convert", "ck/release", out, "--to", "packed", *extra]) == 2, out
+            error = capsys.readouterr().err.strip().splitlines()
+            assert len(error) == 1 and "source checkpoint" in error[0], error
+            assert tree_bytes(tmp_path / "ck") == before
+
+
+def test_non_empty_out_is_replaced_only_when_it_is_an_earlier_output_of_the_same_kind(tmp_path, capsys) -> None:
+    release_model(2).save_pretrained(tmp_path / "release")
+    out = tmp_path / "TriLM_packed"
+    out.mkdir()
+    (out / "train_log.txt").write_text("the user's own file\n")
+    for extra in ([], ["--overwrite"]):
+        assert main(["convert", str(tmp_path / "release"), str(out), *extra]) == 2
+        assert "not a convert output (it holds train_log.txt)" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["train_log.txt"]
+
+    (out / "train_log.txt").unlink()  # an empty directory is written into
+    assert main(["convert", str(tmp_path / "release"), str(out)]) == 0
+    first = tree_bytes(out)
+    assert main(["convert", str(tmp_path / "release"), str(out)]) == 2
+    assert "holds an earlier 'convert --to packed' output: pass --overwrite" in capsys.readouterr().err
+    assert main(["convert", str(tmp_path / "release"), str(out), "--to", "unpacked", "--overwrite"]) == 2
+    assert "is an earlier 'convert --to packed' output, not an earlier 'convert --to unpacked'" in capsys.readouterr().err
+    assert main(["convert", str(tmp_path / "release"), str(out), "--overwrite"]) == 0
+    assert tree_bytes(out) == first and not list(tmp_path.glob(".TriLM_packed.tmp-*"))
+    TriLMForCausalLM.from_pretrained(out)  # the replaced output loads
+
+    (out / "README.md").write_text("a card the user added to the output\n")
+    assert main(["convert", str(tmp_path / "release"), str(out), "--overwrite"]) == 2
+    assert "not a convert output" in capsys.readouterr().err and (out / "README.md").is_file()
+
+    (tmp_path / "notes.gguf").write_text("not a GGUF file\n")
+    assert main(["convert", str(tmp_path / "release"), str(tmp_path / "notes.gguf"), "--to", "gguf-f16", "--overwrite"]) == 2
+    assert "not a GGUF file" in capsys.readouterr().err and (tmp_path / "notes.gguf").read_text() == "not a GGUF file\n"
+
+
+KILL_SCRIPT = """
+import sys
+from spectra_hf.checkpoints.convert import convert_checkpoint
+convert_checkpoint(sys.argv[1], sys.argv[2], to="packed", progress=False, max_shard_bytes=1 << 12)
+"""
+
+
+@pytest.mark.slow  # a fresh interpreter importing torch and transformers
+def test_a_convert_killed_midway_leaves_a_refused_staging_folder_that_the_next_run_removes(tmp_path, capsys) -> None:
+    release_model(3, num_hidden_layers=4).save_pretrained(tmp_path / "release")
+    out = tmp_path / "packed"
+    foreign = tmp_path / ".packed.tmp-not-ours"  # no marker: not provably ours, never touched
+    foreign.mkdir()
+    child = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(tmp_path / "release"), str(out)])
+    staging = None
+    try:
+        while child.poll() is None and staging is None:
+            staging = next(tmp_path.glob(".packed.tmp-*/shard-00003.tmp.data"), None)  # 3 shards done (of 9)
+            time.sleep(0.002)
+        assert staging is not None, "convert ended before it was seen writing its fourth shard"
+        child.send_signal(signal.SIGKILL)  # mid-convert: three finished shards and a part in the staging folder
+    finally:
+        child.kill()
+        child.wait()
+    staging = staging.parent
+    assert not out.exists() and (staging / ".spectra-incomplete").is_file()
+    (staging / "config.json").write_text((tmp_path / "release" / "config.json").read_text())  # even complete-looking
+    with pytest.raises(OSError, match="unfinished output"):
+        TriLMForCausalLM.from_pretrained(staging)
+    capsys.readouterr()
+    assert main(["info", str(staging)]) == 2
+    assert "unfinished output" in capsys.readouterr().err
+
+    assert main(["convert", str(tmp_path / "release"), str(out)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".packed.tmp-not-ours", "packed", "release"]
+    assert not (out / ".spectra-incomplete").exists()
+    TriLMForCausalLM.from_pretrained(out)
+
+
+def test_a_live_writers_staging_folder_is_not_removed(tmp_path) -> None:
+    target = tmp_path / "out"
+    with staged_directory(target, replace=False) as staging:
+        (staging / "partial.bin").write_bytes(b"x")
+        assert remove_stale_staging(target) == [] and (staging / "partial.bin").is_file()
+    assert (target / "partial.bin").is_file() and not (target / ".spectra-incomplete").exists()
