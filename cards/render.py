@@ -1,7 +1,10 @@
 """Model cards of the published suite, rendered from templates/*.md with huggingface_hub's ModelCard.
 
-Facts come from the suite registry (sizes, bits, recipe) and from the exported config.json (the architecture
-actually stored in the repository); nothing here repeats a number the registry knows.
+A card describes the model in its repository. Its parameters and size in bits come from the repo's own config.json,
+its step, tokens and training data from the export's own metadata (`spectra_export.json`, `ExportInfo`). The suite's
+facts (sizes, bits, the paper's recipe and data) come from the registry, and the card claims them for the model only
+when the stored architecture is the registry's for that name: a scaled-down model published under a suite name (the
+demo, tests) says so and states its own figures instead. Nothing here repeats a number the registry knows.
 """
 
 from __future__ import annotations
@@ -14,11 +17,14 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from spectra_hf import suite
+from spectra_hf.checkpoints.exports import ExportInfo
+from spectra_hf.checkpoints.info import suite_size
 from spectra_hf.quantization.gptq import FROM_PRETRAINED_BITS
 from spectra_hf.suite import SuiteModel
 
 TEMPLATES = Path(__file__).parent / "templates"
-DATASET = "cerebras/SlimPajama-627B"
+# Where an export records what it was trained on (ExportInfo.extra): Hub dataset ids or local file names.
+TRAINING_DATA_KEY = "training_data"
 REVISIONS_FILE = "revisions.json"
 VARIANTS = ("release", "unpacked")
 _FAMILY_TAGS = {"trilm": ["ternary", f"{suite.TERNARY_BITS}-bit"], "floatlm": ["fp16"], "quantlm": ["gptq"]}
@@ -44,12 +50,23 @@ def human_count(value: int) -> str:
     return str(value)
 
 
-def card_data(
-    *, model: SuiteModel, repo_name: str, org: str, variant: str = "release", evals: Mapping[str, Any] | None = None
-) -> ModelCardData:
-    """The YAML metadata of a repo's cards (main and checkpoint branches share it)."""
+def _check_variant(variant: str) -> None:
     if variant not in VARIANTS:
         raise ValueError(f"card variant must be one of {VARIANTS}, got {variant!r}")
+
+
+def card_data(
+    *,
+    model: SuiteModel,
+    repo_name: str,
+    org: str,
+    variant: str = "release",
+    evals: Mapping[str, Any] | None = None,
+    datasets: Sequence[str] | None = (suite.DATASET_ID,),
+) -> ModelCardData:
+    """The YAML metadata of a repo's cards (main and checkpoint branches share it); `datasets`: the Hub datasets the
+    model was trained on (None when not known to be any)."""
+    _check_variant(variant)
     tags = ["spectra-suite", model.family, *_FAMILY_TAGS[model.family], "llama"]
     if model.bits is not None:
         tags.append(f"{model.bits}-bit")
@@ -64,7 +81,7 @@ def card_data(
         library_name="transformers",
         pipeline_tag="text-generation",
         language="en",
-        datasets=[DATASET],
+        datasets=list(datasets) if datasets else None,
         tags=tags,
         # model_name names the model-index entry; without eval results it would be a stray YAML key.
         model_name=repo_name if evals else None,
@@ -96,6 +113,89 @@ def eval_results(evals: Mapping[str, Any]) -> list[EvalResult]:
             )
         )
     return results
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What a card states about the weights in its own repository, from its config.json and export metadata.
+
+    Attributes:
+        params: the real parameter count from the stored architecture (ternary weights counted once each, whatever
+            their storage: a packed checkpoint's safetensors header holds ~1/5 of them as uint8 bytes).
+        size_bits: the size in bits as the paper counts it, for this architecture.
+        suite_scale: the stored architecture is the registry's for the model's size (else: a scaled-down model
+            published under a suite name).
+        step, tokens_seen: the export's optimizer step and training tokens (None: not from training, or not recorded).
+        datasets, files: what the export says it was trained on (Hub dataset ids, local file names); None for
+            either when not recorded.
+        from_training: the export was written by a training run (it has a step).
+    """
+
+    params: int
+    size_bits: int
+    suite_scale: bool
+    step: int | None = None
+    tokens_seen: int | None = None
+    datasets: list[str] | None = None
+    files: list[str] | None = None
+    from_training: bool = False
+
+    @property
+    def claims_suite_data(self) -> bool:
+        """Whether the card may say the model saw the suite's data: a suite-scale model that no training run of
+        ours produced (the release and its conversions), or one whose export records the suite's dataset."""
+        if self.datasets is not None:
+            return list(self.datasets) == [suite.DATASET_ID]
+        return self.suite_scale and not self.from_training
+
+
+def model_facts(*, model: SuiteModel, config: Mapping[str, Any], export: ExportInfo | None = None) -> ModelFacts:
+    """The facts of the model whose config.json is `config` (and whose export metadata is `export`, if any)."""
+    record = (export.extra.get(TRAINING_DATA_KEY) if export is not None else None) or {}
+    return ModelFacts(
+        params=suite.linear_params(config) + suite.float_params(config),
+        size_bits=suite.size_bits(config, bits_per_linear_weight=model.bits_per_linear_weight),
+        suite_scale=suite_size(dict(config)) == model.size,
+        step=export.step if export is not None else None,
+        tokens_seen=export.tokens_seen if export is not None else None,
+        datasets=list(record["datasets"]) if "datasets" in record else None,
+        files=list(record["files"]) if "files" in record else None,
+        from_training=export is not None and export.step is not None,
+    )
+
+
+def _facts_rows(model: SuiteModel, facts: ModelFacts, export: ExportInfo | None) -> list[tuple[str, str]]:
+    rows = [
+        ("parameters", f"{facts.params:,} ({human_count(facts.params)}; ternary weights counted once each)"
+         if model.family == "trilm" else f"{facts.params:,} ({human_count(facts.params)})"),
+        ("size as the paper counts it", f"{facts.size_bits / 1e6:,.3f} Mbit ({model.bits_per_linear_weight:g} bits per "
+         "decoder linear weight, 16 for the rest)"),
+    ]
+    if facts.step is not None:
+        rows.append(("optimizer steps", f"{facts.step:,}"))
+    if facts.from_training or facts.tokens_seen is not None:
+        rows.append(("training tokens", human_count(facts.tokens_seen) if facts.tokens_seen else "not recorded"))
+    data = [*(facts.datasets or []), *(facts.files or [])]
+    if data:
+        rows.append(("training data", ", ".join(data)))
+    elif facts.claims_suite_data and model.family != "quantlm":
+        rows.append(("training data", f"{suite.DATASET_ID} (the suite's)"))
+    elif facts.from_training:
+        rows.append(("training data", "not recorded in this export"))
+    calibration = (export.extra.get("calibration") if export is not None else None) or {}
+    if calibration:
+        rows.append((
+            "GPTQ calibration",
+            f"{calibration.get('samples')} samples x {calibration.get('length')} tokens of {calibration.get('source')}",
+        ))
+    return rows
+
+
+def _card_datasets(facts: ModelFacts) -> list[str] | None:
+    """The card metadata's `datasets`: what the export records, else the suite's where the card may claim it."""
+    if facts.datasets is not None:
+        return facts.datasets or None
+    return [suite.DATASET_ID] if facts.claims_suite_data else None
 
 
 def _siblings(model: SuiteModel) -> list[dict[str, str]]:
@@ -212,7 +312,10 @@ def _quickstart(
     if remote_code and not native:
         args.append("trust_remote_code=True")
     if tokenizer:
-        lines.append(f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")')
+        # AutoTokenizer reads config.json too: without trust_remote_code it stops at a [y/N] prompt on a remote-code
+        # model type (15 s, then an error) before it looks at the tokenizer files.
+        remote = ", trust_remote_code=True" if remote_code and not native else ""
+        lines.append(f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}"{remote})')
     lines.append(f"model = AutoModelForCausalLM.from_pretrained({', '.join(args)})")
     lines += _generate_lines(tokenizer)
     return "\n".join(lines)
@@ -278,6 +381,7 @@ def render_model_card(
     evals: Mapping[str, Any] | None = None,
     variant: str = "release",
     has_tokenizer: bool = True,
+    export: ExportInfo | None = None,
 ) -> str:
     """The README.md of a repo's `main` branch.
 
@@ -290,11 +394,19 @@ def render_model_card(
             and the model-index.
         variant: "release" (the model's own repo) or "unpacked" (the TriLM release format, plain Llama).
         has_tokenizer: whether the repo ships tokenizer files (the quickstart uses them when it does).
+        export: the export's own metadata (`spectra_export.json`): its step, tokens and training data are stated
+            as this model's. Without it the card states only what config.json and the registry say.
     """
     repo_name = model.unpacked_name if variant == "unpacked" else model.name
     repo_id = f"{org}/{repo_name}"
-    data = card_data(model=model, repo_name=repo_name, org=org, variant=variant, evals=evals)
+    _check_variant(variant)
+    facts = model_facts(model=model, config=config, export=export)
+    data = card_data(
+        model=model, repo_name=repo_name, org=org, variant=variant, evals=evals, datasets=_card_datasets(facts)
+    )
     training, recipe = _training(model)
+    if not facts.suite_scale:
+        recipe = []  # the paper's recipe is for the suite's architecture, not this one
     note, stock, native = _quickstarts(
         config=config,
         repo_id=repo_id,
@@ -312,6 +424,9 @@ def render_model_card(
         quant_bits="/".join(str(b) for b in suite.QUANT_BITS),
         tokens_billions=suite.TOKENS // 10**9,
         size=model.size,
+        suite_params=human_count(model.params),
+        scaled_down=not facts.suite_scale,
+        facts=_facts_rows(model, facts, export),
         siblings=_siblings(model),
         architecture=_architecture(config),
         training=training,
@@ -330,14 +445,18 @@ def render_model_card(
 
 
 def render_checkpoint_card(
-    *, model: SuiteModel, org: str, revision: Revision
+    *, model: SuiteModel, org: str, revision: Revision, config: Mapping[str, Any] | None = None,
+    export: ExportInfo | None = None,
 ) -> str:
     """The README.md of a `step<N>` branch: what the checkpoint is, and how to load it at this revision.
 
     It does not list the other branches, so adding a checkpoint never rewrites the branches already published.
+    With the branch's `config` (and `export` metadata) it states the checkpoint's own parameters and data.
     """
     repo_id = f"{org}/{model.name}"
-    data = card_data(model=model, repo_name=model.name, org=org)
+    facts = model_facts(model=model, config=config, export=export) if config is not None else None
+    datasets = _card_datasets(facts) if facts is not None else (suite.DATASET_ID,)
+    data = card_data(model=model, repo_name=model.name, org=org, datasets=datasets)
     card = ModelCard.from_template(
         data,
         template_path=str(TEMPLATES / "checkpoint.md"),
@@ -347,6 +466,7 @@ def render_checkpoint_card(
         step=revision.step,
         tokens=human_count(revision.tokens_seen),
         revisions_file=REVISIONS_FILE,
+        facts=_facts_rows(model, facts, export) if facts is not None else [],
         quickstart=_quickstart(repo_id=repo_id, revision=revision.branch, remote_code=True, tokenizer=False),
     )
     return str(card)

@@ -131,7 +131,8 @@ def test_every_card_parses_with_its_metadata(published, tmp_path):
             card = ModelCard.load(hf_hub_download(repo.repo_id, "README.md", revision=branch.name, cache_dir=tmp_path))
             data = card.data.to_dict()
             assert data["license"] == "apache-2.0" and data["library_name"] == "transformers", repo.repo_id
-            assert data["pipeline_tag"] == "text-generation" and data["datasets"] == ["cerebras/SlimPajama-627B"]
+            assert data["pipeline_tag"] == "text-generation"
+            assert "datasets" not in data  # stand-ins are scaled down: their cards claim none of the suite's data
             assert repo.model.family in data["tags"]
             if repo.model.family == "quantlm":
                 assert data["base_model"] == f"{ORG}/FloatLM_{repo.model.size}"

@@ -248,7 +248,8 @@ def _model_repo(
             continue
         ckpt_info = read_export_info(ckpt)
         revision = Revision(branch=ckpt_info.branch, step=step, tokens_seen=_tokens_seen(ckpt_info, model))
-        card = render_checkpoint_card(model=model, org=org, revision=revision)
+        ckpt_config = json.loads((ckpt / "config.json").read_text(encoding="utf-8"))
+        card = render_checkpoint_card(model=model, org=org, revision=revision, config=ckpt_config, export=ckpt_info)
         files = [_file(p, local) for p, local in export_files(ckpt).items()] + [_generated(CARD_FILE, card)]
         revisions.append(revision)
         branches.append(BranchPlan(name=revision.branch, files=files, step=step, tokens_seen=revision.tokens_seen))
@@ -266,6 +267,7 @@ def _model_repo(
         revisions=revisions,
         evals=evals,
         has_tokenizer=any(name in files for name in _TOKENIZER_FILES),
+        export=info,
     )
     main_files = [_file(p, local) for p, local in files.items()]
     main_files += [_generated(CARD_FILE, card), _generated(REVISIONS_FILE, _revisions_json(repo_id, info, revisions))]
@@ -310,6 +312,7 @@ def _unpacked_repo(suite_dir: Path, release: RepoPlan, *, org: str, staging_dir:
         config=config,
         variant="unpacked",
         has_tokenizer=any(name in files for name in _TOKENIZER_FILES),
+        export=read_export_info(model_dir(suite_dir, model.name)),
     )
     main = BranchPlan(
         name="main",
