@@ -111,7 +111,15 @@ class Pacer:
             self._wait_for(window, limits.commits_per_hour, 3600.0, commits)
         self._wait_for(self._requests, limits.requests_per_window, limits.window_s, requests)
 
-    def call(self, operation: Callable[[], T], *, requests: int = 1, repo: str | None = None, commits: int = 0) -> T:
+    def call(
+        self,
+        operation: Callable[[], T],
+        *,
+        requests: int = 1,
+        repo: str | None = None,
+        commits: int = 0,
+        retry_transport: bool = True,
+    ) -> T:
         """Run `operation` once it fits the quotas; retry it on 429 / 5xx / transport errors.
 
         Args:
@@ -119,6 +127,8 @@ class Pacer:
             requests: API requests one attempt costs (counted against the request window).
             repo: the repo it commits to (for the per-repo commit quota).
             commits: commits one attempt may create.
+            retry_transport: also retry transport errors (False for a first contact, where an unreachable
+                endpoint should fail at once rather than after every backoff).
 
         Raises:
             The operation's last error when it is not retryable or `max_retries` retries failed.
@@ -129,7 +139,8 @@ class Pacer:
             try:
                 return operation()
             except (HfHubHTTPError, httpx2.TransportError) as error:
-                if not is_retryable(error) or attempt >= self.limits.max_retries:
+                transport = isinstance(error, httpx2.TransportError)
+                if not is_retryable(error) or (transport and not retry_transport) or attempt >= self.limits.max_retries:
                     raise
                 delay = server_delay(error)
                 if delay is None:

@@ -479,11 +479,10 @@ def publish(
     doing = f"contacting {endpoint}"
     try:
         with _local_hub_client(is_local_endpoint(endpoint)), _quiet_uploads(not progress):
-            # One unretried call first: an unreachable endpoint or a refused token fails here, before any write.
-            if secret:
-                api.whoami()
-            else:
-                api.repo_exists(plan.repos[0].repo_id)
+            # One call first: an unreachable endpoint or a refused token fails here, before any write (a throttled
+            # or failing Hub is waited for, as everywhere else).
+            first_contact = api.whoami if secret else lambda: api.repo_exists(plan.repos[0].repo_id)
+            publisher.pacer.call(first_contact, retry_transport=False)
             for repo in tqdm(plan.repos, desc="publish", unit="repo", disable=not progress):
                 doing = f"publishing {repo.repo_id}"
                 publisher.publish_repo(repo, private=private)
