@@ -2,7 +2,9 @@
 
 The real huggingface_hub (2.4) client and transformers (5.23) work against it unmodified: repos (model, dataset),
 branches, tags, refs, preupload + LFS batch + NDJSON commits (upload_file, upload_folder, create_commit with
-deletions and parent_commit), repo info, tree listings, hf_hub_download / snapshot_download with Range support,
+deletions and parent_commit), repo info with the metadata the Hub derives (pipeline_tag, library_name, tags, config,
+safetensors parameter counts), model and dataset listing with filters, repo settings, move and super-squash, tree
+listings, hf_hub_download / snapshot_download with Range support,
 `from_pretrained(repo, revision=...)`, collections, whoami. Storage is content-addressed under one root directory
 and survives restarts; serving uses only the standard library.
 
@@ -14,7 +16,8 @@ and survives restarts; serving uses only the standard library.
         ...
         hub.stats   # {"requests": {"commit": 3, ...}, "faults": {...}, "commits": {"org/name": 2}, ...}
 
-Command line: `spectra-hf hub serve --root DIR --port 8080 [--host 127.0.0.1] [--token T] [--fault SPEC]`.
+Command line: `spectra-hf hub serve --root DIR --port 8080 [--host 127.0.0.1] [--token-file FILE] [--fault SPEC]
+[--max-body-mb 64] [--public-url URL]`.
 
 Pointing clients at it
 ----------------------
@@ -42,9 +45,25 @@ hf_hub_download when the file is not cached yet. Not retried, so a fault there s
 create_repo, create_branch, create_tag, create_collection, repo info, refs, and the commit itself (create_commit,
 upload_file, upload_folder with HF_HUB_DISABLE_XET=1).
 
-Security: binds 127.0.0.1 by default; repo ids, revisions and paths are validated (400 with a message, never a
-path on disk); with a token every request needs `Authorization: Bearer <token>` except the LFS PUT, whose URL is
-signed by the server; tokens are never logged. Pull requests, xet storage and gated repos are not served.
+Access model
+------------
+* No token: single-user. Every client acts as `user` and reads and writes everything, private repos included;
+  `LocalHub.access` (printed by `hub serve` at start) says so, and `hub serve` refuses to bind a non-loopback
+  address this way.
+* `token=` / `tokens={token: user}` (`hub serve --token-file FILE` or SPECTRA_HUB_TOKEN): writes need a valid
+  `Authorization: Bearer` token (401 otherwise; a wrong token is always 401); private repos answer 404 RepoNotFound
+  to requests without one; anonymous requests may read public repos and collections. The LFS PUT carries no token:
+  its URL is signed by the server for one (sha256, size, repo).
+* LFS objects are scoped to a repo: an `lfsFile` in a commit must name a blob uploaded to (or already committed in)
+  that repo, so knowing another repo's sha256 gives no access to its content. Blob storage stays shared.
+
+Integrity and limits: blobs are checked against their sha256 when written and before they are served or offered as
+stored (cached per (size, mtime, ctime, inode)); a corrupt one answers 409 CorruptContent and is moved to
+`blobs/corrupt/`, and uploading the good bytes again repairs it. API bodies are capped (`max_body_bytes`, 413),
+inline commit files must be under `lfs_threshold` (10 MB, the Hub's rule), malformed bodies are 400s, and a refused
+commit stores nothing. URLs handed out are built from the server's own address (`public_url`), never the Host
+header. Repo ids, revisions and paths are validated (400 with a message, never a path on disk); tokens are never
+logged. Not served: git smart HTTP, xet storage, pull requests, gated repos.
 """
 
 from .faults import Fault
