@@ -177,8 +177,7 @@ void spectra_ternary_unpack(const uint8_t* w, int64_t kp, int64_t k, int64_t r0,
 """.replace("BLOCK_W", str(BLOCK))
 
 _CPU_FLAGS = ("-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
-_cpu_kernels: dict[tuple[str, str], "ctypes.CDLL | None"] = {}
-_cpu_status = "not loaded yet"
+_cpu_kernels: dict[tuple[str, str], tuple["ctypes.CDLL | None", str]] = {}  # (compiler, cache dir) -> (kernel, status)
 
 
 def kernel_cache_dir() -> Path:
@@ -189,23 +188,30 @@ def kernel_cache_dir() -> Path:
 
 def _cpu_supported() -> str | None:
     """Why the CPU kernel cannot run here, or None."""
-    if os.environ.get(KERNEL_ENV, "1") == "0":
-        return f"disabled by {KERNEL_ENV}=0"
     capability = torch.backends.cpu.get_cpu_capability()
     if capability not in ("AVX2", "AVX512"):
         return f"the CPU has no AVX2 + FMA (torch reports {capability})"
     return None
 
 
-def cpu_kernel(*, compiler: str | None = None, cache_dir: Path | None = None) -> "ctypes.CDLL | None":
-    """The compiled CPU kernel (built at first use, cached by source hash), or None where it cannot be built or
-    loaded; the reason is logged once and kept in `cpu_kernel_status()`."""
-    global _cpu_status
+def _kernel_key(compiler: str | None, cache_dir: Path | None) -> tuple[str, str]:
     compiler = compiler or os.environ.get("CXX") or "c++"
-    cache_dir = Path(cache_dir) if cache_dir is not None else kernel_cache_dir()
-    key = (compiler, str(cache_dir))
-    if key in _cpu_kernels:
-        return _cpu_kernels[key]
+    return compiler, str(Path(cache_dir) if cache_dir is not None else kernel_cache_dir())
+
+
+def cpu_kernel(*, compiler: str | None = None, cache_dir: Path | None = None) -> "ctypes.CDLL | None":
+    """The compiled CPU kernel (built at first use with `compiler`, default $CXX or c++, cached by source hash in
+    `cache_dir`), or None where it cannot be built or loaded; the reason is logged once (`cpu_kernel_status()`)."""
+    if os.environ.get(KERNEL_ENV, "1") == "0":
+        return None
+    key = _kernel_key(compiler, cache_dir)
+    if key not in _cpu_kernels:
+        _cpu_kernels[key] = _load_cpu_kernel(*key)
+    return _cpu_kernels[key][0]
+
+
+def _load_cpu_kernel(compiler: str, cache_dir_name: str) -> tuple["ctypes.CDLL | None", str]:
+    cache_dir = Path(cache_dir_name)
     reason = _cpu_supported()
     library = None
     if reason is None:
@@ -236,30 +242,31 @@ def cpu_kernel(*, compiler: str | None = None, cache_dir: Path | None = None) ->
                 ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
                 ctypes.c_int,
             ]
-            _cpu_status = f"C++ AVX2 kernel ({target})"
+            status = f"C++ AVX2 kernel ({target})"
         except (OSError, subprocess.SubprocessError) as error:
             detail = getattr(error, "stderr", None) or str(error)
             reason = f"it could not be built with {compiler!r}: {detail.strip().splitlines()[-1] if detail.strip() else error}"
             library = None
     if library is None:
-        _cpu_status = f"unavailable ({reason})"
+        status = f"unavailable ({reason})"
         logger.warning(
             f"the 2-bit ternary CPU kernel is unavailable: {reason}. Packed TriLMs use torch's int4 kernel instead "
             "(install a C++ compiler, e.g. g++, for the faster 2-bit path)."
         )
-    _cpu_kernels[key] = library
-    return library
+    return library, status
 
 
-def cpu_kernel_status() -> str:
+def cpu_kernel_status(*, compiler: str | None = None, cache_dir: Path | None = None) -> str:
     """One line: whether the CPU 2-bit kernel is in force, and why not (builds it if it was not tried yet)."""
-    cpu_kernel()
-    return _cpu_status
+    if os.environ.get(KERNEL_ENV, "1") == "0":
+        return f"disabled by {KERNEL_ENV}=0"
+    cpu_kernel(compiler=compiler, cache_dir=cache_dir)
+    return _cpu_kernels[_kernel_key(compiler, cache_dir)][1]
 
 
 # From this many tokens on (prefill), unpacking T to fp32 in row chunks and multiplying with torch's GEMM beats the
 # register-tiled kernel, whose cost grows with tokens x weights (bench/bench_inference.py measures both).
-GEMM_MIN_TOKENS = 32
+GEMM_MIN_TOKENS = 128
 _GEMM_ROW_CHUNK_ELEMENTS = 1 << 22  # at most 16 MiB of unpacked fp32 weights alive at a time
 
 
@@ -287,7 +294,7 @@ def _cpu_unpacked_gemm(
 def _cpu_matmul(x: torch.Tensor, packed: torch.Tensor, row_scale: torch.Tensor, col_scale: torch.Tensor | None) -> torch.Tensor:
     library = cpu_kernel()
     if library is None:
-        raise RuntimeError(f"the 2-bit ternary CPU kernel is {_cpu_status}: use ternary_inference='int4' or 'auto'")
+        raise RuntimeError(f"the 2-bit ternary CPU kernel is {cpu_kernel_status()}: use ternary_inference='int4' or 'auto'")
     out_features, in_features = packed.shape[0], x.shape[-1]
     flat = x.reshape(-1, in_features)
     if flat.shape[0] >= GEMM_MIN_TOKENS:
@@ -310,6 +317,7 @@ def _cpu_matmul(x: torch.Tensor, packed: torch.Tensor, row_scale: torch.Tensor, 
 # ------------------------------------------------------------------------------------------------------------- Triton
 
 _triton_kernels: dict[bool, object] = {}
+triton = tl = None  # imported at first use (optional dependency)
 
 
 def triton_available() -> bool:
@@ -325,6 +333,7 @@ def _triton_kernel():
     interpret = os.environ.get("TRITON_INTERPRET", "0") == "1"
     if interpret in _triton_kernels:
         return _triton_kernels[interpret]
+    global triton, tl  # module globals: the interpreter patches the kernel's globals, not closure variables
     try:
         import triton
         import triton.language as tl
@@ -334,7 +343,7 @@ def _triton_kernel():
     @triton.jit
     def ternary_2bit_kernel(
         x_ptr, w_ptr, row_scale_ptr, col_scale_ptr, y_ptr, M, N, K, KP, stride_xm, stride_ym,
-        HAS_COL_SCALE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
+        HAS_COL_SCALE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     ):
         pid_m = tl.program_id(0)
         pid_n = tl.program_id(1)
@@ -345,7 +354,7 @@ def _triton_kernel():
         # column j = 8 p + l of a block, as a [16, 8] -> [128] index
         columns = tl.reshape(planes[:, None] * 8 + lanes[None, :], (128,))
         shifts = tl.reshape(tl.broadcast_to(30 - 2 * planes[:, None], (16, 8)), (128,))
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)  # (tl.zeros is a jit function: not interpretable late)
         for block in range(0, KP // 128):
             # word l of every row's block: [BLOCK_N, 8] int32, broadcast over planes -> [BLOCK_N, 128]
             word_index = tl.reshape(tl.broadcast_to(lanes[None, :], (16, 8)), (128,))
@@ -360,10 +369,8 @@ def _triton_kernel():
             ).to(tl.float32)
             if HAS_COL_SCALE:
                 x = x * tl.load(col_scale_ptr + k_index, mask=k_index < K, other=0.0)[None, :]
-            if IEEE:
-                acc += tl.dot(x, tl.trans(digits), input_precision="ieee")
-            else:
-                acc += tl.dot(x.to(tl.bfloat16), tl.trans(digits.to(tl.bfloat16)))
+            # fp32 products for every input dtype: exact within fp32, and the bf16 dot is not interpretable on CPU
+            acc += tl.dot(x, tl.trans(digits), input_precision="ieee")
         acc = acc * tl.load(row_scale_ptr + rows, mask=rows < N, other=0.0)[None, :]
         tl.store(
             y_ptr + tokens[:, None] * stride_ym + rows[None, :], acc, mask=(tokens[:, None] < M) & (rows[None, :] < N)
@@ -386,7 +393,7 @@ def _triton_matmul(x: torch.Tensor, packed: torch.Tensor, row_scale: torch.Tenso
     kernel[grid](
         flat, packed.view(torch.int32), row_scale, col_scale if col_scale is not None else row_scale, y,
         tokens, out_features, in_features, packed.shape[1] * 4, flat.stride(0), y.stride(0),
-        HAS_COL_SCALE=col_scale is not None, BLOCK_M=block_m, BLOCK_N=block_n, IEEE=flat.dtype == torch.float32,
+        HAS_COL_SCALE=col_scale is not None, BLOCK_M=block_m, BLOCK_N=block_n,
     )
     return y.to(x.dtype).reshape(*x.shape[:-1], out_features)
 

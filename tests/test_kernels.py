@@ -1,0 +1,132 @@
+"""The 2-bit ternary kernels against a float64 reference: the C++ CPU kernel (decode GEMV, prefill tile, unpacked
+GEMM) and the Triton kernel through its interpreter, for 1, 2, 3 and 6 scale shards along either dimension; the
+2-bit layout round trip; and the fallback when no compiler is present."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from spectra_hf.modeling import TernaryLinear
+from spectra_hf.modeling import ternary_kernels
+from spectra_hf.modeling.ternary import default_inference_path
+from spectra_hf.modeling.ternary_kernels import pack_2bit, unpack_2bit
+
+SHARDS = (1, 2, 3, 6)
+# relative to the output's largest magnitude: fp32 accumulation; bf16 output rounding (8 significant bits)
+TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
+
+
+def random_ternary(out_features: int, in_features: int, shards: int, shard_dim: int, seed: int):
+    generator = torch.Generator().manual_seed(seed)
+    digits = torch.randint(-1, 2, (out_features, in_features), generator=generator, dtype=torch.int8)  # [out, in]
+    scales = torch.rand(shards, generator=generator, dtype=torch.float32) * 0.05 + 0.01  # [shards]
+    return digits, scales
+
+
+def reference(x: torch.Tensor, digits: torch.Tensor, scales: torch.Tensor, shard_dim: int) -> torch.Tensor:
+    """float64 X (g * T)^T, with each shard's scale spread over its contiguous block of rows / columns."""
+    out_features, in_features = digits.shape
+    sharded = (out_features, in_features)[shard_dim]
+    per_index = torch.cat([torch.full((sharded // scales.numel(),), float(g), dtype=torch.float64) for g in scales])
+    weight = digits.double() * (per_index[:, None] if shard_dim == 0 else per_index[None, :])
+    return x.double() @ weight.t()
+
+
+def test_2bit_layout_round_trip_and_size() -> None:
+    for out_features, in_features in ((3, 5), (7, 128), (4, 300), (2, 256)):
+        digits, _ = random_ternary(out_features, in_features, 1, 0, seed=in_features)
+        packed = pack_2bit(digits)
+        assert packed.dtype == torch.uint8
+        assert packed.shape == (out_features, -(-in_features // 128) * 32)  # 2 bits per weight, rows padded to 128
+        assert torch.equal(unpack_2bit(packed, in_features), digits)
+    # the documented bit positions: weight j = 8 p + l of a block in bits 2p..2p+1 of little-endian word l
+    digits = torch.zeros(1, 128, dtype=torch.int8)
+    digits[0, 8 * 5 + 3] = -1  # p = 5, l = 3 -> word 3, bits 10..11 = 0b11 -> byte 12 + 1, bits 2..3
+    digits[0, 8 * 0 + 1] = 1  # p = 0, l = 1 -> word 1, bits 0..1 = 0b01 -> byte 4
+    packed = pack_2bit(digits)[0]
+    expected = torch.zeros(32, dtype=torch.uint8)
+    expected[13], expected[4] = 0b1100, 0b01
+    assert torch.equal(packed, expected)
+
+
+needs_cpu_kernel = pytest.mark.skipif(
+    ternary_kernels.cpu_kernel() is None, reason=f"CPU kernel: {ternary_kernels.cpu_kernel_status()}"
+)
+
+
+@needs_cpu_kernel
+@pytest.mark.parametrize("shards", SHARDS)
+@pytest.mark.parametrize("shard_dim", (0, 1))
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16))
+def test_cpu_kernel_matches_the_float64_reference(shards: int, shard_dim: int, dtype: torch.dtype) -> None:
+    out_features, in_features = 36, 300  # divisible by every shard count; in_features not a multiple of 128
+    digits, scales = random_ternary(out_features, in_features, shards, shard_dim, seed=shards * 10 + shard_dim)
+    layer = TernaryLinear.from_ternary(digits, scales, shard_dim=shard_dim, eps=1e-5)
+    layer.prepare_inference("2bit", dtype)
+    assert layer.weight_kernel.numel() == out_features * 384 // 4
+    # decode (1 token), the prefill tile (5 = 4 + 1 tokens) and the unpacked-GEMM route (GEMM_MIN_TOKENS tokens)
+    for tokens in (1, 5, ternary_kernels.GEMM_MIN_TOKENS):
+        x = torch.randn(tokens, in_features, generator=torch.Generator().manual_seed(tokens)).to(dtype)  # [tokens, in]
+        with torch.no_grad():
+            y = layer(x)
+        assert y.dtype == dtype and y.shape == (tokens, out_features)
+        expected = reference(x, digits, scales, shard_dim)
+        torch.testing.assert_close(y.double(), expected, rtol=0, atol=TOLERANCE[dtype] * expected.abs().max().item())
+
+
+@needs_cpu_kernel
+def test_cpu_kernel_takes_batched_and_strided_inputs() -> None:
+    digits, scales = random_ternary(8, 256, 2, 1, seed=3)
+    layer = TernaryLinear.from_ternary(digits, scales, shard_dim=1, eps=1e-5)
+    layer.prepare_inference("2bit", torch.float32)
+    x = torch.randn(2, 3, 512)[..., ::2]  # [batch, seq, in] with stride 2 along in
+    with torch.no_grad():
+        y = layer(x)
+    expected = reference(x.reshape(-1, 256), digits, scales, 1).reshape(2, 3, 8)
+    torch.testing.assert_close(y.double(), expected, rtol=0, atol=1e-5 * expected.abs().max().item())
+
+
+@pytest.mark.parametrize("shards", SHARDS)
+def test_triton_kernel_through_the_interpreter(shards: int, monkeypatch) -> None:
+    pytest.importorskip("triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    for shard_dim in (0, 1):
+        out_features, in_features = 42, 150  # not multiples of the kernel's 32-row / 128-column tiles
+        digits, scales = random_ternary(out_features, in_features, shards, shard_dim, seed=shards + 100 * shard_dim)
+        layer = TernaryLinear.from_ternary(digits, scales, shard_dim=shard_dim, eps=1e-5)
+        layer.prepare_inference("2bit", torch.float32)
+        for tokens, dtype in ((1, torch.float32), (3, torch.float32), (2, torch.bfloat16)):
+            x = torch.randn(tokens, in_features, generator=torch.Generator().manual_seed(tokens)).to(dtype)
+            with torch.no_grad():
+                y = layer(x)
+            expected = reference(x, digits, scales, shard_dim)
+            torch.testing.assert_close(
+                y.double(), expected, rtol=0, atol=TOLERANCE[dtype] * expected.abs().max().item()
+            )
+
+
+def test_without_a_compiler_auto_falls_back_to_int4_and_says_why(tmp_path, monkeypatch, caplog) -> None:
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv(ternary_kernels.CACHE_ENV, str(tmp_path / "cache"))
+    logger = logging.getLogger("spectra_hf.modeling.ternary_kernels")
+    logger.addHandler(caplog.handler)
+    try:
+        assert ternary_kernels.cpu_kernel() is None
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert "no-such-compiler" in ternary_kernels.cpu_kernel_status()
+    assert any("int4" in record.getMessage() for record in caplog.records)
+    assert default_inference_path(torch.device("cpu"), 256) == "int4"
+    assert default_inference_path(torch.device("cpu"), 40) == "int8"
+    digits, scales = random_ternary(16, 256, 1, 0, seed=0)
+    layer = TernaryLinear.from_ternary(digits, scales, shard_dim=0, eps=1e-5)
+    with pytest.raises(ValueError, match="2bit path cannot run here"):
+        layer.prepare_inference("2bit", torch.float32)
+    with torch.no_grad():
+        y = layer(torch.ones(1, 256))  # the first forward plans the fallback path
+    assert layer.inference_path == "int4"
+    expected = reference(torch.ones(1, 256), digits, scales, 0)
+    torch.testing.assert_close(y.double(), expected, rtol=0, atol=1e-2 * expected.abs().max().item())
