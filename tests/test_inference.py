@@ -15,7 +15,6 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from spectra_hf import TernaryLinear, TriLMForCausalLM
 from spectra_hf.modeling.configuration_trilm import without_trilm_keys
-from spectra_hf.modeling.configuration_trilm import without_trilm_keys
 from spectra_hf.suite import config_for
 from test_modeling import REMOTE_CODE_SCRIPT  # the lead's spectra_hf-blocking loader script
 from test_ternary import reference_ternary_weight  # g * T by the paper's formula, float64

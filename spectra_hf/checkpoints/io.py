@@ -27,7 +27,6 @@ from spectra_hf.modeling.packing import unpack_ternary
 from spectra_hf.modeling.ternary import TernaryLinear, dense_of_digits, recover_ternary, share_scales
 from spectra_hf.checkpoints.safetensors_io import ShardFileWriter, TensorEntry, read_header, read_tensor
 from spectra_hf.suite import linear_weight_shapes
-from spectra_hf.suite import linear_weight_shapes
 
 KINDS = ("trilm-latent", "trilm-packed", "trilm-release", "floatlm", "llama")
 FORMAT_OF_KIND = {
