@@ -106,6 +106,15 @@ def _scale_candidates(absmax: torch.Tensor, k: int) -> torch.Tensor:
     return bits.to(torch.int16).view(torch.float16)
 
 
+def _exact(values: torch.Tensor, scale: torch.Tensor, low: int, high: int) -> torch.Tensor:
+    """Which groups of fp16 `values` [G, n] are exactly fl16(scale * k) with integer codes k in [low, high] for
+    their fp16 `scale` [G, 1] (bool [G]): the fast test every group takes first."""
+    codes = torch.round(values.float() / scale.float())
+    in_range = ((codes >= low) & (codes <= high)).all(dim=1)
+    again = (scale.float() * codes).to(torch.float16)
+    return in_range & (again.view(torch.int16) == values.view(torch.int16)).all(dim=1)
+
+
 def _fit(values: torch.Tensor, scale: torch.Tensor, low: int, high: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(codes, ulps) of fp16 `values` [G, n] on the lattice of fp16 `scale` [G, 1]; ulps [G] is the worst value
     per group, or a huge number where a code falls outside [low, high]."""
@@ -141,33 +150,41 @@ def recover_codes(
     values = weight.reshape(out_features * groups, size)  # [G, n], one row per (output row, group)
     low, high = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
     absmax = values.double().abs().amax(dim=1)
-    best_scale = torch.ones(values.shape[0], dtype=torch.float16)
-    best_ulps = torch.where(absmax == 0, 0, 1 << 30).to(torch.int32)  # an all-zero group fits any scale
-    for k in range(-low, 0, -1):
-        open_groups = torch.nonzero(best_ulps > 0).flatten()
-        if open_groups.numel() == 0:
-            break
+    best_scale = torch.ones(values.shape[0], dtype=torch.float16)  # an all-zero group fits any scale
+    open_groups = torch.nonzero(absmax > 0).flatten()
+    for k in range(-low, 0, -1):  # exact fits, finest lattice first
         candidates = _scale_candidates(absmax[open_groups], k)
         for column in range(candidates.shape[1]):
-            scale = candidates[:, column : column + 1]
-            _, ulps = _fit(values[open_groups], scale, low, high)
-            better = ulps < best_ulps[open_groups]
-            best_ulps[open_groups[better]] = ulps[better]
-            best_scale[open_groups[better]] = scale.flatten()[better]
-    worst = int(best_ulps.max()) if best_ulps.numel() else 0
-    if worst > max_ulps:
-        group = int(best_ulps.argmax())
-        row, column = divmod(group, groups)
-        raise CheckpointError(
-            f"{name} is not a {bits}-bit GPTQ weight: its values in row {row}, input columns "
-            f"{column * size}..{(column + 1) * size - 1} lie on no symmetric {bits}-bit lattice with an fp16 scale "
-            f"(closest fit off by {'more than 2^30' if worst >= 1 << 30 else worst} ulps). Pass the QuantLM's real "
-            "bit width, or re-download the release file"
-        )
-    codes, _ = _fit(values, best_scale[:, None], low, high)
-    again = (best_scale[:, None].float() * codes).to(torch.float16)
-    distance = ulp_distance(again, values)
-    fit = LatticeFit(values=values.numel(), differing=int((distance > 0).sum()), max_ulps=int(distance.max()))
+            if open_groups.numel() == 0:
+                break
+            hit = _exact(values[open_groups], candidates[:, column : column + 1], low, high)
+            best_scale[open_groups[hit]] = candidates[hit, column]
+            open_groups, candidates = open_groups[~hit], candidates[~hit]
+    fit = LatticeFit(values=values.numel())
+    if open_groups.numel():  # no exact fit: the closest within max_ulps, or a refusal
+        best_ulps = torch.full((open_groups.numel(),), 1 << 30, dtype=torch.int32)
+        for k in range(-low, 0, -1):
+            candidates = _scale_candidates(absmax[open_groups], k)
+            for column in range(candidates.shape[1]):
+                _, ulps = _fit(values[open_groups], candidates[:, column : column + 1], low, high)
+                better = ulps < best_ulps
+                best_ulps[better] = ulps[better]
+                best_scale[open_groups[better]] = candidates[better, column]
+        worst = int(best_ulps.max())
+        if worst > max_ulps:
+            row, column = divmod(int(open_groups[best_ulps.argmax()]), groups)
+            raise CheckpointError(
+                f"{name} is not a {bits}-bit GPTQ weight: its values in row {row}, input columns "
+                f"{column * size}..{(column + 1) * size - 1} lie on no symmetric {bits}-bit lattice with an fp16 "
+                f"scale (closest fit off by {'more than 2^30' if worst >= 1 << 30 else worst} ulps). Pass the "
+                "QuantLM's real bit width, or re-download the release file"
+            )
+        inexact = values[open_groups]
+        scale = best_scale[open_groups, None].float()
+        again = (scale * torch.round(inexact.float() / scale)).to(torch.float16)
+        distance = ulp_distance(again, inexact)
+        fit.differing, fit.max_ulps = int((distance > 0).sum()), int(distance.max())
+    codes = torch.round(values.float() / best_scale[:, None].float())
     return RecoveredLinear(
         codes=codes.to(torch.int8).reshape(out_features, in_features),
         scales=best_scale.reshape(out_features, groups),
@@ -294,6 +311,9 @@ def _compare_reloaded(directory: Path, release: Path, names: list[str]) -> Latti
         for module_name in names:
             again = reloaded.get_submodule(module_name).dequantize_weight().T.to(torch.float16).contiguous()
             expected = source.tensor(f"{module_name}.weight")
+            if torch.equal(again.view(torch.int16), expected.view(torch.int16)):
+                fit.add(LatticeFit(values=expected.numel()))
+                continue
             distance = ulp_distance(again, expected)
             fit.add(LatticeFit(values=distance.numel(), differing=int((distance > 0).sum()), max_ulps=int(distance.max())))
     return fit

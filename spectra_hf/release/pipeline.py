@@ -6,8 +6,9 @@ For each release revision (per model: its checkpoint branches by step, then the 
     -> publish as branch `step<N>` / `main` of ORG/<name> (the publisher: one idempotent commit per branch,
        paced, verified) -> journal entry with the sha256 of every published file -> free the output
 
-Only one revision's files exist at a time, so disk stays under twice the largest revision, which is checked against
-`max_disk` before anything is downloaded. The journal (release.journal) makes a killed run resume where it stopped;
+Only one revision's files exist at a time, so disk stays under three times the largest revision (its download, and
+its conversion twice while a shard's header is put in front), which is checked against `max_disk` before anything
+is downloaded. The journal (release.journal) makes a killed run resume where it stopped;
 the publisher's tree comparison makes sure no revision is committed twice. At the end the manifest
 (release.manifest) is written, published to ORG/spectra-release-manifest, and returned; the run is complete when no
 revision is refused, missing or pending.
@@ -401,7 +402,7 @@ def _check_disk(found: Discovery, *, max_disk: int | None, work_dir: Path) -> No
     if max_disk is not None and needed > max_disk:
         raise SpectraError(
             f"--max-disk {human_size(max_disk)} is too small for one revision: {largest.key} needs {human_size(needed)} "
-            f"(its {human_size(largest.size)} download and the converted output side by side). Nothing was downloaded "
+            f"(its {human_size(largest.size)} download and up to twice that while the conversion is written). Nothing was downloaded "
             f"or published; raise --max-disk to at least {human_size(needed)}"
         )
     probe = next(p for p in (work_dir, *work_dir.resolve().parents) if p.exists())
