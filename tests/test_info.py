@@ -69,3 +69,15 @@ def test_missing_or_corrupt_checkpoints_give_one_clear_error(tmp_path, capsys) -
     (tmp_path / "ckpt" / "config.json").write_text("{")
     with pytest.raises(SpectraError, match="config.json is corrupt"):
         describe_checkpoint(tmp_path / "ckpt")
+
+
+def test_a_config_that_disagrees_with_the_weights_is_one_line_not_a_key_error(tmp_path, capsys) -> None:
+    """A hand-edited config.json (a key dropped: the class default 11008 applies) used to end in a KeyError."""
+    TriLMForCausalLM(config_for("TriLM_99M", tiny=True)).save_pretrained(tmp_path / "packed", weight_format="packed")
+    config = json.loads((tmp_path / "packed" / "config.json").read_text())
+    del config["intermediate_size"]
+    (tmp_path / "packed" / "config.json").write_text(json.dumps(config))
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "packed")]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "mlp.gate_proj.weight_packed is U8 [2458], but config.json implies U8 [" in error[0]

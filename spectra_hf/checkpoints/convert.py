@@ -103,8 +103,10 @@ def convert_checkpoint(
             for out_name, tensor in _output_tensors(name, source.weight(name), to, cast):
                 writer.add(out_name, tensor)
         writer.finish()
-        _write_config(source, staging, to, cast)
         _copy_side_files(source.path, staging)
+        # config.json last: until the very end the staging folder is not a checkpoint even to loaders that do not
+        # know the marker (stock transformers), and from then on it is complete.
+        _write_config(source, staging, to, cast)
         written = sorted(path.name for path in staging.iterdir() if path.name != INCOMPLETE_MARKER)
         record = {"format": to, "source": str(source.path.resolve()), "files": written}
         (staging / OUTPUT_RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
@@ -205,8 +207,8 @@ def _write_config(source: Checkpoint, directory: Path, to: str, cast: torch.dtyp
         config.save_pretrained(directory)
         return
     config.architectures = [model_class.__name__]
+    custom_object_save(model_class, directory)  # the remote code first, config.json last
     config.save_pretrained(directory)
-    custom_object_save(model_class, directory)
 
 
 def _copy_side_files(src: Path, directory: Path) -> None:
