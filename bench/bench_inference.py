@@ -1,36 +1,52 @@
-"""Decode speed (tokens/s at batch 1) and memory: packed TriLM (each inference path) vs FloatLM fp32 / bf16.
+"""Decode and prefill speed, memory and bandwidth use: packed TriLM on each inference path vs FloatLM bf16 / fp32.
 
-    python bench/bench_inference.py [--sizes 190M 390M 1.1B] [--tokens 16] [--device cpu]
+    python bench/bench_inference.py [--sizes 99M 390M 1.1B] [--tokens 16] [--prefill 128] [--variants ...]
 
-Full-size shapes from the suite registry, random weights (speed does not depend on values). Every model runs in its
-own subprocess so that its peak RSS is its own. Printed per size: resident weight bytes (parameters + buffers),
-process peak RSS, decode tokens/s, and the ratios the issue targets: TriLM weight memory / FloatLM bf16 weight memory
-(target <= 0.3; "blocks/bf16" counts the decoder blocks only, without the float embedding and LM head) and TriLM
-decode speed / the faster FloatLM dtype (target >= 1.5).
+Full-size shapes from the suite registry, random weights (speed does not depend on values). A TriLM is saved as a
+packed checkpoint once per size and every TriLM variant loads it with `from_pretrained` in its own subprocess, so the
+printed load peak is that of a real load. Printed per size and variant:
+  load peak    VmHWM right after from_pretrained (TriLM) or after building (FloatLM) - the load's peak RSS
+  resident     bytes of the parameters and buffers (storage counted once; the packed layers' zero-stride weight is 0)
+  RSS          the process's resident memory after the timed runs (weights + framework baseline + activations)
+  decode       tokens/s at batch 1 after an 8-token prompt (KV cache), `--tokens` steps
+  prefill      tokens/s of one forward over `--prefill` tokens
+  bytes/token  weight bytes read per decode token: everything but the embedding table, plus one embedding row
+  of BW        bytes/token x decode tokens/s / the read bandwidth measured in the same run (the physical limit)
+  vs bf16      decode speed and resident bytes relative to FloatLM bf16 of the same size (issue 14: speed >= 4x at
+               1.1B, resident <= 0.40x)
+Every figure is printed with the load average, since the machine is shared.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
+import tempfile
 import time
 
 from peak_memory import peak_rss_bytes
 
-# (label, family, dtype of the float parts, ternary inference path)
+# (label, family, dtype of the float parts, ternary inference path, extra)
 VARIANTS = (
-    ("FloatLM fp32", "floatlm", "float32", None),
     ("FloatLM bf16", "floatlm", "bfloat16", None),
-    ("TriLM int8", "trilm", "bfloat16", "int8"),
+    ("FloatLM fp32", "floatlm", "float32", None),
+    ("TriLM 2bit", "trilm", "bfloat16", "2bit"),
     ("TriLM int4", "trilm", "bfloat16", "int4"),
+    ("TriLM int8", "trilm", "bfloat16", "int8"),
     ("TriLM dense bf16", "trilm", "bfloat16", "dense"),
-    ("TriLM dense fp32", "trilm", "float32", "dense"),
 )
 
 
-def build(family: str, size: str, dtype, path: str | None, device: str):
+def current_rss_bytes() -> int:
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmRSS:"))
+    return int(line.split()[1]) * 1024
+
+
+def random_model(family: str, size: str, dtype):
     """A full-size random model built on the meta device and materialized once (no second copy)."""
     import torch
     from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
@@ -39,105 +55,166 @@ def build(family: str, size: str, dtype, path: str | None, device: str):
     from spectra_hf.suite import config_for
 
     name = f"{'TriLM' if family == 'trilm' else 'FloatLM'}_{size}"
-    extra = {"weight_format": "packed", "ternary_inference": path} if family == "trilm" else {}
-    config = config_for(name, **extra)
-    model_class = TriLMForCausalLM if family == "trilm" else FloatLMForCausalLM
+    config = config_for(name, **({"weight_format": "packed"} if family == "trilm" else {}))
     with torch.device("meta"):
-        model = model_class(config)
-    model.to_empty(device=device)
-    generator = torch.Generator(device=device).manual_seed(0)
+        model = (TriLMForCausalLM if family == "trilm" else FloatLMForCausalLM)(config)
+    model.to_empty(device="cpu")
+    generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        for param_name, param in model.named_parameters():
-            if param.ndim == 1:
-                param.fill_(1.0)
-            else:
-                param.normal_(0, 0.02, generator=generator)
+        for param in model.parameters():
+            param.fill_(1.0) if param.ndim == 1 else param.normal_(0, 0.02, generator=generator)
         for module in model.modules():
             if isinstance(module, TernaryLinear):
-                module.weight_packed.copy_(torch.randint(0, 243, module.weight_packed.shape, generator=generator, device=device))
+                module.weight_packed.copy_(torch.randint(0, 243, module.weight_packed.shape, generator=generator))
                 module.weight_scale.uniform_(0.01, 0.05, generator=generator)
-        model.model.rotary_emb = LlamaRotaryEmbedding(config).to(device)
-        model = model.to(dtype).eval()
-        if family == "trilm":
-            model.prepare_ternary_inference(path)
-    return model
+        model.model.rotary_emb = LlamaRotaryEmbedding(config)
+    return model.to(dtype).eval()
 
 
-def worker(family: str, size: str, dtype_name: str, path: str | None, tokens: int, device: str) -> dict:
+def resident_bytes(model) -> tuple[int, int]:
+    """(bytes of all parameters and buffers, bytes of the input embedding table), each storage counted once."""
+    seen, total = set(), 0
+    for tensor in [*model.parameters(), *model.buffers()]:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() in seen or 0 in tensor.stride():  # zero-stride: a packed layer's placeholder weight
+            continue
+        seen.add(storage.data_ptr())
+        total += storage.nbytes()
+    embedding = model.get_input_embeddings().weight
+    return total, embedding.numel() * embedding.element_size()
+
+
+def worker(family: str, size: str, dtype_name: str, path: str | None, checkpoint: str | None, args) -> dict:
     import torch
 
     dtype = getattr(torch, dtype_name)
-    model = build(family, size, dtype, path, device)
-    tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
-    weight_bytes = sum(t.numel() * t.element_size() for t in tensors.values())
-    block_bytes = sum(t.numel() * t.element_size() for name, t in tensors.items() if ".layers." in name)
-    ids = torch.randint(0, model.config.vocab_size, (1, 8), device=device)
+    start = time.perf_counter()
+    if family == "trilm":
+        from spectra_hf import TriLMForCausalLM
+
+        model = TriLMForCausalLM.from_pretrained(checkpoint, ternary_inference=path, dtype=dtype).eval()
+    else:
+        model = random_model(family, size, dtype)
+    load_seconds = time.perf_counter() - start
+    load_peak = peak_rss_bytes()
+    weights, embedding = resident_bytes(model)
+    row = embedding // model.config.vocab_size
+    generator = torch.Generator().manual_seed(1)
+    prompt = torch.randint(0, model.config.vocab_size, (1, 8), generator=generator)
+    long_prompt = torch.randint(0, model.config.vocab_size, (1, args.prefill), generator=generator)
 
     def decode(steps: int) -> float:
         with torch.inference_mode():
-            out = model(ids, use_cache=True)
+            out = model(prompt, use_cache=True)
             cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
-            if device == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
+            begin = time.perf_counter()
             for _ in range(steps):
                 out = model(token, past_key_values=cache, use_cache=True)
                 cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
-            if device == "cuda":
-                torch.cuda.synchronize()
-            return time.perf_counter() - start
+            return time.perf_counter() - begin
 
-    decode(2)  # warm-up
-    seconds = decode(tokens)
-    return {"weight_bytes": weight_bytes, "block_bytes": block_bytes, "peak_rss": peak_rss_bytes(), "tokens_per_s": tokens / seconds}
+    def prefill() -> float:
+        with torch.inference_mode():
+            begin = time.perf_counter()
+            model(long_prompt, use_cache=False, logits_to_keep=1)
+            return time.perf_counter() - begin
+
+    decode(2)  # warm-up (and the first-use kernel build, if any)
+    decode_seconds = decode(args.tokens)
+    prefill()
+    prefill_seconds = prefill()
+    return {
+        "weight_bytes": weights,
+        "bytes_per_token": weights - embedding + row,
+        "load_seconds": load_seconds,
+        "load_peak": load_peak,
+        "rss": current_rss_bytes(),
+        "decode": args.tokens / decode_seconds,
+        "prefill": args.prefill / prefill_seconds,
+        "load": os.getloadavg()[0],
+    }
+
+
+def measure_bandwidth() -> float:
+    """Read bandwidth in bytes/s: the best of 5 sums over a 512 MiB float32 tensor with torch's threads."""
+    import torch
+
+    data = torch.ones(2**27, dtype=torch.float32)  # [2^27] = 512 MiB
+    data.sum()
+    best = min(_timed(data.sum) for _ in range(5))
+    return data.numel() * data.element_size() / best
+
+
+def _timed(function) -> float:
+    begin = time.perf_counter()
+    function()
+    return time.perf_counter() - begin
+
+
+def save_random_trilm(size: str, directory: str) -> None:
+    import torch
+
+    random_model("trilm", size, torch.bfloat16).save_pretrained(directory)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", nargs="+", default=["190M", "390M", "1.1B"])
+    parser.add_argument("--sizes", nargs="+", default=["99M", "390M", "1.1B"])
     parser.add_argument("--tokens", type=int, default=16, help="decode steps timed per model (after 2 warm-up steps)")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--prefill", type=int, default=128, help="prompt length of the timed prefill")
     parser.add_argument("--variants", nargs="+", help="only these labels (default: all)")
-    parser.add_argument("--worker", nargs=4, metavar=("FAMILY", "SIZE", "DTYPE", "PATH"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--save", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.save:
+        save_random_trilm(*args.save)
+        return
     if args.worker:
-        family, size, dtype_name, path = args.worker
-        print(json.dumps(worker(family, size, dtype_name, None if path == "-" else path, args.tokens, args.device)))
+        family, size, dtype_name, path, checkpoint = args.worker
+        print(json.dumps(worker(family, size, dtype_name, None if path == "-" else path, checkpoint, args)))
         return
 
     import torch
 
-    print(f"device={args.device} threads={torch.get_num_threads()} torch={torch.__version__} decode tokens={args.tokens}")
-    header = (
-        f"{'size':>5} {'model':<17} {'weights MiB':>11} {'peak RSS MiB':>12} {'tok/s':>7} {'mem/bf16':>9} "
-        f"{'blocks/bf16':>11} {'speed/best float':>16}"
+    from spectra_hf.modeling.ternary_kernels import cpu_kernel_status
+
+    bandwidth = measure_bandwidth()
+    print(
+        f"threads={torch.get_num_threads()} torch={torch.__version__} decode tokens={args.tokens} prefill={args.prefill} "
+        f"read bandwidth={bandwidth / 1e9:.1f} GB/s (load {os.getloadavg()[0]:.1f})\nCPU 2-bit kernel: {cpu_kernel_status()}"
     )
-    print(header)
-    print("-" * len(header))
+    header = (
+        f"{'size':>5} {'model':<17} {'load peak':>9} {'resident':>8} {'RSS':>6} {'decode':>7} {'prefill':>7} "
+        f"{'MB/token':>8} {'of BW':>6} {'speed vs bf16':>13} {'mem vs bf16':>11} {'load avg':>8}"
+    )
+    print(header + "\n" + "-" * len(header), flush=True)
     for size in args.sizes:
         rows = {}
-        for label, family, dtype_name, path in VARIANTS:
-            if args.variants and label not in args.variants:
-                continue
-            command = [sys.executable, __file__, "--worker", family, size, dtype_name, path or "-",
-                       "--tokens", str(args.tokens), "--device", args.device]
-            result = subprocess.run(command, capture_output=True, text=True)
-            if result.returncode:
-                print(f"{size:>5} {label:<17} failed: {result.stderr.strip().splitlines()[-1]}")
-                continue
-            rows[label] = json.loads(result.stdout.strip().splitlines()[-1])
-        bf16 = rows.get("FloatLM bf16", {}).get("weight_bytes")
-        bf16_blocks = rows.get("FloatLM bf16", {}).get("block_bytes")
-        best_float = max((rows[k]["tokens_per_s"] for k in ("FloatLM fp32", "FloatLM bf16") if k in rows), default=None)
-        for label, row in rows.items():
-            memory = f"{row['weight_bytes'] / bf16:.2f}x" if bf16 else "-"
-            blocks = f"{row['block_bytes'] / bf16_blocks:.2f}x" if bf16_blocks else "-"
-            speed = f"{row['tokens_per_s'] / best_float:.2f}x" if best_float else "-"
-            print(
-                f"{size:>5} {label:<17} {row['weight_bytes'] / 2**20:>11.0f} {row['peak_rss'] / 2**20:>12.0f} "
-                f"{row['tokens_per_s']:>7.1f} {memory:>9} {blocks:>11} {speed:>16}",
-                flush=True,
-            )
+        with tempfile.TemporaryDirectory() as checkpoint:
+            if any(family == "trilm" and (not args.variants or label in args.variants) for label, family, *_ in VARIANTS):
+                subprocess.run([sys.executable, __file__, "--save", size, checkpoint], check=True, capture_output=True)
+            for label, family, dtype_name, path in VARIANTS:
+                if args.variants and label not in args.variants:
+                    continue
+                command = [
+                    sys.executable, __file__, "--worker", family, size, dtype_name, path or "-", checkpoint,
+                    "--tokens", str(args.tokens), "--prefill", str(args.prefill),
+                ]
+                result = subprocess.run(command, capture_output=True, text=True)
+                if result.returncode:
+                    print(f"{size:>5} {label:<17} failed: {result.stderr.strip().splitlines()[-1]}", flush=True)
+                    continue
+                rows[label] = row = json.loads(result.stdout.strip().splitlines()[-1])
+                bf16 = rows.get("FloatLM bf16")
+                speed = f"{row['decode'] / bf16['decode']:.2f}x" if bf16 else "-"
+                memory = f"{row['weight_bytes'] / bf16['weight_bytes']:.2f}x" if bf16 else "-"
+                print(
+                    f"{size:>5} {label:<17} {row['load_peak'] / 2**20:>8.0f}M {row['weight_bytes'] / 2**20:>7.0f}M "
+                    f"{row['rss'] / 2**20:>5.0f}M {row['decode']:>7.1f} {row['prefill']:>7.1f} "
+                    f"{row['bytes_per_token'] / 1e6:>8.0f} {row['bytes_per_token'] * row['decode'] / bandwidth:>6.0%} "
+                    f"{speed:>13} {memory:>11} {row['load']:>8.1f}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -371,13 +371,16 @@ class TernaryLinear(nn.Linear):
             self.weight = None
             self.inference_path = None
         kept = {name: self._buffers.pop(name) for name in _KERNEL_BUFFERS if self._buffers.get(name) is not None}
-        if self.inference_path not in (None, "dense") and self.weight_kernel is not None:
+        if self.inference_path is not None:
             kept["weight_kernel"] = self._buffers.pop("weight_kernel")
         placeholder = self._parameters.pop("weight", None)
         super()._apply(fn, recurse)
         for name, tensor in kept.items():
             moved = fn(tensor)
             self._buffers[name] = moved if moved.dtype == tensor.dtype else tensor.to(moved.device)
+        if self.inference_path == "dense" and kept["weight_kernel"].dtype != (dtype := fn(kept["weight_kernel"]).dtype):
+            # g * T rebuilt from T and the float32 scales: a half() -> float() round trip stays exact
+            self.weight_kernel = dense_of_digits(self._packed_digits(), self.weight_scale, self.shard_dim, dtype)
         if placeholder is None:
             self._parameters["weight"] = None
         else:

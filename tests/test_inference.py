@@ -158,3 +158,82 @@ def test_packed_checkpoint_loads_as_remote_code_without_spectra_hf(saved, tmp_pa
     in_process = TriLMForCausalLM.from_pretrained(directory)  # the same "auto" path (2bit on CPU)
     with torch.no_grad():
         torch.testing.assert_close(torch.load(tmp_path / "out.pt"), in_process(ids).logits, rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------ a packed TriLM as a first-class PreTrainedModel
+
+PATHS = ("dense", "int8", "int4", "2bit")
+# relative to the logits' scale: the int8 / int4 kernels and bf16 / fp16 activations round to ~8-11 significant bits
+PATH_TOLERANCE = {"dense": 1e-5, "2bit": 1e-5, "int8": 2e-2, "int4": 2e-2}
+DTYPE_TOLERANCE = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 3e-2}
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_dtype_casts_after_loading_keep_every_path_working(saved, path) -> None:
+    _, directory, ids, reference = saved
+    model = TriLMForCausalLM.from_pretrained(directory, ternary_inference=path)
+    casts = (
+        ("float()", lambda m: m.float(), torch.float32),
+        ("to(torch.float32)", lambda m: m.to(torch.float32), torch.float32),
+        ("half()", lambda m: m.half(), torch.float16),
+        ("bfloat16()", lambda m: m.bfloat16(), torch.bfloat16),
+        ("float() again", lambda m: m.float(), torch.float32),
+    )
+    rounded = 0.0  # a cast to 16 bits rounds the float parts (embedding, norms, head) for good, as in any model
+    for label, cast, dtype in casts:
+        cast(model)
+        layers = [m for m in model.modules() if isinstance(m, TernaryLinear)]
+        assert {m.inference_path for m in layers} == {path}, label
+        assert all(m.weight_scale.dtype == torch.float32 for m in layers), label  # exact scales survive any cast
+        with torch.no_grad():
+            logits = model(ids).logits
+        assert logits.dtype == dtype, label
+        rounded = max(rounded, DTYPE_TOLERANCE[dtype])
+        tolerance = max(PATH_TOLERANCE[path], rounded)
+        torch.testing.assert_close(
+            logits.double(), reference, rtol=0, atol=tolerance * reference.abs().max().item(), msg=label
+        )
+
+
+def test_num_parameters_counts_every_ternary_weight_once(saved) -> None:
+    latent, directory, _, _ = saved
+    expected = sum(p.numel() for p in latent.parameters())  # the latent model's own tensors: each weight once
+    config = latent.config
+    lora_rank = 4
+    # LoRA on q_proj: A [r, hidden] and B [q_out, r] per layer
+    q_out = config.num_attention_heads * (config.hidden_size // config.num_attention_heads)
+    lora = config.num_hidden_layers * lora_rank * (config.hidden_size + q_out)
+    unprepared = TriLMForCausalLM(copy.deepcopy(config))
+    unprepared.pack_ternary_weights()
+    assert unprepared.num_parameters() == expected
+    for path in PATHS:
+        model = TriLMForCausalLM.from_pretrained(directory, ternary_inference=path)
+        assert model.num_parameters() == expected, path
+        peft_model = get_peft_model(model, LoraConfig(r=lora_rank, target_modules=["q_proj"]))
+        assert peft_model.get_nb_trainable_parameters() == (lora, expected + lora), path
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_peft_merge_on_a_packed_trilm_is_refused_naming_merge_lora_to_float(saved, path, tmp_path) -> None:
+    from spectra_hf.training.lora import merge_lora_to_float
+
+    _, directory, ids, _ = saved
+    model = TriLMForCausalLM.from_pretrained(directory, ternary_inference=path, dtype=torch.float32)
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "down_proj"]))
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.05)
+        tuned = peft_model(ids).logits
+    for safe_merge in (False, True):
+        with pytest.raises(RuntimeError, match="merge_lora_to_float"):
+            peft_model.merge_and_unload(safe_merge=safe_merge)
+    with torch.no_grad():
+        torch.testing.assert_close(peft_model(ids).logits, tuned, rtol=0, atol=0)  # nothing was changed
+        merged = merge_lora_to_float(peft_model)  # the exact way out the error names
+        scale = tuned.abs().max().item()
+        torch.testing.assert_close(merged(ids).logits, tuned, rtol=0, atol=PATH_TOLERANCE[path] * scale + 1e-5)
+    merged.save_pretrained(tmp_path)
+    reloaded = type(merged).from_pretrained(tmp_path)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, merged(ids).logits, rtol=0, atol=0)
