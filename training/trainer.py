@@ -43,6 +43,7 @@ from spectra_hf.suite import FAMILY_PREFIX, SIZES, get_model
 
 from .arguments import SpectraTrainingArguments
 from .callbacks import LogSpacedCheckpoints, WeightDecaySchedule
+from .export_defaults import generation_ready
 from .schedules import SpectraLRScheduler, SpectraSchedule, paper_schedule
 from .ternary_stats import TernaryStatsTracker
 
@@ -180,6 +181,7 @@ class SpectraTrainer(Trainer):
             extra=extra or {},
         )
         with ExitStack() as stack:
+            stack.enter_context(generation_ready(self.model, self.processing_class))
             staging = stack.enter_context(atomic_directory(target)) if self.args.should_save else None
             staging = _broadcast_path(staging)
             # save_model gathers the full latent weights under every strategy (DDP, FSDP2, DeepSpeed).
