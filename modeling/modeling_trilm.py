@@ -29,6 +29,7 @@ from transformers.utils import logging
 
 from .ternary import TernaryLinear, default_inference_path, recover_ternary, share_scales
 from .ternary_stats import TernaryCounts
+from .int8_embeddings import has_int8_embeddings, quantize_embeddings_int8
 from .ternary_kernels import cpu_kernel_status
 
 logger = logging.get_logger(__name__)
@@ -77,7 +78,10 @@ class TriLMPreTrainedModel(CheckedLoadingMixin, LlamaPreTrainedModel):
     config: TriLMConfig
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, ternary_inference: str | None = None, **kwargs):
+    def from_pretrained(
+        cls, pretrained_model_name_or_path, *args, ternary_inference: str | None = None, int8_embeddings: bool = False,
+        **kwargs,
+    ):
         """`PreTrainedModel.from_pretrained`, plus: the checkpoint is checked first (complete, consistent, a TriLM
         or a Llama release; see `checkpoint_checks`), a packed checkpoint is made ready for inference on the path
         `ternary_inference` (default: the config's, "auto"), and an original Llama release checkpoint (model_type
@@ -90,6 +94,8 @@ class TriLMPreTrainedModel(CheckedLoadingMixin, LlamaPreTrainedModel):
         if model.config.weight_format == "packed":
             _check_packed_layers(model, where=os.fspath(pretrained_model_name_or_path))
             model.prepare_ternary_inference()
+        if int8_embeddings:  # `int8_embeddings=True`: an opt-in deviation from the paper (see int8_embeddings.py)
+            quantize_embeddings_int8(model)
         return result
 
     @classmethod
@@ -121,6 +127,11 @@ class TriLMPreTrainedModel(CheckedLoadingMixin, LlamaPreTrainedModel):
                 `P.weight_scale` float32 [shards]; inference only) or "latent" (float latent weights; resumable
                 training). Defaults to `config.weight_format`. A packed model can only be saved packed.
         """
+        if has_int8_embeddings(self):
+            raise ValueError(
+                "this TriLM was loaded with int8_embeddings=True, an inference-only deviation from the paper: "
+                "checkpoints keep the float embedding and LM head. Load it again without int8_embeddings to save it"
+            )
         weight_format = weight_format or self.config.weight_format
         if weight_format not in WEIGHT_FORMATS:
             raise ValueError(f"weight_format must be one of {WEIGHT_FORMATS}, got {weight_format!r}")

@@ -237,3 +237,19 @@ def test_peft_merge_on_a_packed_trilm_is_refused_naming_merge_lora_to_float(save
     reloaded = type(merged).from_pretrained(tmp_path)
     with torch.no_grad():
         torch.testing.assert_close(reloaded(ids).logits, merged(ids).logits, rtol=0, atol=0)
+
+
+def test_int8_embeddings_are_opt_in_close_to_the_reference_and_not_saved(saved, tmp_path) -> None:
+    latent, directory, ids, reference = saved
+    model = TriLMForCausalLM.from_pretrained(directory, ternary_inference="2bit", int8_embeddings=True)
+    assert model.get_input_embeddings().weight.dtype == torch.int8 and model.lm_head.weight.dtype == torch.int8
+    assert model.num_parameters() == sum(p.numel() for p in latent.parameters())
+    for cast in (lambda m: m.float(), lambda m: m.bfloat16()):
+        cast(model)
+        with torch.no_grad():
+            logits = model(ids).logits.double()
+        # int8 rows (absmax / 127) and the bf16 head kernel: a few percent of the logits' scale at most
+        torch.testing.assert_close(logits, reference, rtol=0, atol=5e-2 * reference.abs().max().item())
+    with pytest.raises(ValueError, match="without int8_embeddings"):
+        model.save_pretrained(tmp_path / "out")
+    assert not (tmp_path / "out").exists()
