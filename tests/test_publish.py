@@ -348,12 +348,31 @@ def test_unreachable_endpoint_is_a_clear_error(suite_dir, capsys):
         publish(plan, endpoint="http://127.0.0.1:9", limits=FAST, progress=False)
 
 
-def test_cli_without_endpoint_or_token_publishes_to_the_embedded_local_hub(suite_dir, tmp_path, monkeypatch, capsys):
+def _no_target_environment(monkeypatch) -> None:
     monkeypatch.delenv("HF_ENDPOINT")  # huggingface_hub read it at import; the CLI looks again to pick its target
     monkeypatch.delenv("HF_TOKEN", raising=False)
     from huggingface_hub import get_token
 
     assert get_token() is None, "this test needs a machine without a saved Hub login"
+
+
+def test_cli_without_a_target_refuses_in_one_line_and_writes_nothing(tmp_path, tokenizer, monkeypatch, capsys):
+    suite = _small_suite(tmp_path / "suite", tokenizer, ("TriLM_99M",))
+    before = _snapshot(suite)
+    _no_target_environment(monkeypatch)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # the 0.1 default store was ~/.cache/spectra-hf/hub
+    capsys.readouterr()
+    assert cli_main(["publish", str(suite), "--org", "nowhere", "--models", "TriLM_99M", "--no-progress"]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("spectra-hf publish: error: no publish target given")
+    for way in ("--endpoint URL", "HF_ENDPOINT", "HF_TOKEN", "hf auth login", "--hub-root DIR"):
+        assert way in lines[0]
+    assert _snapshot(suite) == before and not (tmp_path / "home").exists()  # no staging, no store
+
+
+def test_cli_hub_root_publishes_into_that_local_store(suite_dir, tmp_path, monkeypatch, capsys):
+    _no_target_environment(monkeypatch)
     root = tmp_path / "store"
     argv = ["publish", str(suite_dir), "--org", "embedded", "--models", "QuantLM_99M_8bit", "--hub-root", str(root)]
     assert cli_main([*argv, "--no-progress"]) == 0
@@ -361,6 +380,29 @@ def test_cli_without_endpoint_or_token_publishes_to_the_embedded_local_hub(suite
     assert "1 repos and 0 branches created" in out and f"spectra-hf hub serve --root {root}" in out
     with LocalHub(root) as hub:  # the store outlives the run: serve it again and read the repo back
         assert "model.safetensors" in HfApi(endpoint=hub.url).list_repo_files("embedded/QuantLM_99M_8bit")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    assert cli_main([*argv, "--endpoint", "http://127.0.0.1:9"]) == 2  # two targets named: refused
+    assert "name two targets" in capsys.readouterr().err
+
+
+def test_target_is_the_first_explicit_one_and_is_logged(tmp_path, caplog, monkeypatch):
+    from spectra_hf.errors import HubError
+    from spectra_hf.hub.plan import HF_HUB_URL, choose_target
+
+    root = tmp_path / "store"
+    env = {"HF_ENDPOINT": "http://127.0.0.1:7/"}
+    assert choose_target(endpoint="http://h:1", hub_root=None, token="t", environ=env).endpoint == "http://h:1"
+    assert choose_target(endpoint=None, hub_root=root, token="t", environ=env).hub_root == root
+    from_env = choose_target(endpoint=None, hub_root=None, token="t", environ=env)
+    assert (from_env.endpoint, from_env.chosen_by) == ("http://127.0.0.1:7", "HF_ENDPOINT")
+    assert choose_target(endpoint=None, hub_root=None, token="t", environ={}).endpoint == HF_HUB_URL == "https://huggingface.co"
+    with pytest.raises(HubError, match="no publish target"):
+        choose_target(endpoint=None, hub_root=None, token=None, environ={})
+    # The CLI logs the target it took from the environment (transformers' logging), then refuses the empty suite.
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    with caplog.at_level("WARNING"):
+        assert cli_main(["publish", str(tmp_path), "--org", "x"]) == 2
+    assert "publishing to http://127.0.0.1:9 (chosen by HF_ENDPOINT)" in caplog.text
 
 
 def test_dry_run_prints_the_plan_without_network(suite_dir, capsys):
@@ -370,3 +412,62 @@ def test_dry_run_prints_the_plan_without_network(suite_dir, capsys):
     assert cli_main(["publish", str(suite_dir), "--org", ORG, "--dry-run", "--json", "--models", "TriLM_99M"]) == 0
     totals = json.loads(capsys.readouterr().out)["totals"]
     assert totals["repos"] == 2 and totals["branches"] == 4 and totals["bytes"] > 0
+
+
+def _snapshot(root: Path) -> dict[str, tuple[int, str]]:
+    """Every file and folder under `root`: (mtime_ns, sha256 of the bytes; "" for a folder)."""
+    if not root.exists():
+        return {}
+    return {
+        path.relative_to(root).as_posix(): (
+            path.stat().st_mtime_ns, hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
+        )
+        for path in sorted(root.rglob("*"))
+    }
+
+
+@pytest.mark.slow
+def test_dry_run_touches_nothing_and_estimates_the_unpacked_sizes(tmp_path, tokenizer):
+    """`publish --dry-run` as a user runs it, in a fresh process: the suite dir, the hub store, the temp dir and
+    HF_HOME are byte-for-byte unchanged; the unpacked TriLM it did not convert is planned with estimated sizes."""
+    models = ["TriLM_99M", "FloatLM_99M"]
+    suite = _small_suite(tmp_path / "suite", tokenizer, tuple(models))
+    with LocalHub(tmp_path / "hub") as hub:  # an existing store, with a repo in it
+        HfApi(endpoint=hub.url).create_repo("dry/existing")
+    temp, hf_home = tmp_path / "tmp", tmp_path / "hf_home"
+    temp.mkdir(), hf_home.mkdir()
+    before = {name: _snapshot(tmp_path / name) for name in ("suite", "hub", "tmp", "hf_home")}
+    env = {**os.environ, "TMPDIR": str(temp), "HF_HOME": str(hf_home)}
+    command = [sys.executable, "-m", "spectra_hf.cli", "publish", str(suite), "--org", "dry", "--models", *models,
+               "--dry-run"]
+    outputs = []
+    for target in (["--hub-root", str(tmp_path / "hub")], ["--json"]):
+        result = subprocess.run([*command, *target], env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert {name: _snapshot(tmp_path / name) for name in before} == before
+        outputs.append(result.stdout)
+    assert f"target: the local Hub store {tmp_path / 'hub'}" in outputs[0] and "estimated: " in outputs[0]
+    document = json.loads(outputs[1])
+    assert document["totals"]["repos"] == 3 and document["target"].startswith("http://127.0.0.1")  # HF_ENDPOINT
+    assert "dry/TriLM_99M_Unpacked/model.safetensors" in document["estimated_files"]
+
+    dry = build_plan(suite, org="dry", models=models, convert=False)
+    with pytest.raises(SpectraError, match="only estimates"):
+        publish(dry, endpoint="http://127.0.0.1:9", progress=False)
+    real = build_plan(suite, org="dry", models=models)  # converts: the estimate is within the header of the real size
+    estimated = {f.path_in_repo: f.size for r in dry.repos if r.variant == "unpacked" for f in r.branches[0].files}
+    actual = {f.path_in_repo: f.size for r in real.repos if r.variant == "unpacked" for f in r.branches[0].files}
+    assert estimated.keys() == actual.keys()
+    assert abs(estimated["model.safetensors"] - actual["model.safetensors"]) < 0.01 * actual["model.safetensors"]
+    assert build_plan(suite, org="dry", models=models, convert=False).estimated_files == []  # staged: real files now
+
+
+def test_dry_run_in_process_writes_nothing_in_the_suite_or_the_store(tmp_path, tokenizer, capsys):
+    suite = _small_suite(tmp_path / "suite", tokenizer, ("TriLM_1.1B",))
+    with LocalHub(tmp_path / "hub"):
+        pass
+    before = {name: _snapshot(tmp_path / name) for name in ("suite", "hub")}
+    argv = ["publish", str(suite), "--org", "dry", "--models", "TriLM_1.1B", "--dry-run", "--hub-root", str(tmp_path / "hub")]
+    assert cli_main(argv) == 0
+    assert "dry/TriLM_1.1B_Unpacked" in capsys.readouterr().out
+    assert {name: _snapshot(tmp_path / name) for name in before} == before

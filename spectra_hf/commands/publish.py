@@ -4,26 +4,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from contextlib import ExitStack
 from pathlib import Path
 
 from spectra_hf.errors import SpectraError
 
-DEFAULT_HUB_ROOT = Path.home() / ".cache" / "spectra-hf" / "hub"
-
 TARGET_HELP = """\
-where it publishes:
+where it publishes (one of these must be given; without any, nothing is published):
   --endpoint URL           that Hub, e.g. https://huggingface.co or a running `spectra-hf hub serve` (http://127.0.0.1:8080)
+  --hub-root DIR           a local Hub store in DIR, served by this run for its duration; serve it afterwards with
+                           `spectra-hf hub serve --root DIR` and point clients at it with
+                           HF_ENDPOINT=http://127.0.0.1:PORT HF_HUB_DISABLE_XET=1
   else HF_ENDPOINT         that Hub
   else a token is found    https://huggingface.co (token from --token, HF_TOKEN or `hf auth login`)
-  else                     the embedded local Hub: its store at --hub-root is served for the duration of the run;
-                           serve it afterwards with `spectra-hf hub serve --root DIR` and point clients at it with
-                           HF_ENDPOINT=http://127.0.0.1:PORT HF_HUB_DISABLE_XET=1
 
+--dry-run needs no target: it converts nothing, writes nothing and makes no request (sizes of unpacked TriLM repos
+not converted yet are estimated from their configs).
 Re-running publishes only what is missing or changed (no empty commits); an interrupted run resumes where it stopped.
-A local Hub (loopback --endpoint or the embedded one) is published to without quotas unless you set them."""
+A local Hub (loopback --endpoint or --hub-root) is published to without quotas unless you set them."""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -38,10 +37,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("suite_dir", type=Path, metavar="SUITE_DIR", help="the suite directory to publish")
     parser.add_argument("--org", required=True, help="Hub user or organization, e.g. SpectraSuite")
-    parser.add_argument("--endpoint", help="Hub URL (default: see below)")
+    parser.add_argument("--endpoint", help="Hub URL (see below)")
     parser.add_argument("--token", help="write token (prefer HF_TOKEN or `hf auth login`: arguments show in `ps`)")
-    parser.add_argument("--hub-root", type=Path, default=DEFAULT_HUB_ROOT, help=f"embedded local Hub store (default: {DEFAULT_HUB_ROOT})")
-    parser.add_argument("--dry-run", action="store_true", help="print the plan and its size; no network")
+    parser.add_argument("--hub-root", type=Path, metavar="DIR", help="publish into a local Hub store in DIR (see below)")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan and its size; writes nothing, no network")
     parser.add_argument("--json", action="store_true", help="with --dry-run: print the plan's totals and what is missing as JSON")
     parser.add_argument("--models", nargs="+", metavar="NAME", help="publish only these suite models")
     parser.add_argument(
@@ -54,6 +53,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--evals", type=Path, metavar="JSON", help='eval results for the cards: {"TriLM_99M": {"arc_easy/acc": 0.4} or "results.json" from `spectra-hf eval`, ...}')
     parser.add_argument("--private", action="store_true", help="create new repos private")
     parser.add_argument("--no-verify", action="store_true", help="skip the final pass that checks every branch's files")
+    parser.add_argument(
+        "--verify",
+        choices=("listing", "sample", "full"),
+        help="what the final pass checks: branch trees only, plus a random ~2 GiB sample of file contents downloaded "
+        "and hashed, or every file's content (default: full for a local Hub, sample otherwise); differing files are "
+        "uploaded again",
+    )
     parser.add_argument("--load-check", type=Path, metavar="DIR", help="also download every branch into DIR and load it with from_pretrained")
     parser.add_argument("--commits-per-hour", type=int, help="commits per repo per hour (Hub: 128)")
     parser.add_argument("--requests-per-window", type=int, help="API requests per window (Hub: 1000 per 300 s)")
@@ -100,34 +106,75 @@ def _read_evals(path: Path | None) -> dict | None:
     }
 
 
-def run(args: argparse.Namespace) -> int:
+def _target(args: argparse.Namespace):
+    """The explicit target of this run (`spectra_hf.hub.plan.choose_target`); HubError naming the four ways if none."""
     from huggingface_hub import get_token
 
-    from spectra_hf.hub.publish import is_local_endpoint, publish
+    from spectra_hf.hub.plan import choose_target
+
+    return choose_target(endpoint=args.endpoint, hub_root=args.hub_root, token=args.token or get_token())
+
+
+def _dry_run(args: argparse.Namespace) -> int:
+    """Print the plan: nothing is converted or written, no request is made."""
     from spectra_hf.hub.plan import build_plan
+
+    plan = build_plan(
+        args.suite_dir,
+        org=args.org,
+        evals=_read_evals(args.evals),
+        models=args.models,
+        unpacked=not args.no_unpacked,
+        convert=False,
+    )
+    try:
+        target = _target(args).describe()
+    except SpectraError as error:
+        target = f"none: a real run would refuse ({error})"
+    if args.json:
+        document = {
+            "org": plan.org,
+            "target": target,
+            "totals": plan.totals(),
+            "estimated_files": plan.estimated_files,
+            "missing": plan.missing,
+        }
+        print(json.dumps(document, indent=2))
+        return 0
+    print(plan.describe())
+    print(f"target: {target}")
+    if plan.missing and not args.allow_partial:
+        print("publishing would refuse this plan: export what is missing, or pass --allow-partial")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.dry_run:
+        return _dry_run(args)
+    from transformers.utils import logging  # not at module level: `spectra-hf --help` imports this module
+
+    logger = logging.get_logger(__name__)
+    target = _target(args)  # before any work: no target, nothing is converted or published
+    if target.chosen_by in ("--endpoint", "--hub-root"):
+        logger.info(f"publishing to {target.describe()}")
+    else:
+        logger.warning(f"publishing to {target.describe()}")
+
+    from spectra_hf.hub.plan import build_plan
+    from spectra_hf.hub.publish import is_local_endpoint, publish
 
     plan = build_plan(
         args.suite_dir, org=args.org, evals=_read_evals(args.evals), models=args.models, unpacked=not args.no_unpacked
     )
-    if args.dry_run:
-        if args.json:
-            print(json.dumps({"org": plan.org, "totals": plan.totals(), "missing": plan.missing}, indent=2))
-        else:
-            print(plan.describe())
-            if plan.missing and not args.allow_partial:
-                print("publishing would refuse this plan: export what is missing, or pass --allow-partial")
-        return 0
     with ExitStack() as stack:
-        endpoint = args.endpoint or os.environ.get("HF_ENDPOINT")
-        embedded = endpoint is None and (args.token or get_token()) is None
-        if embedded:
+        endpoint = target.endpoint
+        if target.hub_root is not None:
             from spectra_hf.hub.localhub import LocalHub
 
-            args.hub_root.mkdir(parents=True, exist_ok=True)
-            hub = stack.enter_context(LocalHub(args.hub_root))
-            endpoint = hub.url
-            print(f"no endpoint or token configured: publishing to the local Hub store {args.hub_root}", file=sys.stderr)
-        endpoint = endpoint or "https://huggingface.co"
+            target.hub_root.mkdir(parents=True, exist_ok=True)
+            endpoint = stack.enter_context(LocalHub(target.hub_root)).url
+            print(f"serving the local Hub store {target.hub_root} at {endpoint} for this run", file=sys.stderr)
+        assert endpoint is not None
         report = publish(
             plan,
             endpoint=endpoint,
@@ -135,13 +182,13 @@ def run(args: argparse.Namespace) -> int:
             limits=_limits(args, local=is_local_endpoint(endpoint)),
             allow_partial=args.allow_partial,
             private=args.private,
-            verify=not args.no_verify,
+            verify=False if args.no_verify else (args.verify or True),
             load_check_dir=args.load_check,
             progress=not args.no_progress,
         )
     print(f"published {plan.org} to {endpoint}: {report.summary()}")
     if plan.missing:
         print(f"partial suite: {len(plan.missing)} missing items were not published (see --dry-run)")
-    if embedded:
-        print(f"serve it with: spectra-hf hub serve --root {args.hub_root}")
+    if target.hub_root is not None:
+        print(f"serve it with: spectra-hf hub serve --root {target.hub_root}")
     return 0

@@ -18,13 +18,15 @@ needs no `revision=` to pick a format, and `revision=` keeps meaning one thing: 
 from __future__ import annotations
 
 import json
+import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from spectra_hf.cards import REVISIONS_FILE, Revision, render_checkpoint_card, render_model_card
-from spectra_hf.errors import SpectraError
+from spectra_hf.errors import ConfigError, HubError, SpectraError
 from spectra_hf.checkpoints.exports import (
     CHECKPOINTS_DIR,
     EXPORT_INFO_FILE,
@@ -34,7 +36,16 @@ from spectra_hf.checkpoints.exports import (
     model_dir,
     read_export_info,
 )
-from spectra_hf.suite import FAMILY_PREFIX, QUANT_BITS, SIZES, TERNARY_BITS, SuiteModel, all_models
+from spectra_hf.suite import (
+    FAMILY_PREFIX,
+    QUANT_BITS,
+    SIZES,
+    TERNARY_BITS,
+    SuiteModel,
+    all_models,
+    float_params,
+    linear_params,
+)
 
 CARD_FILE = "README.md"
 STAGING_DIR = ".publish-staging"  # inside the suite directory: converted exports (unpacked TriLM), reused across runs
@@ -43,16 +54,22 @@ _STAMP_FILE = ".source-stamp.json"
 _NOT_PUBLISHED = {EXPORT_INFO_FILE, CARD_FILE}
 _WEIGHT_SUFFIX = ".safetensors"
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+_UNPACKED_SHARD_BYTES = 2 << 30  # convert_checkpoint's default largest shard
 
 
 @dataclass(frozen=True)
 class PlanFile:
-    """One file of a branch: read from `local_path`, or generated `content` (cards, revisions.json)."""
+    """One file of a branch: read from `local_path`, or generated `content` (cards, revisions.json).
+
+    An `estimated` file has neither: it is what a conversion not run yet would write (plans made with
+    `convert=False`, as `publish --dry-run` makes them), and `size` is an estimate. Such a plan cannot be published.
+    """
 
     path_in_repo: str
     size: int
     local_path: Path | None = None
     content: bytes | None = None
+    estimated: bool = False
 
 
 @dataclass
@@ -106,6 +123,11 @@ class PublishPlan:
     def complete(self) -> bool:
         return not self.missing
 
+    @property
+    def estimated_files(self) -> list[str]:
+        """`repo_id/path` of every file whose size is an estimate (conversions a `convert=False` plan did not run)."""
+        return [f"{r.repo_id}/{f.path_in_repo}" for r in self.repos for b in r.branches for f in b.files if f.estimated]
+
     def totals(self) -> dict[str, int]:
         """bytes, repos, branches (main included) and commits (one per branch when all of it is new)."""
         branches = sum(len(r.branches) for r in self.repos)
@@ -135,6 +157,11 @@ class PublishPlan:
             f"{totals['files']} files, {_human_bytes(totals['bytes'])} ({totals['bytes']} bytes), "
             f"{totals['collections']} collections"
         )
+        if self.estimated_files:
+            lines.append(
+                f"estimated: {len(self.estimated_files)} files of the unpacked TriLM repos are sized from their configs "
+                "(fp16 weights), not converted; publishing converts them"
+            )
         if self.missing:
             lines.append(f"missing ({len(self.missing)}):")
             lines.extend(f"  - {item}" for item in self.missing)
@@ -146,6 +173,49 @@ def _human_bytes(size: int) -> str:
         if size >= scale:
             return f"{size / scale:.2f} {unit}"
     return f"{size} B"
+
+
+HF_HUB_URL = "https://huggingface.co"
+NO_TARGET_MESSAGE = (
+    "no publish target given: pass --endpoint URL, set HF_ENDPOINT, log in to the Hub (--token, HF_TOKEN or "
+    "`hf auth login`), or pass --hub-root DIR to publish into a local Hub store"
+)
+
+
+@dataclass(frozen=True)
+class PublishTarget:
+    """Where a publish run goes: a Hub at `endpoint`, or (endpoint None) a local Hub store at `hub_root` that the run
+    serves itself. `chosen_by` names the option or setting that decided it."""
+
+    endpoint: str | None
+    hub_root: Path | None
+    chosen_by: str
+
+    def describe(self) -> str:
+        where = self.endpoint if self.endpoint is not None else f"the local Hub store {self.hub_root}"
+        return f"{where} (chosen by {self.chosen_by})"
+
+
+def choose_target(
+    *, endpoint: str | None, hub_root: Path | None, token: str | None, environ: Mapping[str, str] = os.environ
+) -> PublishTarget:
+    """The one target a publish run may use; nothing is published without an explicit one.
+
+    In order: `endpoint` (--endpoint), `hub_root` (--hub-root: a local store), HF_ENDPOINT, a token for the real Hub
+    (--token, HF_TOKEN or a saved login, which the caller resolves into `token`). Raises HubError when none is given,
+    ConfigError when both --endpoint and --hub-root are.
+    """
+    if endpoint and hub_root is not None:
+        raise ConfigError(f"--endpoint {endpoint} and --hub-root {hub_root} name two targets: pass one of them")
+    if endpoint:
+        return PublishTarget(endpoint=endpoint.rstrip("/"), hub_root=None, chosen_by="--endpoint")
+    if hub_root is not None:
+        return PublishTarget(endpoint=None, hub_root=Path(hub_root), chosen_by="--hub-root")
+    if environ.get("HF_ENDPOINT"):
+        return PublishTarget(endpoint=environ["HF_ENDPOINT"].rstrip("/"), hub_root=None, chosen_by="HF_ENDPOINT")
+    if token:
+        return PublishTarget(endpoint=HF_HUB_URL, hub_root=None, chosen_by="a Hub token (--token, HF_TOKEN or `hf auth login`)")
+    raise HubError(NO_TARGET_MESSAGE)
 
 
 def check_repo_id(repo_id: str) -> None:
@@ -282,6 +352,12 @@ def _source_stamp(directory: Path) -> dict[str, list[int]]:
     }
 
 
+def is_staged(source: Path, staged: Path) -> bool:
+    """Whether `staged` holds a finished conversion of the export `source` as it is now (reads, writes nothing)."""
+    stamp = staged / _STAMP_FILE
+    return stamp.is_file() and json.loads(stamp.read_text(encoding="utf-8")) == _source_stamp(source)
+
+
 def stage_unpacked(source: Path, staged: Path) -> bool:
     """Convert the TriLM export `source` to the release format (plain fp16 Llama) at `staged`, unless already done.
 
@@ -289,23 +365,41 @@ def stage_unpacked(source: Path, staged: Path) -> bool:
     """
     from spectra_hf.checkpoints.convert import convert_checkpoint
 
+    if is_staged(source, staged):
+        return False
     stamp = staged / _STAMP_FILE
     expected = _source_stamp(source)
-    if stamp.is_file() and json.loads(stamp.read_text(encoding="utf-8")) == expected:
-        return False
     stamp.unlink(missing_ok=True)  # convert replaces only a directory holding nothing but its own earlier output
     convert_checkpoint(source, staged, to="unpacked", progress=False, overwrite=True)
     stamp.write_text(json.dumps(expected, sort_keys=True), encoding="utf-8")
     return True
 
 
-def _unpacked_repo(suite_dir: Path, release: RepoPlan, *, org: str, staging_dir: Path) -> RepoPlan:
+def _estimated_unpacked_files(source: Path) -> dict[str, PlanFile]:
+    """What converting the TriLM export `source` to the release format would publish, sized without converting:
+    fp16 weights (2 bytes per parameter of its config, in convert's 2 GiB shards) and the export's other files."""
+    config = json.loads((source / "config.json").read_text(encoding="utf-8"))
+    weight_bytes = 2 * (linear_params(config) + float_params(config))
+    shards = max(1, math.ceil(weight_bytes / _UNPACKED_SHARD_BYTES))
+    names = ["model.safetensors"] if shards == 1 else [f"model-{i:05d}-of-{shards:05d}.safetensors" for i in range(1, shards + 1)]
+    files = {name: PlanFile(name, size=weight_bytes // shards, estimated=True) for name in names}
+    for path_in_repo, local in export_files(source).items():
+        if not path_in_repo.endswith((_WEIGHT_SUFFIX, f"{_WEIGHT_SUFFIX}.index.json", ".py")):
+            files[path_in_repo] = PlanFile(path_in_repo, size=local.stat().st_size, estimated=True)
+    return files
+
+
+def _unpacked_repo(suite_dir: Path, release: RepoPlan, *, org: str, staging_dir: Path, convert: bool) -> RepoPlan:
     model = release.model
     repo_name = model.unpacked_name
-    staged = staging_dir / repo_name
-    stage_unpacked(model_dir(suite_dir, model.name), staged)
-    files = export_files(staged)
-    config = json.loads((staged / "config.json").read_text(encoding="utf-8"))
+    source, staged = model_dir(suite_dir, model.name), staging_dir / repo_name
+    if convert or is_staged(source, staged):
+        stage_unpacked(source, staged)
+        files = {p: _file(p, local) for p, local in export_files(staged).items()}
+        config = json.loads((staged / "config.json").read_text(encoding="utf-8"))
+    else:
+        files = _estimated_unpacked_files(source)
+        config = {**json.loads((source / "config.json").read_text(encoding="utf-8")), "model_type": "llama"}
     card = render_model_card(
         model=model,
         org=org,
@@ -316,7 +410,7 @@ def _unpacked_repo(suite_dir: Path, release: RepoPlan, *, org: str, staging_dir:
     )
     main = BranchPlan(
         name="main",
-        files=[_file(p, local) for p, local in files.items()] + [_generated(CARD_FILE, card)],
+        files=[*files.values(), _generated(CARD_FILE, card)],
         step=release.branches[0].step,
         tokens_seen=release.branches[0].tokens_seen,
     )
@@ -351,6 +445,7 @@ def build_plan(
     models: Sequence[str] | None = None,
     unpacked: bool = True,
     staging_dir: str | Path | None = None,
+    convert: bool = True,
 ) -> PublishPlan:
     """Plan the publication of a suite directory under `org`, without any network.
 
@@ -364,6 +459,9 @@ def build_plan(
         unpacked: also plan `<org>/TriLM_<size>_Unpacked` per TriLM: the release format (plain fp16 Llama) that
             stock transformers loads. Converting writes under `staging_dir` once; later plans reuse it.
         staging_dir: where converted exports are kept (default: SUITE_DIR/.publish-staging).
+        convert: run the conversions the unpacked repos need. False writes nothing anywhere (what
+            `publish --dry-run` plans): a conversion not staged yet is planned with estimated sizes
+            (`PlanFile.estimated`), and such a plan cannot be published.
 
     Returns:
         The plan; `plan.missing` lists every absent or incomplete export and checkpoint.
@@ -387,7 +485,7 @@ def build_plan(
             repos.append(repo)
             if unpacked and model.family == "trilm":
                 staging = Path(staging_dir) if staging_dir is not None else suite_dir / STAGING_DIR
-                repos.append(_unpacked_repo(suite_dir, repo, org=org, staging_dir=staging))
+                repos.append(_unpacked_repo(suite_dir, repo, org=org, staging_dir=staging, convert=convert))
     return PublishPlan(
         org=org, suite_dir=suite_dir, repos=repos, collections=_collections(org, repos), missing=missing
     )

@@ -465,6 +465,11 @@ def publish(
         )
     if not plan.repos:
         raise SpectraError(f"nothing to publish: no complete model export in {plan.suite_dir}")
+    if plan.estimated_files:
+        raise ConfigError(
+            f"this plan only estimates {len(plan.estimated_files)} files (made with build_plan(convert=False), as "
+            "--dry-run makes it): build it with convert=True to publish"
+        )
     endpoint = (endpoint or constants.ENDPOINT).rstrip("/")
     mode = _verify_mode(verify, local=is_local_endpoint(endpoint))
     secret = token or get_token()
