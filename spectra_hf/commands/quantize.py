@@ -13,14 +13,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "quantize",
         help="quantize a FloatLM into QuantLMs (GPTQ through optimum)",
         description=(
-            "Quantize a FloatLM with GPTQ at each width and write OUT/QuantLM_<size>_<b>bit for each. Defaults are "
-            "the paper's: symmetric, group size 128 at 3/4 bits, per-channel at 6/8, 512 x 2048-token calibration "
-            "samples. Packed 2/3/4/8-bit exports load with AutoModelForCausalLM.from_pretrained; 5/6/7-bit ones "
+            "Quantize a FloatLM with GPTQ at each width and write OUT/QuantLM_<size>_<b>bit for each (<size>: the "
+            "suite size, or the FloatLM's directory name when it is not a suite model). Defaults are the paper's: "
+            "symmetric, group size 128 at 3/4 bits (lowered to fit narrow models), per-channel at 6/8, 512 x "
+            "2048-token calibration samples; less calibration text than that uses every sample it holds, with a "
+            "warning, and samples longer than the model's context are shortened to it. Packed 2/3/4/8-bit exports "
+            "load with AutoModelForCausalLM.from_pretrained; 5/6/7-bit ones "
             "with spectra_hf.quantization.gptq.load_quantlm (transformers' GPTQConfig refuses those widths)."
         ),
     )
     parser.add_argument("floatlm", type=Path, help="FloatLM directory (config.json, weights, tokenizer files)")
-    parser.add_argument("out", type=Path, help="suite directory to write QuantLM_<size>_<b>bit into")
+    parser.add_argument("out", type=Path, help="directory to write QuantLM_<size>_<b>bit into (a suite directory)")
     parser.add_argument(
         "--bits", type=int, nargs="+", default=list(QUANT_BITS), help="bit widths, 2..8 (default: 3 4 6 8)"
     )
@@ -28,17 +31,35 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--calibration",
         nargs="+",
         required=True,
-        help="text files (one document per line), a directory written by Dataset.save_to_disk, or a dataset name "
-        "for datasets.load_dataset",
+        help="text files (.txt: one document per line; .jsonl/.json/.csv/.parquet: the --text-column), a directory "
+        "written by Dataset.save_to_disk, or a dataset name for datasets.load_dataset",
     )
-    parser.add_argument("--format", choices=("gptq", "unpacked"), default="gptq", help="packed GPTQ, or dequantized fp16 Llama")
-    parser.add_argument("--group-size", type=int, default=None, help="override the paper's group size (-1 = per-channel)")
-    parser.add_argument("--calibration-samples", type=int, default=None, help="calibration samples (default 512)")
-    parser.add_argument("--calibration-length", type=int, default=None, help="tokens per sample (default 2048)")
+    parser.add_argument(
+        "--format", choices=("gptq", "unpacked"), default="gptq", help="packed GPTQ, or dequantized fp16 Llama"
+    )
+    parser.add_argument(
+        "--group-size", type=int, default=None, help="override the paper's group size (-1 = per-channel)"
+    )
+    parser.add_argument(
+        "--calibration-samples",
+        type=int,
+        default=None,
+        help="calibration samples (default 512, or as many as the text holds)",
+    )
+    parser.add_argument(
+        "--calibration-length",
+        type=int,
+        default=None,
+        help="tokens per sample (default 2048, or the model's context if shorter)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed drawing the calibration windows")
-    parser.add_argument("--size", default=None, help="size label in the output names (default: from the FloatLM)")
+    parser.add_argument(
+        "--size",
+        default=None,
+        help="label in the output names (default: the FloatLM's suite size, else its directory name)",
+    )
     parser.add_argument("--text-column", default="text", help="text column of a calibration dataset")
-    parser.add_argument("--split", default="train", help="split of a calibration dataset")
+    parser.add_argument("--split", default=None, help="split of a calibration dataset (default: its only split)")
     parser.add_argument("--damp-percent", type=float, default=None, help="GPTQ Hessian dampening (default 0.1)")
     parser.set_defaults(func=run)
 

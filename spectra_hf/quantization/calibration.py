@@ -4,6 +4,9 @@ The paper calibrated every QuantLM on 512 samples of 2048 tokens of SlimPajama. 
 caller provides; it is tokenized document by document (an end-of-text token after each), concatenated, cut into
 non-overlapping windows of `length` tokens, and `samples` windows are drawn without replacement with a seeded
 generator, so the same text, tokenizer and seed always give the same samples.
+
+Less text than `samples` windows (a user's own small file) scales down: every window the text holds is used, with a
+warning that says how many and how to change it; text shorter than one window is refused with what to lower.
 """
 
 from __future__ import annotations
@@ -13,8 +16,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from transformers.utils import logging
 
-from spectra_hf.errors import SpectraError
+from spectra_hf.errors import DataError, SpectraError
+
+logger = logging.get_logger(__name__)
 
 # What `load_calibration_texts` accepts: any `spectra_hf.texts` source (text files, a `save_to_disk` directory, a
 # `datasets` name or object), or a list of strings (the documents themselves).
@@ -57,11 +63,11 @@ def calibration_samples(
     """Tokenize `documents` and draw `samples` non-overlapping windows of `length` tokens.
 
     Returns:
-        `samples` dicts with `input_ids` and `attention_mask`, each a LongTensor of shape [1, length] (the 2-D
-        form optimum's GPTQQuantizer expects).
+        min(`samples`, windows the text holds) dicts with `input_ids` and `attention_mask`, each a LongTensor of
+        shape [1, length] (the 2-D form optimum's GPTQQuantizer expects). Fewer than `samples` is logged as a warning.
 
     Raises:
-        SpectraError: if the documents hold fewer than `samples * length` tokens.
+        DataError: if the documents hold fewer than `length` tokens (not one sample).
     """
     if samples < 1 or length < 1:
         raise SpectraError(f"calibration needs at least one sample of one token, got {samples} x {length}")
@@ -69,14 +75,20 @@ def calibration_samples(
     if eos is None:
         raise SpectraError("the tokenizer has no eos token; GPTQ calibration separates documents with it")
     encoded = tokenizer(list(documents), add_special_tokens=False)["input_ids"]
-    stream = torch.tensor([token for ids in encoded for token in (*ids, eos)], dtype=torch.long)
+    stream = torch.tensor([token for ids in encoded for token in (*ids, eos)], dtype=torch.long)  # [tokens]
     windows = stream.numel() // length
-    if windows < samples:
-        raise SpectraError(
-            f"calibration text has {stream.numel()} tokens, {windows} windows of {length}; {samples} samples x "
-            f"{length} tokens need {samples * length}: give more text, or fewer/shorter samples "
-            "(--calibration-samples / --calibration-length)"
+    if windows < 1:
+        raise DataError(
+            f"calibration text has {stream.numel()} tokens, fewer than one sample of {length}: give more text, or "
+            "shorter samples (--calibration-length)"
         )
+    if windows < samples:
+        logger.warning(
+            f"calibration text has {stream.numel()} tokens: using {windows} samples of {length} tokens instead of "
+            f"{samples} (the paper used 512 x 2048); give more text for the full calibration, or pass "
+            f"--calibration-samples {windows} to ask for this"
+        )
+        samples = windows
     generator = torch.Generator().manual_seed(seed)
     starts = torch.randperm(windows, generator=generator)[:samples] * length
     return [

@@ -32,12 +32,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers.utils import logging
 
+from spectra_hf.checkpoints.info import suite_size
 from spectra_hf.checkpoints.io import config_architecture, read_config
 from spectra_hf.errors import SpectraError
 from spectra_hf.checkpoints.exports import ExportInfo, atomic_directory, model_dir, read_export_info, write_export_info
 from spectra_hf.quantization.calibration import CalibrationSource, calibration_samples, load_calibration_texts
-from spectra_hf.suite import CONTEXT_LENGTH, FLOAT_BITS, QUANT_BITS, QUANT_GROUP_SIZE, SIZES, linear_weight_shapes, size_bits
+from spectra_hf.suite import CONTEXT_LENGTH, FLOAT_BITS, QUANT_BITS, QUANT_GROUP_SIZE, linear_weight_shapes, size_bits
+
+logger = logging.get_logger(__name__)
 
 GPTQ_BITS: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8)  # widths gptqmodel's torch kernel packs and runs
 FROM_PRETRAINED_BITS: tuple[int, ...] = (2, 3, 4, 8)  # widths transformers' GPTQConfig accepts
@@ -327,7 +331,11 @@ def quantlm_size_bits(config: Any, settings: GPTQSettings) -> int:
 
 
 def _size_label(floatlm: Path, config: dict[str, Any], size: str | None) -> tuple[str, str]:
-    """(size label for the QuantLM names, base model name) of a FloatLM directory."""
+    """(label in the QuantLM names, base model name) of a FloatLM directory.
+
+    The suite size when it is known (`size`, a `FloatLM_<size>` export, or an architecture the registry has), so
+    exports land in the suite layout; otherwise the FloatLM's directory name (a user's own FloatLM quantizes too).
+    """
     if size is not None:
         return size, f"FloatLM_{size}"
     try:
@@ -336,17 +344,12 @@ def _size_label(floatlm: Path, config: dict[str, Any], size: str | None) -> tupl
         name = None
     if name and name.startswith("FloatLM_"):
         return name.removeprefix("FloatLM_"), name
-    for spec in SIZES.values():
-        if (config.get("hidden_size"), config.get("intermediate_size"), config.get("num_hidden_layers")) == (
-            spec.hidden_size,
-            spec.intermediate_size,
-            spec.num_hidden_layers,
-        ):
-            return spec.size, f"FloatLM_{spec.size}"
-    raise SpectraError(
-        f"cannot tell which suite size {floatlm} is (no FloatLM_<size> spectra_export.json, and its widths match no "
-        "suite size): pass size= (--size), e.g. --size tiny"
-    )
+    matched = suite_size(config)
+    if matched is not None:
+        return matched, f"FloatLM_{matched}"
+    label = floatlm.resolve().name
+    logger.info(f"{floatlm} is not a suite size: naming its exports QuantLM_{label}_<bits>bit (--size to choose)")
+    return label, label
 
 
 def _eager():
@@ -376,7 +379,7 @@ def export_quantlms(
     seed: int = 0,
     size: str | None = None,
     text_column: str = "text",
-    split: str = "train",
+    split: str | None = None,
     damp_percent: float = DAMP_PERCENT,
 ) -> list[Path]:
     """Quantize a FloatLM at each width in `bits` and write `suite_dir/QuantLM_<size>_<b>bit` for each.
@@ -396,7 +399,8 @@ def export_quantlms(
         format: "gptq" (packed) or "unpacked" (dequantized fp16 Llama, like the original release).
         samples, length: calibration samples x tokens per sample (paper: 512 x 2048).
         seed: draws the calibration windows.
-        size: size label for the names (default: from the FloatLM's export info or its widths).
+        size: label in the names (default: the suite size from the FloatLM's export info or its architecture, else
+            the FloatLM's directory name).
         text_column, split: for calibration datasets.
         damp_percent: GPTQ Hessian dampening.
 
@@ -418,6 +422,13 @@ def export_quantlms(
         tokenizer = AutoTokenizer.from_pretrained(floatlm)
     except (OSError, ValueError) as error:
         raise SpectraError(f"{floatlm} has no loadable tokenizer ({error}); save the FloatLM's tokenizer next to it") from error
+    context = config.get("max_position_embeddings")
+    if isinstance(context, int) and 0 < context < length:
+        logger.warning(
+            f"calibration length {length} exceeds {floatlm}'s context of {context} tokens: using samples of {context} "
+            "(--calibration-length to choose)"
+        )
+        length = context
     texts = load_calibration_texts(calibration, text_column=text_column, split=split)
     samples_ = calibration_samples(tokenizer, texts.documents, samples=samples, length=length, seed=seed)
     probe = samples_[0]["input_ids"][:, :128]
@@ -449,7 +460,7 @@ def export_quantlms(
             for filename in _GENERATION_FILES:
                 if (floatlm / filename).is_file() and not (staging / filename).exists():
                     shutil.copy2(floatlm / filename, staging / filename)
-            write_export_info(staging, _export_info(name, base_model, setting, format, config, texts.source, samples, length, seed))
+            write_export_info(staging, _export_info(name, base_model, setting, format, config, texts.source, len(samples_), length, seed))
         written.append(model_dir(suite_dir, name))
     return written
 
