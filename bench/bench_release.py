@@ -33,16 +33,22 @@ FAMILIES = {"trilm": "TriLM_1.1B", "floatlm": "FloatLM_99M", "quantlm": "QuantLM
 def _build(hub_url: str, work: Path, args) -> None:
     import torch
     from huggingface_hub import HfApi
+    from synthetic_release import ORG, _ckpts_repo, upload
     from transformers import LlamaConfig, LlamaForCausalLM
+    from trilm_release import release_model
 
     from spectra_hf.testing.corpus import local_corpus, train_tokenizer
-    from synthetic_release import ORG, _ckpts_repo, upload
-    from trilm_release import release_model
 
     api = HfApi(endpoint=hub_url)
     tokenizer = train_tokenizer(local_corpus(200), vocab_size=512)
-    shape = {"hidden_size": args.hidden, "intermediate_size": 3 * args.hidden, "num_attention_heads": args.hidden // 64,
-             "num_key_value_heads": args.hidden // 64, "num_hidden_layers": args.layers, "vocab_size": args.vocab}
+    shape = {
+        "hidden_size": args.hidden,
+        "intermediate_size": 3 * args.hidden,
+        "num_attention_heads": args.hidden // 64,
+        "num_key_value_heads": args.hidden // 64,
+        "num_hidden_layers": args.layers,
+        "vocab_size": args.vocab,
+    }
 
     def save(model, name: str) -> Path:
         folder = work / name
@@ -61,7 +67,12 @@ def _build(hub_url: str, work: Path, args) -> None:
     _ckpts_repo(api, f"{ORG}/FloatLM_99M_Unpacked_ckpts")
     for index in range(args.checkpoints):
         step = 1000 * (index + 1)
-        upload(api, f"{ORG}/TriLM_1.1B_Unpacked_ckpts", save(release_model(2, seed=10 + index, **shape), f"t{step}"), branch=f"step{step}")
+        upload(
+            api,
+            f"{ORG}/TriLM_1.1B_Unpacked_ckpts",
+            save(release_model(2, seed=10 + index, **shape), f"t{step}"),
+            branch=f"step{step}",
+        )
         upload(api, f"{ORG}/FloatLM_99M_Unpacked_ckpts", save(floatlm(20 + index), f"f{step}"), branch=f"step{step}")
     quant = floatlm(3)
     with torch.no_grad():
@@ -91,16 +102,26 @@ def _measure(family: str, hub_url: str, work: Path) -> dict:
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     started = time.perf_counter()
-    report = run_release(source_org="SpectraSuite", target_org=f"bench-{family}", work_dir=work, endpoint=hub_url,
-                         models=[FAMILIES[family]], progress=False)
+    report = run_release(
+        source_org="SpectraSuite",
+        target_org=f"bench-{family}",
+        work_dir=work,
+        endpoint=hub_url,
+        models=[FAMILIES[family]],
+        progress=False,
+    )
     seconds = time.perf_counter() - started
     running[0] = False
     sampler.join()
     assert report.complete, report.manifest
     release_bytes = report.discovery.bytes
     return {
-        "family": family, "revisions": len(report.discovery.revisions), "release_bytes": release_bytes,
-        "seconds": seconds, "peak_rss": peak_rss_bytes(), "peak_disk": max(peak[0], report.peak_disk_bytes),
+        "family": family,
+        "revisions": len(report.discovery.revisions),
+        "release_bytes": release_bytes,
+        "seconds": seconds,
+        "peak_rss": peak_rss_bytes(),
+        "peak_disk": max(peak[0], report.peak_disk_bytes),
         "commits": report.commits,
     }
 
@@ -120,7 +141,7 @@ def main() -> None:
 
     os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
     from spectra_hf.hub.localhub import LocalHub
-    from spectra_hf.release.estimate import full_suite_revisions, estimate
+    from spectra_hf.release.estimate import estimate, full_suite_revisions
 
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as scratch, LocalHub(Path(scratch) / "hub", port=0) as hub:
@@ -130,29 +151,41 @@ def main() -> None:
             env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HOME": str(Path(scratch) / "hf-home")}
             done = subprocess.run(
                 [sys.executable, __file__, "--measure", f"{family},{hub.url},{Path(scratch) / ('work-' + family)}"],
-                env=env, capture_output=True, text=True, check=True,
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
             )
             rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
     load_after = os.getloadavg()
 
-    print(f"release re-publication, bench scale (hidden {args.hidden}, {args.layers} layers, vocab {args.vocab}, "
-          f"{args.checkpoints} checkpoints per trained model); load average before {load_before[0]:.2f}, after {load_after[0]:.2f}")
-    print(f"{'family':<8} {'revisions':>9} {'release MB':>10} {'seconds':>8} {'s per GB':>9} {'peak RSS MB':>11} "
-          f"{'peak disk MB':>12} {'disk / largest revision':>24}")
+    print(
+        f"release re-publication, bench scale (hidden {args.hidden}, {args.layers} layers, vocab {args.vocab}, "
+        f"{args.checkpoints} checkpoints per trained model); "
+        f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f}"
+    )
+    print(
+        f"{'family':<8} {'revisions':>9} {'release MB':>10} {'seconds':>8} {'s per GB':>9} {'peak RSS MB':>11} "
+        f"{'peak disk MB':>12} {'disk / largest revision':>24}"
+    )
     per_gb = {}
     for row in rows:
         gb = row["release_bytes"] / 1e9
         largest = row["release_bytes"] / row["revisions"]
         per_gb[row["family"]] = row["seconds"] / gb
-        print(f"{row['family']:<8} {row['revisions']:>9} {row['release_bytes'] / 1e6:>10.1f} {row['seconds']:>8.1f} "
-              f"{row['seconds'] / gb:>9.0f} {row['peak_rss'] / 1e6:>11.0f} {row['peak_disk'] / 1e6:>12.1f} "
-              f"{row['peak_disk'] / largest:>24.2f}")
+        print(
+            f"{row['family']:<8} {row['revisions']:>9} {row['release_bytes'] / 1e6:>10.1f} {row['seconds']:>8.1f} "
+            f"{row['seconds'] / gb:>9.0f} {row['peak_rss'] / 1e6:>11.0f} {row['peak_disk'] / 1e6:>12.1f} "
+            f"{row['peak_disk'] / largest:>24.2f}"
+        )
     total_bytes = sum(r["release_bytes"] for r in rows)
     rate = total_bytes / 1e9 / sum(r["seconds"] for r in rows)
     print(f"overall: {rate:.3f} GB of release per second (conversion + local publish, no network)")
     suite = estimate(full_suite_revisions(), convert_gb_s=rate)
-    print("full suite dry-run estimate (registry parameter counts at fp16, 28 checkpoints per trained run: "
-          "the real release sizes are not reachable offline):")
+    print(
+        "full suite dry-run estimate (registry parameter counts at fp16, 28 checkpoints per trained run: "
+        "the real release sizes are not reachable offline):"
+    )
     print("  " + suite.describe())
     print(f"  conversion alone at the measured rate: {suite.download_bytes / 1e9 / rate / 3600:.1f} h")
 

@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 from huggingface_hub import HfApi
 from transformers import LlamaConfig, LlamaForCausalLM
+from trilm_release import release_model
 
 from spectra_hf.suite import config_kwargs
-from trilm_release import release_model
 
 ORG = "SpectraSuite"
 CKPTS = "_Unpacked_ckpts"
@@ -61,16 +61,26 @@ def floatlm_checkpoint(directory: Path, *, seed: int, tokenizer, vocab_size: int
     return _save(model, directory, tokenizer)
 
 
-def quantlm_checkpoint(directory: Path, *, bits: int, seed: int, tokenizer, calibration: Path, vocab_size: int = 512) -> Path:
+def quantlm_checkpoint(
+    directory: Path, *, bits: int, seed: int, tokenizer, calibration: Path, vocab_size: int = 512
+) -> Path:
     """A QuantLM `_Unpacked`: GPTQ through optimum on a tiny FloatLM, dequantized to fp16 (the export's own path)."""
     from spectra_hf.quantization.gptq import export_quantlms
 
     with tempfile.TemporaryDirectory() as scratch:
         overrides = QUANT_WIDE if bits in (3, 4) else {}
-        floatlm = floatlm_checkpoint(Path(scratch) / "float", seed=seed, tokenizer=tokenizer, vocab_size=vocab_size, **overrides)
+        floatlm = floatlm_checkpoint(
+            Path(scratch) / "float", seed=seed, tokenizer=tokenizer, vocab_size=vocab_size, **overrides
+        )
         (written,) = export_quantlms(
-            floatlm, Path(scratch) / "suite", calibration=calibration, bits=[bits], format="unpacked",
-            samples=4, length=64, size="tiny",
+            floatlm,
+            Path(scratch) / "suite",
+            calibration=calibration,
+            bits=[bits],
+            format="unpacked",
+            samples=4,
+            length=64,
+            size="tiny",
         )
         shutil.copytree(written, directory)
     (directory / "spectra_export.json").unlink()  # the public release carries no spectra-hf bookkeeping
@@ -141,7 +151,7 @@ def set_tensor(folder: Path, name: str, edit) -> None:
 
 
 def release_logits(folder: Path, input_ids: torch.Tensor) -> torch.Tensor:
-    """Logits of a release folder under stock transformers, in float32 (the reference the re-published model must match)."""
+    """Logits of a release folder under stock transformers in float32: what the re-published model must match."""
     config = json.loads((folder / "config.json").read_text())
     model = LlamaForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     assert config["model_type"] == "llama"

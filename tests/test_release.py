@@ -8,6 +8,7 @@ here in float64, and the local Hub's own commit counters.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -21,6 +22,7 @@ import pytest
 import torch
 from huggingface_hub import HfApi
 from safetensors.torch import load_file
+from synthetic_release import ORG, ReleaseSpec, build_release, release_logits, set_tensor
 
 import spectra_hf
 from spectra_hf.cli import main
@@ -30,7 +32,6 @@ from spectra_hf.quantization.recover import recover_codes
 from spectra_hf.release import run_release
 from spectra_hf.release.journal import JOURNAL_FILE
 from spectra_hf.release.manifest import MANIFEST_FILE, MANIFEST_REPO
-from synthetic_release import ORG, ReleaseSpec, build_release, release_logits, set_tensor
 
 PROBE = torch.tensor([[0, 17, 250, 3, 99, 480, 12, 7, 311, 64, 5, 200]])  # [1, 12] token ids < 512
 
@@ -40,8 +41,20 @@ def _commits(hub: LocalHub, org: str) -> dict[str, int]:
 
 
 def _publish_argv(work: Path, target: str, endpoint: str, *extra: str) -> list[str]:
-    return ["release", "publish", "--from", ORG, "--to", target, "--endpoint", endpoint, "--work-dir", str(work),
-            "--no-progress", *extra]
+    return [
+        "release",
+        "publish",
+        "--from",
+        ORG,
+        "--to",
+        target,
+        "--endpoint",
+        endpoint,
+        "--work-dir",
+        str(work),
+        "--no-progress",
+        *extra,
+    ]
 
 
 # -- recovering GPTQ codes: integer codes and scales drawn here, W = fl16(s * k) -------------------------------------
@@ -79,7 +92,9 @@ def test_a_weight_on_no_lattice_is_refused_by_name():
 @pytest.fixture(scope="module")
 def small_release(local_hub, tmp_path_factory, tokenizer):
     spec = ReleaseSpec(trilm={"190M": (1, [3000])})
-    return build_release(HfApi(endpoint=local_hub.url), spec, tmp_path_factory.mktemp("small-release"), tokenizer=tokenizer)
+    return build_release(
+        HfApi(endpoint=local_hub.url), spec, tmp_path_factory.mktemp("small-release"), tokenizer=tokenizer
+    )
 
 
 def test_one_command_republishes_a_trilm_with_its_checkpoint(local_hub, small_release, tmp_path, capsys):
@@ -88,8 +103,10 @@ def test_one_command_republishes_a_trilm_with_its_checkpoint(local_hub, small_re
     assert main(argv) == 0, capsys.readouterr().err
     assert _commits(local_hub, "smallorg") == {"smallorg/TriLM_190M": 2, f"smallorg/{MANIFEST_REPO}": 1}
 
-    for revision, folder in (("step3000", "SpectraSuite/TriLM_190M_Unpacked_ckpts@step3000"),
-                             ("main", "SpectraSuite/TriLM_190M_Unpacked@main")):
+    for revision, folder in (
+        ("step3000", "SpectraSuite/TriLM_190M_Unpacked_ckpts@step3000"),
+        ("main", "SpectraSuite/TriLM_190M_Unpacked@main"),
+    ):
         model = spectra_hf.TriLMForCausalLM.from_pretrained(
             "smallorg/TriLM_190M", revision=revision, dtype=torch.float32, ternary_inference="dense"
         )
@@ -121,8 +138,22 @@ def test_one_command_republishes_a_trilm_with_its_checkpoint(local_hub, small_re
 
 
 def test_dry_run_lists_revisions_with_the_release_file_sizes(local_hub, small_release, tmp_path, capsys):
-    argv = ["release", "publish", "--from", ORG, "--to", "dryorg", "--endpoint", local_hub.url, "--work-dir",
-            str(tmp_path / "w"), "--models", "TriLM_190M", "--dry-run", "--json"]
+    argv = [
+        "release",
+        "publish",
+        "--from",
+        ORG,
+        "--to",
+        "dryorg",
+        "--endpoint",
+        local_hub.url,
+        "--work-dir",
+        str(tmp_path / "w"),
+        "--models",
+        "TriLM_190M",
+        "--dry-run",
+        "--json",
+    ]
     assert main(argv) == 0
     plan = json.loads(capsys.readouterr().out)
     assert [r["target"] for r in plan["revisions"]] == ["dryorg/TriLM_190M@step3000", "dryorg/TriLM_190M@main"]
@@ -144,6 +175,7 @@ def _set_one(row: int, column: int, value: float):
 
 def _nudge_off_grid(row: int, column: int):
     """Move one value about a third of a grid step (max |row| / 128 at 8 bits) away from where it was."""
+
     def edit(weight: torch.Tensor) -> torch.Tensor:
         weight[row, column] += weight[row].abs().max() / 128 * 0.37
         return weight
@@ -184,7 +216,9 @@ def test_bad_input_gives_one_clear_error_and_publishes_nothing(case, own_hub, tm
     assert err[-1].startswith("spectra-hf release: error:") and expected in err[-1], err[-1]
     published = {m.id for m in api.list_models(author="neworg")}
     if case == "not_ternary":  # the good checkpoint is out, the refused main is not; the manifest says why
-        assert api.list_repo_refs("neworg/TriLM_99M").branches and "step1000" in {b.name for b in api.list_repo_refs("neworg/TriLM_99M").branches}
+        assert api.list_repo_refs("neworg/TriLM_99M").branches and "step1000" in {
+            b.name for b in api.list_repo_refs("neworg/TriLM_99M").branches
+        }
         files = {f.path for f in api.list_repo_tree("neworg/TriLM_99M", revision="main")}
         assert "model.safetensors" not in files
         manifest = json.loads((tmp_path / "work" / MANIFEST_FILE).read_text())
@@ -207,14 +241,18 @@ BRANCHES = {"TriLM_99M": 3, "TriLM_1.1B": 2, "FloatLM_99M": 2, "QuantLM_2.4B_4bi
 @pytest.fixture(scope="module")
 def full_release(local_hub, tmp_path_factory, tokenizer, corpus_files):
     api = HfApi(endpoint=local_hub.url)
-    folders = build_release(api, FULL, tmp_path_factory.mktemp("full-release"), tokenizer=tokenizer, calibration=corpus_files[0])
+    folders = build_release(
+        api, FULL, tmp_path_factory.mktemp("full-release"), tokenizer=tokenizer, calibration=corpus_files[0]
+    )
     assert api.repo_exists("SpectraSuite/QuantLM_2.3B_4bit_Unpacked")
     return folders
 
 
 def _run_until(argv: list[str], journal: Path, condition, env: dict) -> int:
     """Start the CLI in a subprocess and SIGKILL it as soon as `condition(journal lines)` holds."""
-    process = subprocess.Popen([sys.executable, "-m", "spectra_hf.cli", *argv], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "spectra_hf.cli", *argv], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     while process.poll() is None:
         lines = journal.read_text().splitlines() if journal.is_file() else []
         entries = [json.loads(line) for line in lines if line.endswith("}")]
@@ -251,7 +289,9 @@ def test_full_release_survives_kills_stays_under_budget_and_reproduces_every_fam
     moments = [
         lambda e: any(x["state"] == "downloaded" for x in e),  # mid-conversion of the first revision
         lambda e: sum(x["state"] == "published" for x in e) >= 3,  # between revisions
-        lambda e: any(x["state"] == "converted" and "QuantLM" in x["key"] for x in e),  # a QuantLM converted, publishing
+        lambda e: any(
+            x["state"] == "converted" and "QuantLM" in x["key"] for x in e
+        ),  # a QuantLM converted, publishing
     ]
     for moment in moments:
         assert _run_until(argv, journal, moment, env) == -signal.SIGKILL
@@ -268,18 +308,23 @@ def test_full_release_survives_kills_stays_under_budget_and_reproduces_every_fam
             size = 0
             for root, _, names in os.walk(clean_work):
                 for name in names:
-                    try:
+                    with contextlib.suppress(FileNotFoundError):  # removed while we looked
                         size += os.lstat(os.path.join(root, name)).st_size
-                    except FileNotFoundError:  # removed while we looked
-                        pass
             peak[0] = max(peak[0], size)
             time.sleep(0.01)
 
     sampler = threading.Thread(target=sample)
     sampler.start()
     try:
-        report = run_release(source_org=ORG, target_org="cleanorg", work_dir=clean_work, endpoint=local_hub.url,
-                             models=FULL_MODELS, max_disk=budget, progress=False)
+        report = run_release(
+            source_org=ORG,
+            target_org="cleanorg",
+            work_dir=clean_work,
+            endpoint=local_hub.url,
+            models=FULL_MODELS,
+            max_disk=budget,
+            progress=False,
+        )
     finally:
         running[0] = False
         sampler.join()
@@ -289,10 +334,19 @@ def test_full_release_survives_kills_stays_under_budget_and_reproduces_every_fam
     for manifest in (as_killed, killed_manifest):  # the card and revisions.json name the org, so their hashes differ
         for row in manifest["revisions"]:
             assert {"README.md", "model.safetensors", "config.json"} <= set(row["files"])
-            row["files"] = {path: sha for path, sha in row["files"].items() if path not in ("README.md", "revisions.json")}
+            row["files"] = {
+                path: sha for path, sha in row["files"].items() if path not in ("README.md", "revisions.json")
+            }
     assert as_killed == killed_manifest  # same manifest after three kills
-    again = run_release(source_org=ORG, target_org="cleanorg", work_dir=clean_work, endpoint=local_hub.url,
-                        models=FULL_MODELS, max_disk=budget, progress=False)
+    again = run_release(
+        source_org=ORG,
+        target_org="cleanorg",
+        work_dir=clean_work,
+        endpoint=local_hub.url,
+        models=FULL_MODELS,
+        max_disk=budget,
+        progress=False,
+    )
     assert again.commits == 0 and again.processed == 0
 
     # every family at every revision: the release's logits (stock Llama on the release files)
@@ -313,10 +367,14 @@ def test_full_release_survives_kills_stays_under_budget_and_reproduces_every_fam
             model = load_quantlm(local, dtype=torch.float32, backend="torch")
             atol = 2e-3  # float32 s * k against the release's fp16-rounded s * k
         elif row["model"].startswith("TriLM"):
-            model = spectra_hf.TriLMForCausalLM.from_pretrained(repo, revision=branch, dtype=torch.float32, ternary_inference="dense")
+            model = spectra_hf.TriLMForCausalLM.from_pretrained(
+                repo, revision=branch, dtype=torch.float32, ternary_inference="dense"
+            )
             atol = 1e-4
         else:
-            model = LlamaForCausalLM.from_pretrained(repo, revision=branch, dtype=torch.float32)  # stock Llama loads FloatLM
+            model = LlamaForCausalLM.from_pretrained(
+                repo, revision=branch, dtype=torch.float32
+            )  # stock Llama loads FloatLM
             atol = 1e-5
         with torch.no_grad():
             logits = model(PROBE).logits
@@ -327,10 +385,18 @@ def test_full_release_survives_kills_stays_under_budget_and_reproduces_every_fam
 @pytest.mark.slow
 def test_off_lattice_quantlm_is_refused_and_import_writes_a_suite_dir(own_hub, tmp_path, tokenizer, corpus_files):
     api = HfApi(endpoint=own_hub.url)
-    folders = build_release(api, ReleaseSpec(quantlm=[("99M", 8)]), tmp_path / "release", tokenizer=tokenizer, calibration=corpus_files[0])
+    folders = build_release(
+        api, ReleaseSpec(quantlm=[("99M", 8)]), tmp_path / "release", tokenizer=tokenizer, calibration=corpus_files[0]
+    )
     suite = tmp_path / "suite"
-    report = run_release(source_org=ORG, suite_dir=suite, work_dir=tmp_path / "w1", endpoint=own_hub.url,
-                         models=["QuantLM_99M_8bit"], progress=False)
+    report = run_release(
+        source_org=ORG,
+        suite_dir=suite,
+        work_dir=tmp_path / "w1",
+        endpoint=own_hub.url,
+        models=["QuantLM_99M_8bit"],
+        progress=False,
+    )
     assert report.complete and (suite / "QuantLM_99M_8bit" / "quantize_config.json").is_file()
     info = json.loads((suite / "QuantLM_99M_8bit" / "spectra_export.json").read_text())
     assert info["extra"]["release"]["repo"] == "SpectraSuite/QuantLM_99M_8bit_Unpacked"
@@ -338,7 +404,13 @@ def test_off_lattice_quantlm_is_refused_and_import_writes_a_suite_dir(own_hub, t
     folder = folders["SpectraSuite/QuantLM_99M_8bit_Unpacked@main"]
     set_tensor(folder, "model.layers.0.mlp.down_proj.weight", _nudge_off_grid(5, 9))
     api.upload_folder(repo_id="SpectraSuite/QuantLM_99M_8bit_Unpacked", folder_path=str(folder))
-    report = run_release(source_org=ORG, target_org="neworg", work_dir=tmp_path / "w2", endpoint=own_hub.url,
-                         models=["QuantLM_99M_8bit"], progress=False)
+    report = run_release(
+        source_org=ORG,
+        target_org="neworg",
+        work_dir=tmp_path / "w2",
+        endpoint=own_hub.url,
+        models=["QuantLM_99M_8bit"],
+        progress=False,
+    )
     assert not report.complete and "model.layers.0.mlp.down_proj.weight is not a 8-bit GPTQ weight" in report.refused[0]
     assert not api.repo_exists("neworg/QuantLM_99M_8bit")

@@ -19,32 +19,67 @@ DESCRIPTION = (
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--from", dest="source_org", default="SpectraSuite", help="the release org (default SpectraSuite)")
+    parser.add_argument(
+        "--from", dest="source_org", default="SpectraSuite", help="the release org (default SpectraSuite)"
+    )
     parser.add_argument("--endpoint", help="Hub URL (default: HF_ENDPOINT, else https://huggingface.co)")
     parser.add_argument("--source-endpoint", help="Hub the release is read from, when it differs from --endpoint")
     parser.add_argument("--token", help="Hub token (prefer HF_TOKEN or `hf auth login`: arguments show in `ps`)")
-    parser.add_argument("--work-dir", type=Path, default=Path("spectra-release-work"), help="downloads, conversions, journal (default ./spectra-release-work); reuse it to resume")
-    parser.add_argument("--max-disk", default=None, metavar="SIZE", help="disk the work dir may use, e.g. 200GB (checked before anything is downloaded)")
-    parser.add_argument("--models", nargs="+", metavar="NAME", help="only these suite models (e.g. TriLM_99M QuantLM_2.3B_4bit); default all 54")
-    parser.add_argument("--steps", nargs="+", type=int, metavar="N", help="only these checkpoint steps (each must exist)")
-    parser.add_argument("--dry-run", action="store_true", help="list repos and revisions and estimate bytes, requests, disk and time; download nothing")
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=Path("spectra-release-work"),
+        help="downloads, conversions, journal (default ./spectra-release-work); reuse it to resume",
+    )
+    parser.add_argument(
+        "--max-disk",
+        default=None,
+        metavar="SIZE",
+        help="disk the work dir may use, e.g. 200GB (checked before anything is downloaded)",
+    )
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        metavar="NAME",
+        help="only these suite models (e.g. TriLM_99M QuantLM_2.3B_4bit); default all 54",
+    )
+    parser.add_argument(
+        "--steps", nargs="+", type=int, metavar="N", help="only these checkpoint steps (each must exist)"
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="list repos and revisions and estimate bytes, requests, disk and time; download nothing",
+    )
     parser.add_argument("--down-mb-s", type=float, default=100.0, help="download bandwidth the dry run assumes (MB/s)")
     parser.add_argument("--up-mb-s", type=float, default=50.0, help="upload bandwidth the dry run assumes (MB/s)")
-    parser.add_argument("--json", action="store_true", help="print the result (dry run: the revisions and estimate) as JSON")
+    parser.add_argument(
+        "--json", action="store_true", help="print the result (dry run: the revisions and estimate) as JSON"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("release", help="re-publish (or import) the public SpectraSuite release", description=DESCRIPTION)
+    parser = subparsers.add_parser(
+        "release", help="re-publish (or import) the public SpectraSuite release", description=DESCRIPTION
+    )
     actions = parser.add_subparsers(dest="release_command", metavar="ACTION", required=True)
-    publish = actions.add_parser("publish", help="convert and publish every release revision to --to ORG", description=DESCRIPTION)
+    publish = actions.add_parser(
+        "publish", help="convert and publish every release revision to --to ORG", description=DESCRIPTION
+    )
     _common(publish)
     publish.add_argument("--to", dest="target_org", required=True, help="the org to publish to")
     publish.add_argument("--private", action="store_true", help="create new repos private")
     publish.set_defaults(func=run)
     imp = actions.add_parser("import", help="convert every release revision into a suite directory (no publishing)")
     _common(imp)
-    imp.add_argument("--out", dest="suite_dir", type=Path, required=True, help="the suite directory to write (spectra_hf.checkpoints.exports layout)")
+    imp.add_argument(
+        "--out",
+        dest="suite_dir",
+        type=Path,
+        required=True,
+        help="the suite directory to write (spectra_hf.checkpoints.exports layout)",
+    )
     imp.set_defaults(func=run)
 
 
@@ -71,10 +106,21 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         if args.json:
             rows = [
-                {"release": r.key, "step": r.step, "bytes": r.size, "files": len(r.files), "target": f"{args.target_org if hasattr(args, 'target_org') else '-'}/{r.model.name}@{r.branch}"}
+                {
+                    "release": r.key,
+                    "step": r.step,
+                    "bytes": r.size,
+                    "files": len(r.files),
+                    "target": f"{args.target_org if hasattr(args, 'target_org') else '-'}/{r.model.name}@{r.branch}",
+                }
                 for r in report.discovery.revisions
             ]
-            print(json.dumps({"revisions": rows, "missing": report.discovery.missing, "estimate": report.estimate.as_dict()}, indent=2))
+            print(
+                json.dumps(
+                    {"revisions": rows, "missing": report.discovery.missing, "estimate": report.estimate.as_dict()},
+                    indent=2,
+                )
+            )
         else:
             for r in report.discovery.revisions:
                 print(f"  {r.key:<60} -> {r.model.name}@{r.branch:<12} {r.size:>14,} bytes  {len(r.files)} files")
@@ -91,6 +137,9 @@ def run(args: argparse.Namespace) -> int:
         problems = [f"{r['revision']}: {r['reason']}" for r in manifest["refused"]]
         problems += [f"{m['what']}: {m['reason']}" for m in manifest["missing"]]
         problems += [f"{key}: pending" for key in manifest["pending"]]
-        print(f"spectra-hf release: error: {len(problems)} release revisions not published: " + "; ".join(problems[:5]), file=sys.stderr)
+        print(
+            f"spectra-hf release: error: {len(problems)} release revisions not published: " + "; ".join(problems[:5]),
+            file=sys.stderr,
+        )
         return 1
     return 0

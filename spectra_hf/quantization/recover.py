@@ -125,9 +125,7 @@ def _fit(values: torch.Tensor, scale: torch.Tensor, low: int, high: int) -> tupl
     return codes, torch.where(in_range, ulps, torch.full_like(ulps, 1 << 30))
 
 
-def recover_codes(
-    weight: torch.Tensor, *, bits: int, group_size: int, name: str, max_ulps: int = 1
-) -> RecoveredLinear:
+def recover_codes(weight: torch.Tensor, *, bits: int, group_size: int, name: str, max_ulps: int = 1) -> RecoveredLinear:
     """Recover the symmetric GPTQ codes and fp16 scales of one dequantized fp16 weight [out, in].
 
     Args:
@@ -254,7 +252,8 @@ def recover_quantlm(
         if report.reloaded.max_ulps > max_ulps:
             raise CheckpointError(
                 f"{release}: the packed checkpoint reproduces the release only within {report.reloaded.max_ulps} ulps "
-                f"(tolerated: {max_ulps}); this is a bug in spectra-hf or its optimum/gptqmodel versions, please report it"
+                f"(tolerated: {max_ulps}); this is a bug in spectra-hf or its optimum/gptqmodel versions, "
+                "please report it"
             )
         _copy_release_side_files(release, staging)
         info = ExportInfo(
@@ -279,7 +278,9 @@ def recover_quantlm(
 
 def _pack(model: Any, quantizers: dict[str, tuple], setting: GPTQSettings) -> tuple[Any, Any]:
     """Replace the model's linears by gptqmodel's packed layers holding the given scales and zeros, as optimum's
-    `quantize_model` does after GPTQ (same packing, same config). Returns (model, the quantizer `save_quantized` needs)."""
+    `quantize_model` does after GPTQ (same packing, same config).
+
+    Returns (model, the quantizer `save_quantized` needs)."""
     from optimum.gptq.utils import get_block_name_with_pattern
 
     quantizer = _gptq_quantizer_class()(
@@ -315,7 +316,9 @@ def _compare_reloaded(directory: Path, release: Path, names: list[str]) -> Latti
                 fit.add(LatticeFit(values=expected.numel()))
                 continue
             distance = ulp_distance(again, expected)
-            fit.add(LatticeFit(values=distance.numel(), differing=int((distance > 0).sum()), max_ulps=int(distance.max())))
+            fit.add(
+                LatticeFit(values=distance.numel(), differing=int((distance > 0).sum()), max_ulps=int(distance.max()))
+            )
     return fit
 
 

@@ -29,7 +29,11 @@ logger = logging.get_logger(__name__)
 
 # Architecture keys compared with the registry's for the model's name.
 ARCHITECTURE_KEYS = (
-    "hidden_size", "intermediate_size", "num_attention_heads", "num_hidden_layers", "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_attention_heads",
+    "num_hidden_layers",
+    "vocab_size",
     "pretraining_model_parallel",
 )
 CONVERSIONS = {
@@ -59,7 +63,9 @@ def architecture_warnings(revision: ReleaseRevision, config: dict[str, Any]) -> 
     ]
     if not differences:
         return []
-    return [f"{revision.key}: architecture differs from the registry's {revision.model.name}: " + ", ".join(differences)]
+    return [
+        f"{revision.key}: architecture differs from the registry's {revision.model.name}: " + ", ".join(differences)
+    ]
 
 
 def provenance(revision: ReleaseRevision) -> dict[str, Any]:
@@ -102,7 +108,9 @@ def convert_revision(revision: ReleaseRevision, source: Path, out: Path) -> Conv
     return result
 
 
-def _convert_trained(revision: ReleaseRevision, source: Path, out: Path, config: dict[str, Any], result: Conversion) -> None:
+def _convert_trained(
+    revision: ReleaseRevision, source: Path, out: Path, config: dict[str, Any], result: Conversion
+) -> None:
     family = revision.model.family
     if family == "trilm" and "pretraining_model_parallel" not in config:
         raise CheckpointError(
@@ -125,7 +133,9 @@ def _convert_trained(revision: ReleaseRevision, source: Path, out: Path, config:
             matrices += 1
             value = value.dense(expected.dtype)
         if value.dtype != expected.dtype or not torch.equal(value, expected):
-            raise CheckpointError(f"{revision.key}: converted {name} does not reproduce the release tensor; please report it")
+            raise CheckpointError(
+                f"{revision.key}: converted {name} does not reproduce the release tensor; please report it"
+            )
         tensors += 1
     if family == "trilm":
         result.checks.append(
@@ -151,4 +161,3 @@ def _convert_quantlm(revision: ReleaseRevision, source: Path, out: Path, result:
     exact = "bit for bit" if again.bit_exact else f"except {again.differing} values (max {again.max_ulps} ulp)"
     result.checks.append(f"packed GPTQ reloads and dequantizes to the release weights {exact}")
     result.details = report.as_dict()
-

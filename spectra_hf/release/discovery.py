@@ -61,7 +61,9 @@ class ReleaseRevision:
 
     @property
     def has_weights(self) -> bool:
-        return any(f.path.endswith(_WEIGHT_SUFFIX) for f in self.files) and any(f.path == "config.json" for f in self.files)
+        return any(f.path.endswith(_WEIGHT_SUFFIX) for f in self.files) and any(
+            f.path == "config.json" for f in self.files
+        )
 
 
 @dataclass
@@ -169,7 +171,10 @@ def discover(
                     branches[int(match.group(1))] = ref.target_commit
         elif model.family != "quantlm":
             found.missing.append(
-                {"what": f"{model.name} checkpoints", "reason": f"no checkpoint repo ({', '.join(ckpts_repo_candidates(model, source_org))})"}
+                {
+                    "what": f"{model.name} checkpoints",
+                    "reason": f"no checkpoint repo ({', '.join(ckpts_repo_candidates(model, source_org))})",
+                }
             )
         wanted = sorted(branches) if steps is None else sorted(set(steps))
         if steps is not None and model.family != "quantlm":
@@ -185,10 +190,11 @@ def discover(
             try:
                 files = _files(api, ckpt_repo, revision)
             except RevisionNotFoundError:  # deleted between the refs listing and now
-                found.missing.append({"what": f"{ckpt_repo}@{revision}", "reason": "branch disappeared during discovery"})
+                found.missing.append(
+                    {"what": f"{ckpt_repo}@{revision}", "reason": "branch disappeared during discovery"}
+                )
                 continue
             found.revisions.append(ReleaseRevision(model, ckpt_repo, revision, branches[step], step, files))
         main = next((ref.target_commit for ref in final_refs.branches if ref.name == "main"), "")
         found.revisions.append(ReleaseRevision(model, final_repo, "main", main, None, _files(api, final_repo, "main")))
     return found
-

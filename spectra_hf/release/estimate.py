@@ -87,7 +87,10 @@ def estimate(
     transfer = download / (down_mb_s * 1e6) + upload / (up_mb_s * 1e6)
     work = transfer + requests * request_latency_s + download / (convert_gb_s * 1e9)
     # The request quota and the busiest repo's commit quota bound the run from below.
-    quota = max(requests / limits.requests_per_window * limits.window_s, max(per_repo.values(), default=0) / limits.commits_per_hour * 3600)
+    quota = max(
+        requests / limits.requests_per_window * limits.window_s,
+        max(per_repo.values(), default=0) / limits.commits_per_hour * 3600,
+    )
     largest = max((size for _, _, size, _ in revisions), default=0)
     return Estimate(
         repos=len(per_repo),

@@ -28,7 +28,11 @@ def build_manifest(discovery: Discovery, journal: Journal, *, target_org: str | 
         entry = journal.entries.get(revision.key, {})
         state = entry.get("state", "pending")
         row: dict[str, Any] = {
-            "release": {"repo": revision.source_repo, "revision": revision.source_revision, "commit": revision.source_commit},
+            "release": {
+                "repo": revision.source_repo,
+                "revision": revision.source_revision,
+                "commit": revision.source_commit,
+            },
             "model": revision.model.name,
             "step": revision.step,
             "tokens_seen": revision.tokens_seen,

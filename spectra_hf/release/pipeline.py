@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from transformers.utils import logging
 
 from spectra_hf.cards import Revision
-from spectra_hf.checkpoints.exports import CHECKPOINTS_DIR, checkpoint_dir, model_dir
+from spectra_hf.checkpoints.exports import checkpoint_dir, model_dir
 from spectra_hf.errors import CheckpointError, ConfigError, SpectraError
 from spectra_hf.hub.pacing import HubLimits
 from spectra_hf.hub.plan import CARD_FILE, BranchPlan, PlanFile, PublishPlan, RepoPlan, check_repo_id, export_files
@@ -48,14 +48,32 @@ from spectra_hf.release.conversion import Conversion, convert_revision
 from spectra_hf.release.discovery import Discovery, ReleaseRevision, discover, select_models
 from spectra_hf.release.estimate import Estimate, disk_needed, estimate, revisions_of
 from spectra_hf.release.journal import JOURNAL_FILE, Journal
-from spectra_hf.release.manifest import MANIFEST_FILE, MANIFEST_REPO, build_manifest, manifest_card, render, write_manifest
+from spectra_hf.release.manifest import (
+    MANIFEST_FILE,
+    MANIFEST_REPO,
+    build_manifest,
+    manifest_card,
+    render,
+    write_manifest,
+)
 
 logger = logging.get_logger(__name__)
 
 REVISIONS_FILE = "revisions.json"
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKMGT]i?B?|B)?\s*$")
-_UNITS = {"": 1, "B": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "K": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+}
 
 
 def parse_size(text: str) -> int:
@@ -110,7 +128,8 @@ class ReleaseRunReport:
     def summary(self) -> str:
         m = self.manifest or {}
         return (
-            f"{len(self.discovery.revisions)} release revisions: {self.processed} processed, {self.skipped} already done, "
+            f"{len(self.discovery.revisions)} release revisions: {self.processed} processed, "
+            f"{self.skipped} already done, "
             f"{len(m.get('refused', []))} refused, {len(m.get('missing', []))} missing, {len(m.get('pending', []))} "
             f"pending; {self.commits} commits; peak disk {human_size(self.peak_disk_bytes)}; {self.seconds:.1f} s"
         )
@@ -184,9 +203,7 @@ class _Run:
             self.journal.record(key, "refused", reason=f"{key} holds no config.json and *.safetensors weights")
             self.report.refused.append(key)
             return
-        self.source_api.snapshot_download(
-            revision.source_repo, revision=revision.source_revision, local_dir=download
-        )
+        self.source_api.snapshot_download(revision.source_repo, revision=revision.source_revision, local_dir=download)
         self.measure_disk()
         self.journal.record(key, "downloaded")
         try:
@@ -210,7 +227,7 @@ class _Run:
         self.report.processed += 1
 
     def _published_checkpoints(self, revision: ReleaseRevision) -> list[Revision]:
-        """The checkpoint branches of the same model that are done, by step (what main's card and revisions.json list)."""
+        """Done checkpoint branches of the same model, by step (main's card and revisions.json list them)."""
         rows = []
         for other in self.discovery.revisions:
             if other.model == revision.model and other.step is not None and self.journal.done(other.key):
@@ -222,7 +239,11 @@ class _Run:
         config = json.loads((out / "config.json").read_text(encoding="utf-8"))
         checkpoints = self._published_checkpoints(revision) if revision.step is None else []
         card = revision_card(
-            revision, conversion, org=self.target_org, config=config, revisions=checkpoints,
+            revision,
+            conversion,
+            org=self.target_org,
+            config=config,
+            revisions=checkpoints,
             has_tokenizer=any(name in files for name in _TOKENIZER_FILES),
         )
         plan_files = [_plan_file(path, local) for path, local in files.items()] + [_generated(CARD_FILE, card)]
@@ -234,7 +255,9 @@ class _Run:
                 "revisions": [r.as_dict() for r in checkpoints],
             }
             plan_files.append(_generated(REVISIONS_FILE, json.dumps(listing, indent=2, sort_keys=True) + "\n"))
-        branch = BranchPlan(name=revision.branch, files=plan_files, step=revision.step, tokens_seen=revision.tokens_seen)
+        branch = BranchPlan(
+            name=revision.branch, files=plan_files, step=revision.step, tokens_seen=revision.tokens_seen
+        )
         repo = RepoPlan(repo_id=repo_id, model=revision.model, variant="release", branches=[branch])
         before = self.publisher.report.commits
         self.publisher.publish_repo(repo, private=self.private)
@@ -242,7 +265,8 @@ class _Run:
         stale = self.publisher.changes(repo_id, branch)
         if stale:
             raise SpectraError(
-                f"{repo_id}@{branch.name} does not hold what was published ({len(stale)} files differ); re-run to repair"
+                f"{repo_id}@{branch.name} does not hold what was published ({len(stale)} files differ); "
+                "re-run to repair"
             )
         self.journal.record(
             revision.key,
@@ -278,8 +302,13 @@ class _Run:
                     os.replace(path, target / path.name)
         relative = target.relative_to(self.suite_dir).as_posix()
         self.journal.record(
-            revision.key, "imported", conversion=conversion.conversion, checks=conversion.checks,
-            warnings=conversion.warnings, files=files, path=relative,
+            revision.key,
+            "imported",
+            conversion=conversion.conversion,
+            checks=conversion.checks,
+            warnings=conversion.warnings,
+            files=files,
+            path=relative,
         )
 
     def publish_manifest(self, manifest: dict[str, Any]) -> None:
@@ -356,17 +385,31 @@ def run_release(
             disable_progress_bars()
             stack.callback(enable_progress_bars)
         try:
-            found = discover(source_api, source_org=source_org, models=selected, steps=steps, require_repos=bool(models))
-            report = ReleaseRunReport(mode=mode, discovery=found, estimate=estimate(revisions_of(found.revisions), down_mb_s=down_mb_s, up_mb_s=up_mb_s))
+            found = discover(
+                source_api, source_org=source_org, models=selected, steps=steps, require_repos=bool(models)
+            )
+            report = ReleaseRunReport(
+                mode=mode,
+                discovery=found,
+                estimate=estimate(revisions_of(found.revisions), down_mb_s=down_mb_s, up_mb_s=up_mb_s),
+            )
             _check_disk(found, max_disk=max_disk, work_dir=work_dir)
             if dry_run:
                 report.seconds = time.perf_counter() - started
                 return report
             target_api = HfApi(endpoint=endpoint, token=token) if mode == "publish" else None
             run = _Run(
-                mode=mode, discovery=found, source_api=source_api, target_api=target_api, target_org=target_org,
-                suite_dir=Path(suite_dir) if suite_dir is not None else None, work_dir=work_dir, limits=limits,
-                private=private, progress=progress, report=report,
+                mode=mode,
+                discovery=found,
+                source_api=source_api,
+                target_api=target_api,
+                target_org=target_org,
+                suite_dir=Path(suite_dir) if suite_dir is not None else None,
+                work_dir=work_dir,
+                limits=limits,
+                private=private,
+                progress=progress,
+                report=report,
             )
             bar = tqdm(found.revisions, desc=f"release {mode}", unit="revision", disable=not progress)
             for revision in bar:
@@ -380,7 +423,9 @@ def run_release(
             shutil.rmtree(run.converted, ignore_errors=True)
             manifest = build_manifest(found, run.journal, target_org=target_org, mode=mode)
             report.manifest = manifest
-            report.manifest_path = write_manifest(manifest, (Path(suite_dir) if suite_dir else work_dir) / MANIFEST_FILE)
+            report.manifest_path = write_manifest(
+                manifest, (Path(suite_dir) if suite_dir else work_dir) / MANIFEST_FILE
+            )
             if mode == "publish":
                 doing = "publishing the manifest"
                 run.publish_manifest(manifest)
@@ -401,8 +446,9 @@ def _check_disk(found: Discovery, *, max_disk: int | None, work_dir: Path) -> No
     needed = disk_needed(largest.size)
     if max_disk is not None and needed > max_disk:
         raise SpectraError(
-            f"--max-disk {human_size(max_disk)} is too small for one revision: {largest.key} needs {human_size(needed)} "
-            f"(its {human_size(largest.size)} download and up to twice that while the conversion is written). Nothing was downloaded "
+            f"--max-disk {human_size(max_disk)} is too small for one revision: {largest.key} needs "
+            f"{human_size(needed)} (its {human_size(largest.size)} download and up to twice that while the conversion "
+            "is written). Nothing was downloaded "
             f"or published; raise --max-disk to at least {human_size(needed)}"
         )
     probe = next(p for p in (work_dir, *work_dir.resolve().parents) if p.exists())
@@ -410,6 +456,7 @@ def _check_disk(found: Discovery, *, max_disk: int | None, work_dir: Path) -> No
     free = shutil.disk_usage(probe).free + (directory_bytes(work_dir) if work_dir.exists() else 0)
     if needed > free:
         raise SpectraError(
-            f"{probe} has {human_size(free)} free, too little for one revision: {largest.key} needs {human_size(needed)}. "
+            f"{probe} has {human_size(free)} free, too little for one revision: {largest.key} needs "
+            f"{human_size(needed)}. "
             "Nothing was downloaded or published; free disk or pass a --work-dir on a larger disk"
         )
