@@ -65,6 +65,7 @@ def _small_suite(root: Path, tokenizer, models: tuple[str, ...]) -> Path:
     return build_standin_suite(root, steps=STEPS, tokenizer=tokenizer, models=list(models))
 
 
+@pytest.mark.slow  # publishes or plans the whole 54-model stand-in suite
 def test_full_suite_creates_every_repo_branch_and_collection(published, local_hub):
     plan, report = published
     assert plan.complete and report.verified
@@ -86,6 +87,7 @@ def test_full_suite_creates_every_repo_branch_and_collection(published, local_hu
         assert len(items) == count and all(i.startswith(f"{ORG}/{family}_") for i in items)
 
 
+@pytest.mark.slow  # publishes or plans the whole 54-model stand-in suite
 @pytest.mark.parametrize("name", SAMPLE)
 def test_branches_read_back_with_identical_weights(published, suite_dir, tmp_path, name):
     from transformers import AutoModelForCausalLM
@@ -110,6 +112,7 @@ def test_branches_read_back_with_identical_weights(published, suite_dir, tmp_pat
         ]
 
 
+@pytest.mark.slow  # publishes or plans the whole 54-model stand-in suite
 @pytest.mark.parametrize("name", ["TriLM_99M", "TriLM_2.4B"])
 def test_unpacked_release_loads_in_stock_llama_with_the_trilm_logits(published, tmp_path, name):
     from transformers import AutoModelForCausalLM, LlamaForCausalLM
@@ -124,6 +127,7 @@ def test_unpacked_release_loads_in_stock_llama_with_the_trilm_logits(published, 
     torch.testing.assert_close(actual, expected, rtol=2e-3, atol=2e-3)
 
 
+@pytest.mark.slow  # publishes or plans the whole 54-model stand-in suite
 def test_every_card_parses_with_its_metadata(published, tmp_path):
     plan, _ = published
     for repo in plan.repos:
@@ -173,6 +177,7 @@ def _run_card_blocks(cards: list[str], *, endpoint: str, tmp_path: Path) -> list
     return blocks
 
 
+@pytest.mark.slow  # publishes or plans the whole 54-model stand-in suite
 def test_card_quickstart_code_runs_with_and_without_spectra_hf(published, local_hub, tmp_path):
     """Each card's python blocks run as written in a fresh interpreter pointed at the local Hub: remote code
     (TriLM, FloatLM), stock Llama (unpacked TriLM), stock transformers + gptqmodel and spectra-hf's loader (GPTQ)."""
@@ -190,6 +195,7 @@ def test_card_quickstart_code_runs_with_and_without_spectra_hf(published, local_
     assert any("load_quantlm" in b for b in blocks)
 
 
+@pytest.mark.slow  # publishes or plans the whole 54-model stand-in suite
 def test_second_run_makes_no_commits(published, local_hub):
     plan, _ = published
     before = _commits(local_hub, ORG)
@@ -205,6 +211,7 @@ def test_second_run_makes_no_commits(published, local_hub):
     assert (size, sha256, sha1) == (len(data), hashlib.sha256(data).hexdigest(), git_hash(data))
 
 
+@pytest.mark.slow  # a publishing subprocess killed and resumed
 def test_killed_run_resumes_to_a_complete_suite(tmp_path, tokenizer):
     """A publishing process is SIGKILLed midway (deterministically: a quota of 2 commits per repo per hour holds it
     right after it created TriLM_99M's step200 branch), and a second run completes the suite."""
@@ -263,6 +270,7 @@ def test_stale_branch_is_repaired(tmp_path, tokenizer):
         assert Path(downloaded).read_bytes() == weights.read_bytes()
 
 
+@pytest.mark.slow  # waits out six 1 s Retry-After answers
 def test_429_with_retry_after_on_branches_and_commits_still_completes(tmp_path, tokenizer):
     suite = _small_suite(tmp_path / "suite", tokenizer, ("TriLM_1.1B",))
     plan = build_plan(suite, org="busy", models=["TriLM_1.1B"], unpacked=False)
@@ -326,9 +334,9 @@ def test_missing_model_or_checkpoint_is_refused_before_any_request(tmp_path, tok
 
 
 @pytest.mark.parametrize("org", ["bad org", "-leading", "double--dash", "x" * 100])
-def test_invalid_org_is_refused(suite_dir, org):
+def test_invalid_org_is_refused(tmp_path, org):
     with pytest.raises(SpectraError, match="invalid Hub"):
-        build_plan(suite_dir, org=org, models=["TriLM_99M"])
+        build_plan(tmp_path, org=org, models=["TriLM_99M"])  # refused before any export is read
 
 
 def test_bad_token_is_refused_without_echoing_it(tmp_path, tokenizer):
@@ -342,8 +350,8 @@ def test_bad_token_is_refused_without_echoing_it(tmp_path, tokenizer):
         assert not HfApi(endpoint=hub.url, token="hf_rightTOKEN").repo_exists("locked/QuantLM_99M_3bit")
 
 
-def test_unreachable_endpoint_is_a_clear_error(suite_dir, capsys):
-    plan = build_plan(suite_dir, org=ORG, models=["QuantLM_99M_3bit"])
+def test_unreachable_endpoint_is_a_clear_error(tmp_path, tokenizer):
+    plan = build_plan(_small_suite(tmp_path / "suite", tokenizer, ("QuantLM_99M_3bit",)), org=ORG, models=["QuantLM_99M_3bit"])
     with pytest.raises(SpectraError, match="cannot reach the Hub at http://127.0.0.1:9 .*hub serve"):
         publish(plan, endpoint="http://127.0.0.1:9", limits=FAST, progress=False)
 
@@ -371,10 +379,11 @@ def test_cli_without_a_target_refuses_in_one_line_and_writes_nothing(tmp_path, t
     assert _snapshot(suite) == before and not (tmp_path / "home").exists()  # no staging, no store
 
 
-def test_cli_hub_root_publishes_into_that_local_store(suite_dir, tmp_path, monkeypatch, capsys):
+def test_cli_hub_root_publishes_into_that_local_store(tmp_path, tokenizer, monkeypatch, capsys):
+    suite = _small_suite(tmp_path / "suite", tokenizer, ("QuantLM_99M_8bit",))
     _no_target_environment(monkeypatch)
     root = tmp_path / "store"
-    argv = ["publish", str(suite_dir), "--org", "embedded", "--models", "QuantLM_99M_8bit", "--hub-root", str(root)]
+    argv = ["publish", str(suite), "--org", "embedded", "--models", "QuantLM_99M_8bit", "--hub-root", str(root)]
     assert cli_main([*argv, "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "1 repos and 0 branches created" in out and f"spectra-hf hub serve --root {root}" in out
@@ -405,6 +414,7 @@ def test_target_is_the_first_explicit_one_and_is_logged(tmp_path, caplog, monkey
     assert "publishing to http://127.0.0.1:9 (chosen by HF_ENDPOINT)" in caplog.text
 
 
+@pytest.mark.slow  # publishes or plans the whole 54-model stand-in suite
 def test_dry_run_prints_the_plan_without_network(suite_dir, capsys):
     assert cli_main(["publish", str(suite_dir), "--org", ORG, "--dry-run", "--endpoint", "http://127.0.0.1:9"]) == 0
     out = capsys.readouterr().out
