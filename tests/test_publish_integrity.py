@@ -88,3 +88,16 @@ def test_a_file_rewritten_with_its_old_mtime_is_published_again(suite, tmp_path)
         assert report.commits == 1 and report.files_uploaded == 1
         remote = {f.path: f for f in HfApi(endpoint=hub.url).list_repo_tree(f"mtime/{MODEL}") if hasattr(f, "lfs")}
         assert remote["model.safetensors"].lfs.sha256 == hashlib.sha256(new_content).hexdigest()
+
+
+def test_cli_verify_option(suite, tmp_path, capsys):
+    from spectra_hf.cli import main as cli_main
+
+    with LocalHub(tmp_path / "hub") as hub:
+        common = [str(suite), "--org", "cli", "--endpoint", hub.url, "--models", MODEL, "--no-progress"]
+        assert cli_main(["publish", *common, "--verify", "listing"]) == 0
+        assert "verified (listing)" in capsys.readouterr().out
+        assert cli_main(["publish", *common]) == 0  # a local Hub: every file's content by default
+        plan = build_plan(suite, org="cli", models=[MODEL])
+        files = sum(len(branch.files) for repo in plan.repos for branch in repo.branches)
+        assert f"verified (full: {files} files" in capsys.readouterr().out
