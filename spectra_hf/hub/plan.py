@@ -46,6 +46,9 @@ from spectra_hf.suite import (
     float_params,
     linear_params,
 )
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
 
 CARD_FILE = "README.md"
 STAGING_DIR = ".publish-staging"  # inside the suite directory: converted exports (unpacked TriLM), reused across runs
@@ -367,6 +370,7 @@ def stage_unpacked(source: Path, staged: Path) -> bool:
 
     if is_staged(source, staged):
         return False
+    logger.info(f"converting {source} to the release format (plain fp16 Llama) in {staged}")
     stamp = staged / _STAMP_FILE
     expected = _source_stamp(source)
     stamp.unlink(missing_ok=True)  # convert replaces only a directory holding nothing but its own earlier output
@@ -398,6 +402,7 @@ def _unpacked_repo(suite_dir: Path, release: RepoPlan, *, org: str, staging_dir:
         files = {p: _file(p, local) for p, local in export_files(staged).items()}
         config = json.loads((staged / "config.json").read_text(encoding="utf-8"))
     else:
+        logger.info(f"{repo_name}: {source} is not converted yet; its files are sized from its config (estimated)")
         files = _estimated_unpacked_files(source)
         config = {**json.loads((source / "config.json").read_text(encoding="utf-8")), "model_type": "llama"}
     card = render_model_card(
