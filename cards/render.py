@@ -17,14 +17,12 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from spectra_hf import suite
-from spectra_hf.checkpoints.exports import ExportInfo
+from spectra_hf.checkpoints.exports import TRAINING_DATA_KEY, ExportInfo
 from spectra_hf.checkpoints.info import suite_size
 from spectra_hf.quantization.gptq import FROM_PRETRAINED_BITS
 from spectra_hf.suite import SuiteModel
 
 TEMPLATES = Path(__file__).parent / "templates"
-# Where an export records what it was trained on (ExportInfo.extra): Hub dataset ids or local file names.
-TRAINING_DATA_KEY = "training_data"
 REVISIONS_FILE = "revisions.json"
 VARIANTS = ("release", "unpacked")
 _FAMILY_TAGS = {"trilm": ["ternary", f"{suite.TERNARY_BITS}-bit"], "floatlm": ["fp16"], "quantlm": ["gptq"]}

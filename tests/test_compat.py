@@ -313,3 +313,23 @@ def test_hub_download_of_each_kind_loads_the_same_model(model_dirs, local_hub, t
         downloaded = AutoModelForCausalLM.from_pretrained(repo_id, cache_dir=tmp_path / "cache", dtype=torch.float32)
         with torch.no_grad():
             assert torch.equal(downloaded(ids).logits, _load(directory)(ids).logits), kind
+
+
+# ---- the card of a trained export ---------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_card_of_a_trained_export_states_its_own_training(model_dirs, corpus_files):
+    from spectra_hf.cards import render_model_card
+    from spectra_hf.checkpoints.exports import read_export_info
+    from spectra_hf.suite import get_model
+
+    directory = model_dirs["trilm-packed"]
+    export = read_export_info(directory)
+    assert export.extra["training_data"] == {"files": [corpus_files[0].name]}
+    config = json.loads((directory / "config.json").read_text())
+    card = render_model_card(model=get_model("TriLM_99M"), org="compat", config=config, export=export)
+    latent = _load(model_dirs["trilm-latent"])
+    assert f"| parameters | {latent.num_parameters():,} (" in card
+    assert f"| training data | {corpus_files[0].name} |" in card and "| optimizer steps | 4 |" in card
+    assert "SlimPajama-627B" not in card.split("---")[1]  # the YAML metadata claims no dataset

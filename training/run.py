@@ -20,10 +20,10 @@ from transformers import (
 )
 
 from spectra_hf.errors import SpectraError
-from spectra_hf.checkpoints.exports import model_dir
+from spectra_hf.checkpoints.exports import TRAINING_DATA_KEY, model_dir
 from spectra_hf.suite import config_for, get_model
 
-from .arguments import ModelArguments, SpectraTrainingArguments, parse_recipe
+from .arguments import DataArguments, ModelArguments, SpectraTrainingArguments, parse_recipe
 from .data import load_text, pack_documents
 from .trainer import SpectraTrainer
 
@@ -79,6 +79,13 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
             f"cannot load tokenizer {name_or_path!r} ({error.__class__.__name__}): give a local tokenizer directory "
             "or a Hub name reachable from this machine"
         ) from error
+
+
+def training_data_record(data_args: DataArguments) -> dict[str, list[str]]:
+    """What the exports record as their training data (model cards state it): local file names, or the dataset."""
+    if data_args.data_files:
+        return {"files": [Path(path).name for path in data_args.data_files]}
+    return {"datasets": [data_args.dataset_name]} if data_args.dataset_name else {}
 
 
 def build_model(model_args: ModelArguments, *, vocab_size: int) -> PreTrainedModel:
@@ -151,6 +158,7 @@ def train(
         data_collator=default_data_collator,
         callbacks=list(callbacks),
     )
+    trainer.export_extra = {TRAINING_DATA_KEY: training_data_record(data_args)}
     output = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     trainer.save_model()
     export_dir = None

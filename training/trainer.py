@@ -158,6 +158,9 @@ class SpectraTrainer(Trainer):
             target = checkpoint_dir(self.args.suite_dir, self.export_name, self.state.global_step)
             self.export_release(target)
 
+    #: Recorded in the `extra` of every export this trainer writes (`train()` puts the training data here).
+    export_extra: dict[str, Any] | None = None
+
     @property
     def export_name(self) -> str:
         return self.args.export_name or getattr(self.model.config, "name_or_path", None) or self.family
@@ -178,7 +181,7 @@ class SpectraTrainer(Trainer):
             step=self.state.global_step,
             tokens_seen=self.state.num_input_tokens_seen or None,
             format=fmt,
-            extra=extra or {},
+            extra={**(self.export_extra or {}), **(extra or {})},
         )
         with ExitStack() as stack:
             stack.enter_context(generation_ready(self.model, self.processing_class))

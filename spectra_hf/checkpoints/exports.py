@@ -29,6 +29,8 @@ from spectra_hf.errors import SpectraError
 
 EXPORT_INFO_FILE = "spectra_export.json"
 CHECKPOINTS_DIR = "checkpoints"
+# ExportInfo.extra key of what a training run read: {"datasets": [Hub dataset ids], "files": [local file names]}.
+TRAINING_DATA_KEY = "training_data"
 _STEP_RE = re.compile(r"^step(\d+)$")
 
 
