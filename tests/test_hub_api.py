@@ -79,7 +79,6 @@ def test_list_models_filters_by_author_search_and_tags(hub, api, tmp_path):
     assert listed.card_data["license"] == "apache-2.0" and listed.pipeline_tag == "text-generation"
 
 
-@pytest.mark.slow
 def test_hf_models_ls_author(hub, api):
     for repo in ("spectra/TriLM_99M", "spectra/FloatLM_99M", "other/TriLM_copy"):
         api.create_repo(repo)
@@ -152,7 +151,6 @@ def test_settings_move_and_super_squash(hub, api):
     assert api.model_info("elsewhere/b").sha == commits[0].commit_id
 
 
-@pytest.mark.slow
 def test_hf_repos_ls_lists_repos_with_storage(hub, api):
     api.create_repo("spectra/one")
     api.upload_file(path_or_fileobj=b"x" * 1000, path_in_repo="x.txt", repo_id="spectra/one")
