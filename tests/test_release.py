@@ -183,6 +183,25 @@ def _nudge_off_grid(row: int, column: int):
     return edit
 
 
+def test_the_2_3b_spelling_of_2_4b_is_found_and_republished_under_the_registry_name(own_hub, tmp_path, tokenizer):
+    api = HfApi(endpoint=own_hub.url)
+    folders = build_release(api, ReleaseSpec(trilm={"2.3B": (3, [100])}), tmp_path / "release", tokenizer=tokenizer)
+    report = run_release(source_org=ORG, target_org="neworg", work_dir=tmp_path / "work", endpoint=own_hub.url,
+                         models=["TriLM_2.4B"], progress=False)
+    assert report.complete
+    assert [(r["release"]["repo"], r["repo"], r["branch"]) for r in report.manifest["revisions"]] == [
+        ("SpectraSuite/TriLM_2.3B_Unpacked_ckpts", "neworg/TriLM_2.4B", "step100"),
+        ("SpectraSuite/TriLM_2.3B_Unpacked", "neworg/TriLM_2.4B", "main"),
+    ]
+    local = api.snapshot_download("neworg/TriLM_2.4B", revision="step100")
+    model = spectra_hf.TriLMForCausalLM.from_pretrained(local, dtype=torch.float32, ternary_inference="dense")
+    assert model.config.pretraining_model_parallel == 3
+    with torch.no_grad():
+        logits = model(PROBE).logits
+    expected = release_logits(folders["SpectraSuite/TriLM_2.3B_Unpacked_ckpts@step100"], PROBE)
+    torch.testing.assert_close(logits, expected, rtol=0, atol=1e-4)
+
+
 # -- bad input: one clear error each, nothing half-published (each on a local Hub of its own) ------------------------
 
 
