@@ -96,7 +96,7 @@ def convert_checkpoint(
             allow_f16_fallback=allow_f16_fallback,
             allow_no_tokenizer=allow_no_tokenizer,
         )
-    with staged_directory(out, replace=replace) as staging:
+    with staged_directory(Path(os.path.abspath(out)), replace=replace) as staging:  # "x/.." named by its own name
         writer = ShardedWriter(staging, max_shard_bytes=max_shard_bytes)
         names = source.names()
         for name in tqdm(names, desc=f"convert -> {to}", unit="tensor", disable=not progress):

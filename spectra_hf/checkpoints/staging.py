@@ -15,7 +15,6 @@ import errno
 import os
 import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -99,7 +98,8 @@ def staged_directory(target: str | os.PathLike, *, replace: bool) -> Iterator[Pa
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(target)
-    staging = Path(tempfile.mkdtemp(prefix=staging_prefix(target), dir=target.parent))
+    staging = target.with_name(f"{staging_prefix(target)}{secrets.token_hex(6)}")
+    staging.mkdir()  # the usual permissions (umask), unlike mkdtemp's 0700: it becomes the output as it is
     # Lock the marker under another name, then rename it in: a cleaner never sees it unlocked while we live.
     fd = _lock(staging / f"{INCOMPLETE_MARKER}.new", blocking=True)
     try:
