@@ -311,3 +311,63 @@ def test_resume_from_an_incompatible_checkpoint(tmp_path, tokenizer_dir, corpus_
     ):
         train(recipe)
     assert_nothing_written(tmp_path)
+
+
+# ---- a kill between a checkpoint and its suite export ------------------------------------------------------
+
+KILLED_RUN = """
+import os, signal, sys
+from transformers import default_data_collator
+from spectra_hf.training import SpectraTrainer, train
+from spectra_hf.training.arguments import parse_recipe
+from spectra_hf.training.data import load_text, pack_documents
+from spectra_hf.training.run import build_model, load_tokenizer, machine_defaults
+
+class KilledBeforeExport(SpectraTrainer):
+    def export_release(self, target, **kwargs):
+        if self.state.global_step == 4 and "checkpoints" in str(target):
+            os.kill(os.getpid(), signal.SIGKILL)  # kill -9: checkpoint-4 is on disk, its suite export is not
+        return super().export_release(target, **kwargs)
+
+model_args, data_args, args = parse_recipe(sys.argv[1], defaults=machine_defaults())
+tokenizer = load_tokenizer(model_args.tokenizer)
+data = pack_documents(load_text(data_args), tokenizer, text_column="text", block_size=data_args.block_size)
+trainer = KilledBeforeExport(model=build_model(model_args, vocab_size=len(tokenizer)), args=args,
+                             train_dataset=data, processing_class=tokenizer, data_collator=default_data_collator)
+trainer.train()
+"""
+
+
+@pytest.mark.slow  # a training subprocess killed with SIGKILL, then a resumed run (~30 s)
+def test_resume_writes_the_export_a_kill_lost_and_the_plan_names_it(tmp_path, tokenizer_dir, corpus_files) -> None:
+    import subprocess
+    import sys
+
+    from spectra_hf.checkpoints.exports import missing_checkpoint_steps, read_planned_steps
+
+    suite = tmp_path / "suite"
+    recipe = tiny_recipe(
+        tmp_path, tokenizer_dir, corpus_files[0], max_steps=6, save_steps=2, suite_dir=str(suite),
+        export_name="TriLM_1.1B", ternary_stats=False,
+    )  # fmt: skip
+    recipe_file = tmp_path / "recipe.yaml"
+    recipe_file.write_text(yaml.safe_dump(recipe))
+    killed = subprocess.run([sys.executable, "-c", KILLED_RUN, str(recipe_file)], capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert (tmp_path / "run" / "checkpoint-4").is_dir()
+    assert checkpoint_steps(suite, "TriLM_1.1B") == [2]
+    planned = read_planned_steps(suite, "TriLM_1.1B")
+    assert (planned.steps, planned.max_steps) == ([2, 4, 6], 6)
+    assert missing_checkpoint_steps(suite, "TriLM_1.1B") == [4, 6]  # publish reports these as missing
+
+    train(recipe_file, overrides=["--resume_from_checkpoint", "true"])
+    assert checkpoint_steps(suite, "TriLM_1.1B") == [2, 4, 6]
+    assert missing_checkpoint_steps(suite, "TriLM_1.1B") == []
+    export = suite / "TriLM_1.1B" / "checkpoints" / "step4"
+    info = read_export_info(export)
+    assert (info.step, info.format, info.tokens_seen) == (4, "packed", 4 * 2 * 32)
+    latent = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "checkpoint-4")
+    packed = AutoModelForCausalLM.from_pretrained(export, ternary_inference="dense")
+    ids = torch.randint(0, 512, (1, 16))
+    torch.testing.assert_close(packed(ids).logits, latent(ids).logits, rtol=1e-5, atol=1e-5)
+    assert (export / "tokenizer.json").is_file() and not (export / "optimizer.pt").exists()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 from collections.abc import Sequence
@@ -26,28 +27,41 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_utils import _is_peft_model, get_last_checkpoint
+from transformers import (
+    AutoModelForCausalLM,
+    PreTrainedModel,
+    Trainer,
+    TrainerCallback,
+    TrainerControl,
+    TrainerState,
+    TrainingArguments,
+)
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SaveStrategy, _is_peft_model, get_last_checkpoint
 from transformers.utils import logging
 
 from spectra_hf.checkpoints.exports import (
     CHECKPOINTS_DIR,
     ExportInfo,
+    PlannedSteps,
     atomic_directory,
     checkpoint_dir,
     write_export_info,
+    write_planned_steps,
 )
 from spectra_hf.checkpoints.info import suite_size
 from spectra_hf.errors import SpectraError
 from spectra_hf.suite import FAMILY_PREFIX, SIZES, get_model
 
 from .arguments import SpectraTrainingArguments
-from .callbacks import LogSpacedCheckpoints, WeightDecaySchedule
+from .callbacks import LOG_SPACED_STEPS, LogSpacedCheckpoints, WeightDecaySchedule
 from .export_defaults import generation_ready
 from .schedules import SpectraLRScheduler, SpectraSchedule, paper_schedule
 from .ternary_stats import TernaryStatsTracker
 
 logger = logging.get_logger(__name__)
+
+# Files of a Trainer checkpoint that are training state, not part of a release export.
+_TRAINING_STATE_FILES = ("optimizer.pt", "scheduler.pt", "scaler.pt", "trainer_state.json", "training_args.bin")
 
 # config.json keys that must match between a checkpoint and the model that resumes from it.
 _ARCHITECTURE_KEYS = (
@@ -81,7 +95,7 @@ class SpectraTrainer(Trainer):
     ) -> None:
         if not isinstance(args, SpectraTrainingArguments):
             args = spectra_arguments(args, model=model)
-        callbacks = [WeightDecaySchedule(), *(callbacks or [])]
+        callbacks = [WeightDecaySchedule(), _RecordPlannedSteps(self), *(callbacks or [])]
         super().__init__(model, args, *trainer_args, callbacks=callbacks, **kwargs)
         if self.args.checkpoint_spacing == "log":
             self.add_callback(LogSpacedCheckpoints())
@@ -150,7 +164,74 @@ class SpectraTrainer(Trainer):
                 if resume_from_checkpoint is None:
                     raise SpectraError(f"no checkpoint-<step> directory to resume from in {self.args.output_dir}")
             check_resumable(resume_from_checkpoint, self.model.config.to_dict())
+            self.reexport_missing_checkpoints()
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def planned_steps(self, max_steps: int) -> list[int]:
+        """The optimizer steps at which a run of `max_steps` saves a checkpoint (and so a suite export)."""
+        steps: set[int] = set()
+        if self.args.save_strategy == SaveStrategy.STEPS:
+            every = self.args.save_steps if self.args.save_steps >= 1 else math.ceil(max_steps * self.args.save_steps)
+            steps.update(range(int(every), max_steps + 1, int(every)))
+            steps.add(max_steps)  # the Trainer saves at the end under the "steps" strategy
+        if self.args.checkpoint_spacing == "log":
+            steps.update(step for step in LOG_SPACED_STEPS if step <= max_steps)
+        return sorted(steps)
+
+    def reexport_missing_checkpoints(self) -> list[int]:
+        """Write the suite export of every complete `checkpoint-<step>` in `output_dir` that has none (a run killed
+        between its checkpoint and its export), from that checkpoint's weights. Returns the steps written."""
+        if not self.args.suite_dir:
+            return []
+        written: list[int] = []
+        if self.args.should_save:
+            for checkpoint in sorted(Path(self.args.output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*")):
+                step_text = checkpoint.name.removeprefix(f"{PREFIX_CHECKPOINT_DIR}-")
+                if not step_text.isdigit() or not (checkpoint / "trainer_state.json").is_file():
+                    continue  # not a checkpoint, or one whose save was itself interrupted
+                target = checkpoint_dir(self.args.suite_dir, self.export_name, int(step_text))
+                if not target.is_dir():
+                    self._export_from_checkpoint(checkpoint, target, step=int(step_text))
+                    written.append(int(step_text))
+        self.accelerator.wait_for_everyone()
+        if written:
+            logger.warning(
+                "SpectraTrainer: wrote the missing suite exports of steps %s from their checkpoints in %s (the run "
+                "was stopped between a checkpoint and its export)",
+                ", ".join(map(str, written)),
+                self.args.output_dir,
+            )
+        return written
+
+    def _export_from_checkpoint(self, checkpoint: Path, target: Path, *, step: int) -> None:
+        """The release export `export_release` writes at `step`, made from the checkpoint directory of that step."""
+        state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+        fmt = self._export_format()
+        info = ExportInfo(
+            name=self.export_name,
+            family=self.family,
+            step=step,
+            tokens_seen=state.get("num_input_tokens_seen") or None,
+            format=fmt,
+        )
+        with atomic_directory(target) as staging:
+            for source in checkpoint.iterdir():
+                if (
+                    source.is_file()
+                    and source.name not in _TRAINING_STATE_FILES
+                    and not source.name.startswith("rng_state")
+                ):
+                    shutil.copy2(source, staging / source.name)
+            if fmt == "packed":
+                for weights in [*staging.glob("*.safetensors"), *staging.glob("*.safetensors.index.json")]:
+                    weights.unlink()
+                AutoModelForCausalLM.from_pretrained(checkpoint).save_pretrained(staging, weight_format="packed")
+            write_export_info(staging, info)
+
+    def _export_format(self) -> str:
+        if _is_peft_model(self.model):
+            return "adapter"
+        return "packed" if self.family == "trilm" else "float"
 
     def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
         super()._save_checkpoint(model, trial)
@@ -173,8 +254,7 @@ class SpectraTrainer(Trainer):
         is a collective); the main process writes. Returns `target`.
         """
         target = Path(target)
-        peft = _is_peft_model(self.model)
-        fmt = "adapter" if peft else ("packed" if self.family == "trilm" else "float")
+        fmt = self._export_format()
         info = ExportInfo(
             name=self.export_name,
             family=self.family,
@@ -202,6 +282,22 @@ class SpectraTrainer(Trainer):
                     os.replace(target / CHECKPOINTS_DIR, staging / CHECKPOINTS_DIR)
         self.accelerator.wait_for_everyone()
         return target
+
+
+class _RecordPlannedSteps(TrainerCallback):
+    """At the start of training, record in the suite directory the steps this run exports at (`planned_steps.json`),
+    so publishing can tell a missing checkpoint from one that was never planned."""
+
+    def __init__(self, trainer: SpectraTrainer) -> None:
+        self.trainer = trainer
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        trainer = self.trainer
+        if trainer.args.suite_dir and trainer.args.should_save and state.max_steps > 0:
+            planned = PlannedSteps(steps=trainer.planned_steps(state.max_steps), max_steps=state.max_steps)
+            write_planned_steps(trainer.args.suite_dir, trainer.export_name, planned)
 
 
 def resume_flag(value: str | bool | None) -> str | bool | None:

@@ -5,6 +5,8 @@
                                    a from_pretrained-loadable directory (config.json, *.safetensors, tokenizer files)
         spectra_export.json        what this export is (see `ExportInfo`)
         checkpoints/
+          planned_steps.json       the steps the training run saves at (written by SpectraTrainer when it starts;
+                                   see `read_planned_steps`): a step listed here without its step<N>/ is missing
           step<N>/                 intermediate release export at optimizer step N (published as branch `step<N>`)
             spectra_export.json
 
@@ -31,6 +33,7 @@ EXPORT_INFO_FILE = "spectra_export.json"
 CHECKPOINTS_DIR = "checkpoints"
 # ExportInfo.extra key of what a training run read: {"datasets": [Hub dataset ids], "files": [local file names]}.
 TRAINING_DATA_KEY = "training_data"
+PLANNED_STEPS_FILE = "planned_steps.json"
 _STEP_RE = re.compile(r"^step(\d+)$")
 
 
@@ -90,6 +93,56 @@ def checkpoint_steps(suite_dir: str | Path, name: str) -> list[int]:
         return []
     steps = [int(m.group(1)) for p in root.iterdir() if p.is_dir() and (m := _STEP_RE.match(p.name))]
     return sorted(steps)
+
+
+@dataclass(frozen=True)
+class PlannedSteps:
+    """What a training run said it would export: every step with a `checkpoints/step<N>` and the run's length.
+
+    Attributes:
+        steps: the optimizer steps that get an intermediate export, ascending.
+        max_steps: the optimizer steps of the whole run (its final export is `<name>/` itself).
+    """
+
+    steps: list[int]
+    max_steps: int
+
+
+def planned_steps_path(suite_dir: str | Path, name: str) -> Path:
+    return Path(suite_dir) / name / CHECKPOINTS_DIR / PLANNED_STEPS_FILE
+
+
+def write_planned_steps(suite_dir: str | Path, name: str, planned: PlannedSteps) -> Path:
+    """Record the steps a run exports at (written to a temporary name, then renamed). Returns the file."""
+    path = planned_steps_path(suite_dir, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"steps": sorted(set(planned.steps)), "max_steps": planned.max_steps}
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.tmp-", delete=False) as handle:
+        handle.write(json.dumps(payload, indent=2) + "\n")
+    os.replace(handle.name, path)
+    return path
+
+
+def read_planned_steps(suite_dir: str | Path, name: str) -> PlannedSteps | None:
+    """The steps the training run of `name` planned to export at, or None when no run recorded them (an export
+    from elsewhere, or one trained before spectra-hf recorded plans). Raises SpectraError if the file is corrupt."""
+    path = planned_steps_path(suite_dir, name)
+    if not path.is_file():
+        return None
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+        return PlannedSteps(steps=sorted(int(step) for step in payload["steps"]), max_steps=int(payload["max_steps"]))
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+        raise SpectraError(f"{path} is corrupt ({error}); delete it (a resumed training run writes it again)") from error
+
+
+def missing_checkpoint_steps(suite_dir: str | Path, name: str) -> list[int]:
+    """Planned steps (see `read_planned_steps`) without a `checkpoints/step<N>` export; [] when nothing is planned."""
+    planned = read_planned_steps(suite_dir, name)
+    if planned is None:
+        return []
+    present = set(checkpoint_steps(suite_dir, name))
+    return [step for step in planned.steps if step not in present]
 
 
 @contextmanager
