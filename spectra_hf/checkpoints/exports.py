@@ -131,9 +131,10 @@ def read_planned_steps(suite_dir: str | Path, name: str) -> PlannedSteps | None:
         return None
     try:
         payload = json.loads(path.read_text(encoding="utf-8"))
-        return PlannedSteps(steps=sorted(int(step) for step in payload["steps"]), max_steps=int(payload["max_steps"]))
+        steps = sorted(int(step) for step in payload["steps"])
+        return PlannedSteps(steps=steps, max_steps=int(payload["max_steps"]))
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
-        raise SpectraError(f"{path} is corrupt ({error}); delete it (a resumed training run writes it again)") from error
+        raise SpectraError(f"{path} is corrupt ({error}); delete it (resuming the training run rewrites it)") from error
 
 
 def missing_checkpoint_steps(suite_dir: str | Path, name: str) -> list[int]:

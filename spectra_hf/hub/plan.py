@@ -33,6 +33,7 @@ from spectra_hf.checkpoints.exports import (
     ExportInfo,
     checkpoint_dir,
     checkpoint_steps,
+    missing_checkpoint_steps,
     model_dir,
     read_export_info,
 )
@@ -326,6 +327,11 @@ def _model_repo(
         files = [_file(p, local) for p, local in export_files(ckpt).items()] + [_generated(CARD_FILE, card)]
         revisions.append(revision)
         branches.append(BranchPlan(name=revision.branch, files=files, step=step, tokens_seen=revision.tokens_seen))
+    missing.extend(
+        f"{model.name} checkpoint step{step}: planned by its training run ({CHECKPOINTS_DIR}/planned_steps.json) but "
+        "not exported; resume the run (--resume_from_checkpoint true) to write it"
+        for step in missing_checkpoint_steps(suite_dir, model.name)
+    )
     if model.family != "quantlm" and not revisions:
         missing.append(
             f"{model.name}: no intermediate checkpoints under {directory / CHECKPOINTS_DIR} "
