@@ -70,12 +70,12 @@ def _disk_mb(directory: Path) -> float:
 
 def quality(args, workdir: Path) -> None:
     from spectra_hf import FloatLMForCausalLM, TriLMForCausalLM
-    from spectra_hf.quantization.bnb import bnb_size_bits, load_floatlm_bnb
+    from spectra_hf.quantization.bnb import bnb_stored_bits, load_floatlm_bnb
     from spectra_hf.testing.corpus import local_corpus, train_tokenizer, write_corpus
     from spectra_hf.evaluation.text_perplexity import perplexity
     from spectra_hf.checkpoints.exports import read_export_info
     from spectra_hf.quantization.gptq import export_quantlms, load_quantlm
-    from spectra_hf.suite import FLOAT_BITS, QUANT_BITS, TERNARY_BITS, config_for
+    from spectra_hf.suite import FLOAT_BITS, QUANT_BITS, TERNARY_BITS, config_for, size_bits
 
     documents = local_corpus()
     tokenizer = train_tokenizer(documents, vocab_size=512)
@@ -101,17 +101,15 @@ def quality(args, workdir: Path) -> None:
     )
     print(f"exported 4 QuantLMs in {time.perf_counter() - started:.0f} s")
 
-    linear = sum(m.weight.numel() for n, m in floatlm.named_modules() if n.startswith("model.layers.") and hasattr(m, "weight") and m.weight.dim() == 2)
-    total = sum(p.numel() for p in floatlm.parameters())
-    rows = [("FloatLM", total * FLOAT_BITS, _disk_mb(floatlm_dir), floatlm)]
+    rows = [("FloatLM", size_bits(floatlm.config, bits_per_linear_weight=FLOAT_BITS), _disk_mb(floatlm_dir), floatlm)]
     for bits, directory in zip(QUANT_BITS, quantlms):
         rows.append(
             (f"QuantLM {bits}-bit", read_export_info(directory).extra["size_bits"], _disk_mb(directory), load_quantlm(directory, backend="torch"))
         )
     for bits in (8, 4):
         model = load_floatlm_bnb(floatlm_dir, bits=bits)
-        rows.append((f"bitsandbytes {'int8' if bits == 8 else 'nf4'}", bnb_size_bits(model), float("nan"), model))
-    rows.append(("TriLM", round(linear * TERNARY_BITS + (total - linear) * FLOAT_BITS), float("nan"), trilm))
+        rows.append((f"bitsandbytes {'int8' if bits == 8 else 'nf4'}", bnb_stored_bits(model), float("nan"), model))
+    rows.append(("TriLM", size_bits(trilm.config, bits_per_linear_weight=TERNARY_BITS), float("nan"), trilm))
 
     print(f"\nQuality: hidden {SHAPE['hidden_size']}, {SHAPE['num_hidden_layers']} layers, {args.steps} steps; "
           f"perplexity on {len(held_out)} held-out documents (windows of {CONTEXT} tokens)")

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from spectra_hf.errors import SpectraError
-from spectra_hf.suite import FLOAT_BITS, QUANT_BITS, QUANT_EFFECTIVE_BITS, TERNARY_BITS, TERNARY_LINEARS, SuiteModel, get_model
+from spectra_hf.suite import FLOAT_BITS, QUANT_BITS, TERNARY_BITS, SuiteModel, get_model
 
 STAGES: tuple[str, ...] = ("prepare", "train", "quantize", "evaluate", "publish", "loadback")
 CONFIG_FILE = "demo_config.json"
@@ -183,6 +183,13 @@ def _read_config(paths: DemoPaths) -> DemoConfig:
         ) from error
 
 
+def _logger():
+    """transformers' logger for this module (imported on use: `spectra-hf --help` imports this module)."""
+    from transformers.utils import logging as transformers_logging
+
+    return transformers_logging.get_logger(__name__)
+
+
 def _quiet_http_logs() -> None:
     # gptqmodel turns INFO logging on at import; one line per HTTP request would drown the demo's output
     for name in ("httpx", "httpx2"):
@@ -311,6 +318,7 @@ def stage_publish(paths: DemoPaths, config: DemoConfig) -> None:
     evals = {name: read_results(paths.eval(name)) for name in config.release_names if paths.eval(name).is_file()}
     plan = build_plan(_require(paths.suite, "train"), org=config.org, evals=evals, models=config.release_names)
     with LocalHub(paths.hub) as hub:
+        _logger().info(f"demo: publishing to its own local Hub at {hub.url} (store {paths.hub}), not to a configured Hub")
         report = publish(plan, endpoint=hub.url)
     print(f"published to the local Hub in {paths.hub}: {report.summary()}")
 
@@ -350,6 +358,7 @@ def stage_loadback(paths: DemoPaths, config: DemoConfig) -> None:
         encoding="utf-8",
     )
     with LocalHub(paths.hub) as hub:
+        _logger().info(f"demo: serving its local Hub store {paths.hub} at {hub.url} for the load-back process")
         # huggingface_hub reads HF_ENDPOINT at import: a new process is how a user would point at this Hub
         env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
         env |= {"HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_XET": "1", "HF_HOME": str(paths.hf_home)}
@@ -385,6 +394,7 @@ def _load_back(spec_path: Path) -> None:
         bits = get_model(target["name"]).bits
         if bits is not None and bits not in FROM_PRETRAINED_BITS:
             # transformers' GPTQConfig refuses this width: download the revision, load with spectra_hf.quantization.gptq
+            _logger().info(f"{repo_id}: {bits}-bit GPTQ is not loadable by from_pretrained, loading with load_quantlm")
             model = load_quantlm(snapshot_download(repo_id, revision=revision), dtype=torch.float32)
         else:
             model = AutoModelForCausalLM.from_pretrained(repo_id, revision=revision, dtype=torch.float32).eval()
@@ -407,37 +417,30 @@ def _load_back(spec_path: Path) -> None:
 # ---- the report ----------------------------------------------------------------------------------------------
 
 
-def size_bits(config_dir: Path, bits_per_linear_weight: float) -> int:
-    """Model size in bits as the paper counts it: decoder linear weights at their width, everything else fp16."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    import spectra_hf  # noqa: F401
-
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(config_dir))
-    linear = total = 0
-    for name, parameter in model.named_parameters():
-        total += parameter.numel()
-        if name.rsplit(".", 2)[-2] in TERNARY_LINEARS:
-            linear += parameter.numel()
-    return round(linear * bits_per_linear_weight + (total - linear) * FLOAT_BITS)
-
-
 def report_rows(paths: DemoPaths, config: DemoConfig) -> list[dict[str, Any]]:
-    """The table: untrained baselines (local), then every model loaded back from the Hub."""
-    trilm_dir, floatlm_dir = paths.init(config.name("trilm")), paths.init(config.name("floatlm"))
-    widths = {config.name("trilm"): (trilm_dir, TERNARY_BITS), config.name("floatlm"): (floatlm_dir, FLOAT_BITS)}
-    widths[get_model(config.name("trilm")).unpacked_name] = (trilm_dir, TERNARY_BITS)
-    widths |= {config.name("quantlm", b): (floatlm_dir, QUANT_EFFECTIVE_BITS[b]) for b in config.quant_bits}
+    """The table: untrained baselines (local), then every model loaded back from the Hub, with its size in bits as
+    the paper counts it (`spectra_hf.suite.size_bits`; a QuantLM at the effective bits its export records, which
+    include a group size lowered to fit the demo's narrow layers)."""
+    from spectra_hf.checkpoints.exports import read_export_info
+    from spectra_hf.checkpoints.io import read_config
+    from spectra_hf.suite import size_bits
+
+    trilm, floatlm = read_config(paths.init(config.name("trilm"))), read_config(paths.init(config.name("floatlm")))
+    sizes = {
+        config.name("trilm"): size_bits(trilm, bits_per_linear_weight=TERNARY_BITS),
+        get_model(config.name("trilm")).unpacked_name: size_bits(trilm, bits_per_linear_weight=TERNARY_BITS),
+        config.name("floatlm"): size_bits(floatlm, bits_per_linear_weight=FLOAT_BITS),
+    }
+    for name in config.quantlm_names:
+        effective = read_export_info(_require(paths.suite / name, "quantize")).extra["effective_bits_per_weight"]
+        sizes[name] = size_bits(floatlm, bits_per_linear_weight=effective)
     rows = []
     for family in ("trilm", "floatlm"):
         name = config.name(family)
         scores = json.loads(_require(paths.eval(_untrained_name(name)), "evaluate").read_text())["perplexity"]
-        rows.append({"name": _untrained_name(name), "revision": "-", "where": "local", **scores,
-                     "size_bits": size_bits(*widths[name])})
+        rows.append({"name": _untrained_name(name), "revision": "-", "where": "local", **scores, "size_bits": sizes[name]})
     for row in json.loads(_require(paths.loadback, "loadback").read_text(encoding="utf-8"))["models"]:
-        rows.append({**row, "where": "local Hub", "size_bits": size_bits(*widths[row["name"]])})
+        rows.append({**row, "where": "local Hub", "size_bits": sizes[row["name"]]})
     return rows
 
 

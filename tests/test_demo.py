@@ -21,6 +21,7 @@ def _rows(workdir) -> dict[tuple[str, str], dict]:
     return {(row["name"], row["revision"]): row for row in report_rows(DemoPaths(workdir), DemoConfig.quick())}
 
 
+@pytest.mark.slow  # the whole demo runs once per module (minutes)
 def test_demo_trained_models_beat_untrained(demo_run):
     rows = _rows(demo_run)
     for family in ("TriLM", "FloatLM"):
@@ -39,6 +40,7 @@ def test_demo_trained_models_beat_untrained(demo_run):
     assert sizes["TriLM_99M"] < sizes["QuantLM_99M_4bit"] < sizes["FloatLM_99M"]
 
 
+@pytest.mark.slow  # the whole demo runs once per module (minutes)
 def test_demo_loaded_back_models_equal_the_local_exports(demo_run):
     """What from_pretrained(repo, revision) gave back from the local Hub scores exactly like the local export."""
     rows = _rows(demo_run)
@@ -50,12 +52,33 @@ def test_demo_loaded_back_models_equal_the_local_exports(demo_run):
     assert len(samples) == 2 and all(s.startswith("The function returns") for s in samples)
 
 
+@pytest.mark.slow  # the whole demo runs once per module (minutes)
 def test_demo_stage_runs_alone_on_earlier_output(demo_run, capsys):
     """The publish stage alone re-reads the suite directory and the stored local Hub: everything is already there."""
     capsys.readouterr()
     assert main(["demo", "--workdir", str(demo_run), "--stages", "publish"]) == 0
     out = capsys.readouterr().out
     assert "published to the local Hub" in out and " 0 commits " in out
+
+
+@pytest.mark.slow  # the whole demo runs once per module (minutes)
+def test_demo_sizes_in_bits_count_the_models_parameters(demo_run):
+    """The table's sizes, against the parameters of the demo's own models counted by hand: decoder projections at
+    1.58 bits (TriLM), 16 (FloatLM) or the QuantLM's recorded effective bits, every other parameter at 16."""
+    from transformers import AutoModelForCausalLM
+
+    import spectra_hf  # noqa: F401
+
+    rows = _rows(demo_run)
+    projections = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    model = AutoModelForCausalLM.from_pretrained(demo_run / "init" / "FloatLM_99M")
+    linear = sum(p.numel() for n, p in model.named_parameters() if n.split(".")[-2] in projections)
+    rest = sum(p.numel() for p in model.parameters()) - linear
+    effective = json.loads((demo_run / "suite" / "QuantLM_99M_4bit" / "spectra_export.json").read_text())["extra"]
+    expected = {"FloatLM_99M": 16, "TriLM_99M": 1.58, "QuantLM_99M_4bit": effective["effective_bits_per_weight"]}
+    for name, bits in expected.items():
+        assert rows[(name, "main")]["size_bits"] == round(linear * bits + rest * 16), name
+    assert effective["effective_bits_per_weight"] == 4.5  # group size 64 on the quick demo's 64-wide layers
 
 
 def test_demo_stage_without_its_inputs_says_which_stage_to_run(tmp_path, capsys):

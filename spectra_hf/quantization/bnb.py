@@ -67,9 +67,13 @@ def _stored_bits(module: Any) -> int:
     return bits
 
 
-def bnb_size_bits(model: Any) -> int:
-    """Model size in bits, counted like the paper counts QuantLM: bitsandbytes linears at what they store (weights
-    and scales), every other parameter at 16 bits."""
+def bnb_stored_bits(model: Any) -> int:
+    """Bits a loaded bitsandbytes model stores: its quantized linears as measured (packed weights plus every scale,
+    absmax and code table they keep), every other parameter at 16 bits.
+
+    Not the paper's size in bits (`spectra_hf.suite.size_bits`, which counts an architecture at a nominal width per
+    weight): bitsandbytes has no such nominal width, so its stored bits are measured from the model instead.
+    """
     import bitsandbytes as bnb
 
     quantized = [m for m in model.modules() if isinstance(m, (bnb.nn.Linear8bitLt, bnb.nn.Linear4bit))]
@@ -78,3 +82,6 @@ def bnb_size_bits(model: Any) -> int:
     quantized_params = {id(m.weight) for m in quantized}
     rest = sum(p.numel() for p in model.parameters() if id(p) not in quantized_params)
     return sum(_stored_bits(m) for m in quantized) + rest * FLOAT_BITS
+
+
+bnb_size_bits = bnb_stored_bits  # the 0.1 name (spectra_hf.baselines.bnb_size_bits)
