@@ -8,10 +8,12 @@ Three honest ways to ship the result:
    `PeftModel.from_pretrained`). Exact, and the base keeps its 1.6-bit packed release form.
 2. `merge_lora_to_float(model)`: a dense FloatLM whose linear weights are `g T + s B A`. Exact (same function as
    the unmerged model), but the linear layers are no longer ternary (16/32-bit weights).
-3. peft's `merge_and_unload()`: folds `s B A` into the latent weight, which the next forward re-ternarizes with a new
-   absmean scale. The result is ternary but NOT the tuned function: digits near the rounding thresholds flip and
-   the scales move, while most of a small update is rounded away. Use it only if you re-evaluate (or keep training)
-   the merged model.
+3. peft's `merge_and_unload()` on a latent TriLM: folds `s B A` into the latent weight, which the next forward
+   re-ternarizes with a new absmean scale. The result is ternary but NOT the tuned function: digits near the rounding
+   thresholds flip and the scales move, while most of a small update is rounded away. Use it only if you re-evaluate
+   (or keep training) the merged model. On a packed TriLM (a loaded release) there is no latent weight to fold into:
+   peft's merge is refused before anything changes, with an error naming `merge_lora_to_float`
+   (`modeling/ternary.py`), so no merged-but-unloadable checkpoint can be written.
 """
 
 from __future__ import annotations
