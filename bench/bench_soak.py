@@ -2,7 +2,7 @@
 
     python bench/bench_soak.py [--kills 6] [--models TriLM_99M FloatLM_99M ...] [--seed 0]
 
-A stand-in suite is published with `spectra-hf publish` (a subprocess) to a local Hub (another subprocess) that
+A stand-in suite is published with `spectra-hf publish` (a subprocess) to `spectra-hf hub serve` (another one) that
 answers 429 (Retry-After: 0) and 503 on a fixed fraction of the requests of every route kind. `--kills` times, after
 a random number of requests, the publisher or the server (chosen at random) is SIGKILLed; a killed server is
 restarted on the same root and port, a killed or failed publisher is started again, until one run exits 0. Then
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.util
 import json
 import os
 import random
@@ -29,23 +28,6 @@ from pathlib import Path
 
 DEFAULT_MODELS = ("TriLM_99M", "FloatLM_99M", "QuantLM_99M_4bit", "TriLM_1.1B")
 ORG = "soak"
-
-
-def _serve_light(root: str, port: int, faults: list[str]) -> None:
-    """Child mode: serve `root` with `faults`, loading only the local Hub's modules (not spectra_hf/__init__, which
-    imports transformers; a killed server must come back in a second, not in the minute torch takes here)."""
-    import types
-
-    package = Path(importlib.util.find_spec("spectra_hf").submodule_search_locations[0])
-    for name, path in (("spectra_hf", package), ("spectra_hf.hub", package / "hub")):
-        module = types.ModuleType(name)
-        module.__path__ = [str(path)]
-        sys.modules[name] = module
-    from spectra_hf.hub.localhub import Fault, LocalHub
-
-    hub = LocalHub(root, port=port, faults=[Fault.parse(spec) for spec in faults])
-    print(hub.url, flush=True)
-    hub.serve_forever()
 
 
 def _free_port() -> int:
@@ -67,9 +49,13 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        command = [sys.executable, __file__, "--serve", str(self.root), str(self.port), *self.faults]
+        command = [str(Path(sys.executable).with_name("spectra-hf")), "hub", "serve", "--root", str(self.root),
+                   "--port", str(self.port), "--quiet"]
+        for spec in self.faults:
+            command += ["--fault", spec]
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        self.process.stdout.readline()
+        if not self.process.stdout.readline().startswith("Local Hub serving"):
+            raise RuntimeError(f"`spectra-hf hub serve` did not start (exit {self.process.wait()})")
         self.lives.append({})
 
     def poll_stats(self) -> dict:
@@ -170,15 +156,16 @@ def main() -> None:
                 if pending and seen >= trigger:
                     victim = rng.choice(["publisher", "server"])
                     kills[victim] += 1
+                    print(f"  kill {sum(kills.values())}: {victim} after {seen} requests", flush=True)
                     if victim == "server":
                         server.kill()
                         time.sleep(rng.uniform(0.0, 1.0))
                         server.start()
-                        pending = sum(kills.values()) < args.kills
-                        trigger = server.total("requests") + rng.randint(20, 400)
                     else:
                         publisher.kill()
-                    print(f"  kill {sum(kills.values())}: {victim} after {seen} requests", flush=True)
+                        publisher.wait()  # reaped, so the loop ends here rather than counting this trigger twice
+                    pending = sum(kills.values()) < args.kills
+                    trigger = server.total("requests") + rng.randint(20, 400)
             out, err = publisher.communicate()
             if publisher.returncode == 0 and sum(kills.values()) >= args.kills:
                 print(f"  run {runs}: {out.strip().splitlines()[-1] if out.strip() else ''}", flush=True)
@@ -218,7 +205,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "--serve":
-        _serve_light(sys.argv[2], int(sys.argv[3]), sys.argv[4:])
-    else:
-        main()
+    main()
