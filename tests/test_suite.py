@@ -109,6 +109,7 @@ def test_cli_suite_json_lists_54_models_with_the_documented_fields() -> None:
         assert (row["bits"] is None) == (row["family"] != "quantlm")
 
 
+@pytest.mark.slow  # three CLI processes that import torch
 def test_cli_init_tiny_and_bad_name(tmp_path) -> None:
     result = run_cli("init", "TriLM_1.1B", str(tmp_path / "m"), "--tiny")
     assert result.returncode == 0, result.stderr
