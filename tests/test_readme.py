@@ -91,6 +91,7 @@ def _commands(prefixes: tuple[str, ...]) -> list[str]:
     ]
 
 
+@pytest.mark.slow  # four CLI processes, each importing torch (~1-5 min under load)
 def test_convert_and_info_commands_run_as_written(tmp_path, tokenizer):
     import torch
     from transformers import AutoModelForCausalLM, LlamaForCausalLM
