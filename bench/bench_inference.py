@@ -170,6 +170,48 @@ def _timed(function) -> float:
     return time.perf_counter() - begin
 
 
+def block_matmuls(size: str, repeats: int = 20) -> None:
+    """The seven ternary matmuls of one decoder block at `size`, batch 1, per path and thread count: the min of
+    `repeats` runs, which a shared machine's load disturbs far less than whole-model timings."""
+    import torch
+
+    from spectra_hf import TernaryLinear
+    from spectra_hf.suite import config_for
+
+    config = config_for(f"TriLM_{size}")
+    hidden, inner = config.hidden_size, config.intermediate_size
+    shapes = [(hidden, hidden)] * 4 + [(inner, hidden)] * 2 + [(hidden, inner)]  # q k v o, gate up, down: [out, in]
+    generator = torch.Generator().manual_seed(0)
+    inputs = {k: torch.randn(1, k, generator=generator).to(torch.bfloat16) for k in (hidden, inner)}  # [1, in]
+    layers = {}
+    for path in ("int4", "2bit"):
+        layers[path] = []
+        for out_features, in_features in shapes:
+            digits = torch.randint(-1, 2, (out_features, in_features), generator=generator, dtype=torch.int8)
+            layer = TernaryLinear.from_ternary(digits, torch.rand(1) + 0.01, shard_dim=0, eps=1e-5)
+            layer.prepare_inference(path, torch.bfloat16)
+            layers[path].append(layer)
+    threads = torch.get_num_threads()
+    for count in sorted({1, threads}):
+        torch.set_num_threads(count)
+        best = {}
+        for path, stack in layers.items():
+            with torch.inference_mode():
+                for layer in stack:
+                    layer(inputs[layer.in_features])
+                best[path] = min(
+                    _timed(lambda: [layer(inputs[layer.in_features]) for layer in stack]) for _ in range(repeats)
+                )
+        weights = sum(o * i for o, i in shapes)
+        print(
+            f"{size} block matmuls, {count} thread(s), min of {repeats}: int4 {best['int4'] * 1e3:.2f} ms, "
+            f"2bit {best['2bit'] * 1e3:.2f} ms (x{best['int4'] / best['2bit']:.2f}; "
+            f"2bit reads {weights / 4 / best['2bit'] / 1e9:.1f} GB/s) (load {os.getloadavg()[0]:.1f})",
+            flush=True,
+        )
+    torch.set_num_threads(threads)
+
+
 def save_random_trilm(size: str, directory: str) -> None:
     import torch
 
@@ -202,6 +244,8 @@ def main() -> None:
         f"threads={torch.get_num_threads()} torch={torch.__version__} decode tokens={args.tokens} prefill={args.prefill} "
         f"read bandwidth={bandwidth / 1e9:.1f} GB/s (load {os.getloadavg()[0]:.1f})\nCPU 2-bit kernel: {cpu_kernel_status()}"
     )
+    for size in args.sizes:
+        block_matmuls(size)
     header = (
         f"{'size':>5} {'model':<17} {'load peak':>9} {'resident':>8} {'RSS':>6} {'decode':>7} {'prefill':>7} "
         f"{'MB/token':>8} {'of BW':>6} {'speed vs bf16':>13} {'mem vs bf16':>11} {'load avg':>8}"

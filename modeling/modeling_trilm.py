@@ -30,7 +30,7 @@ from transformers.utils import logging
 from .ternary import TernaryLinear, default_inference_path, recover_ternary, share_scales
 from .ternary_stats import TernaryCounts
 from .int8_embeddings import has_int8_embeddings, quantize_embeddings_int8
-from .ternary_kernels import cpu_kernel_status
+from .ternary_kernels import cpu_kernel_status, release_freed_memory
 
 logger = logging.get_logger(__name__)
 
@@ -203,6 +203,7 @@ class TriLMPreTrainedModel(CheckedLoadingMixin, LlamaPreTrainedModel):
                     module.prepare_inference(layer_path, embeddings.dtype)
                 chosen.add(layer_path)
         in_force = chosen.pop() if len(chosen) == 1 else requested
+        release_freed_memory()
         kernel = f"; CPU 2-bit kernel: {cpu_kernel_status()}" if embeddings.device.type == "cpu" else ""
         logger.info(f"ternary inference path in force: {in_force} (requested {requested!r}){kernel}")
         return in_force

@@ -63,6 +63,16 @@ def unpack_2bit(packed: torch.Tensor, in_features: int) -> torch.Tensor:
     return codes.to(torch.int8) - 4 * (codes == 3).to(torch.int8)
 
 
+def release_freed_memory() -> None:
+    """Give the C heap's freed pages back to the OS (glibc `malloc_trim`; a no-op elsewhere). Preparing the layers
+    frees many 10-50 MB temporaries below glibc's mmap threshold; without this the process keeps them resident
+    (measured: +500 MB over 10 layers of 5632 x 2048, against 28 MB of 2-bit weights)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 # ----------------------------------------------------------------------------------------------------------------- CPU
 
 _CPU_SOURCE = r"""
