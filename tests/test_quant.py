@@ -303,3 +303,29 @@ def test_bitsandbytes_baselines_load_on_cpu(floatlm_dir, probe, float_logits):
     assert sizes[4] < sizes[8] < fp16_bits, (sizes, fp16_bits)
     with pytest.raises(SpectraError, match="bitsandbytes loads weights at"):
         load_floatlm_bnb(floatlm_dir, bits=3)
+
+
+@pytest.mark.slow  # a GPTQ run through the CLI (~1-3 min here)
+def test_cli_quantizes_a_users_own_floatlm_and_scales_calibration_down(tmp_path, tokenizer, corpus_files, caplog):
+    import logging
+
+    own = tmp_path / "my_floatlm"  # a user's FloatLM: not a suite size, no spectra_export.json
+    config = spectra_hf.FloatLMConfig(
+        vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=4, max_position_embeddings=128, bos_token_id=0, eos_token_id=0,
+    )  # fmt: skip
+    spectra_hf.FloatLMForCausalLM(config).save_pretrained(own)
+    tokenizer.save_pretrained(own)
+    small = tmp_path / "train.txt"  # far less than 512 x 2048 tokens
+    small.write_text("\n".join(corpus_files[0].read_text(encoding="utf-8").splitlines()[:40]) + "\n")
+    tokens = len(tokenizer(small.read_text(), add_special_tokens=False)["input_ids"])
+    argv = ["quantize", str(own), str(tmp_path / "out"), "--bits", "8", "--calibration", str(small)]
+    with caplog.at_level(logging.WARNING, logger="spectra_hf"):
+        assert main(argv) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["QuantLM_my_floatlm_8bit"]
+    info = read_export_info(tmp_path / "out" / "QuantLM_my_floatlm_8bit")
+    assert info.extra["base_model"] == "my_floatlm"
+    calibration = info.extra["calibration"]
+    assert calibration["length"] == 128  # the model's context, not 2048
+    assert 0 < calibration["samples"] < 512 and calibration["samples"] <= tokens // 128
+    assert "--calibration-samples" in caplog.text and "exceeds" in caplog.text
