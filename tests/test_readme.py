@@ -31,7 +31,7 @@ SKIPPED = {
     "python -m pytest": "the test suite itself",
     "spectra-hf demo": "the whole demo pipeline: tests/test_demo.py runs it",
     "torchrun": "two processes on the user's own recipe: tests/test_distributed.py runs torchrun",
-    "spectra-hf eval SpectraSuite/FloatLM_99M --tasks spectra": "the paper's 13 tasks need their Hub datasets (offline)",
+    "spectra-hf eval SpectraSuite/FloatLM_99M --tasks spectra": "the 13 tasks need their Hub datasets (offline)",
     "spectra-hf release": "reads the SpectraSuite org on huggingface.co (offline here)",
 }
 # Commands run by the tests below, in README order within each test.
@@ -95,7 +95,6 @@ def _commands(prefixes: tuple[str, ...]) -> list[str]:
 def test_convert_and_info_commands_run_as_written(tmp_path, tokenizer):
     import torch
     from transformers import AutoModelForCausalLM, LlamaForCausalLM
-
     from trilm_release import release_model
 
     # A release-format TriLM with the 3.9B's 6 scale shards, one layer, widths whose shards are whole 256-weight TQ
