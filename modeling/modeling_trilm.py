@@ -201,9 +201,9 @@ class TriLMPreTrainedModel(CheckedLoadingMixin, LlamaPreTrainedModel):
                     layer_path = default_inference_path(embeddings.device, module.in_features)
                 if module.inference_path != layer_path:
                     module.prepare_inference(layer_path, embeddings.dtype)
+                    release_freed_memory()  # per layer: the temporaries must not pile up into the load's peak
                 chosen.add(layer_path)
         in_force = chosen.pop() if len(chosen) == 1 else requested
-        release_freed_memory()
         kernel = f"; CPU 2-bit kernel: {cpu_kernel_status()}" if embeddings.device.type == "cpu" else ""
         logger.info(f"ternary inference path in force: {in_force} (requested {requested!r}){kernel}")
         return in_force
