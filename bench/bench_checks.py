@@ -14,6 +14,7 @@ import argparse
 import os
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 
@@ -47,8 +48,8 @@ def main() -> None:
         print(f"{'TriLM_' + args.size:<16}{'checks (s)':>12}{'from_pretrained (s)':>22}{'checks / load':>15}")
         for kind in ("packed", "latent"):
             path = Path(tmp) / kind
-            checks = best_of(args.repeats, lambda: inspect_checkpoint(path))
-            load = best_of(args.repeats, lambda: TriLMForCausalLM.from_pretrained(path))
+            checks = best_of(args.repeats, partial(inspect_checkpoint, path))
+            load = best_of(args.repeats, partial(TriLMForCausalLM.from_pretrained, path))
             print(f"{kind:<16}{checks:>12.4f}{load:>22.3f}{checks / load:>15.2%}")
     print(f"load average after: {os.getloadavg()}")
 

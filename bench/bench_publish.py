@@ -17,13 +17,13 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from spectra_hf.testing.corpus import local_corpus, train_tokenizer
 from spectra_hf.hub.localhub import LocalHub
-from spectra_hf.hub.publish import publish
 from spectra_hf.hub.pacing import HubLimits
 from spectra_hf.hub.plan import build_plan
-from spectra_hf.testing.standin import build_standin_suite
+from spectra_hf.hub.publish import publish
 from spectra_hf.suite import all_models
+from spectra_hf.testing.corpus import local_corpus, train_tokenizer
+from spectra_hf.testing.standin import build_standin_suite
 
 # Calls that do not count against the Hub's API quota: the LFS PUT goes to storage, not to the API.
 _NOT_API = {"lfs_upload"}
@@ -70,7 +70,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         started = time.perf_counter()
-        suite = build_standin_suite(tmp / "suite", steps=args.steps, tokenizer=train_tokenizer(local_corpus(), vocab_size=512))
+        suite = build_standin_suite(
+            tmp / "suite", steps=args.steps, tokenizer=train_tokenizer(local_corpus(), vocab_size=512)
+        )
         built_s = time.perf_counter() - started
         started = time.perf_counter()
         plan = build_plan(suite, org="bench")
@@ -82,8 +84,10 @@ def main() -> None:
             checked = _run(plan, hub, verify="full")
 
     repos, branches = totals["repos"], totals["branches"]
-    print(f"stand-in suite: {repos} repos ({len(all_models())} models + unpacked TriLMs), {branches} branches, "
-          f"{totals['files']} files, {totals['bytes'] / 1e6:.1f} MB; built in {built_s:.1f} s, planned in {plan_s:.1f} s")
+    print(
+        f"stand-in suite: {repos} repos ({len(all_models())} models + unpacked TriLMs), {branches} branches, "
+        f"{totals['files']} files, {totals['bytes'] / 1e6:.1f} MB; built in {built_s:.1f} s, planned in {plan_s:.1f} s"
+    )
     print()
     print(f"load average {os.getloadavg()[0]:.2f} / {os.getloadavg()[1]:.2f} (1/5 min); verify='listing' below except "
           "the last column, which re-runs with verify='full' (every file downloaded and hashed)")
@@ -107,7 +111,9 @@ def main() -> None:
     kinds = Counter(first["stats"]["requests"])
     print("first publish, requests by kind: " + ", ".join(f"{k} {n}" for k, n in kinds.most_common()))
     per_repo = Counter(first["stats"]["commits"].values())
-    print("commits per repo (first publish): " + ", ".join(f"{n} commits: {c} repos" for n, c in sorted(per_repo.items())))
+    print(
+        "commits per repo (first publish): " + ", ".join(f"{n} commits: {c} repos" for n, c in sorted(per_repo.items()))
+    )
 
     # Per-branch and per-repo API cost, from the first publish: a repo costs create + info + refs + collection item.
     collection_calls = first["stats"]["requests"].get("collection", 0)
@@ -118,15 +124,25 @@ def main() -> None:
     print()
     trilms = sum(m.family == "trilm" for m in all_models())
     quota = HubLimits()
-    print(f"estimate for a real publish: {len(all_models())} repos + {args.branches} checkpoint branches "
-          f"(+ {trilms} unpacked TriLM repos, negligible), under the Hub's quotas ({quota.requests_per_window} API "
-          f"requests / {quota.window_s / 60:g} min, {quota.commits_per_hour} commits / h / repo):")
-    print(f"  API requests:        {estimate['api_calls']:.0f} ({per_branch_calls:.2f} per branch, {per_repo_calls:.2f} per repo)")
+    print(
+        f"estimate for a real publish: {len(all_models())} repos + {args.branches} checkpoint branches "
+        f"(+ {trilms} unpacked TriLM repos, negligible), under the Hub's quotas ({quota.requests_per_window} API "
+        f"requests / {quota.window_s / 60:g} min, {quota.commits_per_hour} commits / h / repo):"
+    )
+    print(
+        f"  API requests:        {estimate['api_calls']:.0f} "
+        f"({per_branch_calls:.2f} per branch, {per_repo_calls:.2f} per repo)"
+    )
     print(f"  request-quota bound: {estimate['request_bound_s'] / 60:.0f} min")
-    print(f"  commit-quota bound:  {estimate['commit_bound_s'] / 60:.0f} min ({estimate['commits_per_repo']} commits per trained repo)")
-    print(f"  data:                {estimate['bytes'] / 1e9:.0f} GB (at 100 MB/s: {estimate['bytes'] / 1e8 / 3600:.1f} h)")
-    print(f"  a no-op re-run:      {again['api_calls'] / branches * (len(all_models()) + args.branches):.0f} API requests, "
-          f"0 commits")
+    print(
+        f"  commit-quota bound:  {estimate['commit_bound_s'] / 60:.0f} min "
+        f"({estimate['commits_per_repo']} commits per trained repo)"
+    )
+    print(
+        f"  data:                {estimate['bytes'] / 1e9:.0f} GB (at 100 MB/s: {estimate['bytes'] / 1e8 / 3600:.1f} h)"
+    )
+    rerun_calls = again["api_calls"] / branches * (len(all_models()) + args.branches)
+    print(f"  a no-op re-run:      {rerun_calls:.0f} API requests, 0 commits")
 
 
 if __name__ == "__main__":

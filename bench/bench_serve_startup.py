@@ -63,7 +63,7 @@ def main() -> None:
     print(f"load average {os.getloadavg()[0]:.2f} / {os.getloadavg()[1]:.2f} (1/5 min), {os.cpu_count()} CPUs, "
           f"median of {args.runs} runs")
     print(f"{'':36} {'start-up s':>10} {'RSS MiB':>9}  heavy modules imported")
-    for (label, runs), s, r in zip(results.items(), seconds, rss):
+    for (label, runs), s, r in zip(results.items(), seconds, rss, strict=True):
         print(f"{label:36} {s:>10.2f} {r:>9.0f}  {', '.join(runs[0][1]['heavy_modules']) or '-'}")
     print(f"{'ratio (torch+transformers / serve)':36} {seconds[1] / seconds[0]:>10.2f} {rss[1] / rss[0]:>9.2f}")
 

@@ -172,8 +172,8 @@ def main() -> None:
                 break
             if publisher.returncode not in (0, -9):
                 failed_runs += 1
-                print(f"  run {runs} exited {publisher.returncode}: {err.strip().splitlines()[-1] if err.strip() else ''}",
-                      flush=True)
+                last_error = err.strip().splitlines()[-1] if err.strip() else ""
+                print(f"  run {runs} exited {publisher.returncode}: {last_error}", flush=True)
         server.kill()
         soak_s = time.perf_counter() - started
 
@@ -190,9 +190,12 @@ def main() -> None:
     print()
     print(f"load average {os.getloadavg()[0]:.2f} / {os.getloadavg()[1]:.2f} (1/5 min), {os.cpu_count()} CPUs")
     print(f"soak wall time         {soak_s:.0f} s")
-    print(f"requests served        {server.total('requests')} (at least: counters polled every 0.2 s; "
-          f"{len(server.lives)} server lives)")
-    print(f"faults injected        {server.total('faults')} ({server.total('faults') / max(1, server.total('requests')):.1%} of requests)")
+    print(
+        f"requests served        {server.total('requests')} (at least: counters polled every 0.2 s; "
+        f"{len(server.lives)} server lives)"
+    )
+    fault_share = server.total("faults") / max(1, server.total("requests"))
+    print(f"faults injected        {server.total('faults')} ({fault_share:.1%} of requests)")
     print(f"kills                  {kills['publisher']} publisher, {kills['server']} server")
     print(f"publisher runs         {runs} ({failed_runs} ended with an error, {kills['publisher']} killed)")
     print(f"commits                {server.total('commits')}")

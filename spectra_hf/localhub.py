@@ -5,4 +5,4 @@ New code imports from `spectra_hf.hub.localhub`.
 
 from spectra_hf.hub.localhub import ROUTE_KINDS, Fault, LocalHub
 
-__all__ = ["Fault", "LocalHub", "ROUTE_KINDS"]
+__all__ = ["ROUTE_KINDS", "Fault", "LocalHub"]

@@ -6,6 +6,9 @@ import os
 import socket
 import tempfile
 
+import pytest
+import torch
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
@@ -24,10 +27,7 @@ os.environ["HF_HUB_DISABLE_XET"] = "1"  # hf_xet is installed; the local Hub spe
 # Downloads, the remote-code module cache and tokens stay inside this test run, never in the user's ~/.cache.
 os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="spectra-hf-tests-hf-home-")
 
-import pytest
-import torch
-
-from spectra_hf.testing.corpus import local_corpus, train_tokenizer, write_corpus
+from spectra_hf.testing.corpus import local_corpus, train_tokenizer, write_corpus  # noqa: E402 - after the HF_* env
 
 
 @pytest.fixture(scope="session")
@@ -70,6 +70,8 @@ def local_hub(tmp_path_factory):
 
     from spectra_hf.hub.localhub import LocalHub
 
-    assert constants.ENDPOINT == os.environ["HF_ENDPOINT"], "huggingface_hub was imported before conftest set HF_ENDPOINT"
+    assert os.environ["HF_ENDPOINT"] == constants.ENDPOINT, (
+        "huggingface_hub was imported before conftest set HF_ENDPOINT"
+    )
     with LocalHub(tmp_path_factory.mktemp("local-hub"), port=LOCAL_HUB_PORT) as hub:
         yield hub

@@ -109,7 +109,9 @@ def test_a_declared_total_in_safetensors_metadata_wins_over_the_header_count(hub
     packed = {"layer.weight_packed": torch.zeros(20, dtype=torch.uint8), "layer.weight_scale": torch.ones(1)}
     save_file(packed, str(tmp_path / "model.safetensors"), metadata={"format": "pt", "total": "101"})
     api.create_repo("spectra/packed")
-    api.upload_file(path_or_fileobj=tmp_path / "model.safetensors", path_in_repo="model.safetensors", repo_id="spectra/packed")
+    api.upload_file(
+        path_or_fileobj=tmp_path / "model.safetensors", path_in_repo="model.safetensors", repo_id="spectra/packed"
+    )
     info = api.model_info("spectra/packed")
     assert info.safetensors.total == 101 and info.safetensors.parameters == {"U8": 20, "F32": 1}
 

@@ -109,7 +109,9 @@ def test_resolve_headers_and_range_requests(hub, api, folder):
     assert headers["X-Linked-Size"] == str(len(WEIGHTS)) and headers["X-Linked-Etag"].strip('"') != head
     assert not any(name.lower().startswith("x-xet") for name in headers)  # downloads stay plain HTTP
 
-    status, headers, body = _raw(hub, "GET", f"/{REPO}/resolve/main/model.safetensors", headers={"Range": "bytes=10-19"})
+    status, headers, body = _raw(
+        hub, "GET", f"/{REPO}/resolve/main/model.safetensors", headers={"Range": "bytes=10-19"}
+    )
     assert (status, body, headers["Content-Range"]) == (206, WEIGHTS[10:20], f"bytes 10-19/{len(WEIGHTS)}")
     status, _, body = _raw(hub, "GET", f"/{REPO}/resolve/main/model.safetensors", headers={"Range": "bytes=-5"})
     assert (status, body) == (206, WEIGHTS[-5:])
@@ -238,7 +240,9 @@ def test_token_is_required_and_never_logged(tmp_path):
         api.create_repo(REPO)
         api.upload_file(path_or_fileobj=WEIGHTS, path_in_repo="model.safetensors", repo_id=REPO)  # signed LFS PUT
         assert api.whoami()["name"] == "local"
-        path = hf_hub_download(REPO, "model.safetensors", endpoint=hub.url, cache_dir=tmp_path / "c", token="s3cret-token")
+        path = hf_hub_download(
+            REPO, "model.safetensors", endpoint=hub.url, cache_dir=tmp_path / "c", token="s3cret-token"
+        )
         assert Path(path).read_bytes() == WEIGHTS
     assert lines and not any("s3cret" in line for line in lines)
 
@@ -256,7 +260,7 @@ def test_bad_names_and_path_traversal_are_refused(hub, api):
         f"/api/models/{REPO}/tree/main/%2Fetc",
         "/api/models/..%2F..%2Fetc/passwd",
     ):
-        status, headers, answer = _raw(hub, "GET", path)
+        status, _, answer = _raw(hub, "GET", path)
         assert status == 400 and "Invalid" in json.loads(answer)["error"], path
     line = {"key": "file", "value": {"path": "../evil.txt", "content": "eA==", "encoding": "base64"}}
     payload = b"\n".join(json.dumps(item).encode() for item in ({"key": "header", "value": {"summary": "x"}}, line))

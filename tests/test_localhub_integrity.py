@@ -66,7 +66,8 @@ def _raw_exchange(hub: LocalHub, raw: bytes, *, check_close: bool = False) -> tu
                 break
             received += chunk
         head, _, rest = received.partition(b"\r\n\r\n")
-        length = int(next((line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")), b"0"))
+        lengths = (line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))
+        length = int(next(lengths, b"0"))
         while len(rest) < length:
             chunk = sock.recv(65536)
             if not chunk:
@@ -133,8 +134,10 @@ def test_a_corrupt_blob_is_never_served_and_re_uploading_repairs_it(hub, api, tm
     api.upload_file(path_or_fileobj=CONFIG, path_in_repo="config.json", repo_id=REPO)
     assert hub.stats["requests"]["lfs_upload"] == 1
     cache = tmp_path / "c2"
-    assert Path(hf_hub_download(REPO, "model.safetensors", endpoint=hub.url, cache_dir=cache, token=False)).read_bytes() == WEIGHTS
-    assert Path(hf_hub_download(REPO, "config.json", endpoint=hub.url, cache_dir=cache, token=False)).read_bytes() == CONFIG
+    weights = hf_hub_download(REPO, "model.safetensors", endpoint=hub.url, cache_dir=cache, token=False)
+    assert Path(weights).read_bytes() == WEIGHTS
+    config = hf_hub_download(REPO, "config.json", endpoint=hub.url, cache_dir=cache, token=False)
+    assert Path(config).read_bytes() == CONFIG
     assert len(list((hub.root / "blobs" / "corrupt").iterdir())) == 2  # the bad copies are kept aside, not served
 
 
@@ -152,7 +155,8 @@ def test_a_blob_damaged_before_a_restart_is_caught_by_the_next_server(tmp_path):
     with LocalHub(tmp_path / "hub") as hub:
         HfApi(endpoint=hub.url, token=False).create_repo(REPO)
         HfApi(endpoint=hub.url, token=False).upload_file(path_or_fileobj=WEIGHTS, path_in_repo="w.bin", repo_id=REPO)
-    _flip_bytes(tmp_path / "hub" / "blobs" / "sha256" / hashlib.sha256(WEIGHTS).hexdigest()[:2] / hashlib.sha256(WEIGHTS).hexdigest()[2:])
+    digest = hashlib.sha256(WEIGHTS).hexdigest()
+    _flip_bytes(tmp_path / "hub" / "blobs" / "sha256" / digest[:2] / digest[2:])
     with LocalHub(tmp_path / "hub") as hub:
         assert _request(hub, "GET", f"/{REPO}/resolve/main/w.bin")[0] == 409
 
@@ -174,10 +178,19 @@ def test_a_blob_damaged_before_a_restart_is_caught_by_the_next_server(tmp_path):
         (f"/api/models/{REPO}/branch/b1", b'{"startingPoint": 5}'),
         (f"/api/models/{REPO}/tag/main", b'{"tag": {"a": 1}}'),
         ("/api/collections", b'{"title": "t", "namespace": 5}'),
-        (f"/api/models/{REPO}/commit/main", _commit_lines(_header(), {"key": "file", "value": {"path": "a.txt", "content": "!!not base64!!"}})),
+        (
+            f"/api/models/{REPO}/commit/main",
+            _commit_lines(_header(), {"key": "file", "value": {"path": "a.txt", "content": "!!not base64!!"}}),
+        ),
         (f"/api/models/{REPO}/commit/main", _commit_lines(_header(), {"key": "file", "value": ["a"]})),
-        (f"/api/models/{REPO}/commit/main", _commit_lines(_header(), {"key": "lfsFile", "value": {"path": "a", "oid": 5}})),
-        (f"/api/models/{REPO}/commit/main", _commit_lines({"key": "header", "value": {"summary": "x", "description": 3}})),
+        (
+            f"/api/models/{REPO}/commit/main",
+            _commit_lines(_header(), {"key": "lfsFile", "value": {"path": "a", "oid": 5}}),
+        ),
+        (
+            f"/api/models/{REPO}/commit/main",
+            _commit_lines({"key": "header", "value": {"summary": "x", "description": 3}}),
+        ),
         (f"/api/models/{REPO}/commit/main", b"[" * 100_000 + b"]" * 100_000),
         ("/api/repos/move", b'{"fromRepo": 1, "toRepo": "a/b"}'),
     ],
@@ -225,10 +238,12 @@ def test_body_cap_answers_413_after_reading_the_body_and_keeps_serving(tmp_path)
 def test_inline_files_of_10_mb_and_more_must_go_through_lfs(hub, api):
     api.create_repo(REPO)
     ten_mb = b"x" * (10 * 1024 * 1024)
-    status, _, answer = _request(hub, "POST", f"/api/models/{REPO}/commit/main", _commit_lines(_header(), _inline("big.txt", ten_mb)))
+    big = _commit_lines(_header(), _inline("big.txt", ten_mb))
+    status, _, answer = _request(hub, "POST", f"/api/models/{REPO}/commit/main", big)
     assert status == 413 and "LFS" in json.loads(answer)["error"]
     api.upload_file(path_or_fileobj=ten_mb, path_in_repo="big.txt", repo_id=REPO)  # the client routes it through LFS
-    assert hashlib.sha256(_request(hub, "GET", f"/{REPO}/resolve/main/big.txt")[2]).digest() == hashlib.sha256(ten_mb).digest()
+    served = _request(hub, "GET", f"/{REPO}/resolve/main/big.txt")[2]
+    assert hashlib.sha256(served).digest() == hashlib.sha256(ten_mb).digest()
 
 
 def test_a_refused_commit_leaves_no_blob_behind(hub, api):
@@ -243,7 +258,8 @@ def test_a_refused_commit_leaves_no_blob_behind(hub, api):
     for body in refused:
         assert _request(hub, "POST", f"/api/models/{REPO}/commit/main", body)[0] in (400, 404, 412)
     assert _stored_blobs(hub) == before
-    assert _request(hub, "POST", f"/api/models/{REPO}/commit/main", _commit_lines(_header(), _inline("a.txt", orphan)))[0] == 200
+    accepted = _commit_lines(_header(), _inline("a.txt", orphan))
+    assert _request(hub, "POST", f"/api/models/{REPO}/commit/main", accepted)[0] == 200
     assert _stored_blobs(hub) == before | {hashlib.sha256(orphan).hexdigest()}
 
 
@@ -285,11 +301,15 @@ def test_a_commit_cannot_name_another_repos_lfs_object(tmp_path, token):
         api.upload_file(path_or_fileobj=WEIGHTS, path_in_repo="secret.safetensors", repo_id="spectra/private-a")
         oid = hashlib.sha256(WEIGHTS).hexdigest()
         auth = {"Authorization": f"Bearer {token}"} if token else {}
-        stolen = _commit_lines(_header(), {"key": "lfsFile", "value": {"path": "copy.bin", "algo": "sha256", "oid": oid, "size": len(WEIGHTS)}})
+        stolen = _commit_lines(
+            _header(),
+            {"key": "lfsFile", "value": {"path": "copy.bin", "algo": "sha256", "oid": oid, "size": len(WEIGHTS)}},
+        )
         status, _, answer = _request(hub, "POST", "/api/models/spectra/b/commit/main", stolen, auth)
         assert status == 400 and "never uploaded to spectra/b" in json.loads(answer)["error"]
         batch = {"operation": "upload", "transfers": ["basic"], "objects": [{"oid": oid, "size": len(WEIGHTS)}]}
-        status, _, answer = _request(hub, "POST", "/spectra/b.git/info/lfs/objects/batch", json.dumps(batch).encode(), auth)
+        batch_url = "/spectra/b.git/info/lfs/objects/batch"
+        status, _, answer = _request(hub, "POST", batch_url, json.dumps(batch).encode(), auth)
         assert "upload" in json.loads(answer)["objects"][0]["actions"]  # proving possession means uploading the bytes
         # Uploading the same content to b itself works, and the blob is still stored once.
         api.upload_file(path_or_fileobj=WEIGHTS, path_in_repo="copy.bin", repo_id="spectra/b")
@@ -298,12 +318,13 @@ def test_a_commit_cannot_name_another_repos_lfs_object(tmp_path, token):
 
 # -- tokens outside argv, URLs from the server's own address ---------------------------------------------------
 def _serve(tmp_path: Path, *extra: str, env: dict | None = None) -> tuple[subprocess.Popen, str, list[str]]:
-    command = [sys.executable, "-m", "spectra_hf.cli", "hub", "serve", "--root", str(tmp_path / "hub"), "--port", "0", "--quiet", *extra]
+    command = [sys.executable, "-m", "spectra_hf.cli", "hub", "serve", "--root", str(tmp_path / "hub"),
+               "--port", "0", "--quiet", *extra]
     server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
     lines = [server.stdout.readline() for _ in range(3)]
     url = lines[0].split(" at ")[-1].strip()
-    assert url.startswith("http://127.0.0.1:"), lines + [server.stderr.read() if server.poll() is not None else ""]
+    assert url.startswith("http://127.0.0.1:"), [*lines, server.stderr.read() if server.poll() is not None else ""]
     return server, url, lines
 
 
@@ -311,7 +332,10 @@ def _serve(tmp_path: Path, *extra: str, env: dict | None = None) -> tuple[subpro
 def test_cli_token_from_the_environment_or_a_file(tmp_path, how):
     secret = "tok-from-" + how
     (tmp_path / "token").write_text(secret + "\n")
-    extra, env = (("--token-file", str(tmp_path / "token")), None) if how == "file" else ((), {"SPECTRA_HUB_TOKEN": secret})
+    if how == "file":
+        extra, env = ("--token-file", str(tmp_path / "token")), None
+    else:
+        extra, env = (), {"SPECTRA_HUB_TOKEN": secret}
     server, url, lines = _serve(tmp_path, *extra, env=env)
     try:
         assert secret not in " ".join(server.args)
@@ -326,8 +350,10 @@ def test_cli_token_from_the_environment_or_a_file(tmp_path, how):
 
 
 def test_cli_refuses_a_tokenless_server_on_a_public_address(tmp_path):
-    command = [sys.executable, "-m", "spectra_hf.cli", "hub", "serve", "--root", str(tmp_path / "hub"), "--host", "0.0.0.0"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "SPECTRA_HUB_TOKEN": ""})
+    command = [sys.executable, "-m", "spectra_hf.cli", "hub", "serve", "--root", str(tmp_path / "hub"),
+               "--host", "0.0.0.0"]
+    env = {**os.environ, "SPECTRA_HUB_TOKEN": ""}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 2 and "--token-file" in done.stderr
 
 
@@ -350,8 +376,9 @@ def test_urls_are_built_from_the_servers_address_not_the_host_header(tmp_path):
             href = json.loads(answer.partition(b"\r\n\r\n")[2])["objects"][0]["actions"]["upload"]["href"]
             assert status == 200 and href.startswith(f"{hub.url}/api/_local/lfs/")
     with LocalHub(tmp_path / "hub", public_url="https://hub.example.org/") as hub:
-        status, answer, _ = _raw_exchange(hub, b"POST /" + REPO.encode() + b".git/info/lfs/objects/batch HTTP/1.1\r\nHost: evil\r\nContent-Length: "
-                                          + str(len(batch)).encode() + b"\r\n\r\n" + batch)
+        raw = (b"POST /" + REPO.encode() + b".git/info/lfs/objects/batch HTTP/1.1\r\nHost: evil\r\nContent-Length: "
+               + str(len(batch)).encode() + b"\r\n\r\n" + batch)
+        status, answer, _ = _raw_exchange(hub, raw)
         assert b'"href": "https://hub.example.org/api/_local/lfs/' in answer
 
 

@@ -23,15 +23,15 @@ from huggingface_hub.utils.sha import git_hash
 from safetensors.torch import load_file, save_file
 
 import spectra_hf  # noqa: F401  (registers trilm / floatlm with the Auto classes)
+from spectra_hf.checkpoints.exports import checkpoint_dir, model_dir
 from spectra_hf.cli import main as cli_main
 from spectra_hf.errors import SpectraError
-from spectra_hf.checkpoints.exports import checkpoint_dir, model_dir
 from spectra_hf.hub.localhub import LocalHub
-from spectra_hf.hub.publish import publish
 from spectra_hf.hub.pacing import HubLimits, Pacer
 from spectra_hf.hub.plan import build_plan
-from spectra_hf.testing.standin import build_standin_suite
+from spectra_hf.hub.publish import publish
 from spectra_hf.suite import all_models, get_model
+from spectra_hf.testing.standin import build_standin_suite
 
 ORG = "standin"
 STEPS = (100, 200)
@@ -41,11 +41,14 @@ SAMPLE = ("TriLM_3.9B", "FloatLM_99M", "QuantLM_1.1B_4bit")  # 6 scale shards, f
 
 @pytest.fixture(scope="module")
 def suite_dir(tmp_path_factory, tokenizer, corpus_files) -> Path:
-    """The stand-in suite; QuantLM_99M_4bit is a real packed GPTQ export of FloatLM_99M (spectra_hf.quantization.gptq)."""
+    """The stand-in suite; QuantLM_99M_4bit is a real packed GPTQ export of FloatLM_99M
+    (spectra_hf.quantization.gptq)."""
     from spectra_hf.quantization.gptq import export_quantlms
 
     suite = build_standin_suite(tmp_path_factory.mktemp("suite"), steps=STEPS, tokenizer=tokenizer)
-    export_quantlms(model_dir(suite, "FloatLM_99M"), suite, calibration=corpus_files[0], bits=(4,), samples=4, length=64)
+    export_quantlms(
+        model_dir(suite, "FloatLM_99M"), suite, calibration=corpus_files[0], bits=(4,), samples=4, length=64
+    )
     return suite
 
 
@@ -118,7 +121,10 @@ def test_unpacked_release_loads_in_stock_llama_with_the_trilm_logits(published, 
     from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
     llama = AutoModelForCausalLM.from_pretrained(f"{ORG}/{name}_Unpacked", cache_dir=tmp_path, dtype=torch.float32)
-    assert type(llama) is LlamaForCausalLM and llama.config.pretraining_model_parallel == get_model(name).spec.model_parallel
+    assert (
+        type(llama) is LlamaForCausalLM
+        and llama.config.pretraining_model_parallel == get_model(name).spec.model_parallel
+    )
     trilm = AutoModelForCausalLM.from_pretrained(f"{ORG}/{name}", cache_dir=tmp_path, dtype=torch.float32)
     ids = torch.randint(0, 512, (2, 24))
     with torch.no_grad():
@@ -242,7 +248,9 @@ def test_killed_run_resumes_to_a_complete_suite(tmp_path, tokenizer):
         # The 2 branches the killed run finished are not committed again; the other 9 are committed once.
         assert report.commits == total - 2
         assert _commits(hub, "crash") == {r.repo_id: len(r.branches) for r in plan.repos}
-        path = hf_hub_download("crash/TriLM_99M", "model.safetensors", revision="step200", endpoint=hub.url, cache_dir=tmp_path)
+        path = hf_hub_download(
+            "crash/TriLM_99M", "model.safetensors", revision="step200", endpoint=hub.url, cache_dir=tmp_path
+        )
         assert Path(path).read_bytes() == (checkpoint_dir(suite, "TriLM_99M", 200) / "model.safetensors").read_bytes()
 
 
@@ -255,7 +263,9 @@ def test_stale_branch_is_repaired(tmp_path, tokenizer):
         api = HfApi(endpoint=hub.url)
         api.create_repo("stale/FloatLM_99M")
         api.create_branch("stale/FloatLM_99M", branch="step100")
-        api.create_commit("stale/FloatLM_99M", [CommitOperationAdd("junk.bin", b"\0junk")], commit_message="half", revision="step100")
+        api.create_commit(
+            "stale/FloatLM_99M", [CommitOperationAdd("junk.bin", b"\0junk")], commit_message="half", revision="step100"
+        )
         report = publish(plan, endpoint=hub.url, limits=FAST, progress=False, load_check_dir=tmp_path / "load")
         assert report.verified and report.files_deleted >= 1
         files = set(api.list_repo_files("stale/FloatLM_99M", revision="step100"))
@@ -264,9 +274,13 @@ def test_stale_branch_is_repaired(tmp_path, tokenizer):
         # A changed checkpoint is re-published alone, in one commit.
         weights = checkpoint_dir(suite, "FloatLM_99M", 200) / "model.safetensors"
         save_file({k: v + 1 for k, v in load_file(weights).items()}, str(weights), metadata={"format": "pt"})
-        report = publish(build_plan(suite, org="stale", models=["FloatLM_99M"]), endpoint=hub.url, limits=FAST, progress=False)
+        report = publish(
+            build_plan(suite, org="stale", models=["FloatLM_99M"]), endpoint=hub.url, limits=FAST, progress=False
+        )
         assert report.commits == 1 and report.files_uploaded == 1
-        downloaded = hf_hub_download("stale/FloatLM_99M", "model.safetensors", revision="step200", endpoint=hub.url, cache_dir=tmp_path)
+        downloaded = hf_hub_download(
+            "stale/FloatLM_99M", "model.safetensors", revision="step200", endpoint=hub.url, cache_dir=tmp_path
+        )
         assert Path(downloaded).read_bytes() == weights.read_bytes()
 
 
@@ -323,7 +337,7 @@ def test_missing_model_or_checkpoint_is_refused_before_any_request(tmp_path, tok
     assert any(m.startswith("TriLM_190M:") and "is missing" in m for m in plan.missing)
     assert any(m.startswith("TriLM_99M checkpoint step100:") and "no *.safetensors" in m for m in plan.missing)
     with LocalHub(tmp_path / "hub") as hub:
-        with pytest.raises(SpectraError, match="incomplete, nothing was published.*--allow-partial"):
+        with pytest.raises(SpectraError, match=r"incomplete, nothing was published.*--allow-partial"):
             publish(plan, endpoint=hub.url, limits=FAST, progress=False)
         assert hub.stats["total_requests"] == 0
         report = publish(plan, endpoint=hub.url, limits=FAST, progress=False, allow_partial=True)
@@ -351,8 +365,10 @@ def test_bad_token_is_refused_without_echoing_it(tmp_path, tokenizer):
 
 
 def test_unreachable_endpoint_is_a_clear_error(tmp_path, tokenizer):
-    plan = build_plan(_small_suite(tmp_path / "suite", tokenizer, ("QuantLM_99M_3bit",)), org=ORG, models=["QuantLM_99M_3bit"])
-    with pytest.raises(SpectraError, match="cannot reach the Hub at http://127.0.0.1:9 .*hub serve"):
+    plan = build_plan(
+        _small_suite(tmp_path / "suite", tokenizer, ("QuantLM_99M_3bit",)), org=ORG, models=["QuantLM_99M_3bit"]
+    )
+    with pytest.raises(SpectraError, match=r"cannot reach the Hub at http://127.0.0.1:9 .*hub serve"):
         publish(plan, endpoint="http://127.0.0.1:9", limits=FAST, progress=False)
 
 
@@ -404,7 +420,11 @@ def test_target_is_the_first_explicit_one_and_is_logged(tmp_path, caplog, monkey
     assert choose_target(endpoint=None, hub_root=root, token="t", environ=env).hub_root == root
     from_env = choose_target(endpoint=None, hub_root=None, token="t", environ=env)
     assert (from_env.endpoint, from_env.chosen_by) == ("http://127.0.0.1:7", "HF_ENDPOINT")
-    assert choose_target(endpoint=None, hub_root=None, token="t", environ={}).endpoint == HF_HUB_URL == "https://huggingface.co"
+    assert (
+        choose_target(endpoint=None, hub_root=None, token="t", environ={}).endpoint
+        == HF_HUB_URL
+        == "https://huggingface.co"
+    )
     with pytest.raises(HubError, match="no publish target"):
         choose_target(endpoint=None, hub_root=None, token=None, environ={})
     # The CLI logs the target it took from the environment (transformers' logging), then refuses the empty suite.
@@ -477,7 +497,17 @@ def test_dry_run_in_process_writes_nothing_in_the_suite_or_the_store(tmp_path, t
     with LocalHub(tmp_path / "hub"):
         pass
     before = {name: _snapshot(tmp_path / name) for name in ("suite", "hub")}
-    argv = ["publish", str(suite), "--org", "dry", "--models", "TriLM_1.1B", "--dry-run", "--hub-root", str(tmp_path / "hub")]
+    argv = [
+        "publish",
+        str(suite),
+        "--org",
+        "dry",
+        "--models",
+        "TriLM_1.1B",
+        "--dry-run",
+        "--hub-root",
+        str(tmp_path / "hub"),
+    ]
     assert cli_main(argv) == 0
     assert "dry/TriLM_1.1B_Unpacked" in capsys.readouterr().out
     assert {name: _snapshot(tmp_path / name) for name in before} == before

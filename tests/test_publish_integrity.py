@@ -70,7 +70,9 @@ def test_publish_finds_and_repairs_corrupt_bytes_on_the_hub(suite, tmp_path):
 def test_sampled_verification_downloads_within_its_budget(suite, tmp_path):
     plan = build_plan(suite, org="sample", models=[MODEL])
     with LocalHub(tmp_path / "hub") as hub:
-        report = publish(plan, endpoint=hub.url, limits=FAST, progress=False, verify="sample", verify_sample_bytes=200_000)
+        report = publish(
+            plan, endpoint=hub.url, limits=FAST, progress=False, verify="sample", verify_sample_bytes=200_000
+        )
         assert report.verify_mode == "sample" and 0 < report.bytes_verified <= 200_000
         with pytest.raises(ConfigError, match="verify='quick'"):
             publish(plan, endpoint=hub.url, limits=FAST, progress=False, verify="quick")

@@ -47,7 +47,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="base URL clients reach this server at, for the URLs it hands out (default: http://HOST:PORT)",
     )
     serve.add_argument(
-        "--max-body-mb", type=float, default=64.0, help="largest API request body in MiB; LFS uploads excepted (default: 64)"
+        "--max-body-mb",
+        type=float,
+        default=64.0,
+        help="largest API request body in MiB; LFS uploads excepted (default: 64)",
     )
     serve.add_argument(
         "--fault",

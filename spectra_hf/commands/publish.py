@@ -29,9 +29,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "publish",
         help="publish a suite directory to the Hub or a local Hub (repos, checkpoint branches, cards, collections)",
-        description="Publish SUITE_DIR (one export per model, checkpoints/step<N> inside, see spectra_hf.checkpoints.exports) "
-        "as one repo per model under --org, each checkpoint as a branch step<N>, with model cards, a revisions.json "
-        "in main and one collection per family.",
+        description="Publish SUITE_DIR (one export per model, checkpoints/step<N> inside, see "
+        "spectra_hf.checkpoints.exports) as one repo per model under --org, each checkpoint as a branch step<N>, "
+        "with model cards, a revisions.json in main and one collection per family.",
         epilog=TARGET_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -39,9 +39,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--org", required=True, help="Hub user or organization, e.g. SpectraSuite")
     parser.add_argument("--endpoint", help="Hub URL (see below)")
     parser.add_argument("--token", help="write token (prefer HF_TOKEN or `hf auth login`: arguments show in `ps`)")
-    parser.add_argument("--hub-root", type=Path, metavar="DIR", help="publish into a local Hub store in DIR (see below)")
-    parser.add_argument("--dry-run", action="store_true", help="print the plan and its size; writes nothing, no network")
-    parser.add_argument("--json", action="store_true", help="with --dry-run: print the plan's totals and what is missing as JSON")
+    parser.add_argument(
+        "--hub-root", type=Path, metavar="DIR", help="publish into a local Hub store in DIR (see below)"
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the plan and its size; writes nothing, no network"
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="with --dry-run: print the plan's totals and what is missing as JSON"
+    )
     parser.add_argument("--models", nargs="+", metavar="NAME", help="publish only these suite models")
     parser.add_argument(
         "--no-unpacked",
@@ -49,8 +55,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="skip the TriLM_<size>_Unpacked repos (release format for stock transformers, converted once into "
         "SUITE_DIR/.publish-staging)",
     )
-    parser.add_argument("--allow-partial", action="store_true", help="publish even though models or checkpoints are missing")
-    parser.add_argument("--evals", type=Path, metavar="JSON", help='eval results for the cards: {"TriLM_99M": {"arc_easy/acc": 0.4} or "results.json" from `spectra-hf eval`, ...}')
+    parser.add_argument(
+        "--allow-partial", action="store_true", help="publish even though models or checkpoints are missing"
+    )
+    parser.add_argument(
+        "--evals",
+        type=Path,
+        metavar="JSON",
+        help='eval results for the cards: {"TriLM_99M": {"arc_easy/acc": 0.4} or "results.json" from '
+        '`spectra-hf eval`, ...}',
+    )
     parser.add_argument("--private", action="store_true", help="create new repos private")
     parser.add_argument("--no-verify", action="store_true", help="skip the final pass that checks every branch's files")
     parser.add_argument(
@@ -60,7 +74,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "and hashed, or every file's content (default: full for a local Hub, sample otherwise); differing files are "
         "uploaded again",
     )
-    parser.add_argument("--load-check", type=Path, metavar="DIR", help="also download every branch into DIR and load it with from_pretrained")
+    parser.add_argument(
+        "--load-check",
+        type=Path,
+        metavar="DIR",
+        help="also download every branch into DIR and load it with from_pretrained",
+    )
     parser.add_argument("--commits-per-hour", type=int, help="commits per repo per hour (Hub: 128)")
     parser.add_argument("--requests-per-window", type=int, help="API requests per window (Hub: 1000 per 300 s)")
     parser.add_argument("--window-s", type=float, help="request window in seconds (Hub: 300)")
@@ -85,12 +104,15 @@ def _limits(args: argparse.Namespace, *, local: bool):
     for key, value in overrides.items():
         lowest = 0 if key == "max_retries" else 1e-9
         if value < lowest:
-            raise SpectraError(f"--{key.replace('_', '-')} must be {'>= 0' if lowest == 0 else 'positive'}, got {value}")
+            raise SpectraError(
+                f"--{key.replace('_', '-')} must be {'>= 0' if lowest == 0 else 'positive'}, got {value}"
+            )
     return HubLimits.unlimited(**overrides) if local else HubLimits(**overrides)
 
 
 def _read_evals(path: Path | None) -> dict | None:
-    """{model: {"task/metric": value}} or {model: "results.json" written by `spectra-hf eval`} (relative to the file)."""
+    """{model: {"task/metric": value}} or {model: "results.json" written by `spectra-hf eval`} (relative to the
+    file)."""
     from spectra_hf.evaluation.results import read_results
 
     if path is None:

@@ -134,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(report.manifest, indent=2, sort_keys=True))
     if not report.complete:
         manifest = report.manifest
+        assert manifest is not None, "a run that is not a dry run builds its manifest"
         problems = [f"{r['revision']}: {r['reason']}" for r in manifest["refused"]]
         problems += [f"{m['what']}: {m['reason']}" for m in manifest["missing"]]
         problems += [f"{key}: pending" for key in manifest["pending"]]

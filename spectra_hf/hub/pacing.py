@@ -13,15 +13,29 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TypeVar
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, TypedDict, TypeVar
 
 import httpx2
 from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils import parse_ratelimit_headers
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
 T = TypeVar("T")
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+
+
+class LimitOverrides(TypedDict, total=False):
+    """Fields of `HubLimits` a caller may override in `HubLimits.unlimited`."""
+
+    commits_per_hour: int
+    requests_per_window: int
+    window_s: float
+    max_retries: int
+    backoff_s: float
+    max_backoff_s: float
 
 
 @dataclass(frozen=True)
@@ -45,10 +59,10 @@ class HubLimits:
     max_backoff_s: float = 300.0
 
     @classmethod
-    def unlimited(cls, **overrides: float) -> HubLimits:
+    def unlimited(cls, **overrides: Unpack[LimitOverrides]) -> HubLimits:
         """Quotas high enough never to wait (local Hub, tests), short backoffs."""
-        values = {"commits_per_hour": 10**9, "requests_per_window": 10**9, "backoff_s": 0.05, "max_backoff_s": 1.0}
-        return cls(**{**values, **overrides})
+        limits = cls(commits_per_hour=10**9, requests_per_window=10**9, backoff_s=0.05, max_backoff_s=1.0)
+        return replace(limits, **overrides)
 
 
 def server_delay(error: BaseException) -> float | None:

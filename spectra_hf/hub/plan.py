@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from transformers.utils import logging
+
 from spectra_hf.cards import REVISIONS_FILE, Revision, render_checkpoint_card, render_model_card
-from spectra_hf.errors import ConfigError, HubError, SpectraError
 from spectra_hf.checkpoints.exports import (
     CHECKPOINTS_DIR,
     EXPORT_INFO_FILE,
@@ -37,6 +38,7 @@ from spectra_hf.checkpoints.exports import (
     model_dir,
     read_export_info,
 )
+from spectra_hf.errors import ConfigError, HubError, SpectraError
 from spectra_hf.suite import (
     FAMILY_PREFIX,
     QUANT_BITS,
@@ -47,7 +49,6 @@ from spectra_hf.suite import (
     float_params,
     linear_params,
 )
-from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
 
@@ -163,8 +164,8 @@ class PublishPlan:
         )
         if self.estimated_files:
             lines.append(
-                f"estimated: {len(self.estimated_files)} files of the unpacked TriLM repos are sized from their configs "
-                "(fp16 weights), not converted; publishing converts them"
+                f"estimated: {len(self.estimated_files)} files of the unpacked TriLM repos are sized from their "
+                "configs (fp16 weights), not converted; publishing converts them"
             )
         if self.missing:
             lines.append(f"missing ({len(self.missing)}):")
@@ -218,7 +219,9 @@ def choose_target(
     if environ.get("HF_ENDPOINT"):
         return PublishTarget(endpoint=environ["HF_ENDPOINT"].rstrip("/"), hub_root=None, chosen_by="HF_ENDPOINT")
     if token:
-        return PublishTarget(endpoint=HF_HUB_URL, hub_root=None, chosen_by="a Hub token (--token, HF_TOKEN or `hf auth login`)")
+        return PublishTarget(
+            endpoint=HF_HUB_URL, hub_root=None, chosen_by="a Hub token (--token, HF_TOKEN or `hf auth login`)"
+        )
     raise HubError(NO_TARGET_MESSAGE)
 
 
@@ -272,7 +275,7 @@ def export_problems(directory: Path, *, name: str, step: int | None) -> list[str
     try:
         info = read_export_info(directory)
     except SpectraError as error:
-        return problems + [str(error)]
+        return [*problems, str(error)]
     if info.name != name:
         problems.append(f"{directory}/{EXPORT_INFO_FILE} says it is {info.name!r}, not {name!r}")
     if step is not None and info.step != step:
@@ -291,7 +294,10 @@ def _generated(path_in_repo: str, text: str) -> PlanFile:
 
 def _tokens_seen(info: ExportInfo, model: SuiteModel) -> int:
     # Exports from the trainer record tokens_seen; older ones fall back to the registry's batch size.
-    return info.tokens_seen if info.tokens_seen is not None else info.step * model.batch_tokens
+    if info.tokens_seen is not None:
+        return info.tokens_seen
+    assert info.step is not None, "export_problems checked that a checkpoint's export records its step"
+    return info.step * model.batch_tokens
 
 
 def _revisions_json(repo_id: str, main: ExportInfo, revisions: Sequence[Revision]) -> str:
@@ -337,7 +343,7 @@ def _model_repo(
             f"{model.name}: no intermediate checkpoints under {directory / CHECKPOINTS_DIR} "
             "(a trained model publishes its step<N> exports as branches)"
         )
-    files = export_files(directory)
+    exported = export_files(directory)
     config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
     card = render_model_card(
         model=model,
@@ -345,10 +351,10 @@ def _model_repo(
         config=config,
         revisions=revisions,
         evals=evals,
-        has_tokenizer=any(name in files for name in _TOKENIZER_FILES),
+        has_tokenizer=any(name in exported for name in _TOKENIZER_FILES),
         export=info,
     )
-    main_files = [_file(p, local) for p, local in files.items()]
+    main_files = [_file(p, local) for p, local in exported.items()]
     main_files += [_generated(CARD_FILE, card), _generated(REVISIONS_FILE, _revisions_json(repo_id, info, revisions))]
     main = BranchPlan(name="main", files=main_files, step=info.step, tokens_seen=info.tokens_seen)
     return RepoPlan(repo_id=repo_id, model=model, variant="release", branches=[main, *branches])
@@ -391,7 +397,11 @@ def _estimated_unpacked_files(source: Path) -> dict[str, PlanFile]:
     config = json.loads((source / "config.json").read_text(encoding="utf-8"))
     weight_bytes = 2 * (linear_params(config) + float_params(config))
     shards = max(1, math.ceil(weight_bytes / _UNPACKED_SHARD_BYTES))
-    names = ["model.safetensors"] if shards == 1 else [f"model-{i:05d}-of-{shards:05d}.safetensors" for i in range(1, shards + 1)]
+    names = (
+        ["model.safetensors"]
+        if shards == 1
+        else [f"model-{i:05d}-of-{shards:05d}.safetensors" for i in range(1, shards + 1)]
+    )
     files = {name: PlanFile(name, size=weight_bytes // shards, estimated=True) for name in names}
     for path_in_repo, local in export_files(source).items():
         if not path_in_repo.endswith((_WEIGHT_SUFFIX, f"{_WEIGHT_SUFFIX}.index.json", ".py")):
@@ -461,7 +471,8 @@ def build_plan(
     """Plan the publication of a suite directory under `org`, without any network.
 
     Args:
-        suite_dir: directory laid out as `spectra_hf.checkpoints.exports` describes (one export per model, checkpoints inside).
+        suite_dir: directory laid out as `spectra_hf.checkpoints.exports` describes (one export per model,
+            checkpoints inside).
         org: Hub user or organization the repos go to (e.g. "SpectraSuite").
         evals: model name -> {"task/metric": value}, or -> a `spectra-hf eval` results document; shown in the
             cards and their model-index (see `spectra_hf.cards.eval_results`).

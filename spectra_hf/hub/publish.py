@@ -24,6 +24,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -117,8 +118,9 @@ class _Hashes:
     def of(self, file: PlanFile) -> tuple[str, str]:
         if file.content is not None:
             return _digest(file)
-        stat = file.local_path.stat()
-        key = str(file.local_path.resolve())
+        local_path = _local_path(file)
+        stat = local_path.stat()
+        key = str(local_path.resolve())
         stamp = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino, stat.st_dev]
         cached = self._cache.get(key)
         if cached is None or cached[: len(stamp)] != stamp:
@@ -142,6 +144,13 @@ class _Hashes:
         self._dirty = False
 
 
+def _local_path(file: PlanFile) -> Path:
+    """The file on disk behind a planned file without generated content."""
+    # publish() refuses plans with estimated files (neither content nor a local path) before hashing anything.
+    assert file.local_path is not None, f"{file.path_in_repo} is an estimated file: it has no local copy"
+    return file.local_path
+
+
 def _digest(file: PlanFile) -> tuple[str, str]:
     sha256, sha1 = hashlib.sha256(), hashlib.sha1()
     sha1.update(b"blob %d\0" % file.size)
@@ -155,7 +164,7 @@ def _chunks(file: PlanFile, size: int = 1 << 22) -> Iterator[bytes]:
     if file.content is not None:
         yield file.content
         return
-    with open(file.local_path, "rb") as handle:
+    with open(_local_path(file), "rb") as handle:
         while chunk := handle.read(size):
             yield chunk
 
@@ -302,7 +311,7 @@ class Publisher:
         for branch in bar:
             bar.set_postfix_str(branch.name)
             if branch.name != "main" and branch.name not in remote:
-                self.pacer.call(lambda: self.api.create_branch(repo.repo_id, branch=branch.name, exist_ok=True))
+                self.pacer.call(partial(self.api.create_branch, repo.repo_id, branch=branch.name, exist_ok=True))
                 self.report.branches_created += 1
             self._sync_branch(repo, branch)
         self.report.repos += 1
@@ -311,15 +320,19 @@ class Publisher:
     def publish_collections(self) -> None:
         for plan in self.plan.collections:
             collection = self.pacer.call(
-                lambda: self.api.create_collection(
-                    plan.title, namespace=self.plan.org, description=plan.description, exists_ok=True
+                partial(
+                    self.api.create_collection,
+                    plan.title,
+                    namespace=self.plan.org,
+                    description=plan.description,
+                    exists_ok=True,
                 )
             )
             present = {item.item_id for item in collection.items}
             for repo_id in plan.items:
                 if repo_id not in present:
                     self.pacer.call(
-                        lambda: self.api.add_collection_item(collection.slug, repo_id, "model", exists_ok=True)
+                        partial(self.api.add_collection_item, collection.slug, repo_id, "model", exists_ok=True)
                     )
                     self.report.collection_items_added += 1
 
@@ -327,13 +340,13 @@ class Publisher:
         """Every expected branch exists and holds exactly its planned files (by listing); returns the problems found."""
         problems = []
         for repo in tqdm(self.plan.repos, desc="verify", unit="repo", disable=not self.progress):
-            refs = self.pacer.call(lambda: self.api.list_repo_refs(repo.repo_id))
+            refs = self.pacer.call(partial(self.api.list_repo_refs, repo.repo_id))
             branches = {b.name for b in refs.branches}
             for branch in repo.branches:
                 if branch.name not in branches:
                     problems.append(f"{repo.repo_id}: branch {branch.name} is missing")
                     continue
-                stale = self.pacer.call(lambda: self.changes(repo.repo_id, branch))
+                stale = self.pacer.call(partial(self.changes, repo.repo_id, branch))
                 if stale:
                     paths = ", ".join(op.path_in_repo for op in stale[:5])
                     problems.append(f"{repo.repo_id}@{branch.name}: {len(stale)} files differ ({paths})")
@@ -359,8 +372,12 @@ class Publisher:
         self.report.bytes_verified += size
         return digest.hexdigest() == expected
 
-    def _content_sample(self, mode: str, sample_bytes: int, seed: int | None) -> list[tuple[RepoPlan, BranchPlan, PlanFile]]:
-        everything = [(repo, branch, file) for repo in self.plan.repos for branch in repo.branches for file in branch.files]
+    def _content_sample(
+        self, mode: str, sample_bytes: int, seed: int | None
+    ) -> list[tuple[RepoPlan, BranchPlan, PlanFile]]:
+        everything = [
+            (repo, branch, file) for repo in self.plan.repos for branch in repo.branches for file in branch.files
+        ]
         if mode == "full":
             return everything
         rng = random.Random(seed)
@@ -378,7 +395,7 @@ class Publisher:
         differing: dict[tuple[str, str], list[tuple[BranchPlan, PlanFile]]] = {}
         chosen = self._content_sample(mode, sample_bytes, seed)
         for repo, branch, file in tqdm(chosen, desc="verify content", unit="file", disable=not self.progress):
-            if not self.pacer.call(lambda: self._content_matches(repo.repo_id, branch.name, file)):
+            if not self.pacer.call(partial(self._content_matches, repo.repo_id, branch.name, file)):
                 self.hashes.forget(file)  # re-read the local file too: the cache may be what is wrong
                 differing.setdefault((repo.repo_id, branch.name), []).append((branch, file))
         problems = []
@@ -390,18 +407,23 @@ class Publisher:
                 )
                 for _, file in items
             ]
-            logger.warning(f"{repo_id}@{branch_name}: {len(items)} published files differ from the local ones; re-uploading")
+            logger.warning(
+                f"{repo_id}@{branch_name}: {len(items)} published files differ from the local ones; re-uploading"
+            )
             self.pacer.admit(requests=4, repo=repo_id, commits=1)
             self.pacer.call(
-                lambda: self.api.create_commit(
-                    repo_id, operations, commit_message=f"Repair {len(items)} files whose content did not verify",
+                partial(
+                    self.api.create_commit,
+                    repo_id,
+                    operations,
+                    commit_message=f"Repair {len(items)} files whose content did not verify",
                     revision=branch_name,
                 )
             )
             self.report.commits += 1
             self.report.files_repaired += len(items)
             for _, file in items:
-                if not self.pacer.call(lambda: self._content_matches(repo_id, branch_name, file)):
+                if not self.pacer.call(partial(self._content_matches, repo_id, branch_name, file)):
                     problems.append(f"{repo_id}@{branch_name}: {file.path_in_repo} still differs after re-uploading it")
         return problems
 
@@ -412,7 +434,7 @@ class Publisher:
         for repo in tqdm(self.plan.repos, desc="load", unit="repo", disable=not self.progress):
             for branch in repo.branches:
                 local = self.pacer.call(
-                    lambda: self.api.snapshot_download(repo.repo_id, revision=branch.name, cache_dir=cache_dir)
+                    partial(self.api.snapshot_download, repo.repo_id, revision=branch.name, cache_dir=cache_dir)
                 )
                 AutoModelForCausalLM.from_pretrained(local, trust_remote_code=True)
                 self.report.loaded.append(f"{repo.repo_id}@{branch.name}")
@@ -501,7 +523,8 @@ def publish(
                     problems = publisher.verify_content(mode=mode, sample_bytes=verify_sample_bytes)
                 if problems:
                     raise HubError(
-                        f"verification failed for {len(problems)} branches (re-run to repair): " + "; ".join(problems[:5])
+                        f"verification failed for {len(problems)} branches (re-run to repair): "
+                        + "; ".join(problems[:5])
                     )
                 publisher.report.verified = True
                 publisher.report.verify_mode = mode

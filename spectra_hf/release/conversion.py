@@ -151,6 +151,7 @@ def _convert_quantlm(revision: ReleaseRevision, source: Path, out: Path, result:
     from spectra_hf.quantization.recover import recover_quantlm
 
     model = revision.model
+    assert model.bits is not None, "a QuantLM has a bit width"
     report = recover_quantlm(source, out, bits=model.bits, name=model.name, base_model=model.base_model)
     fit, again = report.fit, report.reloaded
     grouping = "per output channel" if report.group_size < 0 else f"groups of {report.group_size}"

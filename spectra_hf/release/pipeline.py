@@ -178,10 +178,16 @@ class _Run:
         self.private = private
         self.progress = progress
         self.report = report
-        self.publisher = None
+        self.publisher: Publisher | None = None
         if target_api is not None:
+            assert target_org is not None, "run_release passes a target API only to a publish run, which has an org"
             plan = PublishPlan(org=target_org, suite_dir=work_dir, repos=[], collections=[])
             self.publisher = Publisher(plan, api=target_api, limits=limits, progress=False)
+
+    def _target(self) -> tuple[str, Publisher]:
+        """The org and publisher of a publish run (an import run publishes nothing)."""
+        assert self.target_org is not None and self.publisher is not None, "only a publish run publishes"
+        return self.target_org, self.publisher
 
     def measure_disk(self) -> None:
         self.report.peak_disk_bytes = max(self.report.peak_disk_bytes, directory_bytes(self.work_dir))
@@ -235,19 +241,20 @@ class _Run:
         return sorted(rows, key=lambda r: r.step)
 
     def _publish(self, revision: ReleaseRevision, conversion: Conversion, out: Path) -> None:
+        target_org, publisher = self._target()
         files = export_files(out)
         config = json.loads((out / "config.json").read_text(encoding="utf-8"))
         checkpoints = self._published_checkpoints(revision) if revision.step is None else []
         card = revision_card(
             revision,
             conversion,
-            org=self.target_org,
+            org=target_org,
             config=config,
             revisions=checkpoints,
             has_tokenizer=any(name in files for name in _TOKENIZER_FILES),
         )
         plan_files = [_plan_file(path, local) for path, local in files.items()] + [_generated(CARD_FILE, card)]
-        repo_id = f"{self.target_org}/{revision.model.name}"
+        repo_id = f"{target_org}/{revision.model.name}"
         if revision.step is None:
             listing = {
                 "repo_id": repo_id,
@@ -259,10 +266,10 @@ class _Run:
             name=revision.branch, files=plan_files, step=revision.step, tokens_seen=revision.tokens_seen
         )
         repo = RepoPlan(repo_id=repo_id, model=revision.model, variant="release", branches=[branch])
-        before = self.publisher.report.commits
-        self.publisher.publish_repo(repo, private=self.private)
-        self.report.commits += self.publisher.report.commits - before
-        stale = self.publisher.changes(repo_id, branch)
+        before = publisher.report.commits
+        publisher.publish_repo(repo, private=self.private)
+        self.report.commits += publisher.report.commits - before
+        stale = publisher.changes(repo_id, branch)
         if stale:
             raise SpectraError(
                 f"{repo_id}@{branch.name} does not hold what was published ({len(stale)} files differ); "
@@ -274,23 +281,25 @@ class _Run:
             conversion=conversion.conversion,
             checks=conversion.checks,
             warnings=conversion.warnings,
-            files={f.path_in_repo: self.publisher.hashes.of(f)[0] for f in plan_files},
+            files={f.path_in_repo: publisher.hashes.of(f)[0] for f in plan_files},
         )
 
     def _import(self, revision: ReleaseRevision, conversion: Conversion, out: Path) -> None:
         from spectra_hf.hub.publish import _Hashes
 
+        suite_dir = self.suite_dir
+        assert suite_dir is not None, "an import run has a suite directory"
         hashes = _Hashes(None)
         name = revision.model.name
         if revision.step is not None:
-            target = checkpoint_dir(self.suite_dir, name, revision.step)
+            target = checkpoint_dir(suite_dir, name, revision.step)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(target, ignore_errors=True)
             files = {p.name: hashes.of(_plan_file(p.name, p))[0] for p in sorted(out.iterdir()) if p.is_file()}
             os.replace(out, target)
         else:
             # the model's directory also holds its checkpoints/: replace its files one by one, not the directory
-            target = model_dir(self.suite_dir, name)
+            target = model_dir(suite_dir, name)
             target.mkdir(parents=True, exist_ok=True)
             for stale in target.iterdir():
                 if stale.is_file():
@@ -300,7 +309,7 @@ class _Run:
                 if path.is_file():
                     files[path.name] = hashes.of(_plan_file(path.name, path))[0]
                     os.replace(path, target / path.name)
-        relative = target.relative_to(self.suite_dir).as_posix()
+        relative = target.relative_to(suite_dir).as_posix()
         self.journal.record(
             revision.key,
             "imported",
@@ -312,15 +321,16 @@ class _Run:
         )
 
     def publish_manifest(self, manifest: dict[str, Any]) -> None:
-        repo_id = f"{self.target_org}/{MANIFEST_REPO}"
+        target_org, publisher = self._target()
+        repo_id = f"{target_org}/{MANIFEST_REPO}"
         files = [_generated(MANIFEST_FILE, render(manifest)), _generated(CARD_FILE, manifest_card(manifest))]
         from spectra_hf.suite import all_models
 
         branch = BranchPlan(name="main", files=files)
         repo = RepoPlan(repo_id=repo_id, model=all_models()[0], variant="release", branches=[branch])
-        before = self.publisher.report.commits
-        self.publisher.publish_repo(repo, private=self.private)
-        self.report.commits += self.publisher.report.commits - before
+        before = publisher.report.commits
+        publisher.publish_repo(repo, private=self.private)
+        self.report.commits += publisher.report.commits - before
 
 
 def run_release(

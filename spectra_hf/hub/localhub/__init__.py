@@ -70,4 +70,4 @@ from .faults import Fault
 from .routes import ROUTE_KINDS
 from .server import LocalHub
 
-__all__ = ["Fault", "LocalHub", "ROUTE_KINDS"]
+__all__ = ["ROUTE_KINDS", "Fault", "LocalHub"]

@@ -14,7 +14,8 @@ from .context import HubContext
 from .errors import HubError, bad_request, entry_not_found
 from .names import check_path
 from .protocol import FileSlice, Request, Response, json_response
-from .trees import list_tree, paths_info as paths_info_entries
+from .trees import list_tree
+from .trees import paths_info as paths_info_entries
 
 
 def tree(ctx: HubContext, req: Request) -> Response:

@@ -3,6 +3,7 @@ README metadata validation."""
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import urlencode
 
 from .cardmeta import front_matter
@@ -105,7 +106,7 @@ def list_repos(ctx: HubContext, req: Request) -> Response:
     headers = {}
     if end < len(found):
         query = [(key, value) for key, values in req.query.items() if key != "cursor" for value in values]
-        headers["Link"] = f'<{req.base_url}{req.path}?{urlencode(query + [("cursor", str(end))])}>; rel="next"'
+        headers["Link"] = f'<{req.base_url}{req.path}?{urlencode([*query, ("cursor", str(end))])}>; rel="next"'
     return json_response(found[start:end], headers=headers)
 
 
@@ -113,7 +114,7 @@ def list_storage(ctx: HubContext, req: Request) -> Response:
     """GET /api/settings/repositories (the token's user; on a local Hub: every repo) or
     /api/organizations/{org}/settings/repositories: what `hf repos ls` shows, with storage in bytes."""
     org = req.params.get("org")
-    items = []
+    items: list[dict[str, Any]] = []
     for repo in ctx.store.repos():
         if org is not None and repo.namespace != org:
             continue
@@ -175,7 +176,10 @@ def refs(ctx: HubContext, req: Request) -> Response:
     refs = ctx.store.refs(repo)
 
     def listing(kind: str, prefix: str) -> list[dict]:
-        return [{"name": name, "ref": f"refs/{prefix}/{name}", "targetCommit": oid} for name, oid in sorted(refs[kind].items())]
+        return [
+            {"name": name, "ref": f"refs/{prefix}/{name}", "targetCommit": oid}
+            for name, oid in sorted(refs[kind].items())
+        ]
 
     return json_response(
         {"branches": listing("branches", "heads"), "tags": listing("tags", "tags"), "converts": [], "pullRequests": []}
@@ -228,11 +232,18 @@ def commits(ctx: HubContext, req: Request) -> Response:
 
 
 def whoami(ctx: HubContext, req: Request) -> Response:
-    return json_response({
-        "type": "user", "name": req.user or ctx.user, "fullname": req.user or ctx.user, "email": None, "emailVerified": False,
-        "isPro": False, "orgs": [],
-        "auth": {"type": "access_token", "accessToken": {"displayName": "local-hub", "role": "write"}},
-    })
+    return json_response(
+        {
+            "type": "user",
+            "name": req.user or ctx.user,
+            "fullname": req.user or ctx.user,
+            "email": None,
+            "emailVerified": False,
+            "isPro": False,
+            "orgs": [],
+            "auth": {"type": "access_token", "accessToken": {"displayName": "local-hub", "role": "write"}},
+        }
+    )
 
 
 def validate_yaml(ctx: HubContext, req: Request) -> Response:

@@ -94,14 +94,18 @@ def lfs_batch(ctx: HubContext, req: Request) -> Response:
         if not (isinstance(oid, str) and _SHA256.fullmatch(oid) and type(size) is int and size >= 0):
             raise bad_request(f"Bad LFS object {str(obj)[:200]}: need a sha256 hex oid and an integer size.")
         if size > ctx.max_file_bytes:
-            raise HubError(413, f"LFS object {oid} of {size} bytes is over the limit of {ctx.max_file_bytes} bytes per file.")
+            raise HubError(
+                413, f"LFS object {oid} of {size} bytes is over the limit of {ctx.max_file_bytes} bytes per file."
+            )
         answer: dict = {"oid": oid, "size": size}
         held = ctx.store.has_lfs_object(req.repo, oid) and ctx.store.blobs.has(oid)
         if not held or ctx.store.blobs.size(oid) != size:
             repo = req.repo.url_path
             query = urlencode({"size": size, "repo": repo, "sig": ctx.sign_upload(oid, size, repo)})
             answer["authenticated"] = True
-            answer["actions"] = {"upload": {"href": f"{req.base_url}/api/_local/lfs/{oid}?{query}", "expires_in": 86400}}
+            answer["actions"] = {
+                "upload": {"href": f"{req.base_url}/api/_local/lfs/{oid}?{query}", "expires_in": 86400}
+            }
         objects.append(answer)
     body = {"transfer": "basic", "objects": objects, "hash_algo": "sha256"}
     return Response(200, json.dumps(body).encode(), {"Content-Type": "application/vnd.git-lfs+json"})

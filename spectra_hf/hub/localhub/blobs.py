@@ -125,7 +125,8 @@ class BlobStore:
         return self.good_path(sha256, path_in_repo).read_text(encoding="utf-8", errors="replace")
 
     def put(self, chunks: Iterable[bytes], expected_sha256: str | None = None, expected_size: int | None = None) -> str:
-        """Store the bytes of `chunks` and return their sha256; refuse (400) bytes that do not match what was announced."""
+        """Store the bytes of `chunks` and return their sha256; refuse (400) bytes that do not match what was
+        announced."""
         digest = hashlib.sha256()
         size = 0
         fd, tmp = tempfile.mkstemp(dir=self._tmp)
@@ -148,7 +149,8 @@ class BlobStore:
             Path(tmp).unlink(missing_ok=True)
 
     def put_bytes(self, data: bytes, sha256: str) -> None:
-        """Store `data`, already hashed by the caller to `sha256` (inline commit files, written once the commit is valid)."""
+        """Store `data`, already hashed by the caller to `sha256` (inline commit files, written once the commit is
+        valid)."""
         fd, tmp = tempfile.mkstemp(dir=self._tmp)
         try:
             with os.fdopen(fd, "wb") as handle:

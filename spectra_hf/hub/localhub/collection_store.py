@@ -11,6 +11,7 @@ import re
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from .errors import HubError
 from .files import read_json, write_json_atomic
@@ -64,7 +65,7 @@ class CollectionStore:
                     raise HubError(409, f"Collection {title!r} already exists.", extra={"slug": existing["slug"]})
             words = "-".join(re.findall(r"[a-z0-9]+", title.lower())) or "collection"
             slug = f"{namespace}/{words}-{_object_id(namespace, title, _now())}"
-            collection = {
+            collection: dict[str, Any] = {
                 "slug": slug, "title": title, "description": description, "private": private,
                 "owner": {"name": namespace, "type": "user"}, "items": [], "lastUpdated": _now(),
                 "position": 0, "theme": "default", "upvotes": 0,

@@ -66,7 +66,11 @@ class Fault:
 
     def error(self) -> HubError:
         headers = {"Retry-After": str(self.retry_after)} if self.status in (429, 503) else None
-        return HubError(self.status, f"Injected fault: {self.status} on a {self.kind!r} request (local Hub fault injection).", headers=headers)
+        return HubError(
+            self.status,
+            f"Injected fault: {self.status} on a {self.kind!r} request (local Hub fault injection).",
+            headers=headers,
+        )
 
 
 class FaultPlan:

@@ -90,11 +90,12 @@ def repo_ref(repo_type: str, namespace: str | None, name: str | None) -> RepoRef
     return RepoRef(check_repo_type(repo_type), namespace, name or "")
 
 
-def split_repo_id(repo_id: str, repo_type: str) -> RepoRef:
+def split_repo_id(repo_id: object, repo_type: str) -> RepoRef:
     """Validate a full `namespace/name` id (as found in collection items)."""
-    namespace, slash, name = _require_text(repo_id, "A repo id").partition("/")
+    text = _require_text(repo_id, "A repo id")
+    namespace, slash, name = text.partition("/")
     if not slash:
-        return repo_ref(repo_type, None, repo_id)
+        return repo_ref(repo_type, None, text)
     return repo_ref(repo_type, namespace, name)
 
 

@@ -6,8 +6,9 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.message import Message
+from io import BufferedIOBase
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from .errors import HubError, bad_request
 from .names import RepoRef
@@ -23,7 +24,7 @@ class Body:
     after the answer (the next request cannot be found in the stream).
     """
 
-    def __init__(self, stream: BinaryIO, headers: Message, *, limit: int):
+    def __init__(self, stream: BufferedIOBase, headers: Message, *, limit: int):
         self._stream = stream
         self.limit = limit
         self.read_bytes = 0

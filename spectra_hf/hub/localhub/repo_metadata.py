@@ -64,7 +64,8 @@ def safetensors_info(blobs: BlobStore, commit: Commit) -> dict | None:
             dtype = str(tensor.get("dtype"))
             parameters[dtype] = parameters.get(dtype, 0) + count
             counted += count
-        metadata = header.get("__metadata__") if isinstance(header.get("__metadata__"), dict) else {}
+        raw_metadata = header.get("__metadata__")
+        metadata = raw_metadata if isinstance(raw_metadata, dict) else {}
         declared = next((metadata[key] for key in _TOTAL_KEYS if str(metadata.get(key, "")).isdigit()), None)
         total += int(declared) if declared is not None else counted
     return {"parameters": parameters, "total": total} if found else None

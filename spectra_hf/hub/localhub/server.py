@@ -3,6 +3,7 @@ which runs it in a background thread (`with LocalHub(root) as hub: hub.url`) or 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sys
@@ -92,7 +93,7 @@ class _Handler(BaseHTTPRequestHandler):
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         """Silenced: `_serve` logs its own line per request."""
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - http.server's signature
+    def log_message(self, format: str, *args: object) -> None:
         # Only http.server's own complaints (malformed requests) arrive here; headers, hence tokens, never do.
         if self.server.log is not None:
             self.server.log(format % args)
@@ -123,10 +124,8 @@ class _Server(ThreadingHTTPServer):
         with self._lock:
             connections = list(self._connections)
         for connection in connections:
-            try:
+            with contextlib.suppress(OSError):
                 connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
 
 class LocalHub:

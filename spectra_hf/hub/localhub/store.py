@@ -306,7 +306,8 @@ class RepoStore:
         parent: str | None = None,
         new_blobs: dict[str, bytes] | None = None,
     ) -> Commit:
-        """Apply `operations` on top of `branch` and move the branch; `parent` (a full or short commit id) must be its head.
+        """Apply `operations` on top of `branch` and move the branch; `parent` (a full or short commit id) must be
+        its head.
 
         `new_blobs` (sha256 -> bytes: the inline files of the commit) are stored only once the commit is known to
         apply, so a refused commit leaves no blob behind.
@@ -319,7 +320,9 @@ class RepoStore:
                     raise bad_request(f"Can only commit to a branch, and {branch!r} is not one.")
                 raise revision_not_found(branch)
             if parent is not None and not head_oid.startswith(parent.lower()):
-                raise HubError(412, f"A commit has happened since {parent} on branch {branch!r}: refresh and try again.")
+                raise HubError(
+                    412, f"A commit has happened since {parent} on branch {branch!r}: refresh and try again."
+                )
             tree = dict(self.commit(repo, head_oid).tree)
             for operation in operations:
                 _apply(tree, operation, head_oid)
