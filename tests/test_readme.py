@@ -116,7 +116,7 @@ def test_convert_and_info_commands_run_as_written(tmp_path, tokenizer):
     assert (tmp_path / "trilm.gguf").stat().st_size > 0
 
 
-@pytest.mark.slow  # trains two tiny models 300 steps, quantizes at 4 widths with 512 samples, publishes, evaluates
+@pytest.mark.slow  # trains two tiny models 300 steps, quantizes at 4 widths, publishes, evaluates
 @pytest.mark.timeout(3600)  # well over the suite's 900 s default on a loaded 2-core machine
 def test_quickstart_pipeline_runs_as_written(tmp_path, tokenizer_dir, corpus_files):
     import json
