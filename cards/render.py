@@ -259,6 +259,7 @@ def _training(model: SuiteModel) -> tuple[str, list[tuple[str, str]]]:
     elif model.family == "floatlm":
         text = "Trained from scratch in fp16 mixed precision. Schedule: warmup, cosine decay, weight decay."
     else:
+        assert model.bits is not None, "a QuantLM has a bit width"
         group = suite.QUANT_GROUP_SIZE[model.bits]
         recipe.append(("GPTQ bits", str(model.bits)))
         recipe.append(("GPTQ group size", "per channel" if group < 0 else str(group)))
@@ -286,7 +287,9 @@ def _summary(model: SuiteModel, *, variant: str, org: str) -> str:
             f"({model.spec.model_parallel} per matrix), {suite.TERNARY_BITS} bits per weight."
         )
     if model.family == "floatlm":
-        return f"FloatLM {model.size}: the fp16 LLaMA-style baseline of the Spectra suite, trained like its TriLM sibling."
+        return (
+            f"FloatLM {model.size}: the fp16 LLaMA-style baseline of the Spectra suite, trained like its TriLM sibling."
+        )
     return (
         f"QuantLM {model.size} {model.bits}-bit: {model.base_model} quantized with GPTQ at {model.bits} bits "
         f"({model.bits_per_linear_weight:g} effective bits per weight)."
@@ -358,11 +361,17 @@ def _quickstarts(
                 "load this repository with spectra-hf (`pip install spectra-hf[gptq]`) as below."
             )
             return note, None, native
-        note = "Stock transformers loads these GPTQ weights once `optimum` and `gptqmodel` are installed (`pip install spectra-hf[gptq]`)."
+        note = (
+            "Stock transformers loads these GPTQ weights once `optimum` and `gptqmodel` are installed "
+            "(`pip install spectra-hf[gptq]`)."
+        )
         return note, _quickstart(repo_id=repo_id, revision=None, remote_code=False, tokenizer=has_tokenizer), native
     remote_code = "auto_map" in config
     if remote_code:
-        note = "The model code ships in this repository; `trust_remote_code=True` runs it without installing anything else."
+        note = (
+            "The model code ships in this repository; `trust_remote_code=True` runs it without installing anything "
+            "else."
+        )
     else:
         note = "Stock transformers loads this repository as `LlamaForCausalLM`; no extra code runs."
     stock = _quickstart(repo_id=repo_id, revision=None, remote_code=remote_code, tokenizer=has_tokenizer)

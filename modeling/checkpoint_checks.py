@@ -147,7 +147,9 @@ def weight_files(directory: str | os.PathLike) -> list[Path]:
         files = [directory / name for name in names]
         for file in files:
             if not file.is_file():
-                raise OSError(f"{file} is listed in {INDEX_FILE} but missing: the download or save is incomplete; {_FIX}")
+                raise OSError(
+                    f"{file} is listed in {INDEX_FILE} but missing: the download or save is incomplete; {_FIX}"
+                )
         return files
     single = directory / WEIGHTS_FILE
     return [single] if single.is_file() else []
@@ -156,7 +158,8 @@ def weight_files(directory: str | os.PathLike) -> list[Path]:
 def load_architecture(config_dict: Mapping[str, Any], *, where: str) -> PretrainedConfig:
     """The config object of a config.json dict ("trilm", "floatlm" or a Llama), with the class defaults that
     save_pretrained leaves out filled in. OSError naming `where` if its values are unusable."""
-    config_class = {"trilm": TriLMConfig, "floatlm": FloatLMConfig}.get(config_dict.get("model_type"), LlamaConfig)
+    config_classes: dict[str | None, type[LlamaConfig]] = {"trilm": TriLMConfig, "floatlm": FloatLMConfig}
+    config_class = config_classes.get(config_dict.get("model_type"), LlamaConfig)
     try:
         config = config_class.from_dict(dict(config_dict))
     except (ValueError, TypeError, KeyError) as error:
@@ -194,7 +197,10 @@ def expected_tensors(config: PretrainedConfig) -> dict[str, ExpectedTensor]:
     if not getattr(config, "tie_word_embeddings", False):
         expected["lm_head.weight"] = float_tensor(vocab, hidden)
     shapes = linear_shapes(config)
-    biased = {path: getattr(config, "attention_bias" if path.startswith("self_attn") else "mlp_bias", False) for path in shapes}
+    biased = {
+        path: getattr(config, "attention_bias" if path.startswith("self_attn") else "mlp_bias", False)
+        for path in shapes
+    }
     for layer in range(config.num_hidden_layers):
         prefix = f"model.layers.{layer}"
         expected[f"{prefix}.input_layernorm.weight"] = float_tensor(hidden)

@@ -9,7 +9,9 @@ WEIGHT_FORMATS = ("latent", "packed")
 # The config keys a TriLMConfig adds to FloatLM's (Llama's): what a FloatLM or Llama config made from a TriLM's leaves
 # out. The first three describe the network; TERNARY_STORAGE_KEYS say how its ternary weights are stored and run.
 TERNARY_STORAGE_KEYS: tuple[str, ...] = ("weight_format", "ternary_inference")
-TRILM_ONLY_KEYS: tuple[str, ...] = ("pretraining_model_parallel", "ternary_eps", "ternary_fused_qkv_scale", *TERNARY_STORAGE_KEYS)
+TRILM_ONLY_KEYS: tuple[str, ...] = (
+    "pretraining_model_parallel", "ternary_eps", "ternary_fused_qkv_scale", *TERNARY_STORAGE_KEYS
+)
 
 
 def without_trilm_keys(config: dict[str, Any]) -> dict[str, Any]:
@@ -84,6 +86,7 @@ class TriLMConfig(FloatLMConfig):
             "intermediate_size": self.intermediate_size,
         }
         for key, value in sharded.items():
+            assert value is not None, f"LlamaConfig fills {key} in"
             if value % mp:
                 raise ValueError(
                     f"pretraining_model_parallel={mp} does not divide {key}={value}: each scale shard must hold "

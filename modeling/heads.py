@@ -10,6 +10,8 @@ weights and initializes the head (transformers reports the new weights).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from torch import nn
 from transformers.models.llama.modeling_llama import (
     LlamaForQuestionAnswering,
@@ -29,7 +31,20 @@ def _decoder(config: TriLMConfig | FloatLMConfig) -> TriLMModel | FloatLMModel:
     return TriLMModel(config) if isinstance(config, TriLMConfig) else FloatLMModel(config)
 
 
-class _HeadLoading:
+def _num_labels(config: TriLMConfig | FloatLMConfig) -> int:
+    num_labels = config.num_labels
+    assert num_labels is not None, "PretrainedConfig always fills id2label in (2 labels by default)"
+    return num_labels
+
+
+if TYPE_CHECKING:
+    # The mixins below only ever sit in front of a LlamaPreTrainedModel (the concrete classes at the bottom).
+    _HeadBase = LlamaPreTrainedModel
+else:
+    _HeadBase = object
+
+
+class _HeadLoading(_HeadBase):
     """Heads load as transformers' Llama heads do: a causal-LM checkpoint gives the body and a new head (which
     transformers reports as newly initialized), a head checkpoint gives both. The causal-LM completeness checks of
     `CheckedLoadingMixin` (an LM head must be stored, no weight may be missing) do not apply to a head."""
@@ -48,7 +63,7 @@ class _SequenceClassification(_HeadLoading):
 
     def __init__(self, config: TriLMConfig | FloatLMConfig) -> None:
         LlamaPreTrainedModel.__init__(self, config)
-        self.num_labels = config.num_labels
+        self.num_labels = _num_labels(config)
         self.model = _decoder(config)
         self.score = nn.Linear(config.hidden_size, self.num_labels, bias=False)
         self.post_init()
@@ -66,7 +81,7 @@ class _TokenClassification(_HeadLoading):
             dropout = getattr(config, "hidden_dropout", None)
         self.dropout = nn.Dropout(0.1 if dropout is None else dropout)
         self.score = nn.Linear(
-            config.hidden_size, config.num_labels, bias=getattr(config, "token_classification_bias", True)
+            config.hidden_size, _num_labels(config), bias=getattr(config, "token_classification_bias", True)
         )
         self.post_init()
 

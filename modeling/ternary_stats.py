@@ -46,4 +46,8 @@ class TernaryCounts:
         """`zero_fraction`, `plus_fraction` and `minus_fraction`: shares of the counted digits (NaN when none)."""
         total = self.total
         share = (lambda count: count / total) if total else (lambda count: math.nan)
-        return {"zero_fraction": share(self.zero), "plus_fraction": share(self.plus), "minus_fraction": share(self.minus)}
+        return {
+            "zero_fraction": share(self.zero),
+            "plus_fraction": share(self.plus),
+            "minus_fraction": share(self.minus),
+        }

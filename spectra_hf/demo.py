@@ -2,7 +2,8 @@
 
 Stages (each reads the previous stages' output from the work directory, so any of them can run alone):
 
-    prepare    corpus from local text (spectra_hf.testing.corpus), a BPE tokenizer, untrained TriLM / FloatLM (the baseline)
+    prepare    corpus from local text (spectra_hf.testing.corpus), a BPE tokenizer, untrained TriLM / FloatLM
+               (the baseline)
     train      SpectraTrainer on both with the paper's recipes (scaled down), checkpoints as suite exports
     quantize   GPTQ QuantLMs of the trained FloatLM (spectra_hf.quantization.gptq)
     evaluate   perplexity of every local export and of the untrained models (spectra-hf eval results files)
@@ -38,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from spectra_hf.errors import SpectraError
-from spectra_hf.suite import FLOAT_BITS, QUANT_BITS, TERNARY_BITS, SuiteModel, get_model
+from spectra_hf.suite import FLOAT_BITS, QUANT_BITS, TERNARY_BITS, Family, SuiteModel, get_model
 
 STAGES: tuple[str, ...] = ("prepare", "train", "quantize", "evaluate", "publish", "loadback")
 CONFIG_FILE = "demo_config.json"
@@ -90,7 +91,7 @@ class DemoConfig:
             eval_documents=24,
         )
 
-    def name(self, family: str, bits: int | None = None) -> str:
+    def name(self, family: Family, bits: int | None = None) -> str:
         return SuiteModel(family, self.size, bits).name
 
     @property
@@ -208,10 +209,10 @@ def stage_prepare(paths: DemoPaths, config: DemoConfig) -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from spectra_hf.testing.corpus import local_corpus, train_tokenizer, write_corpus
-    from spectra_hf.evaluation.text_perplexity import load_texts
     from spectra_hf.checkpoints.exports import atomic_directory
+    from spectra_hf.evaluation.text_perplexity import load_texts
     from spectra_hf.suite import config_for
+    from spectra_hf.testing.corpus import local_corpus, train_tokenizer, write_corpus
 
     paths.workdir.mkdir(parents=True, exist_ok=True)
     write_corpus(local_corpus(), paths.data)
@@ -288,9 +289,9 @@ def stage_evaluate(paths: DemoPaths, config: DemoConfig) -> None:
     """Perplexity of the untrained and the exported models on the held-out text; one results file each."""
     from tqdm.auto import tqdm
 
+    from spectra_hf.evaluation.pretrained import load_pretrained
     from spectra_hf.evaluation.results import build_results, write_results
     from spectra_hf.evaluation.text_perplexity import load_texts, perplexity
-    from spectra_hf.evaluation.pretrained import load_pretrained
 
     texts = load_texts(str(_require(paths.eval_text, "prepare")), max_documents=config.eval_documents)
     targets = {_untrained_name(config.name(f)): paths.init(config.name(f)) for f in ("trilm", "floatlm")}
@@ -312,13 +313,15 @@ def stage_publish(paths: DemoPaths, config: DemoConfig) -> None:
     """Start a local Hub on a free port and publish every export, its checkpoint branches and cards to it."""
     from spectra_hf.evaluation.results import read_results
     from spectra_hf.hub.localhub import LocalHub
-    from spectra_hf.hub.publish import publish
     from spectra_hf.hub.plan import build_plan
+    from spectra_hf.hub.publish import publish
 
     evals = {name: read_results(paths.eval(name)) for name in config.release_names if paths.eval(name).is_file()}
     plan = build_plan(_require(paths.suite, "train"), org=config.org, evals=evals, models=config.release_names)
     with LocalHub(paths.hub) as hub:
-        _logger().info(f"demo: publishing to its own local Hub at {hub.url} (store {paths.hub}), not to a configured Hub")
+        _logger().info(
+            f"demo: publishing to its own local Hub at {hub.url} (store {paths.hub}), not to a configured Hub"
+        )
         report = publish(plan, endpoint=hub.url)
     print(f"published to the local Hub in {paths.hub}: {report.summary()}")
 
@@ -327,7 +330,7 @@ def loadback_targets(paths: DemoPaths, config: DemoConfig) -> list[dict[str, Any
     """Repo / revision pairs to load back: every branch of TriLM and FloatLM, the unpacked TriLM, the QuantLMs."""
     from spectra_hf.checkpoints.exports import checkpoint_steps
 
-    targets = []
+    targets: list[dict[str, Any]] = []
     for family in ("trilm", "floatlm"):
         name = config.name(family)
         steps = checkpoint_steps(paths.suite, name)
@@ -379,7 +382,6 @@ def _load_back(spec_path: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import spectra_hf  # noqa: F401  (registers trilm / floatlm)
-
     from spectra_hf.evaluation.results import write_results
     from spectra_hf.evaluation.text_perplexity import load_texts, perplexity
     from spectra_hf.quantization.gptq import FROM_PRETRAINED_BITS, load_quantlm
@@ -438,7 +440,9 @@ def report_rows(paths: DemoPaths, config: DemoConfig) -> list[dict[str, Any]]:
     for family in ("trilm", "floatlm"):
         name = config.name(family)
         scores = json.loads(_require(paths.eval(_untrained_name(name)), "evaluate").read_text())["perplexity"]
-        rows.append({"name": _untrained_name(name), "revision": "-", "where": "local", **scores, "size_bits": sizes[name]})
+        rows.append(
+            {"name": _untrained_name(name), "revision": "-", "where": "local", **scores, "size_bits": sizes[name]}
+        )
     for row in json.loads(_require(paths.loadback, "loadback").read_text(encoding="utf-8"))["models"]:
         rows.append({**row, "where": "local Hub", "size_bits": sizes[row["name"]]})
     return rows

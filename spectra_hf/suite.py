@@ -16,7 +16,7 @@ from spectra_hf.errors import SpectraError
 
 Family = Literal["trilm", "floatlm", "quantlm"]
 
-FAMILIES: tuple[str, ...] = ("trilm", "floatlm", "quantlm")
+FAMILIES: tuple[Family, ...] = ("trilm", "floatlm", "quantlm")
 FAMILY_PREFIX: dict[str, str] = {"trilm": "TriLM", "floatlm": "FloatLM", "quantlm": "QuantLM"}
 QUANT_BITS: tuple[int, ...] = (3, 4, 6, 8)
 # Effective bits per quantized weight as the paper counts them (group size 128 at 3 and 4 bits adds the group's
@@ -63,7 +63,8 @@ class SizeSpec:
 
     @property
     def architecture(self) -> dict[str, Any]:
-        """The config.json keys of this size's architecture (shared by TriLM and FloatLM; `config_kwargs` adds the rest)."""
+        """The config.json keys of this size's architecture (shared by TriLM and FloatLM; `config_kwargs` adds the
+        rest)."""
         return {
             "vocab_size": VOCAB_SIZE,
             "hidden_size": self.hidden_size,
@@ -186,6 +187,7 @@ class SuiteModel:
         if self.family == "trilm":
             return TERNARY_BITS
         if self.family == "quantlm":
+            assert self.bits is not None, "a QuantLM has a bit width"
             return QUANT_EFFECTIVE_BITS[self.bits]
         return FLOAT_BITS
 
@@ -270,13 +272,15 @@ def get_model(name: str) -> SuiteModel:
             "(run `spectra-hf suite` for the list)"
         )
     prefix, size, bits = match.groups()
-    family = {p.lower(): f for f, p in FAMILY_PREFIX.items()}[prefix.lower()]
+    family = next(f for f in FAMILIES if FAMILY_PREFIX[f].lower() == prefix.lower())  # the pattern allows only these
     size = SIZE_ALIASES.get(size.upper(), size.upper())
     if size not in SIZES:
         raise SpectraError(f"unknown suite size {size!r} in {name!r}: sizes are {', '.join(SIZES)}")
     if family == "quantlm":
         if bits is None or int(bits) not in QUANT_BITS:
-            raise SpectraError(f"QuantLM name {name!r} needs one of the bit widths {QUANT_BITS}, e.g. QuantLM_{size}_4bit")
+            raise SpectraError(
+                f"QuantLM name {name!r} needs one of the bit widths {QUANT_BITS}, e.g. QuantLM_{size}_4bit"
+            )
         return SuiteModel("quantlm", size, int(bits))
     if bits is not None:
         raise SpectraError(f"{name!r}: only QuantLM names carry a bit width")

@@ -26,8 +26,8 @@ from transformers.dynamic_module_utils import custom_object_save
 from spectra_hf.checkpoints.io import INDEX_FILE, Checkpoint, ShardedWriter, Ternary, config_architecture
 from spectra_hf.checkpoints.staging import staged_directory
 from spectra_hf.errors import OutputExistsError, SpectraError
-from spectra_hf.modeling.checkpoint_checks import INCOMPLETE_MARKER
 from spectra_hf.modeling import FloatLMConfig, FloatLMForCausalLM, TriLMConfig, TriLMForCausalLM
+from spectra_hf.modeling.checkpoint_checks import INCOMPLETE_MARKER
 from spectra_hf.modeling.configuration_trilm import without_trilm_keys
 from spectra_hf.modeling.packing import pack_ternary
 
@@ -79,7 +79,9 @@ def convert_checkpoint(
     if dtype is not None and dtype not in DTYPES:
         raise SpectraError(f"unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
     if to == "packed" and source.family != "trilm":
-        raise SpectraError(f"{source.path} is a {source.kind} checkpoint, not a TriLM: only TriLMs pack (use --to floatlm)")
+        raise SpectraError(
+            f"{source.path} is a {source.kind} checkpoint, not a TriLM: only TriLMs pack (use --to floatlm)"
+        )
     if to == "floatlm" and source.family != "floatlm":
         raise SpectraError(f"{source.path} is a TriLM checkpoint: convert it --to packed or --to unpacked")
     out = Path(out)
@@ -130,8 +132,10 @@ def _gguf_file_format(path: Path) -> str | None:
         import gguf
 
         field = gguf.GGUFReader(path).get_field("general.file_type")
+        if field is None:
+            return None
         file_type = gguf.LlamaFileType(int(field.contents()))
-    except Exception:  # noqa: BLE001 - anything unreadable is not a GGUF file we wrote
+    except Exception:  # anything unreadable is not a GGUF file we wrote
         return None
     return f"gguf-{file_type.name.removeprefix('MOSTLY_').lower()}"
 

@@ -60,7 +60,8 @@ def gguf_name(name: str) -> str:
 
 def _rotary_permute(weight: torch.Tensor, heads: int) -> torch.Tensor:
     """llama.cpp's q/k row order: within each head, interleave the two rotary halves."""
-    return weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+    halves = weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:])
+    return halves.swapaxes(1, 2).reshape(weight.shape)
 
 
 def _row_parallel(name: str) -> bool:
@@ -128,7 +129,9 @@ def write_gguf(
             tokenizer.write_to(writer)
         for name, shape, raw in plan:
             byte_shape = gguf.quant_shape_to_byte_shape(shape, raw)
-            writer.add_tensor_info(gguf_name(name), byte_shape, np.dtype(np.uint8), int(np.prod(byte_shape)), raw_dtype=raw)
+            writer.add_tensor_info(
+                gguf_name(name), byte_shape, np.dtype(np.uint8), int(np.prod(byte_shape)), raw_dtype=raw
+            )
         writer.write_header_to_file(staging)
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
@@ -274,7 +277,8 @@ def llama_cpp_pre_tokenizer(tokenizer_json: dict[str, Any], *, source: str) -> s
         ):
             return "gpt-2"
     described = " + ".join(
-        f"{step.get('type')}({', '.join(f'{k}={v!r}' for k, v in sorted(step.items()) if k != 'type')})" for step in steps
+        f"{step.get('type')}({', '.join(f'{k}={v!r}' for k, v in sorted(step.items()) if k != 'type')})"
+        for step in steps
     )
     raise refuse(f"the pre-tokenizer {described or 'none'}")
 
@@ -293,7 +297,9 @@ def gguf_tokenizer(
     tokenizer_file = directory / "tokenizer.json"
     if not tokenizer_file.is_file():
         if allow_missing:
-            logger.warning("%s has no tokenizer.json: the GGUF file carries no tokenizer (llama.cpp refuses it)", directory)
+            logger.warning(
+                "%s has no tokenizer.json: the GGUF file carries no tokenizer (llama.cpp refuses it)", directory
+            )
             return None
         raise CheckpointError(
             f"{directory} has no tokenizer.json, and llama.cpp refuses a GGUF file without tokenizer keys (\"key not "
@@ -303,8 +309,9 @@ def gguf_tokenizer(
     data = json.loads(tokenizer_file.read_text(encoding="utf-8"))
     model = data.get("model") or {}
     if model.get("type") != "BPE" or model.get("byte_fallback"):
+        fallback = " with byte fallback" if model.get("byte_fallback") else ""
         raise ConfigError(
-            f"{tokenizer_file}: a {model.get('type')} tokenizer{' with byte fallback' if model.get('byte_fallback') else ''} "
+            f"{tokenizer_file}: a {model.get('type')} tokenizer{fallback} "
             "is not the byte-level BPE this export writes: convert with llama.cpp's convert_hf_to_gguf.py, or pass "
             "--no-tokenizer"
         )

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from spectra_hf.checkpoints.io import Checkpoint, Ternary
 from spectra_hf.checkpoints.safetensors_io import DTYPES
 from spectra_hf.modeling.ternary_stats import TernaryCounts
-from spectra_hf.suite import SIZES, FAMILY_PREFIX
+from spectra_hf.suite import FAMILY_PREFIX, SIZES
 
 
 def suite_size(config: dict[str, Any]) -> str | None:

@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from spectra_hf.checkpoints.safetensors_io import ShardFileWriter, TensorEntry, read_tensor
 from spectra_hf.errors import CheckpointError, SpectraError
 from spectra_hf.modeling.checkpoint_checks import INCOMPLETE_MARKER, INDEX_FILE, inspect_checkpoint
 from spectra_hf.modeling.configuration_trilm import TERNARY_STORAGE_KEYS
 from spectra_hf.modeling.modeling_trilm import TERNARY_SHARD_DIM
 from spectra_hf.modeling.packing import unpack_ternary
 from spectra_hf.modeling.ternary import TernaryLinear, dense_of_digits, recover_ternary, share_scales
-from spectra_hf.checkpoints.safetensors_io import ShardFileWriter, TensorEntry, read_header, read_tensor
 from spectra_hf.suite import linear_weight_shapes
 
 KINDS = ("trilm-latent", "trilm-packed", "trilm-release", "floatlm", "llama")
@@ -191,15 +192,17 @@ class Checkpoint:
         if self.kind == "trilm-packed":
             prefix = name.removesuffix(".weight")
             try:
-                digits = unpack_ternary(self.tensor(f"{prefix}.weight_packed"), linear_weight_shapes(self.architecture)[path])
+                shape = linear_weight_shapes(self.architecture)[path]
+                digits = unpack_ternary(self.tensor(f"{prefix}.weight_packed"), shape)
             except ValueError as error:
                 raise CheckpointError(f"{self.path}: tensor {prefix}.weight_packed: {error}") from error
             return Ternary(digits, self.tensor(f"{prefix}.weight_scale").float(), shard_dim)
         if self.kind == "trilm-release":
             try:
-                return Ternary(*recover_ternary(self.tensor(name), self.shards, shard_dim, name), shard_dim)
+                digits, scales = recover_ternary(self.tensor(name), self.shards, shard_dim, name)
             except ValueError as error:
                 raise SpectraError(f"{self.path}: {error}") from error
+            return Ternary(digits, scales, shard_dim)
         return self._latent_layer(layer)[path]
 
     def _latent_layer(self, layer: int) -> dict[str, Ternary]:
@@ -216,7 +219,10 @@ class Checkpoint:
                 modules[path] = module
             if self.config.get("ternary_fused_qkv_scale", True):
                 share_scales(*(modules[f"self_attn.{p}_proj"] for p in "qkv"))
-            ternary = {path: Ternary(*m.ternary_weight(), m.shard_dim) for path, m in modules.items()}
+            ternary: dict[str, Ternary] = {}
+            for path, module in modules.items():
+                digits, scales = module.ternary_weight()
+                ternary[path] = Ternary(digits, scales, module.shard_dim)
             self._latent_cache = (layer, ternary)
         return self._latent_cache[1]
 
@@ -253,6 +259,7 @@ class ShardedWriter:
         self.total_bytes += nbytes
 
     def _close_current(self) -> None:
+        assert self._current is not None, "no shard is open"
         self._current.close()
         self._current = None
 

@@ -14,6 +14,7 @@ import os
 import shutil
 import struct
 from pathlib import Path
+from typing import TypeAlias
 
 import torch
 
@@ -29,7 +30,7 @@ _NAMES = {dtype: name for name, dtype in DTYPES.items()}
 
 
 # One header reader and checker for every reader of checkpoints (from_pretrained included): see checkpoint_checks.
-TensorEntry = StoredTensor
+TensorEntry: TypeAlias = StoredTensor
 
 
 def read_header(path: Path) -> dict[str, TensorEntry]:
@@ -57,16 +58,19 @@ class ShardFileWriter:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._data_path = self.path.with_name(self.path.name + ".data")
-        self._data = open(self._data_path, "wb")
+        self._data = open(self._data_path, "wb")  # noqa: SIM115 - stays open across add() calls until close()
         self._header: dict[str, dict] = {}
         self.nbytes = 0
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
         tensor = tensor.detach().cpu().contiguous()
         raw = tensor.reshape(-1).view(torch.uint8) if tensor.numel() else torch.empty(0, dtype=torch.uint8)
-        self._data.write(memoryview(raw.numpy()))
+        # numpy's stubs give ndarray __buffer__ only for Python >= 3.12; the buffer protocol is there on every version
+        self._data.write(memoryview(raw.numpy()))  # type: ignore[arg-type]
         self._header[name] = {
-            "dtype": _NAMES[tensor.dtype], "shape": list(tensor.shape), "data_offsets": [self.nbytes, self.nbytes + raw.numel()],
+            "dtype": _NAMES[tensor.dtype],
+            "shape": list(tensor.shape),
+            "data_offsets": [self.nbytes, self.nbytes + raw.numel()],
         }
         self.nbytes += raw.numel()
 

@@ -18,12 +18,14 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 
 from transformers.utils import logging
 
 from spectra_hf.errors import OutputExistsError
 from spectra_hf.modeling.checkpoint_checks import INCOMPLETE_MARKER
 
+fcntl: ModuleType | None
 try:
     import fcntl
 except ImportError:  # not POSIX: no locks, so no staging folder can be proven abandoned and none is removed
@@ -53,7 +55,7 @@ def _lock(path: Path, *, blocking: bool) -> int | None:
 def remove_stale_staging(target: str | os.PathLike) -> list[Path]:
     """Remove the abandoned staging folders of `target` (see the module docstring); returns the removed paths."""
     target = Path(target)
-    removed = []
+    removed: list[Path] = []
     if fcntl is None or not target.parent.is_dir():
         return removed
     for candidate in target.parent.iterdir():
@@ -102,6 +104,7 @@ def staged_directory(target: str | os.PathLike, *, replace: bool) -> Iterator[Pa
     staging.mkdir()  # the usual permissions (umask), unlike mkdtemp's 0700: it becomes the output as it is
     # Lock the marker under another name, then rename it in: a cleaner never sees it unlocked while we live.
     fd = _lock(staging / f"{INCOMPLETE_MARKER}.new", blocking=True)
+    assert fd is not None, "a blocking lock always returns an fd"
     try:
         os.replace(staging / f"{INCOMPLETE_MARKER}.new", staging / INCOMPLETE_MARKER)
         yield staging

@@ -24,7 +24,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("src", help="checkpoint directory (config.json + *.safetensors)")
     parser.add_argument(
         "out",
-        help="output directory (new or empty; not the source, nor inside or around it), or a .gguf file for gguf targets",
+        help=(
+            "output directory (new or empty; not the source, nor inside or around it), or a .gguf file for gguf "
+            "targets"
+        ),
     )
     parser.add_argument(
         "--to", choices=("packed", "unpacked", "floatlm", "gguf-tq1_0", "gguf-tq2_0", "gguf-f16"), help=TARGET_HELP

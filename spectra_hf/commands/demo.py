@@ -1,4 +1,5 @@
-"""`spectra-hf demo`: the whole pipeline, scaled down, offline: train, export, quantize, publish, load back, evaluate."""
+"""`spectra-hf demo`: the whole pipeline, scaled down, offline: train, export, quantize, publish, load back,
+evaluate."""
 
 from __future__ import annotations
 
@@ -28,7 +29,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         ),
         epilog=f"stages, in order: {', '.join(_STAGES)}; each reads the previous stages' output from --workdir",
     )
-    parser.add_argument("--workdir", default="spectra-demo", help="where everything is written (default: ./spectra-demo)")
+    parser.add_argument(
+        "--workdir", default="spectra-demo", help="where everything is written (default: ./spectra-demo)"
+    )
     parser.add_argument(
         "--stages",
         type=_stages,

@@ -1,7 +1,8 @@
 """Perplexity and bits per byte as an `evaluate` module that works offline and takes the model object.
 
-Load it with `spectra_hf.evaluation.text_perplexity.load_perplexity_metric()` (or `evaluate.load(<path of this file>)`); the Hub's
-`evaluate.load("perplexity")` needs network and a model id. The computation is `spectra_hf.evaluation.text_perplexity.perplexity`.
+Load it with `spectra_hf.evaluation.text_perplexity.load_perplexity_metric()` (or
+`evaluate.load(<path of this file>)`); the Hub's `evaluate.load("perplexity")` needs network and a model id. The
+computation is `spectra_hf.evaluation.text_perplexity.perplexity`.
 """
 
 import datasets
@@ -37,7 +38,7 @@ _CITATION = """
   journal={arXiv preprint arXiv:2407.12327},
   year={2024}
 }
-"""
+"""  # noqa: E501 - the citation is quoted verbatim (BibTeX entry as published)
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)

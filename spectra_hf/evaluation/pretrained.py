@@ -1,8 +1,9 @@
 """Load a model and its tokenizer for evaluation: from a local export directory or a Hub repo, at a revision.
 
-A local suite export (spectra_hf/checkpoints/exports.py) keeps its intermediate checkpoints in `checkpoints/step<N>/`, which
-are its revisions `step<N>` (the branches they are published as). A Hub repo is downloaded with huggingface_hub
-from `endpoint` (default: `HF_ENDPOINT`, i.e. huggingface.co or a local Hub) and loaded from the snapshot.
+A local suite export (spectra_hf/checkpoints/exports.py) keeps its intermediate checkpoints in
+`checkpoints/step<N>/`, which are its revisions `step<N>` (the branches they are published as). A Hub repo is
+downloaded with huggingface_hub from `endpoint` (default: `HF_ENDPOINT`, i.e. huggingface.co or a local Hub) and
+loaded from the snapshot.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from typing import Any
 
 import torch
 
+from spectra_hf.checkpoints.exports import checkpoint_dir, checkpoint_steps
 from spectra_hf.checkpoints.io import read_config
 from spectra_hf.errors import SpectraError
-from spectra_hf.checkpoints.exports import checkpoint_dir, checkpoint_steps
 
 _REPO_ID_RE = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 _MAIN_REVISIONS = (None, "main")
@@ -95,7 +96,8 @@ def load_pretrained(
     """(model in eval mode, tokenizer) of a local directory or a Hub repo id, at `revision`.
 
     Spectra model types (`trilm`, `floatlm`) load through the Auto classes (registered by `import spectra_hf`),
-    as do Llama checkpoints of the original release; packed GPTQ QuantLMs through `spectra_hf.quantization.gptq.load_quantlm`.
+    as do Llama checkpoints of the original release; packed GPTQ QuantLMs through
+    `spectra_hf.quantization.gptq.load_quantlm`.
     `dtype` defaults to float32 (fp16 matmuls are slow and inexact on CPU).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -119,7 +121,8 @@ def load_pretrained(
     except (OSError, ValueError) as error:
         raise SpectraError(f"cannot load the tokenizer of {model} from {directory}: {error}") from error
     if _is_gptq(directory):
-        from spectra_hf.quantization.gptq import load_quantlm  # any width 2..8 (transformers' GPTQConfig alone refuses 5-7 bits)
+        # any width 2..8 (transformers' GPTQConfig alone refuses 5-7 bits)
+        from spectra_hf.quantization.gptq import load_quantlm
 
         return load_quantlm(directory, dtype=dtype), tokenizer
     loaded = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype)

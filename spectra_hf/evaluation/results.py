@@ -28,7 +28,8 @@ PERPLEXITY_METRICS = ("perplexity", "bits_per_byte")
 
 
 def perplexity_rows(scores: dict[str, Any], *, dataset: str, split: str | None = None) -> list[dict[str, Any]]:
-    """model-index rows of a `spectra_hf.evaluation.text_perplexity.perplexity` result on `dataset` (a local file or a dataset id).
+    """model-index rows of a `spectra_hf.evaluation.text_perplexity.perplexity` result on `dataset` (a local file or a
+    dataset id).
 
     A local file is named by its file name only: its path means nothing on the Hub.
     """
@@ -50,7 +51,8 @@ def perplexity_rows(scores: dict[str, Any], *, dataset: str, split: str | None =
 
 
 def harness_rows(output: dict[str, Any]) -> list[dict[str, Any]]:
-    """model-index rows of a `spectra_hf.evaluation.harness.run_harness` output (zero-shot unless n-shot says otherwise)."""
+    """model-index rows of a `spectra_hf.evaluation.harness.run_harness` output (zero-shot unless n-shot says
+    otherwise)."""
     rows = []
     for task, metrics in output["metrics"].items():
         config = output.get("configs", {}).get(task, {})
@@ -85,8 +87,12 @@ def build_results(
     from spectra_hf import __version__
 
     results: dict[str, Any] = {"model": model, "revision": revision or "main", "model_index": []}
-    versions = {"spectra_hf": __version__}
+    versions: dict[str, str | None] = {"spectra_hf": __version__}
     if perplexity is not None:
+        if perplexity_dataset is None:
+            raise TypeError(
+                "build_results: perplexity_dataset (a local file or a dataset id) is required with perplexity"
+            )
         results["perplexity"] = {"dataset": perplexity_dataset, "split": perplexity_split, **perplexity}
         results["model_index"] += perplexity_rows(perplexity, dataset=perplexity_dataset, split=perplexity_split)
     if harness is not None:

@@ -67,8 +67,8 @@ def _start_token_id(tokenizer: Any) -> int:
 
 
 def _default_max_length(model: torch.nn.Module, tokenizer: Any) -> int:
-    limits = [getattr(model.config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
-    limits = [limit for limit in limits if isinstance(limit, int) and 0 < limit < 1_000_000]
+    candidates = [getattr(model.config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
+    limits = [limit for limit in candidates if isinstance(limit, int) and 0 < limit < 1_000_000]
     if not limits:
         raise SpectraError("cannot tell the model's context length: pass max_length")
     return min(limits)

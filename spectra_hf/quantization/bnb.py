@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from spectra_hf.errors import SpectraError
 from spectra_hf.checkpoints.io import read_config
+from spectra_hf.errors import SpectraError
 from spectra_hf.quantization.gptq import check_floatlm_config
 from spectra_hf.suite import FLOAT_BITS
 

@@ -77,7 +77,9 @@ def build_standin_suite(
         key = (model.family if model.family == "trilm" else "floatlm", model.spec.model_parallel if trained else 1)
         template = cache / f"{key[0]}-{key[1]}"
         if key not in templates:
-            templates[key] = _template(template, model.base_model or model.name, vocab_size=vocab_size, tokenizer=tokenizer)
+            templates[key] = _template(
+                template, model.base_model or model.name, vocab_size=vocab_size, tokenizer=tokenizer
+            )
         # The final export first: writing it replaces the model directory, checkpoints included.
         final_step = max(steps, default=0) + 100
         for step in [None, *(steps if trained else ())]:
