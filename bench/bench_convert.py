@@ -91,7 +91,10 @@ def main() -> None:
         write_release(root / "release", args.size)
         generated = time.perf_counter() - start
         release_bytes = directory_bytes(root / "release")
-        print(f"TriLM_{args.size} release-format checkpoint: {release_bytes / 2**30:.2f} GiB (generated in {generated:.0f} s)")
+        print(
+            f"TriLM_{args.size} release-format checkpoint: {release_bytes / 2**30:.2f} GiB "
+            f"(generated in {generated:.0f} s)"
+        )
         header = f"{'conversion':<22} {'seconds':>8} {'peak RSS GiB':>12} {'output GiB':>10} {'RSS / input':>11}"
         print(header)
         print("-" * len(header))

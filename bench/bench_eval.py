@@ -20,11 +20,11 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM
 
-from spectra_hf.testing.corpus import local_corpus, train_tokenizer
 from spectra_hf.demo import DemoConfig
-from spectra_hf.evaluation.text_perplexity import load_perplexity_metric, load_texts, perplexity
 from spectra_hf.evaluation.pretrained import load_pretrained
+from spectra_hf.evaluation.text_perplexity import load_perplexity_metric, load_texts, perplexity
 from spectra_hf.suite import config_for
+from spectra_hf.testing.corpus import local_corpus, train_tokenizer
 
 
 def main() -> None:

@@ -1,13 +1,15 @@
 """QuantLM (GPTQ) next to FloatLM, bitsandbytes and TriLM; and GPTQ's cost at the 99M shape.
 
-    python bench/bench_quant.py [--steps 100] [--calibration-samples 16] [--calibration-length 256] [--cost-layers 16] [--parts quality cost]
+    python bench/bench_quant.py [--steps 100] [--calibration-samples 16] [--calibration-length 256]
+        [--cost-layers 16] [--parts quality cost]
 
 Part 1, quality (small trained models): trains a small FloatLM and a TriLM of the same shape (hidden 128, GLU 384,
 4 layers, 2 heads, vocab 512, context 128) for `--steps` AdamW steps on the offline corpus (plain torch loop,
 batch 16 x 128 tokens), quantizes the FloatLM with `export_quantlms` at 3/4/6/8 bits (the paper's group sizes,
 calibration `--quality-samples` x 128 tokens of the training text), loads it with bitsandbytes 8-bit and NF4, and
 prints size in bits (as the paper counts: quantized weights at their stored width, everything else 16 bits), size
-on disk and held-out perplexity (`spectra_hf.evaluation.text_perplexity.perplexity`, windows of 128 tokens) side by side.
+on disk and held-out perplexity (`spectra_hf.evaluation.text_perplexity.perplexity`, windows of 128 tokens) side by
+side.
 
 Part 2, cost (the 99M architecture, random fp32 weights, vocabulary 50304; `--cost-layers` of its 16 decoder
 layers): GPTQ at each width in a fresh subprocess, printing quantization wall time, peak RSS of that process, and
@@ -28,10 +30,12 @@ from pathlib import Path
 
 import torch
 import torch._dynamo
-
 from peak_memory import peak_rss_bytes
 
-SHAPE = {"hidden_size": 128, "intermediate_size": 384, "num_attention_heads": 2, "num_key_value_heads": 2, "num_hidden_layers": 4}
+SHAPE = {
+    "hidden_size": 128, "intermediate_size": 384, "num_attention_heads": 2, "num_key_value_heads": 2,
+    "num_hidden_layers": 4,
+}
 CONTEXT = 128
 
 
@@ -47,7 +51,9 @@ def train(model, stream, *, steps: int, lr: float, seed: int = 0):
     warmup = max(1, steps // 10)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
-        lambda s: (s + 1) / warmup if s < warmup else 0.1 + 0.45 * (1 + math.cos(math.pi * (s - warmup) / (steps - warmup))),
+        lambda s: (
+            (s + 1) / warmup if s < warmup else 0.1 + 0.45 * (1 + math.cos(math.pi * (s - warmup) / (steps - warmup)))
+        ),
     )
     model.train()
     for step in range(steps):
@@ -70,12 +76,12 @@ def _disk_mb(directory: Path) -> float:
 
 def quality(args, workdir: Path) -> None:
     from spectra_hf import FloatLMForCausalLM, TriLMForCausalLM
-    from spectra_hf.quantization.bnb import bnb_stored_bits, load_floatlm_bnb
-    from spectra_hf.testing.corpus import local_corpus, train_tokenizer, write_corpus
-    from spectra_hf.evaluation.text_perplexity import perplexity
     from spectra_hf.checkpoints.exports import read_export_info
+    from spectra_hf.evaluation.text_perplexity import perplexity
+    from spectra_hf.quantization.bnb import bnb_stored_bits, load_floatlm_bnb
     from spectra_hf.quantization.gptq import export_quantlms, load_quantlm
     from spectra_hf.suite import FLOAT_BITS, QUANT_BITS, TERNARY_BITS, config_for, size_bits
+    from spectra_hf.testing.corpus import local_corpus, train_tokenizer, write_corpus
 
     documents = local_corpus()
     tokenizer = train_tokenizer(documents, vocab_size=512)
@@ -97,15 +103,15 @@ def quality(args, workdir: Path) -> None:
 
     started = time.perf_counter()
     quantlms = export_quantlms(
-        floatlm_dir, workdir / "suite", calibration=train_txt, samples=args.quality_samples, length=CONTEXT, size="small"
+        floatlm_dir, workdir / "suite", calibration=train_txt, samples=args.quality_samples, length=CONTEXT,
+        size="small",
     )
     print(f"exported 4 QuantLMs in {time.perf_counter() - started:.0f} s")
 
     rows = [("FloatLM", size_bits(floatlm.config, bits_per_linear_weight=FLOAT_BITS), _disk_mb(floatlm_dir), floatlm)]
-    for bits, directory in zip(QUANT_BITS, quantlms):
-        rows.append(
-            (f"QuantLM {bits}-bit", read_export_info(directory).extra["size_bits"], _disk_mb(directory), load_quantlm(directory, backend="torch"))
-        )
+    for bits, directory in zip(QUANT_BITS, quantlms, strict=True):
+        stored_bits = read_export_info(directory).extra["size_bits"]
+        rows.append((f"QuantLM {bits}-bit", stored_bits, _disk_mb(directory), load_quantlm(directory, backend="torch")))
     for bits in (8, 4):
         model = load_floatlm_bnb(floatlm_dir, bits=bits)
         rows.append((f"bitsandbytes {'int8' if bits == 8 else 'nf4'}", bnb_stored_bits(model), float("nan"), model))
@@ -115,11 +121,18 @@ def quality(args, workdir: Path) -> None:
           f"perplexity on {len(held_out)} held-out documents (windows of {CONTEXT} tokens)")
     print(f"{'model':<20}{'size Mbit':>11}{'x FloatLM':>11}{'disk MB':>9}{'ppl':>9}{'ppl / FloatLM':>15}")
     base_ppl = None
-    for name, size_bits, disk, model in rows:
-        ppl = perplexity(model, tokenizer, held_out, max_length=CONTEXT, batch_size=8, show_progress=False)["perplexity"]
+    for name, model_bits, disk, model in rows:
+        scores = perplexity(model, tokenizer, held_out, max_length=CONTEXT, batch_size=8, show_progress=False)
+        ppl = scores["perplexity"]
         base_ppl = base_ppl or ppl
-        print(f"{name:<20}{size_bits / 1e6:>11.2f}{size_bits / rows[0][1]:>11.3f}{disk:>9.2f}{ppl:>9.2f}{ppl / base_ppl:>15.3f}")
-    print("disk MB: fp32 safetensors for FloatLM and QuantLM's unquantized tensors; bitsandbytes and TriLM are not exported here")
+        print(
+            f"{name:<20}{model_bits / 1e6:>11.2f}{model_bits / rows[0][1]:>11.3f}{disk:>9.2f}{ppl:>9.2f}"
+            f"{ppl / base_ppl:>15.3f}"
+        )
+    print(
+        "disk MB: fp32 safetensors for FloatLM and QuantLM's unquantized tensors; bitsandbytes and TriLM are not "
+        "exported here"
+    )
 
 
 def _quantize_99m(floatlm_dir: str, bits: int, samples: int, length: int, queue) -> None:
@@ -128,8 +141,8 @@ def _quantize_99m(floatlm_dir: str, bits: int, samples: int, length: int, queue)
 
     from transformers import AutoTokenizer
 
-    from spectra_hf.quantization.gptq import GPTQSettings, load_floatlm_as_llama, quantize_model, save_quantized
     from spectra_hf.quantization.calibration import calibration_samples, load_calibration_texts
+    from spectra_hf.quantization.gptq import GPTQSettings, load_floatlm_as_llama, quantize_model, save_quantized
 
     tokenizer = AutoTokenizer.from_pretrained(floatlm_dir)
     texts = load_calibration_texts(Path(floatlm_dir) / "calibration.txt")
@@ -148,9 +161,9 @@ def _quantize_99m(floatlm_dir: str, bits: int, samples: int, length: int, queue)
 
 def cost(args, workdir: Path) -> None:
     from spectra_hf import FloatLMForCausalLM
-    from spectra_hf.testing.corpus import local_corpus, train_tokenizer
     from spectra_hf.quantization.gptq import GPTQSettings
     from spectra_hf.suite import QUANT_BITS, config_for
+    from spectra_hf.testing.corpus import local_corpus, train_tokenizer
 
     documents = local_corpus()
     floatlm_dir = workdir / "FloatLM_99M"
@@ -161,19 +174,26 @@ def cost(args, workdir: Path) -> None:
     del model
     train_tokenizer(documents, vocab_size=512).save_pretrained(floatlm_dir)
     (floatlm_dir / "calibration.txt").write_text("\n".join(documents), encoding="utf-8")
-    print(f"\nCost: FloatLM_99M architecture with {args.cost_layers} of 16 decoder layers ({params / 1e6:.1f}M parameters, "
-          f"random fp32 weights, {_disk_mb(floatlm_dir):.0f} MB); "
+    print(f"\nCost: FloatLM_99M architecture with {args.cost_layers} of 16 decoder layers "
+          f"({params / 1e6:.1f}M parameters, random fp32 weights, {_disk_mb(floatlm_dir):.0f} MB); "
           f"calibration {args.calibration_samples} x {args.calibration_length} tokens; one fresh process per width")
     print(f"{'bits':>4}{'group':>7}{'GPTQ s':>9}{'peak RSS before GPTQ MB':>25}{'peak RSS MB':>13}{'packed MB':>11}")
     context = multiprocessing.get_context("spawn")
     for bits in QUANT_BITS:
         queue = context.Queue()
-        child = context.Process(target=_quantize_99m, args=(str(floatlm_dir), bits, args.calibration_samples, args.calibration_length, queue))
+        child = context.Process(
+            target=_quantize_99m,
+            args=(str(floatlm_dir), bits, args.calibration_samples, args.calibration_length, queue),
+        )
         child.start()
         result = queue.get()
         child.join()
         group = GPTQSettings.paper(bits).group_size
-        print(f"{bits:>4}{group:>7}{result['seconds']:>9.1f}{result['rss_before_mb']:>25.0f}{result['peak_mb']:>13.0f}{result['disk_mb']:>11.1f}", flush=True)
+        print(
+            f"{bits:>4}{group:>7}{result['seconds']:>9.1f}{result['rss_before_mb']:>25.0f}{result['peak_mb']:>13.0f}"
+            f"{result['disk_mb']:>11.1f}",
+            flush=True,
+        )
 
 
 def main() -> None:
@@ -183,7 +203,8 @@ def main() -> None:
     parser.add_argument("--calibration-samples", type=int, default=16, help="calibration samples at 99M")
     parser.add_argument("--calibration-length", type=int, default=256, help="tokens per calibration sample at 99M")
     parser.add_argument(
-        "--cost-layers", type=int, default=16, help="decoder layers of the 99M model in part 2 (GPTQ time grows linearly)"
+        "--cost-layers", type=int, default=16,
+        help="decoder layers of the 99M model in part 2 (GPTQ time grows linearly)",
     )
     parser.add_argument("--parts", nargs="+", choices=("quality", "cost"), default=["quality", "cost"])
     parser.add_argument("--workdir", type=Path, default=None, help="where to write models (default: a temp dir)")

@@ -138,7 +138,8 @@ def _demo_shaped_export(directory, tokenizer, *, extra: dict | None = None):
 
     torch.manual_seed(0)
     config = config_for("TriLM_99M", hidden_size=128, intermediate_size=384, num_attention_heads=4,
-                        num_key_value_heads=4, num_hidden_layers=4, vocab_size=len(tokenizer), max_position_embeddings=128)
+                        num_key_value_heads=4, num_hidden_layers=4, vocab_size=len(tokenizer),
+                        max_position_embeddings=128)
     latent = AutoModelForCausalLM.from_config(config)
     latent.save_pretrained(directory, weight_format="packed")
     tokenizer.save_pretrained(directory)
@@ -162,7 +163,7 @@ def test_a_scaled_down_model_card_states_its_own_parameters_size_and_training(tm
     # The real count is the latent model's (transformers' own count); the packed header holds far fewer elements.
     params = latent.num_parameters()
     with safe_open(tmp_path / "model.safetensors", "pt") as weights:
-        header_elements = sum(math.prod(weights.get_slice(name).get_shape()) for name in weights.keys())
+        header_elements = sum(math.prod(weights.get_slice(name).get_shape()) for name in weights.keys())  # noqa: SIM118 - safe_open has keys(), not iteration
     assert header_elements < 0.8 * params
     assert f"| parameters | {params:,} (" in text
     # Size as the paper counts it, from the model's own tensors: ternary weights at 1.58 bits, the rest at 16.

@@ -12,10 +12,10 @@ import logging
 import os
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, GPTQConfig
 from transformers.utils import logging as transformers_logging
@@ -268,10 +268,14 @@ def test_lm_eval_hflm_on_a_local_task(model_dirs, kind, tmp_path):
     (scores,) = results.values()
     # The reference: pick the choice with the highest log-likelihood (" choice" after the question), by hand.
     picks = [
-        max(range(len(q["choices"])), key=lambda c: _loglikelihood(model, tokenizer, q["question"], " " + q["choices"][c]))
+        max(
+            range(len(q["choices"])),
+            key=lambda c: _loglikelihood(model, tokenizer, q["question"], " " + q["choices"][c]),
+        )
         for q in QUESTIONS
     ]
-    assert scores["acc,none"] == pytest.approx(sum(p == q["label"] for p, q in zip(picks, QUESTIONS)) / len(QUESTIONS))
+    correct = sum(p == q["label"] for p, q in zip(picks, QUESTIONS, strict=True))
+    assert scores["acc,none"] == pytest.approx(correct / len(QUESTIONS))
 
 
 # ---- bitsandbytes -------------------------------------------------------------------------------------------------
@@ -307,7 +311,9 @@ def test_hub_download_of_each_kind_loads_the_same_model(model_dirs, local_hub, t
     for kind, directory in model_dirs.items():
         repo_id = f"compat/{kind}"
         api.create_repo(repo_id, exist_ok=True)
-        api.upload_folder(repo_id=repo_id, folder_path=directory, ignore_patterns=["optimizer.pt", "*.pth", "rng_state*"])
+        api.upload_folder(
+            repo_id=repo_id, folder_path=directory, ignore_patterns=["optimizer.pt", "*.pth", "rng_state*"]
+        )
         local = snapshot_download(repo_id, cache_dir=tmp_path / "cache")
         assert (Path(local) / "config.json").read_bytes() == (directory / "config.json").read_bytes()
         downloaded = AutoModelForCausalLM.from_pretrained(repo_id, cache_dir=tmp_path / "cache", dtype=torch.float32)

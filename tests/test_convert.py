@@ -13,14 +13,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import LlamaForCausalLM
+from trilm_release import release_model
 
 from spectra_hf import FloatLMForCausalLM, TriLMForCausalLM
-from spectra_hf.cli import main
 from spectra_hf.checkpoints.convert import convert_checkpoint
 from spectra_hf.checkpoints.staging import remove_stale_staging, staged_directory
+from spectra_hf.cli import main
 from spectra_hf.errors import SpectraError
 from spectra_hf.suite import config_for
-from trilm_release import release_model
 
 
 def load_tensors(directory) -> dict[str, torch.Tensor]:
@@ -161,7 +161,8 @@ def test_non_empty_out_is_replaced_only_when_it_is_an_earlier_output_of_the_same
     assert main(["convert", str(tmp_path / "release"), str(out)]) == 2
     assert "holds an earlier 'convert --to packed' output: pass --overwrite" in capsys.readouterr().err
     assert main(["convert", str(tmp_path / "release"), str(out), "--to", "unpacked", "--overwrite"]) == 2
-    assert "is an earlier 'convert --to packed' output, not an earlier 'convert --to unpacked'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "is an earlier 'convert --to packed' output, not an earlier 'convert --to unpacked'" in err
     assert main(["convert", str(tmp_path / "release"), str(out), "--overwrite"]) == 0
     assert tree_bytes(out) == first and not list(tmp_path.glob(".TriLM_packed.tmp-*"))
     TriLMForCausalLM.from_pretrained(out)  # the replaced output loads
@@ -171,7 +172,8 @@ def test_non_empty_out_is_replaced_only_when_it_is_an_earlier_output_of_the_same
     assert "not a convert output" in capsys.readouterr().err and (out / "README.md").is_file()
 
     (tmp_path / "notes.gguf").write_text("not a GGUF file\n")
-    assert main(["convert", str(tmp_path / "release"), str(tmp_path / "notes.gguf"), "--to", "gguf-f16", "--overwrite"]) == 2
+    args = ["convert", str(tmp_path / "release"), str(tmp_path / "notes.gguf"), "--to", "gguf-f16", "--overwrite"]
+    assert main(args) == 2
     assert "not a GGUF file" in capsys.readouterr().err and (tmp_path / "notes.gguf").read_text() == "not a GGUF file\n"
 
 

@@ -10,10 +10,10 @@ import math
 import pytest
 import torch
 
+from spectra_hf.checkpoints.exports import ExportInfo, atomic_directory, checkpoint_dir, model_dir, write_export_info
 from spectra_hf.cli import main
 from spectra_hf.errors import SpectraError
 from spectra_hf.evaluation.text_perplexity import load_perplexity_metric, load_texts, perplexity, sliding_windows
-from spectra_hf.checkpoints.exports import ExportInfo, atomic_directory, checkpoint_dir, model_dir, write_export_info
 from spectra_hf.modeling import FloatLMForCausalLM, TriLMForCausalLM
 from spectra_hf.suite import config_for
 
@@ -99,7 +99,7 @@ def test_load_texts_from_local_files_and_saved_datasets(tmp_path):
     assert load_texts(str(tmp_path / "saved"), split="test") == documents
     with pytest.raises(SpectraError, match="pick one with --split"):
         load_texts(str(tmp_path / "saved"))
-    with pytest.raises(SpectraError, match="no column 'text'.*--text-column"):
+    with pytest.raises(SpectraError, match=r"no column 'text'.*--text-column"):
         load_texts(str(tmp_path / "docs.jsonl"))
 
 

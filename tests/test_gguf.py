@@ -8,11 +8,11 @@ import pytest
 import torch
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, LlamaForCausalLM, PreTrainedTokenizerFast
+from trilm_release import release_model
 
 from spectra_hf.checkpoints.convert import convert_checkpoint
 from spectra_hf.cli import main as cli_main
 from spectra_hf.errors import CheckpointError, ConfigError, SpectraError
-from trilm_release import release_model
 
 # TQ blocks are 256 weights along a row: rows (and row-parallel shards) of 256 keep every shard's scale exact.
 WIDE = {"hidden_size": 256, "intermediate_size": 512, "num_attention_heads": 4, "num_key_value_heads": 4}
@@ -78,14 +78,14 @@ def test_narrow_shards_are_refused_in_one_line_unless_f16_fallback_is_accepted(t
 def test_a_model_too_narrow_for_any_tq_block_says_no_ternary_tensor_would_be_written(tmp_path, tokenizer) -> None:
     release_model(1).save_pretrained(tmp_path / "narrow")  # the tiny suite shape: rows of 64 and 192 weights
     tokenizer.save_pretrained(tmp_path / "narrow")
-    with pytest.raises(ConfigError, match="14 of 14 ternary matrices .* no ternary tensor at all"):
+    with pytest.raises(ConfigError, match=r"14 of 14 ternary matrices .* no ternary tensor at all"):
         convert_checkpoint(tmp_path / "narrow", tmp_path / "m.gguf", to="gguf-tq2_0", progress=False)
     assert not list(tmp_path.glob("*.gguf"))
 
 
 def test_a_model_without_tokenizer_json_is_refused_unless_asked(tmp_path) -> None:
     release_model(1, head_dim=64, **WIDE).save_pretrained(tmp_path / "bare")  # config + weights, no tokenizer
-    with pytest.raises(CheckpointError, match="no tokenizer.json.*--no-tokenizer"):
+    with pytest.raises(CheckpointError, match=r"no tokenizer\.json.*--no-tokenizer"):
         convert_checkpoint(tmp_path / "bare", tmp_path / "m.gguf", to="gguf-tq2_0", progress=False)
     assert not list(tmp_path.glob("*.gguf"))
     out = convert_checkpoint(
@@ -116,18 +116,24 @@ def llama_cpp_tokenizer(path, *, pre: str | None = None) -> Tokenizer:
     pre = pre or fields["tokenizer.ggml.pre"].contents()
     bpe = Tokenizer(models.BPE(vocab={token: index for index, token in enumerate(tokens)}, merges=merges))
     splits = [pre_tokenizers.Split(Regex(regex), behavior="isolated") for regex in LLAMA_CPP_REGEXES[pre]]
-    bpe.pre_tokenizer = pre_tokenizers.Sequence([*splits, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    bpe.pre_tokenizer = pre_tokenizers.Sequence([*splits, byte_level])
     return bpe
 
 
-def test_llama_cpp_tokenizes_the_exported_file_like_transformers(release_dir, tokenizer, corpus_texts, tmp_path) -> None:
+def test_llama_cpp_tokenizes_the_exported_file_like_transformers(
+    release_dir, tokenizer, corpus_texts, tmp_path
+) -> None:
     out = convert_checkpoint(release_dir, tmp_path / "model.gguf", to="gguf-tq2_0", progress=False)
     fields = gguf.GGUFReader(out).fields
     assert fields["tokenizer.ggml.model"].contents() == "gpt2" and fields["tokenizer.ggml.pre"].contents() == "gpt-2"
     assert fields["tokenizer.ggml.add_bos_token"].contents() is False  # transformers adds none either
     assert fields["tokenizer.ggml.padding_token_id"].contents() == tokenizer.pad_token_id
     documents = [text for text in corpus_texts[-40:] if text.strip()][:20]
-    documents += ["Numbers 1234567 and 3.14159; punctuation!? (nested [brackets]) $5+6=11 <tags> x^2 ~ a|b", "  two  spaces\n\nlines "]
+    documents += [
+        "Numbers 1234567 and 3.14159; punctuation!? (nested [brackets]) $5+6=11 <tags> x^2 ~ a|b",
+        "  two  spaces\n\nlines ",
+    ]
     llama_cpp = llama_cpp_tokenizer(out)
     expected = [tokenizer(text).input_ids for text in documents]
     assert [llama_cpp.encode(text).ids for text in documents] == expected
@@ -142,9 +148,10 @@ def test_a_tokenizer_llama_cpp_cannot_reproduce_is_refused(tmp_path, corpus_text
     release_model(1, head_dim=64, **WIDE).save_pretrained(directory)
     metaspace = Tokenizer(models.BPE(unk_token="<unk>"))
     metaspace.pre_tokenizer = pre_tokenizers.Metaspace()
-    metaspace.train_from_iterator(corpus_texts[:50], trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>"], show_progress=False))
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>"], show_progress=False)
+    metaspace.train_from_iterator(corpus_texts[:50], trainer)
     PreTrainedTokenizerFast(tokenizer_object=metaspace).save_pretrained(directory)
-    with pytest.raises(ConfigError, match="pre-tokenizer Metaspace.*convert_hf_to_gguf.py"):
+    with pytest.raises(ConfigError, match=r"pre-tokenizer Metaspace.*convert_hf_to_gguf\.py"):
         convert_checkpoint(directory, tmp_path / "m.gguf", to="gguf-f16", progress=False)
     assert not list(tmp_path.glob("*.gguf"))
 

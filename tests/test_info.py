@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from trilm_release import release_model
 
 from spectra_hf import FloatLMForCausalLM, TriLMForCausalLM
 from spectra_hf.checkpoints.info import describe_checkpoint, suite_size
 from spectra_hf.cli import main
 from spectra_hf.errors import SpectraError
 from spectra_hf.suite import SIZES, config_for
-from trilm_release import release_model
 
 
 @pytest.mark.parametrize("size", list(SIZES))
@@ -67,7 +67,7 @@ def test_missing_or_corrupt_checkpoints_give_one_clear_error(tmp_path, capsys) -
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "corrupt checkpoint file" in error[0] and "model.safetensors" in error[0]
     (tmp_path / "ckpt" / "config.json").write_text("{")
-    with pytest.raises(SpectraError, match="config.json is corrupt"):
+    with pytest.raises(SpectraError, match=r"config\.json is corrupt"):
         describe_checkpoint(tmp_path / "ckpt")
 
 

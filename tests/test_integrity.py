@@ -20,11 +20,11 @@ import torch
 from huggingface_hub import HfApi
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+from trilm_release import release_model
 
 from spectra_hf import FloatLMForCausalLM, FloatLMModel, TriLMForCausalLM, TriLMModel
 from spectra_hf.cli import main
 from spectra_hf.suite import config_for
-from trilm_release import release_model
 
 UP = "model.layers.1.mlp.up_proj"
 
@@ -46,7 +46,8 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
 
 
 def rewrite_tensors(directory: Path, edit) -> None:
-    """Re-save model.safetensors with `edit(tensors)` applied (the real safetensors writer, as a user's script would)."""
+    """Re-save model.safetensors with `edit(tensors)` applied (the real safetensors writer, as a user's script
+    would)."""
     tensors = load_file(directory / "model.safetensors")
     edit(tensors)
     save_file(tensors, directory / "model.safetensors", metadata={"format": "pt"})
@@ -92,14 +93,16 @@ CORRUPTIONS = {
     "garbage header": ("packed", lambda d: edit_header(d, lambda h: h.update({"x": {"dtype": "F32"}})),
                        r"corrupt checkpoint file .*model\.safetensors .*tensor 'x'"),
     "header shape vs bytes": ("packed", wrong_shape_in_header, rf"{UP}\.weight_packed"),
-    "packed tensor dropped": ("packed", drop_tensor(f"{UP}.weight_packed"), rf"tensor {UP}\.weight_packed .* is missing"),
+    "packed tensor dropped": ("packed", drop_tensor(f"{UP}.weight_packed"),
+                              rf"tensor {UP}\.weight_packed .* is missing"),
     "scale dropped": ("packed", drop_tensor(f"{UP}.weight_scale"), rf"tensor {UP}\.weight_scale .* is missing"),
     "release weight dropped": ("release", drop_tensor(f"{UP}.weight"), rf"tensor {UP}\.weight .* is missing"),
     "latent weight dropped": ("latent", drop_tensor(f"{UP}.weight"), rf"tensor {UP}\.weight .* is missing"),
     "lm_head dropped": ("floatlm", drop_tensor("lm_head.weight"), r"tensor lm_head\.weight .* is missing"),
     "NaN scale": ("packed", set_tensor(f"{UP}.weight_scale", lambda s: torch.full_like(s, float("nan"))),
                   rf"{UP}\.weight_scale holds the scale nan"),
-    "negative scale": ("packed", set_tensor(f"{UP}.weight_scale", lambda s: -s), rf"{UP}\.weight_scale holds the scale -"),
+    "negative scale": ("packed", set_tensor(f"{UP}.weight_scale", lambda s: -s),
+                       rf"{UP}\.weight_scale holds the scale -"),
     "scale count": ("packed", set_tensor(f"{UP}.weight_scale", lambda s: s[:1].clone()),
                     rf"{UP}\.weight_scale is F32 \[1\], but config\.json implies float \[2\]"),
     "packed bytes short": ("packed", set_tensor(f"{UP}.weight_packed", lambda p: p[:-1].clone()),
@@ -112,7 +115,9 @@ CORRUPTIONS = {
 
 
 @pytest.mark.parametrize("case", list(CORRUPTIONS))
-def test_corrupt_checkpoints_are_refused_by_convert_info_and_from_pretrained(case, checkpoints, tmp_path, capsys) -> None:
+def test_corrupt_checkpoints_are_refused_by_convert_info_and_from_pretrained(
+    case, checkpoints, tmp_path, capsys
+) -> None:
     kind, corrupt, message = CORRUPTIONS[case]
     broken = tmp_path / "broken"
     shutil.copytree(checkpoints[kind], broken)
@@ -161,21 +166,28 @@ def test_a_missing_shard_of_a_sharded_checkpoint_is_named(tmp_path, capsys) -> N
 
 @pytest.mark.parametrize("kind", ["packed", "latent"])
 def test_floatlm_classes_refuse_a_trilm_naming_the_trilm_class(kind, checkpoints) -> None:
-    with pytest.raises(OSError, match=rf"is a trilm checkpoint \({kind} weights\).*Load it with TriLMForCausalLM or AutoModelForCausalLM"):
+    with pytest.raises(
+        OSError,
+        match=rf"is a trilm checkpoint \({kind} weights\).*Load it with TriLMForCausalLM or AutoModelForCausalLM",
+    ):
         FloatLMForCausalLM.from_pretrained(checkpoints[kind])
     with pytest.raises(OSError, match="Load it with TriLMModel or AutoModelForCausalLM"):
         FloatLMModel.from_pretrained(checkpoints[kind])
 
 
 def test_trilm_classes_refuse_a_floatlm_naming_the_floatlm_class(checkpoints) -> None:
-    with pytest.raises(OSError, match=r"is a floatlm checkpoint.*would ternarize its float weights.*FloatLMForCausalLM"):
+    with pytest.raises(
+        OSError, match=r"is a floatlm checkpoint.*would ternarize its float weights.*FloatLMForCausalLM"
+    ):
         TriLMForCausalLM.from_pretrained(checkpoints["floatlm"])
     with pytest.raises(OSError, match="Load it with FloatLMModel or AutoModelForCausalLM"):
         TriLMModel.from_pretrained(checkpoints["floatlm"])
 
 
 def test_trilm_refuses_a_float_llama_naming_the_tensor_and_the_float_classes(checkpoints) -> None:
-    with pytest.raises(ValueError, match=r"model\.layers\.0\.self_attn\.q_proj\.weight is not a ternary weight.*LlamaForCausalLM"):
+    with pytest.raises(
+        ValueError, match=r"model\.layers\.0\.self_attn\.q_proj\.weight is not a ternary weight.*LlamaForCausalLM"
+    ):
         TriLMForCausalLM.from_pretrained(checkpoints["llama"])
 
 
@@ -202,5 +214,7 @@ def test_a_hub_checkpoint_missing_a_packed_tensor_does_not_load(checkpoints, loc
     api = HfApi()
     repo_id = api.create_repo("integrity/TriLM_missing_tensor", exist_ok=True).repo_id
     api.upload_folder(repo_id=repo_id, folder_path=broken)
-    with pytest.raises(OSError, match=rf"integrity/TriLM_missing_tensor is incomplete: tensor {UP}\.weight_packed is missing"):
+    with pytest.raises(
+        OSError, match=rf"integrity/TriLM_missing_tensor is incomplete: tensor {UP}\.weight_packed is missing"
+    ):
         TriLMForCausalLM.from_pretrained(repo_id)

@@ -180,16 +180,16 @@ def test_bad_configs_are_refused_with_the_reason() -> None:
 
 def test_missing_and_corrupt_checkpoints_get_one_clear_error(tmp_path) -> None:
     # (The Auto classes read config.json before any model class runs, so a missing directory is checked here.)
-    with pytest.raises(OSError, match="no checkpoint at .*does not exist"):
+    with pytest.raises(OSError, match=r"no checkpoint at .*does not exist"):
         TriLMForCausalLM.from_pretrained(tmp_path / "missing")
     model = tiny("TriLM_99M")
     model.save_pretrained(tmp_path / "ckpt")
     weights = tmp_path / "ckpt" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    with pytest.raises(OSError, match="corrupt checkpoint file .*model.safetensors"):
+    with pytest.raises(OSError, match=r"corrupt checkpoint file .*model\.safetensors"):
         AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt")
     (tmp_path / "ckpt" / "config.json").unlink()
-    with pytest.raises(OSError, match="config.json is missing"):
+    with pytest.raises(OSError, match=r"config\.json is missing"):
         TriLMForCausalLM.from_pretrained(tmp_path / "ckpt")
 
 
