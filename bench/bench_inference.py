@@ -23,6 +23,7 @@ Every figure is printed with the load average, since the machine is shared.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -164,6 +165,12 @@ def measure_bandwidth() -> float:
     return data.numel() * data.element_size() / best
 
 
+def _run_layers(stack, inputs) -> None:
+    """One batch-1 product through each layer of `stack` (inputs by in_features)."""
+    for layer in stack:
+        layer(inputs[layer.in_features])
+
+
 def _timed(function) -> float:
     begin = time.perf_counter()
     function()
@@ -199,9 +206,7 @@ def block_matmuls(size: str, repeats: int = 20) -> None:
             with torch.inference_mode():
                 for layer in stack:
                     layer(inputs[layer.in_features])
-                best[path] = min(
-                    _timed(lambda: [layer(inputs[layer.in_features]) for layer in stack]) for _ in range(repeats)
-                )
+                best[path] = min(_timed(functools.partial(_run_layers, stack, inputs)) for _ in range(repeats))
         weights = sum(o * i for o, i in shapes)
         print(
             f"{size} block matmuls, {count} thread(s), min of {repeats}: int4 {best['int4'] * 1e3:.2f} ms, "
@@ -241,8 +246,9 @@ def main() -> None:
 
     bandwidth = measure_bandwidth()
     print(
-        f"threads={torch.get_num_threads()} torch={torch.__version__} decode tokens={args.tokens} prefill={args.prefill} "
-        f"read bandwidth={bandwidth / 1e9:.1f} GB/s (load {os.getloadavg()[0]:.1f})\nCPU 2-bit kernel: {cpu_kernel_status()}"
+        f"threads={torch.get_num_threads()} torch={torch.__version__} decode tokens={args.tokens} "
+        f"prefill={args.prefill} read bandwidth={bandwidth / 1e9:.1f} GB/s (load {os.getloadavg()[0]:.1f})\n"
+        f"CPU 2-bit kernel: {cpu_kernel_status()}"
     )
     for size in args.sizes:
         block_matmuls(size)
@@ -254,7 +260,9 @@ def main() -> None:
     for size in args.sizes:
         rows = {}
         with tempfile.TemporaryDirectory() as checkpoint:
-            if any(family == "trilm" and (not args.variants or label in args.variants) for label, family, *_ in VARIANTS):
+            if any(
+                family == "trilm" and (not args.variants or label in args.variants) for label, family, *_ in VARIANTS
+            ):
                 subprocess.run([sys.executable, __file__, "--save", size, checkpoint], check=True, capture_output=True)
             for label, family, dtype_name, path in VARIANTS:
                 if args.variants and label not in args.variants:

@@ -71,7 +71,10 @@ def main() -> None:
 
     print(f"training step, {args.tokens} tokens, {args.layers} layers at each size's widths, vocab {args.vocab}, "
           f"{args.dtype}, median of {args.steps} steps x {args.rounds} interleaved rounds")
-    header = f"{'size':>6} {'FloatLM s':>10} {'TriLM s':>9} {'time ratio':>10} {'FloatLM MiB':>12} {'TriLM MiB':>10} {'mem ratio':>9}"
+    header = (
+        f"{'size':>6} {'FloatLM s':>10} {'TriLM s':>9} {'time ratio':>10} {'FloatLM MiB':>12} {'TriLM MiB':>10} "
+        f"{'mem ratio':>9}"
+    )
     print(header)
     print("-" * len(header))
     for size in args.sizes:

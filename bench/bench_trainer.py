@@ -68,13 +68,16 @@ def main() -> None:
     parser.add_argument("--block-size", type=int, default=128)
     options = parser.parse_args()
 
+    from datasets import Dataset
+
     from spectra_hf.testing.corpus import local_corpus, train_tokenizer
     from spectra_hf.training.data import pack_documents
-    from datasets import Dataset
 
     texts = local_corpus()
     tokenizer = train_tokenizer(texts, vocab_size=512)
-    dataset = pack_documents(Dataset.from_dict({"text": texts}), tokenizer, text_column="text", block_size=options.block_size)
+    dataset = pack_documents(
+        Dataset.from_dict({"text": texts}), tokenizer, text_column="text", block_size=options.block_size
+    )
     name = f"TriLM_{options.size}"
     variants = ("Trainer", "SpectraTrainer", "SpectraTrainer+stats")
     times: dict[str, list[float]] = {v: [] for v in variants}

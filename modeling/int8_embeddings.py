@@ -7,9 +7,14 @@ bench/bench_inference.py. Enabled with `from_pretrained(..., int8_embeddings=Tru
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, cast
+
 import torch
 from torch import nn
 from transformers.utils import logging
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 logger = logging.get_logger(__name__)
 
@@ -30,8 +35,11 @@ def _int8_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 class _KeepScaleDtype(nn.Module):
     """Casts of the model (`.half()`, `.float()`) move `scale` between devices but keep its dtype."""
 
+    scale: torch.Tensor  # the buffer the subclasses register
+
     def _apply(self, fn, recurse: bool = True):
         scale = self._buffers.pop("scale")
+        assert scale is not None, "the subclasses register a scale buffer"
         super()._apply(fn, recurse)
         moved = fn(scale)
         self._buffers["scale"] = moved if moved.dtype == scale.dtype else scale.to(moved.device)
@@ -77,10 +85,11 @@ class Int8Embedding(_KeepScaleDtype):
         return (self.weight[ids].float() * self.scale[ids, None]).to(self.dtype)
 
 
-def quantize_embeddings_int8(model: nn.Module) -> None:
+def quantize_embeddings_int8(model: PreTrainedModel) -> None:
     """Replace `model`'s input embedding and LM head (a `*ForCausalLM`) by their int8 forms, in place."""
     logger.warning(DEVIATION)
-    model.set_input_embeddings(Int8Embedding(model.get_input_embeddings()))
+    # (transformers types the input embedding as any Module; a TriLM's is an nn.Embedding)
+    model.set_input_embeddings(Int8Embedding(cast(nn.Embedding, model.get_input_embeddings())))
     if getattr(model, "lm_head", None) is not None and isinstance(model.lm_head, nn.Linear):
         model.lm_head = Int8Linear(model.lm_head)
 

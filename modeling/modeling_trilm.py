@@ -13,6 +13,7 @@ Llama checkpoints (weights g_s * T in fp16) and packs them on the fly.
 from __future__ import annotations
 
 import os
+from typing import cast
 
 import torch
 from torch import nn
@@ -22,15 +23,14 @@ from transformers.models.llama.modeling_llama import (
     LlamaModel,
     LlamaPreTrainedModel,
 )
+from transformers.utils import logging
 
 from .checkpoint_checks import CheckedLoadingMixin, check_loaded_keys, check_packed_bytes, check_scale_values
 from .configuration_trilm import WEIGHT_FORMATS, TriLMConfig
-from transformers.utils import logging
-
-from .ternary import TernaryLinear, default_inference_path, recover_ternary, share_scales
-from .ternary_stats import TernaryCounts
 from .int8_embeddings import has_int8_embeddings, quantize_embeddings_int8
+from .ternary import TernaryLinear, default_inference_path, recover_ternary, share_scales
 from .ternary_kernels import cpu_kernel_status, release_freed_memory
+from .ternary_stats import TernaryCounts
 
 logger = logging.get_logger(__name__)
 
@@ -70,7 +70,10 @@ def make_layer_ternary(layer: LlamaDecoderLayer, config: TriLMConfig) -> None:
         setattr(parent, child_name, ternary)
     if config.ternary_fused_qkv_scale:
         attn = layer.self_attn
-        share_scales(attn.q_proj, attn.k_proj, attn.v_proj)
+        q_proj, k_proj, v_proj = attn.q_proj, attn.k_proj, attn.v_proj
+        assert isinstance(q_proj, TernaryLinear) and isinstance(k_proj, TernaryLinear)  # replaced just above
+        assert isinstance(v_proj, TernaryLinear)
+        share_scales(q_proj, k_proj, v_proj)
 
 
 class TriLMPreTrainedModel(CheckedLoadingMixin, LlamaPreTrainedModel):
@@ -191,7 +194,8 @@ class TriLMPreTrainedModel(CheckedLoadingMixin, LlamaPreTrainedModel):
         default `config.ternary_inference`, whose "auto" picks per layer: "2bit" on CPU where its kernel builds, else
         "int4", "int8" for CPU layers the int4 kernel cannot take, "dense" elsewhere). Logs and returns the path,
         "auto" if the layers chose differently."""
-        embeddings = self.get_input_embeddings().weight
+        # (transformers types the input embedding as any Module; its weight is a tensor)
+        embeddings = cast(torch.Tensor, self.get_input_embeddings().weight)
         requested = path or self.config.ternary_inference
         chosen = set()
         for module in self.modules():
@@ -211,7 +215,7 @@ class TriLMPreTrainedModel(CheckedLoadingMixin, LlamaPreTrainedModel):
     @torch.no_grad()
     def ternary_stats(self) -> dict[str, dict[str, float | list[float]]]:
         """Per ternary layer: `zero_fraction` (share of T == 0), `plus_fraction`, `minus_fraction` and `scales`."""
-        stats = {}
+        stats: dict[str, dict[str, float | list[float]]] = {}
         for name, module in self.named_modules():
             if isinstance(module, TernaryLinear):
                 digits, scales = module.ternary_weight()
@@ -227,6 +231,7 @@ def _check_packed_layers(model: nn.Module, *, where: str) -> None:
     for name, module in model.named_modules():
         if isinstance(module, TernaryLinear) and module.packed:
             check_scale_values(f"{name}.weight_scale", module.weight_scale, where=where)
+            assert module.weight_packed is not None, "a loaded packed layer holds its packed bytes until prepared"
             check_packed_bytes(f"{name}.weight_packed", module.weight_packed, where=where)
 
 
@@ -251,8 +256,8 @@ class TriLMModel(TriLMPreTrainedModel, LlamaModel):
 
     def __init__(self, config: TriLMConfig) -> None:
         LlamaModel.__init__(self, config)
-        for layer in self.layers:
-            make_layer_ternary(layer, config)
+        for layer in self.layers:  # (an nn.ModuleList yields plain Modules: LlamaModel fills it with decoder layers)
+            make_layer_ternary(cast(LlamaDecoderLayer, layer), config)
 
 
 class TriLMForCausalLM(TriLMPreTrainedModel, LlamaForCausalLM):
@@ -267,7 +272,7 @@ class TriLMForCausalLM(TriLMPreTrainedModel, LlamaForCausalLM):
 
     @classmethod
     @torch.no_grad()
-    def from_llama(cls, llama: LlamaForCausalLM) -> "TriLMForCausalLM":
+    def from_llama(cls, llama: LlamaForCausalLM) -> TriLMForCausalLM:
         """A packed TriLM from an original release model (`SpectraSuite/TriLM_*_Unpacked`): a `LlamaForCausalLM`
         whose decoder linears hold g_s * T. Scale shards come from `pretraining_model_parallel` in its config (1 if
         absent); T and the scales are recovered exactly. Raises ValueError naming a tensor that is not ternary."""
@@ -284,7 +289,7 @@ class TriLMForCausalLM(TriLMPreTrainedModel, LlamaForCausalLM):
         }
         model.load_state_dict(float_state, strict=False, assign=True)
         model.model.rotary_emb = llama.model.rotary_emb
-        for index, (layer, source) in enumerate(zip(model.model.layers, llama.model.layers)):
+        for index, (layer, source) in enumerate(zip(model.model.layers, llama.model.layers, strict=True)):
             for path, shard_dim in TERNARY_SHARD_DIM.items():
                 name = f"model.layers.{index}.{path}.weight"
                 weight = source.get_submodule(path).weight

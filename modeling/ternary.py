@@ -14,14 +14,18 @@ blocks of input columns (`shard_dim=1`). Layers built from one fused matrix (q, 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
-
 from transformers.utils import logging
 
 from .packing import pack_ternary, packed_size, unpack_ternary
 from .ternary_kernels import cpu_kernel, pack_2bit, ternary_matmul_2bit, triton_available, unpack_2bit
+
+if TYPE_CHECKING:
+    from torch.distributed.tensor import DTensor
 
 logger = logging.get_logger(__name__)
 
@@ -61,9 +65,9 @@ def shard_abs_sums(weight: torch.Tensor, shards: int, shard_dim: int) -> tuple[t
     its ranks, whatever the TP degree, so every rank's scale is the absmean over the whole scale block.
     """
     per_index = weight.detach().abs().sum(dim=1 - shard_dim, dtype=_math_dtype(weight))
-    if hasattr(per_index, "redistribute"):
-        mesh = per_index.device_mesh
-        per_index = per_index.redistribute(mesh, [torch.distributed.tensor.Replicate()] * mesh.ndim)
+    if hasattr(per_index, "redistribute"):  # a DTensor
+        mesh = cast("DTensor", per_index).device_mesh
+        per_index = cast("DTensor", per_index).redistribute(mesh, [torch.distributed.tensor.Replicate()] * mesh.ndim)
     return per_index.reshape(shards, -1).sum(dim=1), weight.numel() // shards
 
 
@@ -151,14 +155,15 @@ class _WeightOnlyMatmul(torch.autograd.Function):
     train on top of a packed model. Backward rebuilds g * T in the gradient's dtype for the one product."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, layer: "TernaryLinear") -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, layer: TernaryLinear) -> torch.Tensor:
         ctx.layer = layer
         return layer._weight_only_matmul(x)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        layer = ctx.layer
-        return grad_out @ dense_of_digits(*layer.ternary_weight(), layer.shard_dim, grad_out.dtype), None
+        layer: TernaryLinear = ctx.layer
+        digits, scales = layer.ternary_weight()
+        return grad_out @ dense_of_digits(digits, scales, layer.shard_dim, grad_out.dtype), None
 
 
 class _PackedWeight(nn.Parameter):
@@ -167,6 +172,8 @@ class _PackedWeight(nn.Parameter):
     once and adapters take the layer's device and dtype, while the weights themselves live in `weight_kernel`.
     Its `.data` refuses with the way out: peft merges adapters by writing `weight.data`, which cannot hold g*T + s*B*A.
     """
+
+    _is_hf_initialized: bool  # set by `_packed_weight`
 
     @property
     def data(self):
@@ -218,6 +225,13 @@ class TernaryLinear(nn.Linear):
         packed: hold packed ternary digits and scales instead of a latent weight (no bias).
     """
 
+    # Buffers of a packed layer (registered in __init__; None where the current form does not use them).
+    weight_packed: torch.Tensor | None
+    weight_scale: torch.Tensor
+    weight_kernel: torch.Tensor | None
+    kernel_scale: torch.Tensor | None
+    input_scale: torch.Tensor | None
+
     def __init__(
         self,
         in_features: int,
@@ -250,7 +264,7 @@ class TernaryLinear(nn.Linear):
         self.inference_path: str | None = None
         self._scale_group: tuple[TernaryLinear, ...] = (self,)
         if packed:
-            self.weight = None
+            self.register_parameter("weight", None)  # what `self.weight = None` does; nn.Linear types weight as Tensor
             numel = in_features * out_features
             self.register_buffer("weight_packed", torch.empty(packed_size(numel), dtype=torch.uint8, device=device))
             self.register_buffer("weight_scale", torch.empty(shards, dtype=torch.float32, device=device))
@@ -259,7 +273,7 @@ class TernaryLinear(nn.Linear):
             self.register_buffer("input_scale", None, persistent=False)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, *, shards: int, shard_dim: int, eps: float) -> "TernaryLinear":
+    def from_linear(cls, linear: nn.Linear, *, shards: int, shard_dim: int, eps: float) -> TernaryLinear:
         """Wrap an existing `nn.Linear`, reusing its parameters (no copy, no re-initialization)."""
         layer = cls(
             linear.in_features, linear.out_features, bias=False, shards=shards, shard_dim=shard_dim, eps=eps,
@@ -270,7 +284,7 @@ class TernaryLinear(nn.Linear):
         return layer
 
     @classmethod
-    def from_ternary(cls, digits: torch.Tensor, scales: torch.Tensor, *, shard_dim: int, eps: float) -> "TernaryLinear":
+    def from_ternary(cls, digits: torch.Tensor, scales: torch.Tensor, *, shard_dim: int, eps: float) -> TernaryLinear:
         """A packed layer from T (int8 [out, in]) and its per-shard scales ([shards])."""
         out_features, in_features = digits.shape
         layer = cls(
@@ -283,11 +297,13 @@ class TernaryLinear(nn.Linear):
 
     def scales(self) -> torch.Tensor:
         """Per-shard scales g (float32, or float64 for float64 weights; shape [shards]), shared by the scale group."""
-        total, count = None, 0
+        total: torch.Tensor | None = None
+        count = 0
         for member in self._scale_group:
             sums, n = shard_abs_sums(member.weight, member.shards, member.shard_dim)
             total = sums if total is None else total + sums
             count += n
+        assert total is not None, "a scale group holds at least the layer itself"
         return total / count + self.eps
 
     def ternary_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -301,7 +317,9 @@ class TernaryLinear(nn.Linear):
         shape = (self.out_features, self.in_features)
         kernel = self.weight_kernel
         if self.inference_path is None:
+            assert self.weight_packed is not None, "an unprepared packed layer holds its packed bytes"
             return unpack_ternary(self.weight_packed, shape)
+        assert kernel is not None, "a prepared layer holds its kernel's weights"
         if self.inference_path == "int8":
             return kernel.detach().clone()
         if self.inference_path == "dense":
@@ -309,6 +327,7 @@ class TernaryLinear(nn.Linear):
         if self.inference_path == "2bit":
             return unpack_2bit(kernel, self.in_features)
         # int4: the packed layout is the kernel's own; multiplying the identity by unit scales reads T back exactly.
+        assert self.kernel_scale is not None, "the int4 path keeps its kernel scales"
         unit = torch.zeros_like(self.kernel_scale)
         unit[..., 0] = 1
         eye = torch.eye(self.in_features, dtype=unit.dtype, device=unit.device)
@@ -319,7 +338,9 @@ class TernaryLinear(nn.Linear):
     def prepare_inference(self, path: str, dtype: torch.dtype) -> None:
         """Make `path` (one of INFERENCE_PATHS, see the class docstring) resident; `dtype` is the "dense" dtype."""
         if not self.packed:
-            raise ValueError("prepare_inference needs a packed ternary layer: load a packed checkpoint or pack it first")
+            raise ValueError(
+                "prepare_inference needs a packed ternary layer: load a packed checkpoint or pack it first"
+            )
         if path not in INFERENCE_PATHS:
             raise ValueError(f"unknown ternary inference path {path!r}: choose one of {INFERENCE_PATHS} or 'auto'")
         digits, scales = self.ternary_weight()
@@ -368,11 +389,17 @@ class TernaryLinear(nn.Linear):
             logger.info(f"ternary layer moved from {current} to {target}: its inference path is re-planned there")
             self.weight_packed = pack_ternary(self._packed_digits())
             self.weight_kernel = self.kernel_scale = self.input_scale = None
-            self.weight = None
+            self.register_parameter("weight", None)  # what `self.weight = None` does; nn.Linear types weight as Tensor
             self.inference_path = None
-        kept = {name: self._buffers.pop(name) for name in _KERNEL_BUFFERS if self._buffers.get(name) is not None}
+        kept: dict[str, torch.Tensor] = {}
+        for name in _KERNEL_BUFFERS:
+            if (buffer := self._buffers.get(name)) is not None:
+                kept[name] = buffer
+                del self._buffers[name]
         if self.inference_path is not None:
-            kept["weight_kernel"] = self._buffers.pop("weight_kernel")
+            kernel = self._buffers.pop("weight_kernel")
+            assert kernel is not None, "a prepared layer holds its kernel's weights"
+            kept["weight_kernel"] = kernel
         placeholder = self._parameters.pop("weight", None)
         super()._apply(fn, recurse)
         for name, tensor in kept.items():
@@ -393,6 +420,7 @@ class TernaryLinear(nn.Linear):
             self.prepare_inference(default_inference_path(x.device, self.in_features), x.dtype)
         elif not isinstance(self._parameters["weight"], _PackedWeight):  # something assigned a float weight
             raise RuntimeError(MERGE_REFUSAL.format(name=f"this {self.out_features}x{self.in_features} layer"))
+        assert self.weight_kernel is not None, "a prepared layer holds its kernel's weights"
         if self.inference_path == "dense":
             return F.linear(x, self.weight_kernel.to(x.dtype))
         if torch.is_grad_enabled() and x.requires_grad:
@@ -401,6 +429,7 @@ class TernaryLinear(nn.Linear):
 
     def _weight_only_matmul(self, x: torch.Tensor) -> torch.Tensor:
         """Y = X (g * T)^T through the int8 / int4 / 2bit kernel: x [..., in] -> [..., out] in x's dtype."""
+        assert self.weight_kernel is not None and self.kernel_scale is not None, "the layer is prepared"
         if self.inference_path == "2bit":
             return ternary_matmul_2bit(x, self.weight_kernel, self.kernel_scale, self.input_scale)
         flat = x.reshape(-1, self.in_features)

@@ -19,6 +19,7 @@ Only the standard library, torch and (optionally) triton are imported: this file
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -67,10 +68,8 @@ def release_freed_memory() -> None:
     """Give the C heap's freed pages back to the OS (glibc `malloc_trim`; a no-op elsewhere). Preparing the layers
     frees many 10-50 MB temporaries below glibc's mmap threshold; without this the process keeps them resident
     (measured: +500 MB over 10 layers of 5632 x 2048, against 28 MB of 2-bit weights)."""
-    try:
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 # ----------------------------------------------------------------------------------------------------------------- CPU
@@ -105,7 +104,8 @@ static inline void row_dot(const uint8_t* w, const float* x, int64_t kp, int64_t
         const __m256i v = _mm256_loadu_si256((const __m256i*)(w + 32 * b));
         const float* xb = x + BLOCK_W * b;
 #define STEP(p) { const __m256 t = PLANE(v, p); \
-        for (int i = 0; i < MT; i++) acc[i][(p) & 1] = _mm256_fmadd_ps(t, _mm256_loadu_ps(xb + i * kp + 8 * (p)), acc[i][(p) & 1]); }
+        for (int i = 0; i < MT; i++) \
+            acc[i][(p) & 1] = _mm256_fmadd_ps(t, _mm256_loadu_ps(xb + i * kp + 8 * (p)), acc[i][(p) & 1]); }
         STEP(0) STEP(1) STEP(2) STEP(3) STEP(4) STEP(5) STEP(6) STEP(7)
         STEP(8) STEP(9) STEP(10) STEP(11) STEP(12) STEP(13) STEP(14) STEP(15)
 #undef STEP
@@ -128,7 +128,8 @@ void spectra_ternary_mm(const void* x, int x_bf16, int64_t x_stride, const float
     for (int64_t i = 0; i < m; i++) {
         float* dst = xf + i * kp;
         for (int64_t j = 0; j < k; j++) {
-            float value = x_bf16 ? bf16_to_f32(((const uint16_t*)x)[i * x_stride + j]) : ((const float*)x)[i * x_stride + j];
+            float value = x_bf16 ? bf16_to_f32(((const uint16_t*)x)[i * x_stride + j])
+                                 : ((const float*)x)[i * x_stride + j];
             dst[j] = col_scale ? value * col_scale[j] : value;
         }
         for (int64_t j = k; j < kp; j++) dst[j] = 0.0f;
@@ -187,7 +188,7 @@ void spectra_ternary_unpack(const uint8_t* w, int64_t kp, int64_t k, int64_t r0,
 """.replace("BLOCK_W", str(BLOCK))
 
 _CPU_FLAGS = ("-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
-_cpu_kernels: dict[tuple[str, str], tuple["ctypes.CDLL | None", str]] = {}  # (compiler, cache dir) -> (kernel, status)
+_cpu_kernels: dict[tuple[str, str], tuple[ctypes.CDLL | None, str]] = {}  # (compiler, cache dir) -> (kernel, status)
 
 
 def kernel_cache_dir() -> Path:
@@ -209,7 +210,7 @@ def _kernel_key(compiler: str | None, cache_dir: Path | None) -> tuple[str, str]
     return compiler, str(Path(cache_dir) if cache_dir is not None else kernel_cache_dir())
 
 
-def cpu_kernel(*, compiler: str | None = None, cache_dir: Path | None = None) -> "ctypes.CDLL | None":
+def cpu_kernel(*, compiler: str | None = None, cache_dir: Path | None = None) -> ctypes.CDLL | None:
     """The compiled CPU kernel (built at first use with `compiler`, default $CXX or c++, cached by source hash in
     `cache_dir`), or None where it cannot be built or loaded; the reason is logged once (`cpu_kernel_status()`)."""
     if os.environ.get(KERNEL_ENV, "1") == "0":
@@ -220,7 +221,7 @@ def cpu_kernel(*, compiler: str | None = None, cache_dir: Path | None = None) ->
     return _cpu_kernels[key][0]
 
 
-def _load_cpu_kernel(compiler: str, cache_dir_name: str) -> tuple["ctypes.CDLL | None", str]:
+def _load_cpu_kernel(compiler: str, cache_dir_name: str) -> tuple[ctypes.CDLL | None, str]:
     cache_dir = Path(cache_dir_name)
     reason = _cpu_supported()
     library = None
@@ -255,7 +256,8 @@ def _load_cpu_kernel(compiler: str, cache_dir_name: str) -> tuple["ctypes.CDLL |
             status = f"C++ AVX2 kernel ({target})"
         except (OSError, subprocess.SubprocessError) as error:
             detail = getattr(error, "stderr", None) or str(error)
-            reason = f"it could not be built with {compiler!r}: {detail.strip().splitlines()[-1] if detail.strip() else error}"
+            last_line = detail.strip().splitlines()[-1] if detail.strip() else error
+            reason = f"it could not be built with {compiler!r}: {last_line}"
             library = None
     if library is None:
         status = f"unavailable ({reason})"
@@ -281,7 +283,11 @@ _GEMM_ROW_CHUNK_ELEMENTS = 1 << 22  # at most 16 MiB of unpacked fp32 weights al
 
 
 def _cpu_unpacked_gemm(
-    library: ctypes.CDLL, flat: torch.Tensor, packed: torch.Tensor, row_scale: torch.Tensor, col_scale: torch.Tensor | None
+    library: ctypes.CDLL,
+    flat: torch.Tensor,
+    packed: torch.Tensor,
+    row_scale: torch.Tensor,
+    col_scale: torch.Tensor | None,
 ) -> torch.Tensor:
     """[tokens, in] -> fp32 [tokens, out] by unpacking T chunk by chunk into fp32 and one GEMM per chunk."""
     out_features, in_features = packed.shape[0], flat.shape[1]
@@ -295,16 +301,29 @@ def _cpu_unpacked_gemm(
         stop = min(start + rows, out_features)
         chunk = weights[: stop - start]
         library.spectra_ternary_unpack(
-            packed.data_ptr(), packed.shape[1] * 4, in_features, start, stop, chunk.data_ptr(), torch.get_num_threads()
+            packed.data_ptr(),
+            packed.shape[1] * 4,
+            in_features,
+            start,
+            stop,
+            chunk.data_ptr(),
+            torch.get_num_threads(),
         )
-        torch.mm(x, chunk.t(), out=y[:, start:stop]) if stop - start == out_features else y[:, start:stop].copy_(x @ chunk.t())
+        if stop - start == out_features:
+            torch.mm(x, chunk.t(), out=y[:, start:stop])
+        else:
+            y[:, start:stop].copy_(x @ chunk.t())
     return y.mul_(row_scale)
 
 
-def _cpu_matmul(x: torch.Tensor, packed: torch.Tensor, row_scale: torch.Tensor, col_scale: torch.Tensor | None) -> torch.Tensor:
+def _cpu_matmul(
+    x: torch.Tensor, packed: torch.Tensor, row_scale: torch.Tensor, col_scale: torch.Tensor | None
+) -> torch.Tensor:
     library = cpu_kernel()
     if library is None:
-        raise RuntimeError(f"the 2-bit ternary CPU kernel is {cpu_kernel_status()}: use ternary_inference='int4' or 'auto'")
+        raise RuntimeError(
+            f"the 2-bit ternary CPU kernel is {cpu_kernel_status()}: use ternary_inference='int4' or 'auto'"
+        )
     out_features, in_features = packed.shape[0], x.shape[-1]
     flat = x.reshape(-1, in_features)
     if flat.shape[0] >= GEMM_MIN_TOKENS:
@@ -353,7 +372,8 @@ def _triton_kernel():
     @triton.jit
     def ternary_2bit_kernel(
         x_ptr, w_ptr, row_scale_ptr, col_scale_ptr, y_ptr, M, N, K, KP, stride_xm, stride_ym,
-        HAS_COL_SCALE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        # (triton.jit reads these markers; `tl` is a lazily imported module global, so mypy cannot resolve them)
+        HAS_COL_SCALE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,  # type: ignore[name-defined]
     ):
         pid_m = tl.program_id(0)
         pid_n = tl.program_id(1)
@@ -390,7 +410,9 @@ def _triton_kernel():
     return ternary_2bit_kernel
 
 
-def _triton_matmul(x: torch.Tensor, packed: torch.Tensor, row_scale: torch.Tensor, col_scale: torch.Tensor | None) -> torch.Tensor:
+def _triton_matmul(
+    x: torch.Tensor, packed: torch.Tensor, row_scale: torch.Tensor, col_scale: torch.Tensor | None
+) -> torch.Tensor:
     kernel = _triton_kernel()
     out_features, in_features = packed.shape[0], x.shape[-1]
     flat = x.reshape(-1, in_features)

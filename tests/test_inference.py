@@ -11,13 +11,13 @@ import sys
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
+from test_modeling import REMOTE_CODE_SCRIPT  # the lead's spectra_hf-blocking loader script
+from test_ternary import reference_ternary_weight  # g * T by the paper's formula, float64
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from spectra_hf import TernaryLinear, TriLMForCausalLM
 from spectra_hf.modeling.configuration_trilm import without_trilm_keys
 from spectra_hf.suite import config_for
-from test_modeling import REMOTE_CODE_SCRIPT  # the lead's spectra_hf-blocking loader script
-from test_ternary import reference_ternary_weight  # g * T by the paper's formula, float64
 
 LAYOUT = {"q_proj": 0, "k_proj": 0, "v_proj": 0, "o_proj": 1, "gate_proj": 0, "up_proj": 0, "down_proj": 1}
 
@@ -26,13 +26,15 @@ def llama_reference(latent: TriLMForCausalLM) -> LlamaForCausalLM:
     """A float64 LlamaForCausalLM whose linears hold the paper's g * T of `latent`'s latent weights."""
     config = latent.config
     shards = config.pretraining_model_parallel
-    architecture = {k: v for k, v in without_trilm_keys(config.to_dict()).items() if k not in ("model_type", "auto_map")}
+    architecture = {
+        k: v for k, v in without_trilm_keys(config.to_dict()).items() if k not in ("model_type", "auto_map")
+    }
     llama = LlamaForCausalLM(LlamaConfig(**architecture))
     state = {k: v.double() for k, v in latent.state_dict().items()}
     for i in range(config.num_hidden_layers):
         attn, mlp = f"model.layers.{i}.self_attn", f"model.layers.{i}.mlp"
         qkv = reference_ternary_weight([state[f"{attn}.{p}.weight"] for p in ("q_proj", "k_proj", "v_proj")], shards, 0)
-        for p, weight in zip(("q_proj", "k_proj", "v_proj"), qkv):
+        for p, weight in zip(("q_proj", "k_proj", "v_proj"), qkv, strict=True):
             state[f"{attn}.{p}.weight"] = weight
         for prefix, p in ((attn, "o_proj"), (mlp, "gate_proj"), (mlp, "up_proj"), (mlp, "down_proj")):
             name = f"{prefix}.{p}.weight"
@@ -59,7 +61,7 @@ def test_latent_saved_packed_reloads_to_identical_ternary_weights_and_logits(sav
     assert latent.config.weight_format == "latent"  # saving packed does not change the model
     packed = TriLMForCausalLM.from_pretrained(directory, ternary_inference="dense", dtype=torch.float32)
     assert packed.config.weight_format == "packed"
-    for (name, a), (_, b) in zip(latent.named_modules(), packed.named_modules()):
+    for (name, a), (_, b) in zip(latent.named_modules(), packed.named_modules(), strict=True):
         if isinstance(a, TernaryLinear):
             (digits_a, scales_a), (digits_b, scales_b) = a.ternary_weight(), b.ternary_weight()
             assert torch.equal(digits_a, digits_b) and torch.equal(scales_a, scales_b), name
@@ -77,8 +79,10 @@ def test_latent_saved_packed_reloads_to_identical_ternary_weights_and_logits(sav
     # int8 / int4 run in bfloat16; 2bit accumulates in fp32 (float32 activations stay float32)
     [("int8", torch.int8, 1, 2e-2), ("int4", torch.uint8, 0.5, 2e-2), ("2bit", torch.uint8, 0.25, 1e-5)],
 )
-def test_weight_only_paths_match_the_reference_and_stay_small(saved, path, weight_dtype, bytes_per_weight, tolerance) -> None:
-    latent, directory, ids, reference = saved
+def test_weight_only_paths_match_the_reference_and_stay_small(
+    saved, path, weight_dtype, bytes_per_weight, tolerance
+) -> None:
+    _latent, directory, ids, reference = saved
     model = TriLMForCausalLM.from_pretrained(directory, ternary_inference=path, dtype=torch.float32)
     for module in model.modules():
         if isinstance(module, TernaryLinear):

@@ -9,8 +9,7 @@ import logging
 import pytest
 import torch
 
-from spectra_hf.modeling import TernaryLinear
-from spectra_hf.modeling import ternary_kernels
+from spectra_hf.modeling import TernaryLinear, ternary_kernels
 from spectra_hf.modeling.ternary import default_inference_path
 from spectra_hf.modeling.ternary_kernels import pack_2bit, unpack_2bit
 

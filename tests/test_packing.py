@@ -29,7 +29,7 @@ def test_round_trip_is_lossless(shape) -> None:
 def test_corrupt_packed_bytes_are_refused() -> None:
     with pytest.raises(ValueError, match="<= 242"):
         unpack_ternary(torch.tensor([243], dtype=torch.uint8), (5,))
-    with pytest.raises(ValueError, match="does not match its config.json"):
+    with pytest.raises(ValueError, match=r"does not match its config\.json"):
         unpack_ternary(torch.zeros(3, dtype=torch.uint8), (4, 5))
 
 

@@ -80,7 +80,7 @@ def test_merge_options_for_a_ternary_base() -> None:
 
 
 def test_lora_on_floatlm_merges_exactly(dataset, tmp_path) -> None:
-    peft_model, before, trainer = lora_train("FloatLM_99M", dataset, tmp_path, steps=3)
+    peft_model, _before, trainer = lora_train("FloatLM_99M", dataset, tmp_path, steps=3)
     assert trainer.family == "floatlm"
     ids = torch.randint(0, 512, (1, 12))
     with torch.no_grad():

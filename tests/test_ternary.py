@@ -21,7 +21,7 @@ def reference_ternary_weight(weights: list[torch.Tensor], shards: int, shard_dim
         index[shard_dim] = slice(s * size, (s + 1) * size)
         blocks = [w[tuple(index)] for w in weights]
         g = EPS + torch.cat([b.abs().flatten() for b in blocks]).mean()
-        for out, block in zip(outs, blocks):
+        for out, block in zip(outs, blocks, strict=True):
             out[tuple(index)] = g * torch.round(torch.clamp(block / g, -1, 1))
     return outs
 
@@ -53,7 +53,7 @@ def test_fused_qkv_scales_are_shared_per_shard(shards: int) -> None:
     share_scales(q, k, v)
     x = torch.randn(5, 24, dtype=torch.float64)
     expected = reference_ternary_weight([q.weight, k.weight, v.weight], shards, 0)
-    for layer, weight in zip((q, k, v), expected):
+    for layer, weight in zip((q, k, v), expected, strict=True):
         torch.testing.assert_close(layer(x), F.linear(x, weight), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(q.scales(), k.scales())
 

@@ -18,10 +18,13 @@ Three honest ways to ship the result:
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 from torch import nn
+from transformers import PreTrainedModel
 
 from spectra_hf.modeling import FloatLMConfig, FloatLMForCausalLM, TernaryLinear, TriLMConfig
 from spectra_hf.modeling.ternary import dense_of_digits
@@ -36,11 +39,12 @@ def _merged_weight(module: nn.Module) -> torch.Tensor:
         weight = _merged_weight(base)
         for adapter in module.active_adapters:
             if adapter in module.lora_A:
-                weight = weight + module.get_delta_weight(adapter).float()
+                # (every peft LoRA layer class defines get_delta_weight; their LoraLayer base does not declare it)
+                weight = weight + module.get_delta_weight(adapter).float()  # type: ignore[operator]
         return weight
     if isinstance(module, TernaryLinear):
         return dense_of_digits(*module.ternary_weight(), module.shard_dim, torch.float32)
-    return module.weight.float()
+    return cast(torch.Tensor, module.weight).float()  # a linear layer's weight (nn.Module types attributes loosely)
 
 
 @torch.no_grad()
@@ -50,7 +54,7 @@ def merge_lora_to_float(model: PeftModel) -> FloatLMForCausalLM:
     Ternary layers become `g T` plus the adapters' `s B A`; everything else is copied. The result has the same
     architecture as a FloatLM of the same size (a standard Llama checkpoint once saved).
     """
-    base = model.get_base_model()
+    base = cast(PreTrainedModel, model.get_base_model())  # peft types it as any Module; here a TriLM or FloatLM
     ternary_only = set(TriLMConfig().to_dict()) - set(FloatLMConfig().to_dict())
     values = {k: v for k, v in base.config.to_dict().items() if k not in ternary_only | {"model_type", "auto_map"}}
     merged = FloatLMForCausalLM(FloatLMConfig(**values))
