@@ -7,7 +7,7 @@ import json
 import pytest
 from trilm_release import release_model
 
-from spectra_hf import FloatLMForCausalLM, TriLMForCausalLM
+from spectra_hf import FloatLMForCausalLM, TernaryLinear, TriLMForCausalLM
 from spectra_hf.checkpoints.info import describe_checkpoint, suite_size
 from spectra_hf.cli import main
 from spectra_hf.errors import SpectraError
@@ -30,6 +30,13 @@ def test_trilm_kinds_are_told_apart_with_the_same_statistics(tmp_path) -> None:
     assert latent["family"] == packed["family"] == "trilm" and latent["pretraining_model_parallel"] == 2
     assert latent["params"] == packed["params"] == model.num_parameters()
     assert latent["ternary_bits_per_weight"] == 32 and 1.6 <= packed["ternary_bits_per_weight"] < 1.62
+    # info names the CPU path `auto` takes: the loaded model's layers agree with it.
+    loaded = TriLMForCausalLM.from_pretrained(tmp_path / "packed")
+    paths = {m.inference_path for m in loaded.modules() if isinstance(m, TernaryLinear)}
+    if packed["cpu_inference"].startswith("C++"):
+        assert paths == {"2bit"}
+    else:  # no compiler: torch's int4 kernel (int8 where the width does not suit it)
+        assert paths and paths <= {"int4", "int8"}
 
     stats = model.ternary_stats()
     total = sum(1 for _ in stats)

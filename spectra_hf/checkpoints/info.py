@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from spectra_hf.checkpoints.io import Checkpoint, Ternary
 from spectra_hf.checkpoints.safetensors_io import DTYPES
+from spectra_hf.modeling.ternary_kernels import cpu_kernel_status
 from spectra_hf.modeling.ternary_stats import TernaryCounts
 from spectra_hf.suite import FAMILY_PREFIX, SIZES
 
@@ -35,8 +36,8 @@ def describe_checkpoint(path: str | os.PathLike, *, stats: bool = True, progress
 
     Keys: path, family, size (registry size or None), name (suite name or None), format ("latent", "packed",
     "unpacked release", "float"), resumable (latent TriLM), pretraining_model_parallel, params (logical parameter
-    count), weight_bytes (on disk), ternary_params and ternary_bits_per_weight (TriLM), and with `stats` for a TriLM:
-    zero_fraction, plus_fraction, minus_fraction, scale_min, scale_max over all ternary matrices.
+    count), weight_bytes (on disk), ternary_params, ternary_bits_per_weight and cpu_inference (TriLM), and with
+    `stats` for a TriLM: zero_fraction, plus_fraction, minus_fraction, scale_min, scale_max over all ternary matrices.
     """
     source = Checkpoint(path)
     size = suite_size(source.config)
@@ -62,6 +63,7 @@ def describe_checkpoint(path: str | os.PathLike, *, stats: bool = True, progress
         pretraining_model_parallel=source.shards,
         ternary_params=ternary_params,
         ternary_bits_per_weight=8 * stored_bytes / ternary_params if ternary_params else None,
+        cpu_inference=cpu_kernel_status(),  # the path `auto` takes on this machine's CPU, and why
     )
     if stats and ternary_names:
         counts = TernaryCounts()
