@@ -2,8 +2,9 @@
 
 The tiny FloatLM has hidden 64 and intermediate 192, narrower than the paper's group size 128, which gptqmodel's
 CPU int4 kernel cannot run (export refuses it, tested below): 3 and 4 bits use group size 32 (several groups per row),
-6 and 8 bits the paper's per-channel. References come from outside the code under test: transformers' stock LlamaForCausalLM
-on the FloatLM weights, the registry's effective bits, and a float64 unpacking of the GPTQ v1 tensors written here.
+6 and 8 bits the paper's per-channel. References come from outside the code under test: transformers' stock
+LlamaForCausalLM on the FloatLM weights, the registry's effective bits, and a float64 unpacking of the GPTQ v1 tensors
+written here.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ import torch
 from safetensors.torch import load_file
 
 import spectra_hf
+from spectra_hf.checkpoints.exports import read_export_info
 from spectra_hf.cli import main
 from spectra_hf.errors import SpectraError
-from spectra_hf.checkpoints.exports import read_export_info
+from spectra_hf.quantization.calibration import calibration_samples, load_calibration_texts
 from spectra_hf.quantization.gptq import (
     GPTQSettings,
     export_quantlms,
@@ -27,7 +29,6 @@ from spectra_hf.quantization.gptq import (
     quantize_model,
     quantlm_size_bits,
 )
-from spectra_hf.quantization.calibration import calibration_samples, load_calibration_texts
 from spectra_hf.suite import QUANT_BITS, QUANT_EFFECTIVE_BITS, SuiteModel, config_for
 
 SAMPLES, LENGTH = 4, 64  # calibration kept small: the tests check plumbing and ordering, not GPTQ's quality
@@ -72,7 +73,13 @@ def suite_dir(tmp_path_factory, floatlm_dir, corpus_files) -> Path:
     """The four paper widths exported as packed GPTQ."""
     suite = tmp_path_factory.mktemp("suite")
     export_quantlms(
-        floatlm_dir, suite, calibration=corpus_files[0], group_size=GROUP_SIZE, samples=SAMPLES, length=LENGTH, size="tiny"
+        floatlm_dir,
+        suite,
+        calibration=corpus_files[0],
+        group_size=GROUP_SIZE,
+        samples=SAMPLES,
+        length=LENGTH,
+        size="tiny",
     )
     return suite
 
@@ -104,7 +111,9 @@ def test_packed_export_reloads_to_the_in_memory_model(bits, suite_dir, in_memory
             AutoModelForCausalLM.from_pretrained(directory)
         model = load_quantlm(directory, backend="torch")
     else:
-        model = AutoModelForCausalLM.from_pretrained(directory, quantization_config=GPTQConfig(bits=bits, backend="torch"))
+        model = AutoModelForCausalLM.from_pretrained(
+            directory, quantization_config=GPTQConfig(bits=bits, backend="torch")
+        )
     assert type(model).__name__ == "LlamaForCausalLM"
     assert type(model.model.layers[0].mlp.down_proj).__name__ == "TorchLinear"
     with torch.no_grad():
@@ -113,7 +122,8 @@ def test_packed_export_reloads_to_the_in_memory_model(bits, suite_dir, in_memory
 
 
 def test_default_kernel_loads_and_agrees(suite_dir, in_memory_logits, probe):
-    """The kernel gptqmodel picks on CPU (an int4 kernel with bfloat16 activations at 4 bits) agrees to bf16 precision."""
+    """The kernel gptqmodel picks on CPU (an int4 kernel with bfloat16 activations at 4 bits) agrees to bf16
+    precision."""
     model = load_quantlm(suite_dir / "QuantLM_tiny_4bit")
     with torch.no_grad():
         logits = model(probe).logits
@@ -188,8 +198,9 @@ def test_unpacked_cli_export_is_a_stock_llama_with_the_dequantized_weights(
 ):
     from transformers import LlamaForCausalLM
 
-    argv = ["quantize", str(floatlm_dir), str(tmp_path), "--bits", "4", "--format", "unpacked", "--size", "tiny", "--group-size", "32"]
-    argv += ["--calibration", str(corpus_files[0]), "--calibration-samples", str(SAMPLES), "--calibration-length", str(LENGTH)]
+    argv = ["quantize", str(floatlm_dir), str(tmp_path), "--bits", "4", "--format", "unpacked", "--size", "tiny"]
+    argv += ["--group-size", "32", "--calibration", str(corpus_files[0])]
+    argv += ["--calibration-samples", str(SAMPLES), "--calibration-length", str(LENGTH)]
     assert main(argv) == 0
     directory = tmp_path / "QuantLM_tiny_4bit"
     assert capsys.readouterr().out.strip().splitlines()[-1] == str(directory)  # gptqmodel logs to stdout too
@@ -216,8 +227,8 @@ def test_calibration_is_deterministic_and_reads_saved_datasets(tmp_path, tokeniz
     again = calibration_samples(tokenizer, documents, samples=3, length=32, seed=1)
     other = calibration_samples(tokenizer, documents, samples=3, length=32, seed=2)
     assert [s["input_ids"].shape for s in first] == [torch.Size([1, 32])] * 3
-    assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(first, again))
-    assert not all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(first, other))
+    assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(first, again, strict=True))
+    assert not all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(first, other, strict=True))
 
     datasets.Dataset.from_dict({"content": documents}).save_to_disk(str(tmp_path / "saved"))
     saved = load_calibration_texts(tmp_path / "saved", text_column="content")
@@ -251,7 +262,13 @@ def test_bad_input_fails_before_any_work(case, match, tmp_path, floatlm_dir, cor
     from transformers import LlamaConfig
 
     floatlm = floatlm_dir
-    kwargs = {"calibration": corpus_files[0], "group_size": GROUP_SIZE, "samples": SAMPLES, "length": LENGTH, "size": "tiny"}
+    kwargs = {
+        "calibration": corpus_files[0],
+        "group_size": GROUP_SIZE,
+        "samples": SAMPLES,
+        "length": LENGTH,
+        "size": "tiny",
+    }
     if case == "bits9":
         kwargs["bits"] = [4, 9]
     elif case == "bits1":
@@ -267,7 +284,8 @@ def test_bad_input_fails_before_any_work(case, match, tmp_path, floatlm_dir, cor
     elif case == "trilm_unpacked":  # the original release: a plain llama config carrying the shard count
         floatlm = _config_dir(tmp_path, "trilm_unpacked", LlamaConfig(hidden_size=64, pretraining_model_parallel=1))
     elif case == "narrow":
-        floatlm = _config_dir(tmp_path, "narrow", config_for("FloatLM_99M", tiny=True, vocab_size=512, hidden_size=48, num_attention_heads=3))
+        narrow = config_for("FloatLM_99M", tiny=True, vocab_size=512, hidden_size=48, num_attention_heads=3)
+        floatlm = _config_dir(tmp_path, "narrow", narrow)
     elif case == "little_text":
         kwargs["calibration"] = ["a few words of text"]
     out = tmp_path / "out"

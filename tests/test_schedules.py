@@ -80,7 +80,8 @@ def test_trilm_curves_follow_the_paper_and_loss_falls(tmp_path, tokenizer_dir, c
     # The two interventions are visible where the paper puts them.
     by_step = {entry["step"]: entry for entry in logs}
     assert by_step[STEPS // 2 + 1]["learning_rate"] < 0.7 * by_step[STEPS // 2]["learning_rate"]
-    assert by_step[round(STEPS * 2 / 3)]["weight_decay"] == WD and by_step[round(STEPS * 2 / 3) + 1]["weight_decay"] == 0
+    two_thirds = round(STEPS * 2 / 3)
+    assert by_step[two_thirds]["weight_decay"] == WD and by_step[two_thirds + 1]["weight_decay"] == 0
     assert_lower_loss(logs)
 
 

@@ -51,14 +51,19 @@ class ModelArguments:
     )
     tp_size: int = field(
         default=1,
-        metadata={"help": "Tensor-parallel degree through transformers' tp_plan / DistributedConfig (needs model_path)."},
+        metadata={
+            "help": "Tensor-parallel degree through transformers' tp_plan / DistributedConfig (needs model_path)."
+        },
     )
 
 
 @dataclass
 class DataArguments:
     data_files: list[str] | None = field(
-        default=None, metadata={"help": "Local .txt/.json/.jsonl/.parquet/.csv files (a document per line/row); wins over dataset_name."}
+        default=None,
+        metadata={
+            "help": "Local .txt/.json/.jsonl/.parquet/.csv files (a document per line/row); wins over dataset_name."
+        },
     )
     dataset_name: str | None = field(default=None, metadata={"help": "A `datasets` Hub dataset name."})
     dataset_config: str | None = field(default=None, metadata={"help": "The dataset's configuration name."})
@@ -99,7 +104,8 @@ class SpectraTrainingArguments(TrainingArguments):
         metadata={"help": "Sequences per optimizer step over all processes; sets gradient_accumulation_steps."},
     )
     suite_dir: str | None = field(
-        default=None, metadata={"help": "Suite directory that receives release exports (spectra_hf.checkpoints.exports layout)."}
+        default=None,
+        metadata={"help": "Suite directory that receives release exports (spectra_hf.checkpoints.exports layout)."},
     )
     export_name: str | None = field(
         default=None, metadata={"help": "Name of the exports in suite_dir (default: the model name)."}
@@ -142,7 +148,8 @@ def recipe_keys() -> set[str]:
 
 def recipe_parser() -> HfArgumentParser:
     """The parser of every recipe key (`parse_recipe` parses with it; `spectra-hf train --help` prints it)."""
-    return HfArgumentParser(_DATACLASSES)
+    # transformers annotates dataclass_types with a NewType over Any that no class is an instance of
+    return HfArgumentParser(_DATACLASSES)  # type: ignore[arg-type]
 
 
 def recipe_path(recipe: str | Path) -> Path:

@@ -21,21 +21,22 @@ def generation_ready(model: Any, tokenizer: Any | None) -> Iterator[None]:
     saved_use_cache = getattr(config, "use_cache", None)
     saved_padding_side = getattr(tokenizer, "padding_side", None)
     # save_pretrained writes a tokenizer's init_kwargs, not its attributes: set both.
-    init_kwargs = getattr(tokenizer, "init_kwargs", None)
-    saved_init_kwargs = dict(init_kwargs) if isinstance(init_kwargs, dict) else None
+    tokenizer_init_kwargs = getattr(tokenizer, "init_kwargs", None)
+    init_kwargs = tokenizer_init_kwargs if isinstance(tokenizer_init_kwargs, dict) else None
+    saved_init_kwargs = dict(init_kwargs) if init_kwargs is not None else None
     if config is not None:
         config.use_cache = True
-    if saved_padding_side is not None:
+    if tokenizer is not None and saved_padding_side is not None:
         tokenizer.padding_side = "left"
-        if saved_init_kwargs is not None:
+        if init_kwargs is not None:
             init_kwargs["padding_side"] = "left"
     try:
         yield
     finally:
         if config is not None:
             config.use_cache = saved_use_cache
-        if saved_padding_side is not None:
+        if tokenizer is not None and saved_padding_side is not None:
             tokenizer.padding_side = saved_padding_side
-            if saved_init_kwargs is not None:
+            if init_kwargs is not None and saved_init_kwargs is not None:
                 init_kwargs.clear()
                 init_kwargs.update(saved_init_kwargs)

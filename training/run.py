@@ -19,8 +19,8 @@ from transformers import (
     set_seed,
 )
 
-from spectra_hf.errors import SpectraError
 from spectra_hf.checkpoints.exports import TRAINING_DATA_KEY, model_dir
+from spectra_hf.errors import SpectraError
 from spectra_hf.suite import config_for, get_model
 
 from .arguments import DataArguments, ModelArguments, SpectraTrainingArguments, parse_recipe
@@ -164,4 +164,5 @@ def train(
     export_dir = None
     if args.suite_dir:
         export_dir = trainer.export_release(model_dir(args.suite_dir, args.export_name))
+    assert args.output_dir is not None, "TrainingArguments.__post_init__ sets a default output_dir"
     return TrainResult(trainer=trainer, metrics=output.metrics, output_dir=Path(args.output_dir), export_dir=export_dir)

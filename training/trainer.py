@@ -24,7 +24,7 @@ import shutil
 from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from transformers import (
@@ -36,7 +36,13 @@ from transformers import (
     TrainerState,
     TrainingArguments,
 )
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SaveStrategy, _is_peft_model, get_last_checkpoint
+from transformers.trainer_utils import (
+    PREFIX_CHECKPOINT_DIR,
+    SaveStrategy,
+    TrainOutput,
+    _is_peft_model,
+    get_last_checkpoint,
+)
 from transformers.utils import logging
 
 from spectra_hf.checkpoints.exports import (
@@ -96,17 +102,24 @@ class SpectraTrainer(Trainer):
         if not isinstance(args, SpectraTrainingArguments):
             args = spectra_arguments(args, model=model)
         callbacks = [WeightDecaySchedule(), _RecordPlannedSteps(self), *(callbacks or [])]
-        super().__init__(model, args, *trainer_args, callbacks=callbacks, **kwargs)
+        # mypy lets *trainer_args reach `callbacks`; they are the positional parameters before it (more would be a
+        # TypeError in any case)
+        super().__init__(model, args, *trainer_args, callbacks=callbacks, **kwargs)  # type: ignore[misc]
         if self.args.checkpoint_spacing == "log":
             self.add_callback(LogSpacedCheckpoints())
         self._ternary_tracker = TernaryStatsTracker() if self.args.ternary_stats else None
+
+    @property
+    def _model(self) -> PreTrainedModel:
+        """`self.model`, which `Trainer` types as `Module | None`: after `__init__` it is the model being trained."""
+        return cast(PreTrainedModel, self.model)
 
     @property
     def family(self) -> str:
         """'trilm' or 'floatlm': the schedule family (from `args.schedule`, else the model type)."""
         if self.args.schedule is not None:
             return self.args.schedule
-        return "trilm" if getattr(self.model.config, "model_type", None) == "trilm" else "floatlm"
+        return "trilm" if getattr(self._model.config, "model_type", None) == "trilm" else "floatlm"
 
     def schedule(self, num_training_steps: int) -> SpectraSchedule:
         """The LR / WD schedule of a run of `num_training_steps` optimizer steps under these arguments."""
@@ -135,12 +148,16 @@ class SpectraTrainer(Trainer):
         if self.lr_scheduler is None:
             schedule = self.schedule(num_training_steps)
             logger.info("SpectraTrainer: %s", describe_schedule(schedule))
-            self.lr_scheduler = SpectraLRScheduler(optimizer or self.optimizer, schedule)
+            optimizer = optimizer or self.optimizer
+            assert optimizer is not None, "Trainer creates the optimizer before the scheduler"
+            self.lr_scheduler = SpectraLRScheduler(optimizer, schedule)
             self._created_lr_scheduler = True
         return self.lr_scheduler
 
     def weight_decay_in_force(self) -> float:
         """Weight decay of the decayed parameter groups right now (0 when none decays)."""
+        if self.optimizer is None:
+            raise SpectraError("weight_decay_in_force: the optimizer is not created yet (it is when training starts)")
         values = [g["weight_decay"] for g in self.optimizer.param_groups if g.get("spectra_decay", False)]
         return max(values, default=0.0)
 
@@ -148,10 +165,16 @@ class SpectraTrainer(Trainer):
         if "learning_rate" in logs and self.optimizer is not None:
             logs["weight_decay"] = self.weight_decay_in_force()
             if self._ternary_tracker is not None:
-                logs.update(self._ternary_tracker.stats(self.model))
+                logs.update(self._ternary_tracker.stats(self._model))
         super().log(logs, start_time)
 
-    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any):
+    def train(
+        self,
+        resume_from_checkpoint: str | bool | None = None,
+        trial: Any = None,
+        ignore_keys_for_eval: list[str] | None = None,
+        **kwargs: Any,
+    ) -> TrainOutput:
         """`Trainer.train`, after checking that the checkpoint to resume from is complete and fits the model.
 
         `resume_from_checkpoint` may be a path, True (the latest `checkpoint-<step>` in `output_dir`) or the
@@ -160,12 +183,18 @@ class SpectraTrainer(Trainer):
         resume_from_checkpoint = resume_flag(resume_from_checkpoint)
         if resume_from_checkpoint:
             if resume_from_checkpoint is True:
-                resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
-                if resume_from_checkpoint is None:
+                last: str | None = get_last_checkpoint(self.args.output_dir)
+                if last is None:
                     raise SpectraError(f"no checkpoint-<step> directory to resume from in {self.args.output_dir}")
-            check_resumable(resume_from_checkpoint, self.model.config.to_dict())
+                resume_from_checkpoint = last
+            check_resumable(resume_from_checkpoint, self._model.config.to_dict())
             self.reexport_missing_checkpoints()
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        return super().train(
+            resume_from_checkpoint=resume_from_checkpoint,
+            trial=trial,
+            ignore_keys_for_eval=ignore_keys_for_eval,
+            **kwargs,
+        )
 
     def planned_steps(self, max_steps: int) -> list[int]:
         """The optimizer steps at which a run of `max_steps` saves a checkpoint (and so a suite export)."""
@@ -185,6 +214,7 @@ class SpectraTrainer(Trainer):
             return []
         written: list[int] = []
         if self.args.should_save:
+            assert self.args.output_dir is not None, "TrainingArguments.__post_init__ sets a default output_dir"
             for checkpoint in sorted(Path(self.args.output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*")):
                 step_text = checkpoint.name.removeprefix(f"{PREFIX_CHECKPOINT_DIR}-")
                 if not step_text.isdigit() or not (checkpoint / "trainer_state.json").is_file():
@@ -244,7 +274,7 @@ class SpectraTrainer(Trainer):
 
     @property
     def export_name(self) -> str:
-        return self.args.export_name or getattr(self.model.config, "name_or_path", None) or self.family
+        return self.args.export_name or getattr(self._model.config, "name_or_path", None) or self.family
 
     def export_release(self, target: str | Path, *, extra: dict[str, Any] | None = None) -> Path:
         """Write a release export of the model (with tokenizer and `spectra_export.json`) to `target` atomically.
@@ -377,7 +407,10 @@ def _broadcast_path(path: Path | None) -> Path:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         holder = [str(path) if path is not None else None]
         torch.distributed.broadcast_object_list(holder, src=0)
-        return Path(holder[0])
+        received = holder[0]
+        assert received is not None, "rank 0 always saves, so it always has a staging directory"
+        return Path(received)
+    assert path is not None, "a single process always saves, so it always has a staging directory"
     return path
 
 

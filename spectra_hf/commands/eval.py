@@ -22,7 +22,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("model", metavar="MODEL", help="export directory or Hub repo id, e.g. SpectraSuite/FloatLM_99M")
     parser.add_argument("--revision", help="branch / tag / commit (Hub), or step<N> of a local export's checkpoints")
-    parser.add_argument("--endpoint", help="Hub endpoint, e.g. a local Hub http://127.0.0.1:PORT (default: HF_ENDPOINT)")
+    parser.add_argument(
+        "--endpoint", help="Hub endpoint, e.g. a local Hub http://127.0.0.1:PORT (default: HF_ENDPOINT)"
+    )
     parser.add_argument("--token", help="Hub token (default: the usual huggingface_hub sources)")
     parser.add_argument(
         "--tasks",
@@ -51,10 +53,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from spectra_hf.errors import SpectraError
-    from spectra_hf.evaluation.results import build_results, write_results
-    from spectra_hf.evaluation.text_perplexity import load_texts, perplexity
     from spectra_hf.evaluation.harness import resolve_tasks, run_harness
     from spectra_hf.evaluation.pretrained import load_pretrained
+    from spectra_hf.evaluation.results import build_results, write_results
+    from spectra_hf.evaluation.text_perplexity import load_texts, perplexity
 
     if not args.tasks and not args.perplexity_data:
         raise SpectraError("nothing to evaluate: pass --tasks and / or --perplexity-data")

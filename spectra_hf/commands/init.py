@@ -34,8 +34,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from spectra_hf.errors import SpectraError
     from spectra_hf.checkpoints.exports import atomic_directory
+    from spectra_hf.errors import SpectraError
     from spectra_hf.suite import config_for, get_model
 
     out = Path(args.out)

@@ -16,7 +16,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "`torchrun --nproc_per_node N -m spectra_hf.cli train ...` or `accelerate launch --config_file "
             "training/recipes/launch/<config>.yaml -m spectra_hf.cli train ...`."
         ),
-        epilog="example: spectra-hf train TriLM_99M --tiny true --data_files corpus.txt --tokenizer ./tok --max_steps 300",
+        epilog=(
+            "example: spectra-hf train TriLM_99M --tiny true --data_files corpus.txt --tokenizer ./tok --max_steps 300"
+        ),
     )
     parser.add_argument("recipe", help="recipe YAML path or suite model name (e.g. TriLM_99M)")
     parser.add_argument("overrides", nargs=argparse.REMAINDER, help="recipe keys to override: --key value ...")

@@ -34,10 +34,10 @@ from typing import Any
 import torch
 from transformers.utils import logging
 
+from spectra_hf.checkpoints.exports import ExportInfo, atomic_directory, model_dir, read_export_info, write_export_info
 from spectra_hf.checkpoints.info import suite_size
 from spectra_hf.checkpoints.io import config_architecture, read_config
 from spectra_hf.errors import SpectraError
-from spectra_hf.checkpoints.exports import ExportInfo, atomic_directory, model_dir, read_export_info, write_export_info
 from spectra_hf.quantization.calibration import CalibrationSource, calibration_samples, load_calibration_texts
 from spectra_hf.suite import CONTEXT_LENGTH, FLOAT_BITS, QUANT_BITS, QUANT_GROUP_SIZE, linear_weight_shapes, size_bits
 
@@ -84,7 +84,9 @@ class GPTQSettings:
         Widths the paper did not use get group size 128.
         """
         if bits not in GPTQ_BITS:
-            raise SpectraError(f"bits={bits} is not supported: GPTQ here quantizes to {GPTQ_BITS[0]}..{GPTQ_BITS[-1]} bits")
+            raise SpectraError(
+                f"bits={bits} is not supported: GPTQ here quantizes to {GPTQ_BITS[0]}..{GPTQ_BITS[-1]} bits"
+            )
         if group_size is None:
             group_size = QUANT_GROUP_SIZE.get(bits, 128)
         if group_size not in GROUP_SIZES:
@@ -237,7 +239,9 @@ def save_quantized(model: Any, quantizer: Any, directory: str | Path) -> None:
     quantizer.save(model, str(directory))
     saved = read_config(Path(directory))["quantization_config"]
     if saved.get("format") != "gptq" or saved.get("dataset") is not None:
-        raise SpectraError(f"optimum wrote quantization_config {saved} to {directory}; expected format 'gptq' and no dataset")
+        raise SpectraError(
+            f"optimum wrote quantization_config {saved} to {directory}; expected format 'gptq' and no dataset"
+        )
 
 
 def load_quantlm(
@@ -279,7 +283,8 @@ def _load_wide_gptq(directory: Path, config: dict[str, Any], *, dtype: torch.dty
     quant = dict(config["quantization_config"])
     llama_config = LlamaConfig(**{k: v for k, v in config_architecture(config).items() if k != "quantization_config"})
     torch_dtype = llama_config.dtype if dtype == "auto" else dtype
-    model = LlamaForCausalLM(llama_config).to(dtype=torch_dtype)
+    # transformers wraps PreTrainedModel.to in @wraps(Module.to), whose stub hides the bound self
+    model = LlamaForCausalLM(llama_config).to(dtype=torch_dtype)  # type: ignore[call-arg]
     quantizer = _gptq_quantizer_class()(**{**quant, "backend": backend})
     quantizer.convert_model(model, device_map={"": device})
     state: dict[str, torch.Tensor] = {}
@@ -313,7 +318,8 @@ def dequantize_to_llama(model: Any, *, dtype: torch.dtype = torch.float16):
     config = model.config.to_dict()
     config.pop("quantization_config", None)
     config["dtype"] = str(dtype).removeprefix("torch.")
-    plain = LlamaForCausalLM(LlamaConfig(**config_architecture(config))).to(dtype=dtype)
+    # transformers wraps PreTrainedModel.to in @wraps(Module.to), whose stub hides the bound self
+    plain = LlamaForCausalLM(LlamaConfig(**config_architecture(config))).to(dtype=dtype)  # type: ignore[call-arg]
     state = {}
     for name, module in model.named_modules():
         if isinstance(module, BaseQuantLinear):
@@ -421,7 +427,9 @@ def export_quantlms(
     try:
         tokenizer = AutoTokenizer.from_pretrained(floatlm)
     except (OSError, ValueError) as error:
-        raise SpectraError(f"{floatlm} has no loadable tokenizer ({error}); save the FloatLM's tokenizer next to it") from error
+        raise SpectraError(
+            f"{floatlm} has no loadable tokenizer ({error}); save the FloatLM's tokenizer next to it"
+        ) from error
     context = config.get("max_position_embeddings")
     if isinstance(context, int) and 0 < context < length:
         logger.warning(
@@ -448,10 +456,11 @@ def export_quantlms(
                 del model  # converted in place by save(): only the reloaded copy is trustworthy
                 reloaded = load_quantlm(packed_dir, backend=REFERENCE_BACKEND)
                 with _eager():
-                    error = _reload_error(expected, reloaded, probe)
-                if error > 1e-3 * max(1.0, expected.abs().max().item()):
+                    logit_error = _reload_error(expected, reloaded, probe)
+                if logit_error > 1e-3 * max(1.0, expected.abs().max().item()):
                     raise SpectraError(
-                        f"{name}: the saved checkpoint reloads to a different model (max logit difference {error:.3g}); "
+                        f"{name}: the saved checkpoint reloads to a different model "
+                        f"(max logit difference {logit_error:.3g}); "
                         "this is a bug in spectra-hf or its optimum/gptqmodel versions, please report it"
                     )
                 if format == "unpacked":
@@ -460,7 +469,8 @@ def export_quantlms(
             for filename in _GENERATION_FILES:
                 if (floatlm / filename).is_file() and not (staging / filename).exists():
                     shutil.copy2(floatlm / filename, staging / filename)
-            write_export_info(staging, _export_info(name, base_model, setting, format, config, texts.source, len(samples_), length, seed))
+            info = _export_info(name, base_model, setting, format, config, texts.source, len(samples_), length, seed)
+            write_export_info(staging, info)
         written.append(model_dir(suite_dir, name))
     return written
 
