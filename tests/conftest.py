@@ -75,3 +75,19 @@ def local_hub(tmp_path_factory):
     )
     with LocalHub(tmp_path_factory.mktemp("local-hub"), port=LOCAL_HUB_PORT) as hub:
         yield hub
+
+
+@pytest.fixture
+def hub(tmp_path):
+    """A LocalHub of this test's own (fault injection, limits, tokens): reach it with `api` or `endpoint=hub.url`."""
+    from spectra_hf.hub.localhub import LocalHub
+
+    with LocalHub(tmp_path / "hub") as hub:
+        yield hub
+
+
+@pytest.fixture
+def api(hub):
+    from huggingface_hub import HfApi
+
+    return HfApi(endpoint=hub.url, token=False)

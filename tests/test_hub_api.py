@@ -30,17 +30,6 @@ datasets:
 """
 
 
-@pytest.fixture
-def hub(tmp_path):
-    with LocalHub(tmp_path / "hub") as hub:
-        yield hub
-
-
-@pytest.fixture
-def api(hub):
-    return HfApi(endpoint=hub.url, token=False)
-
-
 def _tiny_llama(directory: Path, vocab_size: int = 64):
     from transformers import LlamaConfig, LlamaForCausalLM
 

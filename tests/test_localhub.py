@@ -30,17 +30,6 @@ WEIGHTS = bytes(range(256)) * 40  # binary, so LFS by content as well as by the 
 
 
 @pytest.fixture
-def hub(tmp_path):
-    with LocalHub(tmp_path / "hub") as hub:
-        yield hub
-
-
-@pytest.fixture
-def api(hub):
-    return HfApi(endpoint=hub.url, token=False)
-
-
-@pytest.fixture
 def folder(tmp_path) -> Path:
     folder = tmp_path / "folder"
     (folder / "sub").mkdir(parents=True)

@@ -27,17 +27,6 @@ WEIGHTS = bytes(range(256)) * 64  # binary: goes through LFS
 CONFIG = b'{"model_type": "llama", "architectures": ["LlamaForCausalLM"]}'
 
 
-@pytest.fixture
-def hub(tmp_path):
-    with LocalHub(tmp_path / "hub") as hub:
-        yield hub
-
-
-@pytest.fixture
-def api(hub):
-    return HfApi(endpoint=hub.url, token=False)
-
-
 def _address(hub: LocalHub) -> tuple[str, int]:
     host, port = hub.url.removeprefix("http://").split(":")
     return host, int(port)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import os
 import sys
 from pathlib import Path
@@ -83,17 +82,9 @@ def _token(args: argparse.Namespace) -> str | None:
     return token or None
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def run_serve(args: argparse.Namespace) -> int:
     from spectra_hf.hub.localhub import Fault, LocalHub
+    from spectra_hf.hub.localhub.server import is_loopback_host
 
     if args.root.exists() and not args.root.is_dir():
         raise SpectraError(f"--root {args.root} is a file: pass a directory (it is created if missing).")
@@ -106,7 +97,7 @@ def run_serve(args: argparse.Namespace) -> int:
     if args.max_body_mb <= 0:
         raise ConfigError(f"--max-body-mb {args.max_body_mb} must be positive.")
     token = _token(args)
-    if token is None and not _is_loopback(args.host):
+    if token is None and not is_loopback_host(args.host):
         raise ConfigError(
             f"--host {args.host} lets other machines in, and without a token anyone could write: give --token-file "
             f"or {TOKEN_ENV}, or bind 127.0.0.1."

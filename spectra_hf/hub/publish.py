@@ -16,7 +16,6 @@ written to logs, cards or error messages.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import json
 import os
 import random
@@ -44,6 +43,7 @@ from tqdm.auto import tqdm
 from transformers.utils import logging
 
 from spectra_hf.errors import ConfigError, HubError, SpectraError
+from spectra_hf.hub.localhub.server import is_loopback_host
 from spectra_hf.hub.pacing import HubLimits, Pacer
 from spectra_hf.hub.plan import STAGING_DIR, BranchPlan, PlanFile, PublishPlan, RepoPlan
 
@@ -177,13 +177,7 @@ def _same(entry: RepoFile, sha256: str, sha1: str) -> bool:
 
 def is_local_endpoint(endpoint: str) -> bool:
     """True for a Hub on this machine (localhost or a loopback address), such as `spectra-hf hub serve`."""
-    host = urlparse(endpoint).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return is_loopback_host(urlparse(endpoint).hostname or "")
 
 
 @contextmanager

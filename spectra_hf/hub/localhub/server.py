@@ -4,6 +4,7 @@ which runs it in a background thread (`with LocalHub(root) as hub: hub.url`) or 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import socket
 import sys
@@ -27,6 +28,16 @@ DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024  # API bodies (JSON, NDJSON commits wi
 DEFAULT_MAX_FILE_BYTES = 50 * 1000**3  # the Hub's limit per LFS file
 _SEND_CHUNK = 1 << 20
 _DRAIN_LIMIT = 1 << 30  # unread body bytes skipped to keep a connection; past this it is closed instead
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for a host name or address on this machine only: localhost or a loopback address (127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class _Handler(BaseHTTPRequestHandler):
