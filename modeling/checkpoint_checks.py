@@ -269,15 +269,12 @@ class CheckedCheckpoint:
     file_of: dict[str, Path]
 
 
-def inspect_checkpoint(directory: str | os.PathLike) -> CheckedCheckpoint:
-    """Every check of the module docstring on a local checkpoint directory (OSError naming the problem and fix).
-
-    Tensor checks run for Spectra and Llama model types stored as safetensors; other model types are left to their
-    own loaders (`check_model_class` refuses them for the Spectra classes)."""
+def read_checkpoint_config(directory: str | os.PathLike) -> dict[str, Any]:
+    """config.json of a finished checkpoint directory (OSError naming the problem and the fix)."""
     directory = Path(directory)
     if not directory.is_dir():
         raise OSError(
-            f"no checkpoint at {directory}: the directory does not exist; pass a directory written by "
+            f"no checkpoint directory at {directory}: the directory does not exist; pass a directory written by "
             "save_pretrained, or a Hub repo id such as 'SpectraSuite/TriLM_99M_Unpacked'"
         )
     if (directory / INCOMPLETE_MARKER).exists():
@@ -294,6 +291,16 @@ def inspect_checkpoint(directory: str | os.PathLike) -> CheckedCheckpoint:
         raise OSError(f"{config_path} is corrupt ({error}): {_FIX}") from error
     if not isinstance(config_dict, dict):
         raise OSError(f"{config_path} is corrupt (not a JSON object): {_FIX}")
+    return config_dict
+
+
+def inspect_checkpoint(directory: str | os.PathLike) -> CheckedCheckpoint:
+    """Every check of the module docstring on a local checkpoint directory (OSError naming the problem and fix).
+
+    Tensor checks run for Spectra and Llama model types stored as safetensors; other model types are left to their
+    own loaders (`check_model_class` refuses them for the Spectra classes)."""
+    directory = Path(directory)
+    config_dict = read_checkpoint_config(directory)
     files = weight_files(directory)
     tensors: dict[str, StoredTensor] = {}
     file_of: dict[str, Path] = {}

@@ -22,7 +22,11 @@ import torch
 
 from spectra_hf.checkpoints.safetensors_io import ShardFileWriter, TensorEntry, read_tensor
 from spectra_hf.errors import CheckpointError, SpectraError
-from spectra_hf.modeling.checkpoint_checks import INCOMPLETE_MARKER, INDEX_FILE, inspect_checkpoint
+from spectra_hf.modeling.checkpoint_checks import (
+    INDEX_FILE,
+    inspect_checkpoint,
+    read_checkpoint_config,
+)
 from spectra_hf.modeling.configuration_trilm import TERNARY_STORAGE_KEYS
 from spectra_hf.modeling.modeling_trilm import TERNARY_SHARD_DIM
 from spectra_hf.modeling.packing import unpack_ternary
@@ -71,22 +75,8 @@ def _checked(check, *args, **kwargs):
 
 
 def read_config(path: str | os.PathLike) -> dict[str, Any]:
-    """config.json of the checkpoint directory `path`, with a clear error if missing or unreadable."""
-    directory = Path(path)
-    if not directory.is_dir():
-        raise SpectraError(f"no checkpoint directory at {directory}: pass a directory written by save_pretrained")
-    if (directory / INCOMPLETE_MARKER).exists():
-        raise CheckpointError(
-            f"{directory} is an unfinished output (it holds {INCOMPLETE_MARKER}: the command that wrote it was "
-            "interrupted): run that command again"
-        )
-    config_path = directory / "config.json"
-    if not config_path.is_file():
-        raise SpectraError(f"{directory} is not a checkpoint: config.json is missing")
-    try:
-        return json.loads(config_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise SpectraError(f"{config_path} is corrupt ({error}); re-download or re-save the checkpoint") from error
+    """config.json of the checkpoint directory `path`, with a clear error if missing, unfinished or unreadable."""
+    return _checked(read_checkpoint_config, path)
 
 
 # What a config.json says about storage and loading rather than about the network.
