@@ -274,7 +274,7 @@ def read_checkpoint_config(directory: str | os.PathLike) -> dict[str, Any]:
     directory = Path(directory)
     if not directory.is_dir():
         raise OSError(
-            f"no checkpoint directory at {directory}: the directory does not exist; pass a directory written by "
+            f"no checkpoint at {directory}: the directory does not exist; pass a directory written by "
             "save_pretrained, or a Hub repo id such as 'SpectraSuite/TriLM_99M_Unpacked'"
         )
     if (directory / INCOMPLETE_MARKER).exists():

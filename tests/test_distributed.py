@@ -96,10 +96,12 @@ def assert_same_run(run: Path, reference: Path) -> None:
     assert model.config.pretraining_model_parallel == 2
 
 
+@pytest.mark.slow  # torchrun: two processes importing torch (15-30 s)
 def test_ddp_two_processes_reproduce_one(setup, single) -> None:
     assert_same_run(torchrun(setup, "ddp"), single)
 
 
+@pytest.mark.slow  # torchrun: two processes importing torch (15-30 s)
 def test_fsdp2_two_processes_reproduce_one_and_export_packed(setup, single) -> None:
     suite = setup["root"] / "suite"
     run = torchrun(setup, "fsdp2", "--fsdp_size", "2", "--suite_dir", str(suite))
@@ -138,6 +140,7 @@ print("TP OK")
 """
 
 
+@pytest.mark.slow  # torchrun: two processes importing torch (15-30 s)
 def test_tensor_parallel_scales_losses_and_gradients_match(tmp_path) -> None:
     paths = []
     for name in ("TriLM_1.1B", "TriLM_99M", "TriLM_2.4B"):

@@ -175,6 +175,7 @@ def _choice_loglikelihood(model, tokenizer, context: str, continuation: str) -> 
     return sum(log_probs[position - 1, whole_ids[position]].item() for position in positions)
 
 
+@pytest.mark.slow  # lm-eval's task machinery in the CLI (15-20 s)
 def test_cli_eval_local_task_and_perplexity(tmp_path, saved_model, tokenizer, documents, capsys):
     model, _, directory = saved_model
     task_dir = tmp_path / "task"
