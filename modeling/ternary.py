@@ -22,7 +22,14 @@ from torch import nn
 from transformers.utils import logging
 
 from .packing import pack_ternary, packed_size, unpack_ternary
-from .ternary_kernels import cpu_kernel, pack_2bit, ternary_matmul_2bit, triton_available, unpack_2bit
+from .ternary_kernels import (
+    cpu_kernel,
+    pack_2bit,
+    ternary_matmul_2bit,
+    ternary_matmul_2bit_op,
+    triton_available,
+    unpack_2bit,
+)
 
 if TYPE_CHECKING:
     from torch.distributed.tensor import DTensor
@@ -420,11 +427,14 @@ class TernaryLinear(nn.Linear):
             self.prepare_inference(default_inference_path(x.device, self.in_features), x.dtype)
         elif not isinstance(self._parameters["weight"], _PackedWeight):  # something assigned a float weight
             raise RuntimeError(MERGE_REFUSAL.format(name=f"this {self.out_features}x{self.in_features} layer"))
-        assert self.weight_kernel is not None, "a prepared layer holds its kernel's weights"
-        if self.inference_path == "dense":
-            return F.linear(x, self.weight_kernel.to(x.dtype))
-        if torch.is_grad_enabled() and x.requires_grad:
+        if torch.is_grad_enabled() and x.requires_grad and self.inference_path != "dense":
             return _WeightOnlyMatmul.apply(x, self)
+        buffers = cast(dict[str, torch.Tensor], self._buffers)  # (read directly: a decode step makes 7 such calls
+        if self.inference_path == "2bit":  # per decoder layer, and each attribute lookup costs a microsecond)
+            matmul = ternary_matmul_2bit_op if torch.compiler.is_compiling() else ternary_matmul_2bit
+            return matmul(x, buffers["weight_kernel"], buffers["kernel_scale"], buffers["input_scale"])
+        if self.inference_path == "dense":
+            return F.linear(x, buffers["weight_kernel"].to(x.dtype))
         return self._weight_only_matmul(x)
 
     def _weight_only_matmul(self, x: torch.Tensor) -> torch.Tensor:

@@ -96,6 +96,36 @@ def test_weight_only_paths_match_the_reference_and_stay_small(
     torch.testing.assert_close(logits, reference, rtol=0, atol=tolerance * reference.abs().max().item())
 
 
+@pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
+def test_static_cache_and_torch_compile_decode_like_eager(saved, backend) -> None:
+    """The README's static cache + torch.compile route: the 2-bit kernel is a torch custom op, so the whole forward
+    compiles as one graph (fullgraph=True fails on any graph break) and decodes the tokens eager decoding gives."""
+    from transformers import StaticCache
+
+    _, directory, ids, _ = saved
+    model = TriLMForCausalLM.from_pretrained(directory, ternary_inference="2bit", dtype=torch.float32)
+    prompt = ids[:1, :6]
+
+    def greedy(step, steps: int = 4) -> tuple[list[int], torch.Tensor]:
+        cache = StaticCache(config=model.config, max_cache_len=16)
+        with torch.no_grad():
+            out = model(prompt, cache=cache, cache_position=torch.arange(prompt.shape[1]))
+            tokens, logits = [], []
+            for i in range(steps):
+                token = out.logits[:, -1:].argmax(-1)
+                tokens.append(int(token))
+                out = step(token, cache=cache, cache_position=torch.tensor([prompt.shape[1] + i]))
+                logits.append(out.logits[:, -1])
+        return tokens, torch.cat(logits)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(model.forward, fullgraph=True, dynamic=False, backend=backend)
+    eager_tokens, eager_logits = greedy(model.forward)
+    compiled_tokens, compiled_logits = greedy(compiled)
+    assert compiled_tokens == eager_tokens
+    torch.testing.assert_close(compiled_logits, eager_logits, rtol=1e-4, atol=1e-4 * eager_logits.abs().max().item())
+
+
 def test_auto_path_and_switching_paths(saved) -> None:
     _, directory, ids, _ = saved
     model = TriLMForCausalLM.from_pretrained(directory)

@@ -15,7 +15,7 @@ from spectra_hf.modeling.ternary_kernels import pack_2bit, unpack_2bit
 
 SHARDS = (1, 2, 3, 6)
 # relative to the output's largest magnitude: fp32 accumulation; bf16 output rounding (8 significant bits)
-TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
+TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}
 
 
 def random_ternary(out_features: int, in_features: int, shards: int, shard_dim: int, seed: int):
@@ -41,13 +41,14 @@ def test_2bit_layout_round_trip_and_size() -> None:
         assert packed.dtype == torch.uint8
         assert packed.shape == (out_features, -(-in_features // 128) * 32)  # 2 bits per weight, rows padded to 128
         assert torch.equal(unpack_2bit(packed, in_features), digits)
-    # the documented bit positions: weight j = 8 p + l of a block in bits 2p..2p+1 of little-endian word l
+    # the documented bit positions: weight j = 16 p + l of a block in bits 2p..2p+1 of little-endian 16-bit lane l
     digits = torch.zeros(1, 128, dtype=torch.int8)
-    digits[0, 8 * 5 + 3] = -1  # p = 5, l = 3 -> word 3, bits 10..11 = 0b11 -> byte 12 + 1, bits 2..3
-    digits[0, 8 * 0 + 1] = 1  # p = 0, l = 1 -> word 1, bits 0..1 = 0b01 -> byte 4
+    digits[0, 16 * 5 + 3] = -1  # p = 5, l = 3 -> lane 3, bits 10..11 = 0b11 -> byte 2 * 3 + 1, bits 2..3
+    digits[0, 16 * 0 + 1] = 1  # p = 0, l = 1 -> lane 1, bits 0..1 = 0b01 -> byte 2
+    digits[0, 16 * 7 + 15] = 1  # p = 7, l = 15 -> lane 15, bits 14..15 = 0b01 -> byte 31, bits 6..7
     packed = pack_2bit(digits)[0]
     expected = torch.zeros(32, dtype=torch.uint8)
-    expected[13], expected[4] = 0b1100, 0b01
+    expected[7], expected[2], expected[31] = 0b1100, 0b01, 0b01000000
     assert torch.equal(packed, expected)
 
 
@@ -59,7 +60,7 @@ needs_cpu_kernel = pytest.mark.skipif(
 @needs_cpu_kernel
 @pytest.mark.parametrize("shards", SHARDS)
 @pytest.mark.parametrize("shard_dim", (0, 1))
-@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16))
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16, torch.float16))
 def test_cpu_kernel_matches_the_float64_reference(shards: int, shard_dim: int, dtype: torch.dtype) -> None:
     out_features, in_features = 36, 300  # divisible by every shard count; in_features not a multiple of 128
     digits, scales = random_ternary(out_features, in_features, shards, shard_dim, seed=shards * 10 + shard_dim)
@@ -74,6 +75,51 @@ def test_cpu_kernel_matches_the_float64_reference(shards: int, shard_dim: int, d
         assert y.dtype == dtype and y.shape == (tokens, out_features)
         expected = reference(x, digits, scales, shard_dim)
         torch.testing.assert_close(y.double(), expected, rtol=0, atol=TOLERANCE[dtype] * expected.abs().max().item())
+
+
+@needs_cpu_kernel
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16, torch.float16))
+def test_cpu_kernel_is_as_close_to_float64_as_torch_dense_matmul_in_the_same_dtype(dtype: torch.dtype) -> None:
+    """The kernel quantizes activations to int16 per 128-column block (two passes for fp32). Activations shaped
+    like a trained LLM's (a few outlier features 50-100x the rest, which set their blocks' scales) must still
+    come out as close to the float64 product as torch's own dense matmul of g*T in that dtype: int8 activations
+    (llama.cpp's route) would be ~20x further off at these shapes."""
+    generator = torch.Generator().manual_seed(7)
+    for (out_features, in_features), shard_dim in (((512, 1792), 0), ((1792, 5120), 1), ((768, 2048), 0)):
+        digits, scales = random_ternary(out_features, in_features, 2, shard_dim, seed=in_features)
+        expected_weight = reference(torch.eye(in_features, dtype=torch.float64), digits, scales, shard_dim).t()
+        layer = TernaryLinear.from_ternary(digits, scales, shard_dim=shard_dim, eps=1e-5)
+        layer.prepare_inference("2bit", dtype)
+        dense = torch.nn.Linear(in_features, out_features, bias=False, dtype=dtype)
+        with torch.no_grad():
+            dense.weight.copy_(expected_weight)  # g*T rounded to `dtype`: what a float model of that dtype holds
+        for tokens in (1, 7):
+            x = torch.randn(tokens, in_features, generator=generator)  # [tokens, in]
+            x[:, 5] *= 60
+            x[:, in_features // 2] *= -100
+            x = x.to(dtype)
+            expected = x.double() @ expected_weight.t()
+            with torch.no_grad():
+                kernel_error = (layer(x).double() - expected).abs().max().item()
+                dense_error = (dense(x).double() - expected).abs().max().item()
+            assert kernel_error <= 1.25 * dense_error, (out_features, in_features, tokens, kernel_error, dense_error)
+
+
+@needs_cpu_kernel
+def test_cpu_kernel_lets_nan_and_infinity_through() -> None:
+    """A non-finite activation must not vanish into a block scale: the outputs it reaches are not finite."""
+    digits, scales = random_ternary(16, 256, 1, 0, seed=5)
+    digits[:, 3] = 1  # every output row reads column 3
+    layer = TernaryLinear.from_ternary(digits, scales, shard_dim=0, eps=1e-5)
+    for dtype in (torch.float32, torch.bfloat16):
+        layer.prepare_inference("2bit", dtype)
+        for bad in (float("nan"), float("inf")):
+            x = torch.ones(2, 256, dtype=dtype)  # [2 tokens, in]
+            x[0, 3] = bad
+            with torch.no_grad():
+                y = layer(x)
+            assert not torch.isfinite(y[0]).any(), (dtype, bad)
+            assert torch.isfinite(y[1]).all(), (dtype, bad)  # the other token is untouched
 
 
 @needs_cpu_kernel
