@@ -126,6 +126,43 @@ def test_static_cache_and_torch_compile_decode_like_eager(saved, backend) -> Non
     torch.testing.assert_close(compiled_logits, eager_logits, rtol=1e-4, atol=1e-4 * eager_logits.abs().max().item())
 
 
+def test_fused_sibling_projections_give_the_per_layer_outputs_without_more_memory(saved) -> None:
+    """On the CPU 2-bit path q/k/v and gate/up are one kernel call each (FusedProjections): the logits are those of
+    per-layer calls bit for bit, the fused layers' 2-bit rows are views of one tensor (no second copy), and a
+    member called alone, with another input, or after being re-prepared still computes its own product."""
+    from spectra_hf.modeling.ternary import FusedProjections
+
+    _, directory, ids, reference = saved
+    model = TriLMForCausalLM.from_pretrained(directory, ternary_inference="2bit", dtype=torch.float32)
+    attention, mlp = model.model.layers[0].self_attn, model.model.layers[0].mlp
+    group = attention.q_proj._fused
+    assert group is not None and group is attention.k_proj._fused is attention.v_proj._fused
+    assert mlp.gate_proj._fused is mlp.up_proj._fused is not None and mlp.down_proj._fused is None
+    storage = group.kernel.untyped_storage().data_ptr()
+    assert all(p.weight_kernel.untyped_storage().data_ptr() == storage for p in (attention.k_proj, attention.v_proj))
+    assert group.kernel.numel() == sum(p.weight_kernel.numel() for p in (attention.q_proj, attention.k_proj,
+                                                                         attention.v_proj))
+    with torch.no_grad():
+        fused_logits = model(ids).logits
+        x = torch.randn(3, attention.k_proj.in_features)
+        alone = attention.k_proj(x)  # a member called first, with an input the others never see
+        expected_k = attention.k_proj._weight_only_matmul(x)
+        assert torch.equal(alone, expected_k)
+        for module in model.modules():
+            if isinstance(module, TernaryLinear) and module._fused is not None:
+                module._fused.dissolve()
+        per_layer_logits = model(ids).logits
+    assert torch.equal(fused_logits, per_layer_logits)
+    torch.testing.assert_close(fused_logits.double(), reference, rtol=0, atol=1e-5 * reference.abs().max().item())
+    # re-preparing a member dissolves its group; fusing needs every member on the 2-bit path
+    assert FusedProjections.fuse(attention.q_proj, attention.k_proj, attention.v_proj) is not None
+    attention.k_proj.prepare_inference("int8", torch.float32)
+    assert attention.q_proj._fused is None and attention.v_proj._fused is None
+    assert FusedProjections.fuse(attention.q_proj, attention.k_proj, attention.v_proj) is None
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, fused_logits, rtol=0, atol=2e-2 * fused_logits.abs().max().item())
+
+
 def test_auto_path_and_switching_paths(saved) -> None:
     _, directory, ids, _ = saved
     model = TriLMForCausalLM.from_pretrained(directory)
