@@ -8,12 +8,14 @@ printed load peak is that of a real load. Printed per size and variant:
   load peak    VmHWM right after from_pretrained (TriLM) or after building (FloatLM) - the load's peak RSS
   resident     bytes of the parameters and buffers (storage counted once; the packed layers' zero-stride weight is 0)
   RSS          the process's resident memory after the timed runs (weights + framework baseline + activations)
-  decode       tokens/s at batch 1 after an 8-token prompt (KV cache), `--tokens` steps
+  decode       tokens/s at batch 1 after an 8-token prompt (KV cache): 1 / the median of `--tokens` steps
   prefill      tokens/s of one forward over `--prefill` tokens
   bytes/token  weight bytes read per decode token: everything but the embedding table, plus one embedding row
   of BW        bytes/token x decode tokens/s / the read bandwidth measured in the same run (the physical limit)
   vs bf16      decode speed and resident bytes relative to FloatLM bf16 of the same size (issue 14: speed >= 4x at
                1.1B, resident <= 0.40x; <= 0.25x with the int8 embedding/head)
+"compiled" decodes with a static cache and torch.compile (inductor with its C++ wrapper; the compile time is
+printed), the route the README offers; the eager rows use transformers' dynamic cache.
 "int8emb" loads with int8_embeddings=True (a deviation from the paper); its perplexity cost is printed as the ratio
 of perplexities, int8 over float embedding/head, on 64 tokens sampled from the float model (random weights: a
 measure of the logit noise, not of a trained model's quality).
@@ -33,7 +35,8 @@ import time
 
 from peak_memory import peak_rss_bytes
 
-# (label, family, dtype of the float parts, ternary inference path, extra)
+# (label, family, dtype of the float parts, ternary inference path + options): "+int8" loads with
+# int8_embeddings=True, "+compile" decodes with a static cache and torch.compile (inductor, C++ wrapper)
 VARIANTS = (
     ("FloatLM bf16", "floatlm", "bfloat16", None),
     ("FloatLM fp32", "floatlm", "float32", None),
@@ -42,7 +45,10 @@ VARIANTS = (
     ("TriLM int4", "trilm", "bfloat16", "int4"),
     ("TriLM int8", "trilm", "bfloat16", "int8"),
     ("TriLM dense bf16", "trilm", "bfloat16", "dense"),
+    ("FloatLM bf16 compiled", "floatlm", "bfloat16", "+compile"),
+    ("TriLM 2bit compiled", "trilm", "bfloat16", "2bit+compile"),
 )
+PROMPT_TOKENS = 8
 
 
 def current_rss_bytes() -> int:
@@ -90,17 +96,20 @@ def resident_bytes(model) -> tuple[int, int]:
 
 
 def worker(family: str, size: str, dtype_name: str, path: str | None, checkpoint: str | None, args) -> dict:
+    import statistics
+
     import torch
+    from transformers import DynamicCache, StaticCache
 
     dtype = getattr(torch, dtype_name)
     start = time.perf_counter()
-    int8 = bool(path and path.endswith("+int8"))
-    path = path.removesuffix("+int8") if path else path
+    path, *options = (path or "").split("+")
+    int8, compiled = "int8" in options, "compile" in options
     if family == "trilm":
         from spectra_hf import TriLMForCausalLM
 
         model = TriLMForCausalLM.from_pretrained(
-            checkpoint, ternary_inference=path, dtype=dtype, int8_embeddings=int8
+            checkpoint, ternary_inference=path or None, dtype=dtype, int8_embeddings=int8
         ).eval()
     else:
         model = random_model(family, size, dtype)
@@ -109,18 +118,33 @@ def worker(family: str, size: str, dtype_name: str, path: str | None, checkpoint
     weights, embedding = resident_bytes(model)
     row = embedding // model.config.vocab_size
     generator = torch.Generator().manual_seed(1)
-    prompt = torch.randint(0, model.config.vocab_size, (1, 8), generator=generator)
+    prompt = torch.randint(0, model.config.vocab_size, (1, PROMPT_TOKENS), generator=generator)
     long_prompt = torch.randint(0, model.config.vocab_size, (1, args.prefill), generator=generator)
+    step = model.forward
+    compile_seconds = None
+    if compiled:
+        import torch._inductor.config as inductor_config
 
-    def decode(steps: int) -> float:
+        inductor_config.cpp_wrapper = True  # the generated C++ calls the kernels: no Python between them
+        step = torch.compile(model.forward, fullgraph=True, dynamic=False)
+
+    def decode(steps: int) -> list[float]:
+        """Seconds of each of `steps` batch-1 decode steps after the prompt."""
+        cache = (
+            StaticCache(config=model.config, max_cache_len=PROMPT_TOKENS + args.tokens + 1)
+            if compiled
+            else DynamicCache(config=model.config)
+        )
+        seconds = []
         with torch.inference_mode():
-            out = model(prompt, use_cache=True)
-            cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
-            begin = time.perf_counter()
-            for _ in range(steps):
-                out = model(token, past_key_values=cache, use_cache=True)
-                cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
-            return time.perf_counter() - begin
+            out = model(prompt, cache=cache, cache_position=torch.arange(PROMPT_TOKENS))
+            token = out.logits[:, -1:].argmax(-1)
+            for i in range(steps):
+                begin = time.perf_counter()
+                out = step(token, cache=cache, cache_position=torch.tensor([PROMPT_TOKENS + i]))
+                token = out.logits[:, -1:].argmax(-1)
+                seconds.append(time.perf_counter() - begin)
+        return seconds
 
     def prefill() -> float:
         with torch.inference_mode():
@@ -128,8 +152,12 @@ def worker(family: str, size: str, dtype_name: str, path: str | None, checkpoint
             model(long_prompt, use_cache=False, logits_to_keep=1)
             return time.perf_counter() - begin
 
-    decode(2)  # warm-up (and the first-use kernel build, if any)
-    decode_seconds = decode(args.tokens)
+    begin = time.perf_counter()
+    decode(2)  # warm-up (and the first-use kernel build or compilation, if any)
+    if compiled:
+        compile_seconds = time.perf_counter() - begin
+    step_seconds = decode(args.tokens)
+    decode_seconds = statistics.median(step_seconds)  # the median step: a shared machine's stalls stay out of it
     prefill()
     prefill_seconds = prefill()
     ppl_ratio = None
@@ -149,7 +177,8 @@ def worker(family: str, size: str, dtype_name: str, path: str | None, checkpoint
         "load_seconds": load_seconds,
         "load_peak": load_peak,
         "rss": current_rss_bytes(),
-        "decode": args.tokens / decode_seconds,
+        "decode": 1 / decode_seconds,
+        "compile_seconds": compile_seconds,
         "prefill": args.prefill / prefill_seconds,
         "load": os.getloadavg()[0],
     }
@@ -226,7 +255,7 @@ def save_random_trilm(size: str, directory: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", nargs="+", default=["99M", "390M", "1.1B"])
-    parser.add_argument("--tokens", type=int, default=16, help="decode steps timed per model (after 2 warm-up steps)")
+    parser.add_argument("--tokens", type=int, default=32, help="decode steps timed per model (after 2 warm-up steps)")
     parser.add_argument("--prefill", type=int, default=128, help="prompt length of the timed prefill")
     parser.add_argument("--variants", nargs="+", help="only these labels (default: all)")
     parser.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
@@ -253,7 +282,7 @@ def main() -> None:
     for size in args.sizes:
         block_matmuls(size)
     header = (
-        f"{'size':>5} {'model':<17} {'load peak':>9} {'resident':>8} {'RSS':>6} {'decode':>7} {'prefill':>7} "
+        f"{'size':>5} {'model':<21} {'load peak':>9} {'resident':>8} {'RSS':>6} {'decode':>7} {'prefill':>7} "
         f"{'MB/token':>8} {'of BW':>6} {'speed vs bf16':>13} {'mem vs bf16':>11} {'load avg':>8}"
     )
     print(header + "\n" + "-" * len(header), flush=True)
@@ -273,18 +302,19 @@ def main() -> None:
                 ]
                 result = subprocess.run(command, capture_output=True, text=True)
                 if result.returncode:
-                    print(f"{size:>5} {label:<17} failed: {result.stderr.strip().splitlines()[-1]}", flush=True)
+                    print(f"{size:>5} {label:<21} failed: {result.stderr.strip().splitlines()[-1]}", flush=True)
                     continue
                 rows[label] = row = json.loads(result.stdout.strip().splitlines()[-1])
                 bf16 = rows.get("FloatLM bf16")
                 speed = f"{row['decode'] / bf16['decode']:.2f}x" if bf16 else "-"
                 memory = f"{row['weight_bytes'] / bf16['weight_bytes']:.2f}x" if bf16 else "-"
                 print(
-                    f"{size:>5} {label:<17} {row['load_peak'] / 2**20:>8.0f}M {row['weight_bytes'] / 2**20:>7.0f}M "
+                    f"{size:>5} {label:<21} {row['load_peak'] / 2**20:>8.0f}M {row['weight_bytes'] / 2**20:>7.0f}M "
                     f"{row['rss'] / 2**20:>5.0f}M {row['decode']:>7.1f} {row['prefill']:>7.1f} "
                     f"{row['bytes_per_token'] / 1e6:>8.0f} {row['bytes_per_token'] * row['decode'] / bandwidth:>6.0%} "
                     f"{speed:>13} {memory:>11} {row['load']:>8.1f}"
-                    + (f"  perplexity x{row['ppl_ratio']:.4f} vs float embedding/head" if row["ppl_ratio"] else ""),
+                    + (f"  perplexity x{row['ppl_ratio']:.4f} vs float embedding/head" if row["ppl_ratio"] else "")
+                    + (f"  (compiled in {row['compile_seconds']:.0f} s)" if row["compile_seconds"] else ""),
                     flush=True,
                 )
 

@@ -94,8 +94,9 @@ def test_a_model_without_tokenizer_json_is_refused_unless_asked(tmp_path) -> Non
     assert "tokenizer.ggml.model" not in gguf.GGUFReader(out).fields
 
 
-# llama.cpp's splitting regexes per `tokenizer.ggml.pre`, copied from llama.cpp's src/llama-vocab.cpp
-# (llm_tokenizer_bpe): the reference the export's tokenizer keys are checked against.
+# The reference the export's tokenizer keys are checked against: the splitting patterns llama.cpp applies for each
+# `tokenizer.ggml.pre` value (listed in its src/llama-vocab.cpp, llm_tokenizer_bpe), restated here as data. The
+# "gpt-2" one is GPT-2's own published pattern; "default" is what llama.cpp falls back to for an unknown name.
 LLAMA_CPP_REGEXES = {
     "gpt-2": [r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"],
     "default": [
