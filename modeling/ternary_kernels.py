@@ -14,8 +14,8 @@ Kernels (`ternary_matmul_2bit`):
   (error at most 2^-16 of the block's largest magnitude per element: below bf16's and fp16's own rounding) and
   multiplied with the int16 weights by `madd` (16 weights per instruction, exact int32 block sums); fp32
   activations take a second int16 pass over the residual of the first, which keeps them fp32-exact. A GEMV for
-  decode, a 4-row register tile for small batches; from GEMM_MIN_TOKENS tokens on, T is unpacked to fp32 in row
-  chunks for torch's GEMM.
+  decode and a 4-row register tile for more tokens; fp32 activations from GEMM_MIN_TOKENS tokens on unpack T to
+  fp32 in row chunks for torch's GEMM instead (bf16 / fp16 never do: the tile stays faster).
 - CUDA: a Triton kernel (decode and small batches; fp32 products).
 Either is optional: `cpu_kernel()` / `triton_available()` say whether they can run, and the callers fall back to
 torch's int4 / int8 kernels when they cannot. Scales are exact: per-row scales multiply the fp32 accumulator,
@@ -375,9 +375,11 @@ def cpu_kernel_status(*, compiler: str | None = None, cache_dir: Path | None = N
 
 _ELEMENT_KINDS = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}  # the C++ file's F32 / BF16 / F16
 
-# From this many tokens on (prefill), unpacking T to fp32 in row chunks and multiplying with torch's GEMM beats the
-# register-tiled kernel, whose cost grows with tokens x weights (bench/bench_inference.py measures both).
-GEMM_MIN_TOKENS = 128
+# From this many fp32 tokens on (prefill), unpacking T to fp32 in row chunks and multiplying with torch's fp32 GEMM
+# beats the register tile's two int16 passes. Measured at 5120 x 1792, 2 threads, idle: fp32 32 tokens 7.8 ms tile vs
+# 9.1 ms GEMM, 64 tokens 16.9 vs 11.7. bf16 / fp16 take one pass and the tile wins at every width tried (128 tokens
+# 16.5 vs 19.4 ms, 256 tokens 33.4 vs 35.7 ms: the unpack costs ~6 ms and the GEMM's slope is the tile's).
+GEMM_MIN_TOKENS = 48
 _GEMM_ROW_CHUNK_ELEMENTS = 1 << 22  # at most 16 MiB of unpacked fp32 weights alive at a time
 
 
@@ -426,7 +428,7 @@ def _cpu_matmul(
     # (a decode step runs this 7 times per layer: every tensor attribute read here costs about a microsecond)
     in_features, out_features = x.shape[-1], packed.shape[0]
     flat = x.reshape(-1, in_features)
-    if flat.shape[0] >= GEMM_MIN_TOKENS:
+    if flat.shape[0] >= GEMM_MIN_TOKENS and flat.dtype not in (torch.bfloat16, torch.float16):
         y = _cpu_unpacked_gemm(library, flat, packed, row_scale, col_scale)
         return y.to(x.dtype).reshape(*x.shape[:-1], out_features)
     kind = _ELEMENT_KINDS.get(flat.dtype)

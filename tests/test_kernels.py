@@ -67,7 +67,7 @@ def test_cpu_kernel_matches_the_float64_reference(shards: int, shard_dim: int, d
     layer = TernaryLinear.from_ternary(digits, scales, shard_dim=shard_dim, eps=1e-5)
     layer.prepare_inference("2bit", dtype)
     assert layer.weight_kernel.numel() == out_features * 384 // 4
-    # decode (1 token), the prefill tile (5 = 4 + 1 tokens) and the unpacked-GEMM route (GEMM_MIN_TOKENS tokens)
+    # decode (1 token), the prefill tile (5 = 4 + 1 tokens) and, for fp32, the unpacked-GEMM route (GEMM_MIN_TOKENS)
     for tokens in (1, 5, ternary_kernels.GEMM_MIN_TOKENS):
         x = torch.randn(tokens, in_features, generator=torch.Generator().manual_seed(tokens)).to(dtype)  # [tokens, in]
         with torch.no_grad():
