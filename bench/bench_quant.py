@@ -115,7 +115,22 @@ def quality(args, workdir: Path) -> None:
     for bits in (8, 4):
         model = load_floatlm_bnb(floatlm_dir, bits=bits)
         rows.append((f"bitsandbytes {'int8' if bits == 8 else 'nf4'}", bnb_stored_bits(model), float("nan"), model))
-    rows.append(("TriLM", size_bits(trilm.config, bits_per_linear_weight=TERNARY_BITS), float("nan"), trilm))
+    trilm_bits = size_bits(trilm.config, bits_per_linear_weight=TERNARY_BITS)
+    rows.append(("TriLM", trilm_bits, float("nan"), trilm))
+    # the packed release form on the 2-bit CPU kernel (int16 activations), in fp32 and bf16, and with the optional
+    # int8 embedding/head (a deviation from the paper: both tables at 8 instead of 16 bits)
+    trilm_dir = workdir / "TriLM_small"
+    trilm.save_pretrained(trilm_dir, weight_format="packed")
+    for label, dtype, int8 in (
+        ("TriLM 2bit fp32", torch.float32, False),
+        ("TriLM 2bit bf16", torch.bfloat16, False),
+        ("TriLM 2bit int8emb", torch.bfloat16, True),
+    ):
+        packed = TriLMForCausalLM.from_pretrained(
+            trilm_dir, ternary_inference="2bit", dtype=dtype, int8_embeddings=int8
+        ).eval()
+        tables = 2 * trilm.config.vocab_size * trilm.config.hidden_size
+        rows.append((label, trilm_bits - (8 * tables if int8 else 0), _disk_mb(trilm_dir), packed))
 
     print(f"\nQuality: hidden {SHAPE['hidden_size']}, {SHAPE['num_hidden_layers']} layers, {args.steps} steps; "
           f"perplexity on {len(held_out)} held-out documents (windows of {CONTEXT} tokens)")
@@ -130,8 +145,8 @@ def quality(args, workdir: Path) -> None:
             f"{ppl / base_ppl:>15.3f}"
         )
     print(
-        "disk MB: fp32 safetensors for FloatLM and QuantLM's unquantized tensors; bitsandbytes and TriLM are not "
-        "exported here"
+        "disk MB: fp32 safetensors for FloatLM and QuantLM's unquantized tensors, the packed checkpoint for the TriLM "
+        "2bit rows; bitsandbytes and the latent TriLM are not exported here"
     )
 
 
