@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from transformers.utils import logging
 
+from .ternary_kernels import int8_matmul_cpu
+
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
@@ -47,19 +49,23 @@ class _KeepScaleDtype(nn.Module):
 
 
 class Int8Linear(_KeepScaleDtype):
-    """y = x W^T with W stored as int8 [out, in] and one bfloat16 scale per output row (torch's int8 weight-only
-    kernel, bfloat16 compute); x [..., in] -> [..., out] in x's dtype."""
+    """y = x W^T with W stored as int8 [out, in] and one float32 scale per output row; x [..., in] -> [..., out] in
+    x's dtype. On CPU the 2-bit path's C++ kernel computes it (int16 activations, 16 weights per instruction: about
+    twice as fast as torch's int8 weight-only kernel, which computes in bfloat16 and is the fallback)."""
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
         codes, scales = _int8_rows(linear.weight)
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.weight = nn.Parameter(codes, requires_grad=False)  # a parameter, so num_parameters() counts it
-        self.register_buffer("scale", scales.to(torch.bfloat16))
+        self.register_buffer("scale", scales)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = int8_matmul_cpu(x, self.weight, self.scale)
+        if y is not None:
+            return y
         flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
-        y = torch._weight_int8pack_mm(flat, self.weight, self.scale)
+        y = torch._weight_int8pack_mm(flat, self.weight, self.scale.to(torch.bfloat16))
         return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
 
 

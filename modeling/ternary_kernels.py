@@ -167,6 +167,43 @@ static inline float quantize_block(const float* values, int16_t* q) {
     return _mm256_movemask_ps(bad) ? NAN : largest / 32767.0f;
 }
 
+/* Rows of x (fp32 / bf16 / fp16, [m, k], row stride x_stride, times col_scale) -> int16 codes q [m * passes, kp] and
+   block scales s [m * passes, kp / 128]: row i * passes holds x's blocks, row i * passes + 1 (fp32: passes = 2) the
+   blocks of what the first pass left over. Columns k..kp are 0. */
+static void quantize_activations(const void* x, int x_kind, int64_t x_stride, const float* col_scale, int64_t m,
+                                 int64_t k, int64_t kp, int passes, int threads, int16_t* q, float* s) {
+    const int64_t nblocks = kp / BLOCK_W;
+    #pragma omp parallel for num_threads(threads) schedule(static) if (m * k > 65536)
+    for (int64_t i = 0; i < m; i++) {
+        float values[BLOCK_W];
+        for (int64_t b = 0; b < nblocks; b++) {
+            load_block(x, x_kind, i * x_stride + BLOCK_W * b, col_scale, BLOCK_W * b, k, values);
+            int16_t* first = q + (i * passes) * kp + BLOCK_W * b;
+            const float scale = s[(i * passes) * nblocks + b] = quantize_block(values, first);
+            if (passes == 2) {
+                for (int j = 0; j < BLOCK_W; j++) values[j] -= scale * (float)first[j];
+                s[(i * passes + 1) * nblocks + b] = quantize_block(values, q + (i * passes + 1) * kp + BLOCK_W * b);
+            }
+        }
+    }
+}
+
+/* One int8 weight row (k a multiple of 16) against one quantized activation row: sum_j w_j x_j */
+static inline float int8_row_dot(const int8_t* w, const int16_t* q, const float* s, int64_t k) {
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t c0 = 0; c0 < k; c0 += BLOCK_W) {
+        const int64_t width = k - c0 < BLOCK_W ? k - c0 : BLOCK_W;
+        __m256i sums = _mm256_setzero_si256();
+        for (int64_t c = 0; c < width; c += 16) {
+            const __m256i weights = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)(w + c0 + c)));
+            sums = _mm256_add_epi32(sums, _mm256_madd_epi16(weights, _mm256_loadu_si256((const __m256i*)(q + c0 + c))));
+        }
+        /* |block sum| <= 128 * 127 * 32767 < 2^31; above 2^24 its float conversion rounds like any fp32 sum */
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_broadcast_ss(s + c0 / BLOCK_W), acc);
+    }
+    return hsum(acc);
+}
+
 /* MT quantized rows (int16 [MT][kp], block scales [MT][nblocks]) against one weight row; out[i] = sum_j t_j x_i[j] */
 template <int MT>
 static inline void row_dot(const uint8_t* w, const int16_t* q, const float* s, int64_t kp, int64_t nblocks,
@@ -193,7 +230,7 @@ static inline void row_dot(const uint8_t* w, const int16_t* q, const float* s, i
 
 extern "C" {
 
-int spectra_ternary_abi(void) { return 2; }
+int spectra_ternary_abi(void) { return 3; }
 
 /* y[i, r] = row_scale[r] * sum_j t[r, j] * x[i, j] * (col_scale ? col_scale[j] : 1)
    x: [m, k] of kind x_kind (F32 / BF16 / F16), row stride x_stride; w: [n, kp / 4] in the 2-bit layout;
@@ -207,19 +244,7 @@ void spectra_ternary_mm(const void* x, int x_kind, int64_t x_stride, const float
     const int64_t nblocks = kp / BLOCK_W, rows_q = m * passes;  /* quantized row i * passes + pass */
     int16_t* q = (int16_t*)aligned_alloc(64, (size_t)((rows_q * kp * 2 + 63) / 64 * 64));
     float* s = (float*)malloc(sizeof(float) * (size_t)(rows_q * nblocks));
-    #pragma omp parallel for num_threads(threads) schedule(static) if (m * k > 65536)
-    for (int64_t i = 0; i < m; i++) {
-        float values[BLOCK_W];
-        for (int64_t b = 0; b < nblocks; b++) {
-            load_block(x, x_kind, i * x_stride + BLOCK_W * b, col_scale, BLOCK_W * b, k, values);
-            int16_t* first = q + (i * passes) * kp + BLOCK_W * b;
-            const float scale = s[(i * passes) * nblocks + b] = quantize_block(values, first);
-            if (passes == 2) {
-                for (int j = 0; j < BLOCK_W; j++) values[j] -= scale * (float)first[j];
-                s[(i * passes + 1) * nblocks + b] = quantize_block(values, q + (i * passes + 1) * kp + BLOCK_W * b);
-            }
-        }
-    }
+    quantize_activations(x, x_kind, x_stride, col_scale, m, k, kp, passes, threads, q, s);
     const int64_t row_chunk = 16, token_chunk = 16;
     const int64_t row_tasks = (n + row_chunk - 1) / row_chunk;
     #pragma omp parallel for num_threads(threads) schedule(static)
@@ -241,6 +266,28 @@ void spectra_ternary_mm(const void* x, int x_kind, int64_t x_stride, const float
                     store_value(y, y_kind, token * n + r, (passes == 2 ? d[0] + d[1] : d[0]) * row_scale[r]);
                 }
             }
+        }
+    }
+    free(s);
+    free(q);
+}
+
+/* y[i, r] = row_scale[r] * sum_j w[r, j] * x[i, j] for int8 weights w [n, k] (k a multiple of 16), activations as in
+   spectra_ternary_mm (int16 per 128-column block, two passes for fp32): the int8 embedding / LM head's product. */
+void spectra_int8_mm(const void* x, int x_kind, int64_t x_stride, int64_t m, int64_t k, const int8_t* w, int64_t n,
+                     const float* row_scale, void* y, int y_kind, int threads) {
+    const int passes = x_kind == F32 ? 2 : 1;
+    const int64_t kp = (k + BLOCK_W - 1) / BLOCK_W * BLOCK_W, nblocks = kp / BLOCK_W, rows_q = m * passes;
+    int16_t* q = (int16_t*)aligned_alloc(64, (size_t)((rows_q * kp * 2 + 63) / 64 * 64));
+    float* s = (float*)malloc(sizeof(float) * (size_t)(rows_q * nblocks));
+    quantize_activations(x, x_kind, x_stride, nullptr, m, k, kp, passes, threads, q, s);
+    #pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t r = 0; r < n; r++) {  /* a row's k bytes stay in L1 across the tokens */
+        for (int64_t i = 0; i < m; i++) {
+            float dot = 0.0f;
+            for (int pass = 0; pass < passes; pass++)
+                dot += int8_row_dot(w + r * k, q + (i * passes + pass) * kp, s + (i * passes + pass) * nblocks, k);
+            store_value(y, y_kind, i * n + r, dot * row_scale[r]);
         }
     }
     free(s);
@@ -345,6 +392,11 @@ def _load_cpu_kernel(compiler: str, cache_dir_name: str) -> tuple[ctypes.CDLL | 
                 ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
                 ctypes.c_int,
             ]
+            library.spectra_int8_mm.restype = None
+            library.spectra_int8_mm.argtypes = [
+                ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
+                ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int,
+            ]
             library.spectra_ternary_unpack.restype = None
             library.spectra_ternary_unpack.argtypes = [
                 ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
@@ -441,6 +493,28 @@ def _cpu_matmul(
         flat.data_ptr(), kind, flat.stride(0), None if col_scale is None else col_scale.data_ptr(), flat.shape[0],
         in_features, packed.data_ptr(), out_features, packed.shape[1] * 4, row_scale.data_ptr(), y.data_ptr(), kind,
         torch.get_num_threads(),
+    )
+    return y if y.dtype == x.dtype else y.to(x.dtype)
+
+
+def int8_matmul_cpu(x: torch.Tensor, weight: torch.Tensor, row_scale: torch.Tensor) -> torch.Tensor | None:
+    """Y = X W^T * row_scale for int8 W [out, in] (in a multiple of 16) and float32 row_scale [out] on CPU, by the
+    C++ kernel (activations as in the 2-bit path: int16 per block, fp32 in two passes); x [..., in] -> [..., out] in
+    x's dtype. None where the kernel cannot take it (no kernel, another device, in not a multiple of 16)."""
+    library = _forward_kernel or cpu_kernel()
+    in_features, out_features = weight.shape[1], weight.shape[0]
+    if library is None or x.device.type != "cpu" or in_features % 16:
+        return None
+    flat = x.reshape(-1, in_features)
+    kind = _ELEMENT_KINDS.get(flat.dtype)
+    if kind is None:
+        flat, kind = flat.float(), 0
+    if flat.stride(-1) != 1:
+        flat = flat.contiguous()
+    y = torch.empty((*x.shape[:-1], out_features), dtype=flat.dtype)
+    library.spectra_int8_mm(
+        flat.data_ptr(), kind, flat.stride(0), flat.shape[0], in_features, weight.data_ptr(), out_features,
+        row_scale.data_ptr(), y.data_ptr(), kind, torch.get_num_threads(),
     )
     return y if y.dtype == x.dtype else y.to(x.dtype)
 

@@ -175,3 +175,31 @@ def test_without_a_compiler_auto_falls_back_to_int4_and_says_why(tmp_path, monke
     assert layer.inference_path == "int4"
     expected = reference(torch.ones(1, 256), digits, scales, 0)
     torch.testing.assert_close(y.double(), expected, rtol=0, atol=1e-2 * expected.abs().max().item())
+
+
+@needs_cpu_kernel
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16, torch.float16))
+def test_int8_head_kernel_matches_the_float64_reference(dtype: torch.dtype) -> None:
+    """The optional int8 LM head on CPU runs the same C++ file (int16 activations): its product equals the float64
+    product of its own int8 codes and float32 row scales within the dtype's tolerance, and is no further from it
+    than torch's int8 weight-only kernel (the fallback, which computes in bfloat16)."""
+    from spectra_hf.modeling.int8_embeddings import Int8Linear
+
+    generator = torch.Generator().manual_seed(11)
+    for out_features, in_features in ((1000, 768), (37, 272)):  # 272 = 2 blocks of 128 + 16 columns
+        linear = torch.nn.Linear(in_features, out_features, bias=False)
+        with torch.no_grad():
+            linear.weight.normal_(0, 0.02, generator=generator)
+        head = Int8Linear(linear)
+        weight = head.weight.double() * head.scale.double()[:, None]  # what the head holds, exactly
+        x = torch.randn(3, in_features, generator=generator)
+        x[:, 2] *= 50  # an outlier feature
+        x = x.to(dtype)
+        expected = x.double() @ weight.t()
+        with torch.no_grad():
+            y = head(x)
+            fallback = torch._weight_int8pack_mm(x.to(torch.bfloat16), head.weight, head.scale.to(torch.bfloat16))
+        assert y.dtype == dtype and y.shape == (3, out_features)
+        atol = TOLERANCE[dtype] * expected.abs().max().item()
+        torch.testing.assert_close(y.double(), expected, rtol=0, atol=atol)
+        assert (y.double() - expected).abs().max() <= (fallback.double() - expected).abs().max()
