@@ -469,6 +469,19 @@ def _cpu_unpacked_gemm(
     return y.mul_(row_scale)
 
 
+def _kernel_operands(
+    flat: torch.Tensor, leading: torch.Size, out_features: int
+) -> tuple[torch.Tensor, int, torch.Tensor]:
+    """What the C++ entry points take: the activations [tokens, in] as fp32 / bf16 / fp16 with unit column stride,
+    their element kind, and an empty output [*leading, out_features] of that dtype."""
+    kind = _ELEMENT_KINDS.get(flat.dtype)
+    if kind is None:
+        flat, kind = flat.float(), 0
+    if flat.stride(-1) != 1:
+        flat = flat.contiguous()
+    return flat, kind, torch.empty((*leading, out_features), dtype=flat.dtype)
+
+
 def _cpu_matmul(
     x: torch.Tensor, packed: torch.Tensor, row_scale: torch.Tensor, col_scale: torch.Tensor | None
 ) -> torch.Tensor:
@@ -483,12 +496,7 @@ def _cpu_matmul(
     if flat.shape[0] >= GEMM_MIN_TOKENS and flat.dtype not in (torch.bfloat16, torch.float16):
         y = _cpu_unpacked_gemm(library, flat, packed, row_scale, col_scale)
         return y.to(x.dtype).reshape(*x.shape[:-1], out_features)
-    kind = _ELEMENT_KINDS.get(flat.dtype)
-    if kind is None:
-        flat, kind = flat.float(), 0
-    if flat.stride(-1) != 1:
-        flat = flat.contiguous()
-    y = torch.empty((*x.shape[:-1], out_features), dtype=flat.dtype)
+    flat, kind, y = _kernel_operands(flat, x.shape[:-1], out_features)
     library.spectra_ternary_mm(
         flat.data_ptr(), kind, flat.stride(0), None if col_scale is None else col_scale.data_ptr(), flat.shape[0],
         in_features, packed.data_ptr(), out_features, packed.shape[1] * 4, row_scale.data_ptr(), y.data_ptr(), kind,
@@ -505,13 +513,7 @@ def int8_matmul_cpu(x: torch.Tensor, weight: torch.Tensor, row_scale: torch.Tens
     in_features, out_features = weight.shape[1], weight.shape[0]
     if library is None or x.device.type != "cpu" or in_features % 16:
         return None
-    flat = x.reshape(-1, in_features)
-    kind = _ELEMENT_KINDS.get(flat.dtype)
-    if kind is None:
-        flat, kind = flat.float(), 0
-    if flat.stride(-1) != 1:
-        flat = flat.contiguous()
-    y = torch.empty((*x.shape[:-1], out_features), dtype=flat.dtype)
+    flat, kind, y = _kernel_operands(x.reshape(-1, in_features), x.shape[:-1], out_features)
     library.spectra_int8_mm(
         flat.data_ptr(), kind, flat.stride(0), flat.shape[0], in_features, weight.data_ptr(), out_features,
         row_scale.data_ptr(), y.data_ptr(), kind, torch.get_num_threads(),
