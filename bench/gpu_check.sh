@@ -81,10 +81,10 @@ for size in ("1.1B", "3.9B"):
         ids = torch.randint(0, model.config.vocab_size, (1, 512), device="cuda")
         with torch.inference_mode():
             def decode(steps):
-                out = model(ids[:, :8], use_cache=True); cache = out.past_key_values
+                out = model(ids[:, :8], use_cache=True); cache = out.cache
                 tok = out.logits[:, -1:].argmax(-1)
                 for _ in range(steps):
-                    out = model(tok, past_key_values=cache, use_cache=True); cache = out.past_key_values
+                    out = model(tok, cache=cache, use_cache=True); cache = out.cache
                     tok = out.logits[:, -1:].argmax(-1)
             decode(3)
             d = 64 / timed(lambda: decode(64))

@@ -9,6 +9,7 @@ here in float64, and the local Hub's own commit counters.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -332,18 +333,14 @@ def test_full_release_survives_kills_stays_under_budget_and_reproduces_every_fam
             peak[0] = max(peak[0], size)
             time.sleep(0.01)
 
+    release_clean = functools.partial(  # the uninterrupted run, and below its no-op re-run
+        run_release, source_org=ORG, target_org="cleanorg", work_dir=clean_work, endpoint=local_hub.url,
+        models=FULL_MODELS, max_disk=budget, progress=False,
+    )
     sampler = threading.Thread(target=sample)
     sampler.start()
     try:
-        report = run_release(
-            source_org=ORG,
-            target_org="cleanorg",
-            work_dir=clean_work,
-            endpoint=local_hub.url,
-            models=FULL_MODELS,
-            max_disk=budget,
-            progress=False,
-        )
+        report = release_clean()
     finally:
         running[0] = False
         sampler.join()
@@ -357,15 +354,7 @@ def test_full_release_survives_kills_stays_under_budget_and_reproduces_every_fam
                 path: sha for path, sha in row["files"].items() if path not in ("README.md", "revisions.json")
             }
     assert as_killed == killed_manifest  # same manifest after three kills
-    again = run_release(
-        source_org=ORG,
-        target_org="cleanorg",
-        work_dir=clean_work,
-        endpoint=local_hub.url,
-        models=FULL_MODELS,
-        max_disk=budget,
-        progress=False,
-    )
+    again = release_clean()
     assert again.commits == 0 and again.processed == 0
 
     # every family at every revision: the release's logits (stock Llama on the release files)
