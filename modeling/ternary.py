@@ -437,9 +437,12 @@ class TernaryLinear(nn.Linear):
             return _WeightOnlyMatmul.apply(x, self)
         buffers = cast(dict[str, torch.Tensor], self._buffers)  # (read directly: a decode step makes 7 such calls
         if self.inference_path == "2bit":  # per decoder layer, and each attribute lookup costs a microsecond)
-            if self._fused is not None and not torch.compiler.is_compiling():
+            if torch.compiler.is_compiling():
+                matmul = ternary_matmul_2bit_op
+            elif self._fused is not None:
                 return self._fused.output(self, x)
-            matmul = ternary_matmul_2bit_op if torch.compiler.is_compiling() else ternary_matmul_2bit
+            else:
+                matmul = ternary_matmul_2bit
             return matmul(x, buffers["weight_kernel"], buffers["kernel_scale"], buffers["input_scale"])
         if self.inference_path == "dense":
             return F.linear(x, buffers["weight_kernel"].to(x.dtype))

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import functools
 import hashlib
 import os
 import subprocess
@@ -230,8 +229,6 @@ static inline void row_dot(const uint8_t* w, const int16_t* q, const float* s, i
 
 extern "C" {
 
-int spectra_ternary_abi(void) { return 3; }
-
 /* y[i, r] = row_scale[r] * sum_j t[r, j] * x[i, j] * (col_scale ? col_scale[j] : 1)
    x: [m, k] of kind x_kind (F32 / BF16 / F16), row stride x_stride; w: [n, kp / 4] in the 2-bit layout;
    y: [m, n] contiguous, of kind y_kind. Activations are quantized per 128-column block to int16 (error <= 2^-16
@@ -340,16 +337,8 @@ def _cpu_supported() -> str | None:
 
 
 def _kernel_key(compiler: str | None, cache_dir: Path | None) -> tuple[str, str]:
-    if compiler is None and cache_dir is None:  # every forward asks: the environment's answer, without pathlib
-        environment = tuple(os.environ.get(name) for name in ("CXX", CACHE_ENV, "XDG_CACHE_HOME", "HOME"))
-        return _default_kernel_key(environment)
     compiler = compiler or os.environ.get("CXX") or "c++"
     return compiler, str(Path(cache_dir) if cache_dir is not None else kernel_cache_dir())
-
-
-@functools.lru_cache(maxsize=8)
-def _default_kernel_key(environment: tuple[str | None, ...]) -> tuple[str, str]:
-    return os.environ.get("CXX") or "c++", str(kernel_cache_dir())
 
 
 def cpu_kernel(*, compiler: str | None = None, cache_dir: Path | None = None) -> ctypes.CDLL | None:
@@ -509,9 +498,11 @@ def int8_matmul_cpu(x: torch.Tensor, weight: torch.Tensor, row_scale: torch.Tens
     """Y = X W^T * row_scale for int8 W [out, in] (in a multiple of 16) and float32 row_scale [out] on CPU, by the
     C++ kernel (activations as in the 2-bit path: int16 per block, fp32 in two passes); x [..., in] -> [..., out] in
     x's dtype. None where the kernel cannot take it (no kernel, another device, in not a multiple of 16)."""
-    library = _forward_kernel or cpu_kernel()
     in_features, out_features = weight.shape[1], weight.shape[0]
-    if library is None or x.device.type != "cpu" or in_features % 16:
+    if x.device.type != "cpu" or in_features % 16:
+        return None
+    library = _forward_kernel or cpu_kernel()
+    if library is None:
         return None
     flat, kind, y = _kernel_operands(x.reshape(-1, in_features), x.shape[:-1], out_features)
     library.spectra_int8_mm(
