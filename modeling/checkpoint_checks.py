@@ -73,6 +73,11 @@ def read_safetensors_header(path: str | os.PathLike) -> dict[str, StoredTensor]:
     """The tensors of safetensors file `path`, checked the way the format requires: a JSON object header, known
     dtypes, each tensor's byte range matching its shape and dtype, the ranges tiling the data exactly (a truncated
     or padded file is refused). OSError naming the file otherwise."""
+    return read_safetensors_file_header(path)[0]
+
+
+def read_safetensors_file_header(path: str | os.PathLike) -> tuple[dict[str, StoredTensor], dict[str, str]]:
+    """`read_safetensors_header` plus the header's `__metadata__` (string keys and values; {} when absent)."""
     path = Path(path)
 
     def corrupt(reason: str) -> OSError:
@@ -92,6 +97,9 @@ def read_safetensors_header(path: str | os.PathLike) -> dict[str, StoredTensor]:
             raise corrupt(f"unreadable header: {error}") from error
     if not isinstance(header, dict):
         raise corrupt("the header is not a JSON object")
+    metadata = header.get("__metadata__") or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise corrupt("__metadata__ is not a JSON object of strings")
     data_start, data_length = 8 + length, size - 8 - length
     entries = {}
     for name, value in header.items():
@@ -118,7 +126,7 @@ def read_safetensors_header(path: str | os.PathLike) -> dict[str, StoredTensor]:
     if covered != data_length:
         reason = "truncated: tensors lie past the end of the file" if covered > data_length else "trailing bytes"
         raise corrupt(reason)
-    return entries
+    return entries, metadata
 
 
 def read_stored_tensor(path: str | os.PathLike, entry: StoredTensor, dtype: torch.dtype) -> torch.Tensor:
@@ -325,10 +333,21 @@ def _looks_local(path: str | os.PathLike) -> bool:
     return os.path.isabs(text) or text.startswith((".", "~")) or os.path.exists(text)
 
 
-def check_local_checkpoint(path: str | os.PathLike, *, subfolder: str = "") -> None:
-    """`inspect_checkpoint` for a local path; Hub repo ids ("org/name") pass through untouched."""
+# Checking digests at load costs hashing the weights once (sha256, on up to 8 threads): see the README's "Ternary
+# storage" section for its share of the load time.
+VERIFY_DIGESTS_BY_DEFAULT = True
+
+
+def check_local_checkpoint(path: str | os.PathLike, *, subfolder: str = "", verify_digests: bool = False) -> None:
+    """`inspect_checkpoint` for a local path, and with `verify_digests` the tensors' recorded sha256 digests; Hub
+    repo ids ("org/name") pass through untouched."""
     if _looks_local(path):
-        inspect_checkpoint(Path(os.fspath(path)).expanduser() / subfolder)
+        directory = Path(os.fspath(path)).expanduser() / subfolder
+        checked = inspect_checkpoint(directory)
+        if verify_digests:
+            from .checkpoint_digests import require_digests_match  # (a sibling that imports this module)
+
+            require_digests_match(directory, files=checked.files)
 
 
 def check_model_class(config_dict: Mapping[str, Any], *, model_type: str, class_name: str, where: str) -> None:
@@ -388,9 +407,14 @@ class CheckedLoadingMixin:
     another Spectra family; subclasses add their own loading in `_from_checked_pretrained`."""
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, verify_digests: bool | None = None, **kwargs):
+        """`verify_digests`: check the sha256 digests a checkpoint's files record for their tensors (see
+        `checkpoint_digests`) before loading; default `VERIFY_DIGESTS_BY_DEFAULT`. Files without digests load."""
+        verify = VERIFY_DIGESTS_BY_DEFAULT if verify_digests is None else verify_digests
         if not kwargs.get("gguf_file"):
-            check_local_checkpoint(pretrained_model_name_or_path, subfolder=kwargs.get("subfolder") or "")
+            check_local_checkpoint(
+                pretrained_model_name_or_path, subfolder=kwargs.get("subfolder") or "", verify_digests=verify
+            )
         config_dict = None
         if kwargs.get("config") is None:
             config_dict = checkpoint_config_dict(pretrained_model_name_or_path, kwargs)

@@ -28,6 +28,7 @@ from transformers.models.llama.modeling_llama import (
 from transformers.utils import logging
 
 from .checkpoint_checks import CheckedLoadingMixin, check_loaded_keys, check_packed_bytes, check_scale_values
+from .checkpoint_digests import record_checkpoint_digests
 from .configuration_trilm import WEIGHT_FORMATS, TriLMConfig
 from .int8_embeddings import has_int8_embeddings, quantize_embeddings_int8
 from .ternary import FusedProjections, TernaryLinear, default_inference_path, recover_ternary, share_scales
@@ -141,7 +142,9 @@ class TriLMPreTrainedModel(CheckedLoadingMixin, LlamaPreTrainedModel):
         if weight_format not in WEIGHT_FORMATS:
             raise ValueError(f"weight_format must be one of {WEIGHT_FORMATS}, got {weight_format!r}")
         if weight_format == self.config.weight_format:
-            return super().save_pretrained(save_directory, *args, **kwargs)
+            if weight_format == "latent":
+                return super().save_pretrained(save_directory, *args, **kwargs)
+            return self._save_packed(save_directory, *args, **kwargs)
         if weight_format == "latent":
             raise ValueError(
                 "this TriLM holds packed ternary weights, its latent weights do not exist: save it with "
@@ -150,9 +153,23 @@ class TriLMPreTrainedModel(CheckedLoadingMixin, LlamaPreTrainedModel):
         kwargs["state_dict"] = self._packed_state_dict(kwargs.get("state_dict"))
         self.config.weight_format = "packed"
         try:
-            return super().save_pretrained(save_directory, *args, **kwargs)
+            return self._save_packed(save_directory, *args, **kwargs)
         finally:
             self.config.weight_format = "latent"
+
+    def _save_packed(self, save_directory, *args, **kwargs):
+        """Save the packed checkpoint and record every tensor's sha256 in its file's metadata (`checkpoint_digests`)."""
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            record_checkpoint_digests(save_directory, missing_only=True)
+        return result
+
+    def _upload_modified_files(self, working_dir, *args, **kwargs):
+        """transformers' upload step of `save_pretrained(push_to_hub=True)` and `push_to_hub()`: the digests of a
+        packed checkpoint are recorded before its files leave."""
+        if self.config.weight_format == "packed":
+            record_checkpoint_digests(working_dir, missing_only=True)
+        return super()._upload_modified_files(working_dir, *args, **kwargs)
 
     @torch.no_grad()
     def _packed_state_dict(self, state_dict: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:

@@ -36,7 +36,8 @@ def describe_checkpoint(path: str | os.PathLike, *, stats: bool = True, progress
 
     Keys: path, family, size (registry size or None), name (suite name or None), format ("latent", "packed",
     "unpacked release", "float"), resumable (latent TriLM), pretraining_model_parallel, params (logical parameter
-    count), weight_bytes (on disk), ternary_params, ternary_bits_per_weight and cpu_inference (TriLM), and with
+    count), weight_bytes (on disk), digests (what checking the recorded sha256 digests found; a mismatch raises),
+    ternary_params, ternary_bits_per_weight and cpu_inference (TriLM), and with
     `stats` for a TriLM: zero_fraction, plus_fraction, minus_fraction, scale_min, scale_max over all ternary matrices.
     """
     source = Checkpoint(path)
@@ -53,6 +54,7 @@ def describe_checkpoint(path: str | os.PathLike, *, stats: bool = True, progress
         "resumable": source.kind == "trilm-latent",
         "params": sum(math.prod(shape) for shape in shapes.values()),
         "weight_bytes": sum(file.stat().st_size for file in source.files),
+        "digests": source.digests.summary().removeprefix(f"{source.path}: ") if source.digests else None,
     }
     if source.family != "trilm":
         return info

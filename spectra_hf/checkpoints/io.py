@@ -27,6 +27,7 @@ from spectra_hf.modeling.checkpoint_checks import (
     inspect_checkpoint,
     read_checkpoint_config,
 )
+from spectra_hf.modeling.checkpoint_digests import DigestReport, check_digests
 from spectra_hf.modeling.configuration_trilm import TERNARY_STORAGE_KEYS
 from spectra_hf.modeling.modeling_trilm import TERNARY_SHARD_DIM
 from spectra_hf.modeling.packing import unpack_ternary
@@ -106,10 +107,11 @@ def checkpoint_kind(config: dict[str, Any]) -> str:
 class Checkpoint:
     """A checkpoint directory opened for streaming: its config, kind and safetensors files (headers only)."""
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, *, verify_digests: bool = True) -> None:
         """Opens `path` after checking it is complete and consistent (`modeling.checkpoint_checks`): every tensor
-        config.json implies present with its shape and dtype, packed scales finite and not negative. Raises
-        CheckpointError naming the problem otherwise, before any tensor data is read."""
+        config.json implies present with its shape and dtype, packed scales finite and not negative, and with
+        `verify_digests` every tensor's recorded sha256 digest (`modeling.checkpoint_digests`; the result is
+        `self.digests`). Raises CheckpointError naming the problem (the tensor) otherwise, before any conversion."""
         self.path = Path(path)
         self.config = read_config(self.path)
         self.kind = checkpoint_kind(self.config)
@@ -123,6 +125,11 @@ class Checkpoint:
         self._entries: dict[str, TensorEntry] = checked.tensors
         self._file_of: dict[str, Path] = checked.file_of
         self._latent_cache: tuple[int, dict[str, Ternary]] | None = None
+        self.digests: DigestReport | None = None
+        if verify_digests:
+            self.digests = _checked(check_digests, self.path, files=self.files)
+            if not self.digests.ok:
+                raise CheckpointError(f"corrupt checkpoint {self.digests.summary()}")
 
     @property
     def family(self) -> str:

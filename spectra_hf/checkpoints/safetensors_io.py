@@ -9,6 +9,7 @@ header, data), readable by `safetensors` and transformers.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -20,6 +21,7 @@ import torch
 
 from spectra_hf.errors import CheckpointError
 from spectra_hf.modeling.checkpoint_checks import StoredTensor, read_safetensors_header, read_stored_tensor
+from spectra_hf.modeling.checkpoint_digests import DIGEST_KEY
 
 DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -53,20 +55,23 @@ def read_tensor(path: Path, entry: TensorEntry) -> torch.Tensor:
 
 class ShardFileWriter:
     """Writes one safetensors file tensor by tensor: `add()` appends bytes to a side file, `close()` writes the
-    header and moves the data behind it."""
+    header (with every tensor's sha256 digest, see `modeling.checkpoint_digests`) and moves the data behind it."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._data_path = self.path.with_name(self.path.name + ".data")
         self._data = open(self._data_path, "wb")  # noqa: SIM115 - stays open across add() calls until close()
         self._header: dict[str, dict] = {}
+        self._digests: dict[str, str] = {}
         self.nbytes = 0
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
         tensor = tensor.detach().cpu().contiguous()
         raw = tensor.reshape(-1).view(torch.uint8) if tensor.numel() else torch.empty(0, dtype=torch.uint8)
         # numpy's stubs give ndarray __buffer__ only for Python >= 3.12; the buffer protocol is there on every version
-        self._data.write(memoryview(raw.numpy()))  # type: ignore[arg-type]
+        view = memoryview(raw.numpy())  # type: ignore[arg-type]
+        self._data.write(view)
+        self._digests[name] = hashlib.sha256(view).hexdigest()
         self._header[name] = {
             "dtype": _NAMES[tensor.dtype],
             "shape": list(tensor.shape),
@@ -76,7 +81,8 @@ class ShardFileWriter:
 
     def close(self) -> None:
         self._data.close()
-        header = json.dumps({"__metadata__": {"format": "pt"}, **self._header}, separators=(",", ":")).encode()
+        metadata = {"format": "pt", DIGEST_KEY: json.dumps(self._digests, separators=(",", ":"))}
+        header = json.dumps({"__metadata__": metadata, **self._header}, separators=(",", ":")).encode()
         header += b" " * (-len(header) % 8)
         with open(self.path, "wb") as out, open(self._data_path, "rb") as data:
             out.write(struct.pack("<Q", len(header)))

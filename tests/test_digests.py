@@ -1,0 +1,122 @@
+"""Flipped bytes in a checkpoint's tensors are caught: every packed TriLM file records each tensor's sha256 in its
+safetensors metadata, and `verify`, `info`, `convert`, publish verification and `from_pretrained` check it.
+
+A flipped packed byte that stays in 0..242 passes every header and range check (it decodes to five other digits):
+only a content digest tells the model changed. Checkpoints without digests (older exports, latent checkpoints,
+files rewritten by other tools) still load and say so.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+
+from spectra_hf import TriLMForCausalLM
+from spectra_hf.checkpoints.verify import verify_checkpoint
+from spectra_hf.cli import main
+from spectra_hf.errors import CheckpointError
+from spectra_hf.modeling.checkpoint_checks import read_safetensors_file_header
+from spectra_hf.modeling.checkpoint_digests import DIGEST_KEY
+from spectra_hf.suite import config_for
+
+UP = "model.layers.1.mlp.up_proj.weight_packed"
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory) -> dict[str, Path]:
+    """A tiny TriLM (2 layers) saved packed (one file, and sharded into several) and latent."""
+    root = tmp_path_factory.mktemp("digests")
+    torch.manual_seed(0)
+    model = TriLMForCausalLM(config_for("TriLM_99M", tiny=True)).eval()
+    model.save_pretrained(root / "packed", weight_format="packed")
+    model.save_pretrained(root / "sharded", weight_format="packed", max_shard_size="40KB")
+    model.save_pretrained(root / "latent")
+    return {path.name: path for path in root.iterdir()}
+
+
+def flip_byte(directory: Path, name: str, file: str = "model.safetensors") -> None:
+    """Change one byte of tensor `name` in place to another value in 0..242 (still a valid packed byte)."""
+    path = directory / file
+    entry = read_safetensors_file_header(path)[0][name]
+    with open(path, "r+b") as handle:
+        handle.seek(entry.start + 3)
+        old = handle.read(1)[0]
+        handle.seek(entry.start + 3)
+        handle.write(bytes([(old + 1) % 243]))
+
+
+def test_packed_save_records_a_digest_per_tensor_and_verify_checks_them(saved, capsys):
+    entries, metadata = read_safetensors_file_header(saved["packed"] / "model.safetensors")
+    assert set(json.loads(metadata[DIGEST_KEY])) == set(entries)
+    assert main(["verify", str(saved["packed"])]) == 0
+    assert f"{len(entries)} tensors checked, every sha256 digest matches" in capsys.readouterr().out
+    # sharded: every shard records its own tensors; the index is untouched and still loads
+    shards = sorted(saved["sharded"].glob("model-*.safetensors"))
+    assert len(shards) > 1
+    assert all(DIGEST_KEY in read_safetensors_file_header(shard)[1] for shard in shards)
+    report = verify_checkpoint(saved["sharded"])
+    assert report.complete and report.checked == len(entries)
+    TriLMForCausalLM.from_pretrained(saved["sharded"])
+
+
+def test_a_flipped_packed_byte_is_refused_by_every_reader_naming_the_tensor(saved, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    shutil.copytree(saved["packed"], broken)
+    flip_byte(broken, UP)
+    for command in (["verify", str(broken)], ["info", str(broken), "--json"],
+                    ["convert", str(broken), str(tmp_path / "out"), "--to", "unpacked"]):
+        assert main(command) == 2, command
+        error = capsys.readouterr().err
+        assert UP in error and "does not match its recorded sha256 digest" in error, (command, error)
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(CheckpointError, match=UP):
+        verify_checkpoint(broken)
+    with pytest.raises(OSError, match=UP):
+        TriLMForCausalLM.from_pretrained(broken)
+    # the check can be turned off at load, and then the different model loads (what the digest exists to catch)
+    TriLMForCausalLM.from_pretrained(broken, verify_digests=False)
+
+
+def test_a_tensor_without_its_digest_is_refused(saved, tmp_path, capsys):
+    """A digest record that does not cover a file's tensors (a tensor added or renamed after saving) fails too."""
+    edited = tmp_path / "edited"
+    shutil.copytree(saved["packed"], edited)
+    path = edited / "model.safetensors"
+    raw = path.read_bytes()
+    (length,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + length])
+    digests = json.loads(header["__metadata__"][DIGEST_KEY])
+    del digests[UP]
+    header["__metadata__"][DIGEST_KEY] = json.dumps(digests)
+    encoded = json.dumps(header).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    path.write_bytes(struct.pack("<Q", len(encoded)) + encoded + raw[8 + length :])
+    assert main(["verify", str(edited)]) == 2
+    assert f"tensor {UP} in model.safetensors has no recorded digest" in capsys.readouterr().err
+
+
+def test_checkpoints_without_digests_still_load_and_say_so(saved, capsys):
+    assert main(["verify", str(saved["latent"])]) == 0
+    assert "no digests recorded (1 weight files)" in capsys.readouterr().out
+    assert main(["info", str(saved["latent"]), "--json", "--no-stats"]) == 0
+    assert json.loads(capsys.readouterr().out)["digests"].startswith("no digests recorded")
+    TriLMForCausalLM.from_pretrained(saved["latent"])
+
+
+def test_convert_writes_digests_and_checks_its_source(saved, tmp_path, capsys):
+    out = tmp_path / "packed-again"
+    assert main(["convert", str(saved["latent"]), str(out), "--to", "packed"]) == 0
+    report = verify_checkpoint(out)
+    entries = read_safetensors_file_header(out / "model.safetensors")[0]
+    assert report.complete and report.checked == len(entries)
+    # the converted bytes equal what save_pretrained wrote, and so do their digests
+    saved_digests = json.loads(read_safetensors_file_header(saved["packed"] / "model.safetensors")[1][DIGEST_KEY])
+    converted = json.loads(read_safetensors_file_header(out / "model.safetensors")[1][DIGEST_KEY])
+    assert converted[UP] == saved_digests[UP]
+    assert main(["info", str(out), "--no-stats"]) == 0
+    assert "digests" in capsys.readouterr().out
