@@ -14,7 +14,9 @@ import sys
 from spectra_hf.errors import SpectraError
 
 # Order here is the order in `spectra-hf --help`.
-COMMANDS = ("suite", "init", "info", "verify", "convert", "train", "quantize", "publish", "release", "hub", "eval", "demo")
+COMMANDS = (
+    "suite", "init", "info", "verify", "convert", "train", "quantize", "publish", "release", "hub", "eval", "demo",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

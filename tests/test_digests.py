@@ -120,3 +120,32 @@ def test_convert_writes_digests_and_checks_its_source(saved, tmp_path, capsys):
     assert converted[UP] == saved_digests[UP]
     assert main(["info", str(out), "--no-stats"]) == 0
     assert "digests" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("file", "garbage"),
+    [("tokenizer.json", b"\x00garbage, not a tokenizer"), ("tokenizer.json", b'{"model": {"type": "nonsense"}}'),
+     ("generation_config.json", b'{"max_length": 2'), ("special_tokens_map.json", b"[1, 2]")],
+)
+def test_convert_refuses_a_side_file_its_loaders_cannot_parse(saved, tokenizer_dir, tmp_path, capsys, file, garbage):
+    source = tmp_path / "src"
+    shutil.copytree(saved["latent"], source)
+    for path in Path(tokenizer_dir).iterdir():
+        shutil.copy2(path, source / path.name)
+    (source / file).write_bytes(garbage)
+    assert main(["convert", str(source), str(tmp_path / "out"), "--to", "packed"]) == 2
+    error = capsys.readouterr().err
+    assert f"{source / file} is not a readable {file}" in error, error
+    assert not (tmp_path / "out").exists()
+
+
+def test_convert_copies_parsable_side_files_through(saved, tokenizer_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    source = tmp_path / "src"
+    shutil.copytree(saved["latent"], source)
+    for path in Path(tokenizer_dir).iterdir():
+        shutil.copy2(path, source / path.name)
+    assert main(["convert", str(source), str(tmp_path / "out"), "--to", "packed"]) == 0
+    assert (tmp_path / "out" / "tokenizer.json").read_bytes() == (source / "tokenizer.json").read_bytes()
+    assert AutoTokenizer.from_pretrained(tmp_path / "out")("hello").input_ids

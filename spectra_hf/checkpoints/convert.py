@@ -25,7 +25,7 @@ from transformers.dynamic_module_utils import custom_object_save
 
 from spectra_hf.checkpoints.io import INDEX_FILE, Checkpoint, ShardedWriter, Ternary, config_architecture
 from spectra_hf.checkpoints.staging import staged_directory
-from spectra_hf.errors import OutputExistsError, SpectraError
+from spectra_hf.errors import CheckpointError, OutputExistsError, SpectraError
 from spectra_hf.modeling import FloatLMConfig, FloatLMForCausalLM, TriLMConfig, TriLMForCausalLM
 from spectra_hf.modeling.checkpoint_checks import INCOMPLETE_MARKER
 from spectra_hf.modeling.configuration_trilm import without_trilm_keys
@@ -86,6 +86,7 @@ def convert_checkpoint(
         raise SpectraError(f"{source.path} is a TriLM checkpoint: convert it --to packed or --to unpacked")
     out = Path(out)
     replace = check_output(out, source=source.path, to=to, overwrite=overwrite)
+    check_side_files(source.path)
     cast = DTYPES[dtype] if dtype else (torch.float16 if to == "unpacked" else None)
     if to.startswith("gguf-"):
         from spectra_hf.checkpoints.gguf import write_gguf
@@ -215,9 +216,39 @@ def _write_config(source: Checkpoint, directory: Path, to: str, cast: torch.dtyp
     config.save_pretrained(directory)
 
 
-def _copy_side_files(src: Path, directory: Path) -> None:
-    """Tokenizer and generation files travel with the weights; weights, configs and remote code do not."""
-    for path in src.iterdir():
+def side_files(src: Path) -> list[Path]:
+    """Tokenizer and generation files, which travel with the weights; weights, configs and remote code do not."""
+    found = []
+    for path in sorted(src.iterdir()):
         skip = path.suffix in _WEIGHT_SUFFIXES or path.suffix == ".py" or path.name in ("config.json", INDEX_FILE)
         if path.is_file() and not skip and not path.name.startswith("."):
-            shutil.copy2(path, directory / path.name)
+            found.append(path)
+    return found
+
+
+def check_side_files(src: Path) -> None:
+    """CheckpointError naming the first side file a loader would fail to parse: any *.json that is not a JSON
+    object, and a tokenizer.json that the `tokenizers` library cannot load. Run before any output is written, so a
+    garbage tokenizer is never copied into a conversion (and from there published)."""
+    for path in side_files(src):
+        if path.suffix != ".json":
+            continue
+        try:
+            parsed = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(parsed, dict):
+                raise ValueError(f"a JSON {type(parsed).__name__}, not an object")
+            if path.name == "tokenizer.json":
+                from tokenizers import Tokenizer
+
+                Tokenizer.from_file(str(path))
+        except Exception as error:  # json: ValueError; tokenizers: a bare Exception
+            reason = " ".join(str(error).split())[:200]
+            raise CheckpointError(
+                f"{path} is not a readable {path.name} ({reason}): loaders of the converted model would fail on it; "
+                "restore it from the model's source (or remove it to convert the weights alone)"
+            ) from error
+
+
+def _copy_side_files(src: Path, directory: Path) -> None:
+    for path in side_files(src):
+        shutil.copy2(path, directory / path.name)
