@@ -7,9 +7,12 @@ one implementation that `from_pretrained` also runs; `Checkpoint` (io.py) runs i
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
+from pathlib import Path
 
 from spectra_hf.checkpoints.io import Checkpoint
-from spectra_hf.modeling.checkpoint_digests import DigestReport
+from spectra_hf.errors import CheckpointError
+from spectra_hf.modeling.checkpoint_digests import DigestReport, check_digests
 
 
 def verify_checkpoint(path: str | os.PathLike) -> DigestReport:
@@ -22,3 +25,14 @@ def verify_checkpoint(path: str | os.PathLike) -> DigestReport:
     report = Checkpoint(path).digests
     assert report is not None, "Checkpoint verifies digests by default"
     return report
+
+
+def verify_weight_files(files: Iterable[str | os.PathLike]) -> DigestReport:
+    """Check the recorded sha256 digests of the given safetensors files, of any model (publish verification runs
+    it on every branch's local weights). Mismatches are in `report.problems`; CheckpointError for an unreadable
+    file."""
+    files = [Path(file) for file in files]
+    try:
+        return check_digests(files[0].parent if files else Path("."), files=files)
+    except OSError as error:
+        raise CheckpointError(str(error)) from error

@@ -42,8 +42,10 @@ from huggingface_hub.utils import (
 from tqdm.auto import tqdm
 from transformers.utils import logging
 
+from spectra_hf.checkpoints.verify import verify_weight_files
 from spectra_hf.errors import ConfigError, HubError, SpectraError
 from spectra_hf.hub.localhub.server import is_loopback_host
+from spectra_hf.hub.org_spelling import check_org_spelling
 from spectra_hf.hub.pacing import HubLimits, Pacer
 from spectra_hf.hub.plan import STAGING_DIR, BranchPlan, PlanFile, PublishPlan, RepoPlan
 
@@ -337,6 +339,10 @@ class Publisher:
             refs = self.pacer.call(partial(self.api.list_repo_refs, repo.repo_id))
             branches = {b.name for b in refs.branches}
             for branch in repo.branches:
+                weights = [f.local_path for f in branch.files if f.path_in_repo.endswith(".safetensors")]
+                digests = verify_weight_files(w for w in weights if w)  # recorded tensor digests: flipped bytes
+                if not digests.ok:
+                    problems.append(f"{repo.repo_id}@{branch.name}: {digests.summary()}")
                 if branch.name not in branches:
                     problems.append(f"{repo.repo_id}: branch {branch.name} is missing")
                     continue
@@ -504,6 +510,7 @@ def publish(
             # or failing Hub is waited for, as everywhere else).
             first_contact = api.whoami if secret else lambda: api.repo_exists(plan.repos[0].repo_id)
             publisher.pacer.call(first_contact, retry_transport=False)
+            check_org_spelling(api, plan.org, probe_repo=plan.repos[0].repo_id, call=publisher.pacer.call)
             for repo in tqdm(plan.repos, desc="publish", unit="repo", disable=not progress):
                 doing = f"publishing {repo.repo_id}"
                 publisher.publish_repo(repo, private=private)

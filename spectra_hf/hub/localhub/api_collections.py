@@ -56,6 +56,7 @@ def add_item(ctx: HubContext, req: Request) -> Response:
         repo = split_repo_id(item_id, item_type)
         if not ctx.store.exists(repo):
             raise repo_not_found(repo.id)
+        item_id = ctx.store.canonical(repo).id  # one item per repo, whatever the case it is named in
     return json_response(ctx.collections.add_item(_slug(req), item_id, item_type, payload.get("note")))
 
 

@@ -26,6 +26,7 @@ def _repo(req: Request) -> RepoRef:
 def create_repo(ctx: HubContext, req: Request) -> Response:
     payload = req.json()
     repo = repo_ref(check_repo_type(payload.get("type")), payload.get("organization"), payload.get("name"))
+    repo = ctx.store.canonical(repo)  # names are case-insensitive: the 409 below names the stored spelling
     private = bool(payload.get("private")) or payload.get("visibility") == "private"
     url = f"{req.base_url}/{repo.url_path}"
     if not ctx.store.create_repo(repo, private):
@@ -116,7 +117,7 @@ def list_storage(ctx: HubContext, req: Request) -> Response:
     org = req.params.get("org")
     items: list[dict[str, Any]] = []
     for repo in ctx.store.repos():
-        if org is not None and repo.namespace != org:
+        if org is not None and repo.namespace.casefold() != org.casefold():
             continue
         meta = ctx.store.metadata(repo)
         if req.user is None and meta["private"]:

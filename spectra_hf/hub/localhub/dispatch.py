@@ -114,6 +114,7 @@ class Dispatcher:
                     raise self._login_required()
             if "name" in req.params:
                 req.repo = repo_ref(repo_type, req.params["ns"], req.params["name"])
+                req.repo = self.ctx.store.canonical(req.repo)  # any case reads the repo, answered with its stored id
                 self.ctx.store.require(req.repo)
                 if req.user is None and kind != "lfs_upload" and self.ctx.store.metadata(req.repo)["private"]:
                     raise repo_not_found(req.repo.id)  # as the Hub: a private repo does not exist for outsiders

@@ -31,7 +31,7 @@ from huggingface_hub.utils.sha import git_hash
 from .blobs import BlobStore, lfs_pointer
 from .errors import HubError, bad_request, entry_not_found, repo_not_found, revision_not_found
 from .files import read_json, write_json_atomic
-from .names import RepoRef, check_ref_name, check_revision, is_commit_oid
+from .names import URL_PREFIXES, RepoRef, check_ref_name, check_revision, is_commit_oid
 
 DEFAULT_BRANCH = "main"
 _REF_KEYS = {"branch": "branches", "tag": "tags"}  # ref kind -> key in refs.json
@@ -141,8 +141,39 @@ class RepoStore:
         self._lfs_objects: dict[RepoRef, set[str]] = {}
 
     # -- repos ---------------------------------------------------------------------------------------------
+    # Names compare case-insensitively, as on the Hub: `Spectra/Model1` reads and writes the stored
+    # `spectra/model1`, and creating it again answers 409. Folders keep the spelling a repo (and the first repo of a
+    # namespace) was created with, so stores written before keep their layout; where such a store holds two
+    # spellings of one name, the exact spelling is found first.
+    def _stored_namespace(self, namespace: str) -> str:
+        folders = [self._repos / f"{repo_type}s" for repo_type in URL_PREFIXES]
+        if any((folder / namespace).is_dir() for folder in folders):
+            return namespace
+        folded = namespace.casefold()
+        for folder in folders:
+            if folder.is_dir():
+                match = sorted(child.name for child in folder.iterdir() if child.name.casefold() == folded)
+                if match:
+                    return match[0]
+        return namespace
+
+    def canonical(self, repo: RepoRef) -> RepoRef:
+        """`repo` spelled as stored (see above); as given when no repo of that name exists in any case."""
+        namespace = self._stored_namespace(repo.namespace)
+        folder = self._repos / f"{repo.type}s" / namespace
+        name = repo.name
+        if not (folder / name / "refs.json").is_file() and folder.is_dir():
+            folded = name.casefold()
+            match = sorted(
+                child.name for child in folder.iterdir()
+                if child.name.casefold() == folded and (child / "refs.json").is_file()
+            )
+            name = match[0] if match else name
+        return RepoRef(repo.type, namespace, name)
+
     def _dir(self, repo: RepoRef) -> Path:
-        return self._repos / f"{repo.type}s" / repo.namespace / repo.name
+        stored = self.canonical(repo)
+        return self._repos / f"{stored.type}s" / stored.namespace / stored.name
 
     def exists(self, repo: RepoRef) -> bool:
         return (self._dir(repo) / "refs.json").is_file()
@@ -152,10 +183,12 @@ class RepoStore:
             raise repo_not_found(repo.id)
 
     def create_repo(self, repo: RepoRef, private: bool) -> bool:
-        """Create the repo with `main` at an initial commit holding .gitattributes; False if it already exists."""
+        """Create the repo with `main` at an initial commit holding .gitattributes; False if it already exists (in
+        any case: see `canonical`). A new repo of an existing namespace takes that namespace's stored spelling."""
         with self._lock:
             if self.exists(repo):
                 return False
+            repo = self.canonical(repo)
             data = GITATTRIBUTES.encode()
             entry = FileEntry.regular(self.blobs.put([data]), data)
             commit = _new_commit((), {".gitattributes": entry}, "initial commit", "")
@@ -176,10 +209,11 @@ class RepoStore:
         with self._lock:
             self.require(repo)
             trash = Path(tempfile.mkdtemp(dir=self._repos, prefix=".deleted-"))
+            stored = self.canonical(repo)
             os.replace(self._dir(repo), trash / "repo")
             shutil.rmtree(trash)
             self._load_commit.cache_clear()
-            self._lfs_objects.pop(repo, None)
+            self._lfs_objects.pop(stored, None)
 
     def metadata(self, repo: RepoRef) -> dict:
         return read_json(self._dir(repo) / "repo.json")
@@ -202,8 +236,10 @@ class RepoStore:
         """Rename `source` to `target` (same type); 409 if the target exists."""
         with self._lock:
             self.require(source)
+            source = self.canonical(source)
             if self.exists(target):
                 raise HubError(409, f"Cannot move {source.id} to {target.id}: that repo already exists.")
+            target = self.canonical(target)
             self._dir(target).parent.mkdir(parents=True, exist_ok=True)
             os.rename(self._dir(source), self._dir(target))
             meta = {**self.metadata(target), "id": target.id}
@@ -215,6 +251,7 @@ class RepoStore:
     # Blobs are stored once for all repos, but a commit may only name an LFS object that was uploaded to its own
     # repo (or is already in it): knowing a sha256 must not be a way to copy another repo's file.
     def _linked(self, repo: RepoRef) -> set[str]:
+        repo = self.canonical(repo)
         linked = self._lfs_objects.get(repo)
         if linked is None:
             listing = self._dir(repo) / "lfs-objects.txt"
