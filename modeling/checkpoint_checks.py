@@ -407,7 +407,7 @@ class CheckedLoadingMixin:
     another Spectra family; subclasses add their own loading in `_from_checked_pretrained`."""
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, verify_digests: bool | None = None, **kwargs):
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, verify_digests=None, **kwargs):
         """`verify_digests`: check the sha256 digests a checkpoint's files record for their tensors (see
         `checkpoint_digests`) before loading; default `VERIFY_DIGESTS_BY_DEFAULT`. Files without digests load."""
         verify = VERIFY_DIGESTS_BY_DEFAULT if verify_digests is None else verify_digests

@@ -31,8 +31,8 @@ def verify_weight_files(files: Iterable[str | os.PathLike]) -> DigestReport:
     """Check the recorded sha256 digests of the given safetensors files, of any model (publish verification runs
     it on every branch's local weights). Mismatches are in `report.problems`; CheckpointError for an unreadable
     file."""
-    files = [Path(file) for file in files]
+    paths = [Path(file) for file in files]
     try:
-        return check_digests(files[0].parent if files else Path("."), files=files)
+        return check_digests(paths[0].parent if paths else Path("."), files=paths)
     except OSError as error:
         raise CheckpointError(str(error)) from error
