@@ -377,6 +377,25 @@ def check_model_class(config_dict: Mapping[str, Any], *, model_type: str, class_
     )
 
 
+def hub_weight_files(repo_id: str, kwargs: Mapping[str, Any]) -> list[Path]:
+    """The safetensors files of Hub checkpoint `repo_id` that a load just put in the local cache ([] if none)."""
+    from transformers.utils import cached_file
+
+    options = {key: kwargs[key] for key in ("cache_dir", "revision", "subfolder") if kwargs.get(key)}
+
+    def cached(name: str) -> str | None:
+        return cached_file(
+            repo_id, name, local_files_only=True, _raise_exceptions_for_missing_entries=False,
+            _raise_exceptions_for_connection_errors=False, **options,
+        )
+
+    index = cached(INDEX_FILE)
+    if index is not None:
+        return weight_files(Path(index).parent)
+    single = cached(WEIGHTS_FILE)
+    return [Path(single)] if single is not None else []
+
+
 _HUB_KEYS = ("cache_dir", "force_download", "proxies", "token", "revision", "local_files_only", "subfolder")
 
 
@@ -423,7 +442,14 @@ class CheckedLoadingMixin:
                     config_dict, model_type=cls.config_class.model_type, class_name=cls.__name__,
                     where=os.fspath(pretrained_model_name_or_path),
                 )
-        return cls._from_checked_pretrained(pretrained_model_name_or_path, config_dict, *args, **kwargs)
+        result = cls._from_checked_pretrained(pretrained_model_name_or_path, config_dict, *args, **kwargs)
+        if verify and not kwargs.get("gguf_file") and not _looks_local(pretrained_model_name_or_path):
+            from .checkpoint_digests import require_digests_match
+
+            files = hub_weight_files(pretrained_model_name_or_path, kwargs)
+            if files:  # the files just loaded, from the Hub cache: checked after the fact, before the model is used
+                require_digests_match(pretrained_model_name_or_path, files=files)
+        return result
 
     @classmethod
     def _from_checked_pretrained(cls, pretrained_model_name_or_path, config_dict, *args, **kwargs):

@@ -149,3 +149,18 @@ def test_convert_copies_parsable_side_files_through(saved, tokenizer_dir, tmp_pa
     assert main(["convert", str(source), str(tmp_path / "out"), "--to", "packed"]) == 0
     assert (tmp_path / "out" / "tokenizer.json").read_bytes() == (source / "tokenizer.json").read_bytes()
     assert AutoTokenizer.from_pretrained(tmp_path / "out")("hello").input_ids
+
+
+def test_a_hub_checkpoint_is_checked_after_download(saved, local_hub, tmp_path):
+    """A packed checkpoint whose bytes changed after its digests were recorded, published and loaded by repo id."""
+    from huggingface_hub import HfApi
+
+    broken = tmp_path / "broken"
+    shutil.copytree(saved["packed"], broken)
+    flip_byte(broken, UP)
+    api = HfApi()
+    api.create_repo("digests/broken", exist_ok=True)
+    api.upload_folder(folder_path=broken, repo_id="digests/broken")
+    with pytest.raises(OSError, match=f"corrupt checkpoint digests/broken: tensor {UP}"):
+        TriLMForCausalLM.from_pretrained("digests/broken", cache_dir=tmp_path / "cache")
+    TriLMForCausalLM.from_pretrained("digests/broken", cache_dir=tmp_path / "cache", verify_digests=False)
