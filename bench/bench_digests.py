@@ -16,8 +16,9 @@ import argparse
 import os
 import shutil
 import tempfile
-import time
 from pathlib import Path
+
+from bench_checks import best_of  # (bench/ is the script's directory, so on sys.path)
 
 
 def write_packed(directory: Path, size: str) -> None:
@@ -48,15 +49,6 @@ def write_packed(directory: Path, size: str) -> None:
     writer.add("model.norm.weight", torch.ones(hidden, dtype=torch.float16))  # [hidden]
     writer.add("lm_head.weight", torch.randn(vocab, hidden, generator=generator).half())  # [vocab, hidden]
     writer.finish()
-
-
-def best_of(repeats: int, function) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - started)
-    return min(times)
 
 
 def main() -> None:
