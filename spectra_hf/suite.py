@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from spectra_hf.errors import SpectraError
+from spectra_hf.errors import ConfigError
 
 Family = Literal["trilm", "floatlm", "quantlm"]
 
@@ -267,7 +267,7 @@ def get_model(name: str) -> SuiteModel:
     """
     match = _NAME_RE.match(name.split("/")[-1])
     if match is None:
-        raise SpectraError(
+        raise ConfigError(
             f"unknown suite model {name!r}: expected a name like TriLM_99M, FloatLM_1.1B or QuantLM_3.9B_4bit "
             "(run `spectra-hf suite` for the list)"
         )
@@ -275,15 +275,15 @@ def get_model(name: str) -> SuiteModel:
     family = next(f for f in FAMILIES if FAMILY_PREFIX[f].lower() == prefix.lower())  # the pattern allows only these
     size = SIZE_ALIASES.get(size.upper(), size.upper())
     if size not in SIZES:
-        raise SpectraError(f"unknown suite size {size!r} in {name!r}: sizes are {', '.join(SIZES)}")
+        raise ConfigError(f"unknown suite size {size!r} in {name!r}: sizes are {', '.join(SIZES)}")
     if family == "quantlm":
         if bits is None or int(bits) not in QUANT_BITS:
-            raise SpectraError(
+            raise ConfigError(
                 f"QuantLM name {name!r} needs one of the bit widths {QUANT_BITS}, e.g. QuantLM_{size}_4bit"
             )
         return SuiteModel("quantlm", size, int(bits))
     if bits is not None:
-        raise SpectraError(f"{name!r}: only QuantLM names carry a bit width")
+        raise ConfigError(f"{name!r}: only QuantLM names carry a bit width")
     return SuiteModel(family, size)
 
 

@@ -55,7 +55,7 @@ from spectra_hf.checkpoints.exports import (
     write_planned_steps,
 )
 from spectra_hf.checkpoints.info import suite_size
-from spectra_hf.errors import SpectraError
+from spectra_hf.errors import CheckpointError, ConfigError
 from spectra_hf.suite import FAMILY_PREFIX, SIZES, get_model
 
 from .arguments import SpectraTrainingArguments
@@ -157,7 +157,7 @@ class SpectraTrainer(Trainer):
     def weight_decay_in_force(self) -> float:
         """Weight decay of the decayed parameter groups right now (0 when none decays)."""
         if self.optimizer is None:
-            raise SpectraError("weight_decay_in_force: the optimizer is not created yet (it is when training starts)")
+            raise ConfigError("weight_decay_in_force: the optimizer is not created yet (it is when training starts)")
         values = [g["weight_decay"] for g in self.optimizer.param_groups if g.get("spectra_decay", False)]
         return max(values, default=0.0)
 
@@ -185,7 +185,7 @@ class SpectraTrainer(Trainer):
             if resume_from_checkpoint is True:
                 last: str | None = get_last_checkpoint(self.args.output_dir)
                 if last is None:
-                    raise SpectraError(f"no checkpoint-<step> directory to resume from in {self.args.output_dir}")
+                    raise CheckpointError(f"no checkpoint-<step> directory to resume from in {self.args.output_dir}")
                 resume_from_checkpoint = last
             check_resumable(resume_from_checkpoint, self._model.config.to_dict())
             self.reexport_missing_checkpoints()
@@ -418,10 +418,10 @@ def check_resumable(checkpoint: str | Path, model_config: dict[str, Any]) -> Non
     """Raise `SpectraError` unless `checkpoint` is a complete Trainer checkpoint of the same architecture."""
     checkpoint = Path(checkpoint)
     if not checkpoint.is_dir():
-        raise SpectraError(f"checkpoint {checkpoint} does not exist: give a checkpoint-<step> directory to resume")
+        raise CheckpointError(f"checkpoint {checkpoint} does not exist: give a checkpoint-<step> directory to resume")
     missing = [name for name in ("trainer_state.json", "config.json") if not (checkpoint / name).is_file()]
     if missing:
-        raise SpectraError(
+        raise CheckpointError(
             f"checkpoint {checkpoint} is incomplete (no {', '.join(missing)}; an interrupted save?): "
             "delete it and resume from an earlier checkpoint-<step>"
         )
@@ -433,6 +433,6 @@ def check_resumable(checkpoint: str | Path, model_config: dict[str, Any]) -> Non
     }
     if different:
         detail = ", ".join(f"{k}: checkpoint {a!r} vs model {b!r}" for k, (a, b) in different.items())
-        raise SpectraError(
+        raise CheckpointError(
             f"checkpoint {checkpoint} does not fit this model ({detail}): resume with the recipe that wrote it"
         )

@@ -25,7 +25,7 @@ from transformers.dynamic_module_utils import custom_object_save
 
 from spectra_hf.checkpoints.io import INDEX_FILE, Checkpoint, ShardedWriter, Ternary, config_architecture
 from spectra_hf.checkpoints.staging import staged_directory
-from spectra_hf.errors import OutputExistsError, SpectraError
+from spectra_hf.errors import ConfigError, OutputExistsError
 from spectra_hf.modeling import FloatLMConfig, FloatLMForCausalLM, TriLMConfig, TriLMForCausalLM
 from spectra_hf.modeling.checkpoint_checks import INCOMPLETE_MARKER
 from spectra_hf.modeling.configuration_trilm import without_trilm_keys
@@ -42,7 +42,7 @@ def default_target(kind: str) -> str:
     """What `convert SRC OUT` writes without `--to`: a release TriLM becomes packed; anything else must say."""
     if kind == "trilm-release":
         return "packed"
-    raise SpectraError(f"a {kind} checkpoint needs an explicit --to (one of {', '.join(TARGETS)})")
+    raise ConfigError(f"a {kind} checkpoint needs an explicit --to (one of {', '.join(TARGETS)})")
 
 
 def convert_checkpoint(
@@ -75,15 +75,15 @@ def convert_checkpoint(
     source = Checkpoint(src)
     to = to or default_target(source.kind)
     if to not in TARGETS:
-        raise SpectraError(f"unknown conversion target {to!r}: choose one of {', '.join(TARGETS)}")
+        raise ConfigError(f"unknown conversion target {to!r}: choose one of {', '.join(TARGETS)}")
     if dtype is not None and dtype not in DTYPES:
-        raise SpectraError(f"unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+        raise ConfigError(f"unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
     if to == "packed" and source.family != "trilm":
-        raise SpectraError(
+        raise ConfigError(
             f"{source.path} is a {source.kind} checkpoint, not a TriLM: only TriLMs pack (use --to floatlm)"
         )
     if to == "floatlm" and source.family != "floatlm":
-        raise SpectraError(f"{source.path} is a TriLM checkpoint: convert it --to packed or --to unpacked")
+        raise ConfigError(f"{source.path} is a TriLM checkpoint: convert it --to packed or --to unpacked")
     out = Path(out)
     replace = check_output(out, source=source.path, to=to, overwrite=overwrite)
     cast = DTYPES[dtype] if dtype else (torch.float16 if to == "unpacked" else None)

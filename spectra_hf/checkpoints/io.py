@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from spectra_hf.checkpoints.safetensors_io import ShardFileWriter, TensorEntry, read_tensor
-from spectra_hf.errors import CheckpointError, SpectraError
+from spectra_hf.errors import CheckpointError
 from spectra_hf.modeling.checkpoint_checks import (
     INDEX_FILE,
     inspect_checkpoint,
@@ -97,7 +97,7 @@ def checkpoint_kind(config: dict[str, Any]) -> str:
         return "floatlm"
     if model_type == "llama":
         return "trilm-release" if "pretraining_model_parallel" in config else "llama"
-    raise SpectraError(
+    raise CheckpointError(
         f"model_type {model_type!r} is not a Spectra checkpoint: expected 'trilm', 'floatlm' or 'llama' "
         "(the original SpectraSuite release)"
     )
@@ -143,7 +143,7 @@ class Checkpoint:
     def tensor(self, name: str) -> torch.Tensor:
         """One stored tensor, read from its file."""
         if name not in self._entries:
-            raise SpectraError(f"{self.path} has no tensor {name!r}: the checkpoint is incomplete")
+            raise CheckpointError(f"{self.path} has no tensor {name!r}: the checkpoint is incomplete")
         return read_tensor(self._file_of[name], self._entries[name])
 
     def stored_shape(self, name: str) -> tuple[int, ...]:
@@ -191,7 +191,7 @@ class Checkpoint:
             try:
                 digits, scales = recover_ternary(self.tensor(name), self.shards, shard_dim, name)
             except ValueError as error:
-                raise SpectraError(f"{self.path}: {error}") from error
+                raise CheckpointError(f"{self.path}: {error}") from error
             return Ternary(digits, scales, shard_dim)
         return self._latent_layer(layer)[path]
 

@@ -38,7 +38,7 @@ from spectra_hf.checkpoints.exports import (
     model_dir,
     read_export_info,
 )
-from spectra_hf.errors import ConfigError, HubError, SpectraError
+from spectra_hf.errors import CheckpointError, ConfigError, HubError, SpectraError
 from spectra_hf.suite import (
     FAMILY_PREFIX,
     QUANT_BITS,
@@ -232,7 +232,7 @@ def check_repo_id(repo_id: str) -> None:
     try:
         validate_repo_id(repo_id)
     except HFValidationError as error:
-        raise SpectraError(
+        raise ConfigError(
             f"invalid Hub repo id {repo_id!r}: {error} Pick an --org made of letters, digits, '-', '_' and '.'"
         ) from None
 
@@ -490,12 +490,12 @@ def build_plan(
     """
     suite_dir = Path(suite_dir)
     if not suite_dir.is_dir():
-        raise SpectraError(f"suite directory {suite_dir} does not exist: export the models there first")
+        raise CheckpointError(f"suite directory {suite_dir} does not exist: export the models there first")
     registry = all_models()
     known = {m.name for m in registry}
     unknown = sorted(set(models or ()) - known) + sorted(set(evals or {}) - known)
     if unknown:
-        raise SpectraError(f"not suite model names: {', '.join(unknown)} (run `spectra-hf suite` for the list)")
+        raise ConfigError(f"not suite model names: {', '.join(unknown)} (run `spectra-hf suite` for the list)")
     selected = [m for m in registry if models is None or m.name in models]
     for model in selected:
         check_repo_id(f"{org}/{model.unpacked_name if unpacked and model.family == 'trilm' else model.name}")

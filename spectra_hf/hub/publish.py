@@ -42,7 +42,7 @@ from huggingface_hub.utils import (
 from tqdm.auto import tqdm
 from transformers.utils import logging
 
-from spectra_hf.errors import ConfigError, HubError, SpectraError
+from spectra_hf.errors import CheckpointError, ConfigError, HubError, SpectraError
 from spectra_hf.hub.localhub.server import is_loopback_host
 from spectra_hf.hub.pacing import HubLimits, Pacer
 from spectra_hf.hub.plan import STAGING_DIR, BranchPlan, PlanFile, PublishPlan, RepoPlan
@@ -475,12 +475,12 @@ def publish(
     if plan.missing and not allow_partial:
         shown = "; ".join(plan.missing[:_MISSING_SHOWN])
         more = f" (and {len(plan.missing) - _MISSING_SHOWN} more)" if len(plan.missing) > _MISSING_SHOWN else ""
-        raise SpectraError(
+        raise CheckpointError(
             f"the suite directory {plan.suite_dir} is incomplete, nothing was published: {shown}{more}. "
             "Export what is missing, or publish the partial suite explicitly (--allow-partial)"
         )
     if not plan.repos:
-        raise SpectraError(f"nothing to publish: no complete model export in {plan.suite_dir}")
+        raise CheckpointError(f"nothing to publish: no complete model export in {plan.suite_dir}")
     if plan.estimated_files:
         raise ConfigError(
             f"this plan only estimates {len(plan.estimated_files)} files (made with build_plan(convert=False), as "
@@ -490,7 +490,7 @@ def publish(
     mode = _verify_mode(verify, local=is_local_endpoint(endpoint))
     secret = token or get_token()
     if secret is None and not is_local_endpoint(endpoint):
-        raise SpectraError(
+        raise HubError(
             f"no Hub token found for {endpoint}: set HF_TOKEN, run `hf auth login`, or pass --token "
             "(or publish to a local Hub: see `spectra-hf publish --help`)"
         )

@@ -39,7 +39,7 @@ from transformers.utils import logging
 
 from spectra_hf.cards import Revision
 from spectra_hf.checkpoints.exports import checkpoint_dir, model_dir
-from spectra_hf.errors import CheckpointError, ConfigError, SpectraError
+from spectra_hf.errors import CheckpointError, ConfigError, HubError
 from spectra_hf.hub.pacing import HubLimits
 from spectra_hf.hub.plan import CARD_FILE, BranchPlan, PlanFile, PublishPlan, RepoPlan, check_repo_id, export_files
 from spectra_hf.hub.publish import Publisher, _explain, _local_hub_client, is_local_endpoint
@@ -271,7 +271,7 @@ class _Run:
         self.report.commits += publisher.report.commits - before
         stale = publisher.changes(repo_id, branch)
         if stale:
-            raise SpectraError(
+            raise HubError(
                 f"{repo_id}@{branch.name} does not hold what was published ({len(stale)} files differ); "
                 "re-run to repair"
             )
@@ -455,7 +455,7 @@ def _check_disk(found: Discovery, *, max_disk: int | None, work_dir: Path) -> No
     largest = max(found.revisions, key=lambda r: r.size)
     needed = disk_needed(largest.size)
     if max_disk is not None and needed > max_disk:
-        raise SpectraError(
+        raise ConfigError(
             f"--max-disk {human_size(max_disk)} is too small for one revision: {largest.key} needs "
             f"{human_size(needed)} (its {human_size(largest.size)} download and up to twice that while the conversion "
             "is written). Nothing was downloaded "
@@ -465,7 +465,7 @@ def _check_disk(found: Discovery, *, max_disk: int | None, work_dir: Path) -> No
     # what a previous run left in the work directory is freed as this one goes, so it counts as free
     free = shutil.disk_usage(probe).free + (directory_bytes(work_dir) if work_dir.exists() else 0)
     if needed > free:
-        raise SpectraError(
+        raise ConfigError(
             f"{probe} has {human_size(free)} free, too little for one revision: {largest.key} needs "
             f"{human_size(needed)}. "
             "Nothing was downloaded or published; free disk or pass a --work-dir on a larger disk"
