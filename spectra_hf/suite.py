@@ -41,6 +41,17 @@ SIZE_ALIASES: dict[str, str] = {"2.3B": "2.4B"}
 RELEASE_ORG = "SpectraSuite"
 UNPACKED_SUFFIX = "_Unpacked"  # repos holding the original release format (fp16 Llama checkpoints)
 TERNARY_LINEARS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# The config.json keys that fix the shapes of a Spectra network's tensors (and a TriLM's scale shards): configs that
+# differ in one of them describe different networks.
+ARCHITECTURE_KEYS = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "num_hidden_layers",
+    "pretraining_model_parallel",
+)
 
 
 @dataclass(frozen=True)
@@ -97,11 +108,12 @@ def _architecture_value(architecture: Mapping[str, Any] | Any, key: str, default
     return default if value is None else value
 
 
-def linear_weight_shapes(architecture: Mapping[str, Any] | Any) -> dict[str, tuple[int, int]]:
-    """[out_features, in_features] (the shape of `nn.Linear.weight`) of each of the seven projections of one decoder
-    block, keyed by their path inside the block ("self_attn.q_proj", ..., "mlp.down_proj"), in TERNARY_LINEARS order.
+def _projection_shapes(architecture: Mapping[str, Any] | Any) -> dict[str, tuple[int, int]]:
+    """[out, in] of the seven projections of one decoder block, for counting parameters without torch.
 
-    `architecture` is a config.json dict or a config object; `head_dim` and `num_key_value_heads` default as in Llama.
+    The shapes' home is `spectra_hf.modeling.checkpoint_checks.linear_shapes` (use it wherever torch is loaded);
+    this torch-free twin exists because the registry and `spectra-hf suite` must not import spectra_hf.modeling,
+    which imports torch. tests/test_suite.py checks the counts against that function and transformers' layers.
     """
     hidden = _architecture_value(architecture, "hidden_size")
     inter = _architecture_value(architecture, "intermediate_size")
@@ -122,7 +134,7 @@ def linear_weight_shapes(architecture: Mapping[str, Any] | Any) -> dict[str, tup
 
 def linear_params(architecture: Mapping[str, Any] | Any) -> int:
     """Weights of the seven projections of every decoder block: the ternary (TriLM) or quantized (QuantLM) ones."""
-    per_block = sum(math.prod(shape) for shape in linear_weight_shapes(architecture).values())
+    per_block = sum(math.prod(shape) for shape in _projection_shapes(architecture).values())
     return _architecture_value(architecture, "num_hidden_layers") * per_block
 
 

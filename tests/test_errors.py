@@ -90,6 +90,17 @@ def test_every_raise_is_typed_by_kind() -> None:
     assert not untyped, "raise a ConfigError, DataError, CheckpointError, ... instead:\n" + "\n".join(untyped)
 
 
+def test_no_bare_spectra_error_is_made_anywhere() -> None:
+    """Error factories (functions that build an error for the caller to raise) are held to the same rule."""
+    made = [
+        f"{path.relative_to(ROOT)}:{node.lineno}"
+        for path in _package_files()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "SpectraError"
+    ]
+    assert not made, "build a typed error (ConfigError, HubError, ...) instead:\n" + "\n".join(made)
+
+
 @pytest.mark.parametrize(
     ("source", "expected"),
     [

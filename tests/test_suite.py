@@ -11,6 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from spectra_hf.errors import SpectraError
+from spectra_hf.modeling.checkpoint_checks import linear_shapes
 from spectra_hf.suite import (
     FLOAT_BITS,
     QUANT_EFFECTIVE_BITS,
@@ -19,7 +20,7 @@ from spectra_hf.suite import (
     all_models,
     config_for,
     get_model,
-    linear_weight_shapes,
+    linear_params,
     size_bits,
 )
 
@@ -141,14 +142,17 @@ def _meta_llama(architecture: dict):
 
 
 @pytest.mark.parametrize("architecture", ODD_ARCHITECTURES)
-def test_linear_weight_shapes_are_the_shapes_of_transformers_linears(architecture: dict) -> None:
+def test_linear_shapes_are_the_shapes_of_transformers_linears(architecture: dict) -> None:
     model = _meta_llama(architecture)
     block = model.model.layers[0]
-    expected = {path: tuple(block.get_submodule(path).weight.shape) for path in linear_weight_shapes(model.config)}
+    expected = {path: tuple(block.get_submodule(path).weight.shape) for path in linear_shapes(model.config)}
     assert len(expected) == 7
-    assert linear_weight_shapes(model.config) == expected  # a config object
-    assert linear_weight_shapes(model.config.to_dict()) == expected  # a config.json dict
-    assert linear_weight_shapes(architecture) == expected
+    assert linear_shapes(model.config) == expected  # a config object
+    assert linear_shapes(model.config.to_dict()) == expected  # a config.json dict
+    assert linear_shapes(architecture) == expected
+    # the registry's torch-free parameter count agrees with the shapes' home
+    per_block = sum(out_features * in_features for out_features, in_features in expected.values())
+    assert linear_params(architecture) == architecture["num_hidden_layers"] * per_block
 
 
 @pytest.mark.parametrize("architecture", ODD_ARCHITECTURES)

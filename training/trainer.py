@@ -55,8 +55,9 @@ from spectra_hf.checkpoints.exports import (
     write_planned_steps,
 )
 from spectra_hf.checkpoints.info import suite_size
+from spectra_hf.checkpoints.io import read_config
 from spectra_hf.errors import CheckpointError, ConfigError
-from spectra_hf.suite import FAMILY_PREFIX, SIZES, get_model
+from spectra_hf.suite import ARCHITECTURE_KEYS, FAMILY_PREFIX, SIZES, get_model
 
 from .arguments import SpectraTrainingArguments
 from .callbacks import LOG_SPACED_STEPS, LogSpacedCheckpoints, WeightDecaySchedule
@@ -70,16 +71,7 @@ logger = logging.get_logger(__name__)
 _TRAINING_STATE_FILES = ("optimizer.pt", "scheduler.pt", "scaler.pt", "trainer_state.json", "training_args.bin")
 
 # config.json keys that must match between a checkpoint and the model that resumes from it.
-_ARCHITECTURE_KEYS = (
-    "model_type",
-    "hidden_size",
-    "intermediate_size",
-    "num_attention_heads",
-    "num_key_value_heads",
-    "num_hidden_layers",
-    "vocab_size",
-    "pretraining_model_parallel",
-)
+_RESUME_KEYS = ("model_type", *ARCHITECTURE_KEYS)
 
 
 class SpectraTrainer(Trainer):
@@ -425,10 +417,10 @@ def check_resumable(checkpoint: str | Path, model_config: dict[str, Any]) -> Non
             f"checkpoint {checkpoint} is incomplete (no {', '.join(missing)}; an interrupted save?): "
             "delete it and resume from an earlier checkpoint-<step>"
         )
-    saved = json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))
+    saved = read_config(checkpoint)
     different = {
         key: (saved.get(key), model_config.get(key))
-        for key in _ARCHITECTURE_KEYS
+        for key in _RESUME_KEYS
         if saved.get(key) != model_config.get(key)
     }
     if different:

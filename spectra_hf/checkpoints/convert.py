@@ -105,7 +105,7 @@ def convert_checkpoint(
             for out_name, tensor in _output_tensors(name, source.weight(name), to, cast):
                 writer.add(out_name, tensor)
         writer.finish()
-        _copy_side_files(source.path, staging)
+        copy_side_files(source.path, staging)
         # config.json last: until the very end the staging folder is not a checkpoint even to loaders that do not
         # know the marker (stock transformers), and from then on it is complete.
         _write_config(source, staging, to, cast)
@@ -215,7 +215,7 @@ def _write_config(source: Checkpoint, directory: Path, to: str, cast: torch.dtyp
     config.save_pretrained(directory)
 
 
-def _copy_side_files(src: Path, directory: Path) -> None:
+def copy_side_files(src: Path, directory: Path) -> None:
     """Tokenizer and generation files travel with the weights; weights, configs and remote code do not."""
     for path in src.iterdir():
         skip = path.suffix in _WEIGHT_SUFFIXES or path.suffix == ".py" or path.name in ("config.json", INDEX_FILE)

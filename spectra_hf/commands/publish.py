@@ -182,8 +182,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         logger.warning(f"publishing to {target.describe()}")
 
+    from spectra_hf.hub.client import is_local_endpoint
     from spectra_hf.hub.plan import build_plan
-    from spectra_hf.hub.publish import is_local_endpoint, publish
+    from spectra_hf.hub.publish import publish
 
     plan = build_plan(
         args.suite_dir, org=args.org, evals=_read_evals(args.evals), models=args.models, unpacked=not args.no_unpacked

@@ -38,8 +38,9 @@ from spectra_hf.checkpoints.exports import ExportInfo, atomic_directory, model_d
 from spectra_hf.checkpoints.info import suite_size
 from spectra_hf.checkpoints.io import config_architecture, read_config
 from spectra_hf.errors import CheckpointError, ConfigError, SpectraError
+from spectra_hf.modeling.checkpoint_checks import linear_shapes
 from spectra_hf.quantization.calibration import CalibrationSource, calibration_samples, load_calibration_texts
-from spectra_hf.suite import CONTEXT_LENGTH, FLOAT_BITS, QUANT_BITS, QUANT_GROUP_SIZE, linear_weight_shapes, size_bits
+from spectra_hf.suite import CONTEXT_LENGTH, FLOAT_BITS, QUANT_BITS, QUANT_GROUP_SIZE, size_bits
 
 logger = logging.get_logger(__name__)
 
@@ -121,7 +122,7 @@ def check_floatlm_config(config: dict[str, Any], *, where: str, packable: bool =
         raise CheckpointError(f"{where} has model_type {model_type!r}; pass a FloatLM (model_type floatlm or llama)")
     if not packable:
         return
-    for name, (out_features, in_features) in linear_weight_shapes(config).items():
+    for name, (out_features, in_features) in linear_shapes(config).items():
         if in_features % PACK_MULTIPLE or out_features % PACK_MULTIPLE:
             raise ConfigError(
                 f"{where}: {name} is {in_features} -> {out_features}; GPTQ kernels pack layers whose widths are "
@@ -150,7 +151,7 @@ def plan_settings(
         damp_percent: GPTQ Hessian dampening.
         where: names the model in error messages.
     """
-    in_widths = {in_features for _, in_features in linear_weight_shapes(config).values()}
+    in_widths = {in_features for _, in_features in linear_shapes(config).values()}
     chosen = group_size if isinstance(group_size, Mapping) else {b: group_size for b in bits}
     plans = []
     for b in bits:
@@ -176,7 +177,8 @@ def load_floatlm_as_llama(directory: Path):
     return LlamaForCausalLM.from_pretrained(directory, config=config, dtype="auto").eval()
 
 
-def _gptq_quantizer_class():
+def gptq_quantizer_class():
+    """optimum's GPTQQuantizer widened to 2..8 bits (a class made on first use: optimum is an optional extra)."""
     from optimum.gptq import GPTQQuantizer
 
     class SpectraGPTQQuantizer(GPTQQuantizer):
@@ -209,7 +211,7 @@ def quantize_model(
         (model, quantizer): the model with packed quantized layers (gptqmodel's in-memory v2 layout), and the
         quantizer that `save_quantized` needs.
     """
-    quantizer_class = _gptq_quantizer_class()
+    quantizer_class = gptq_quantizer_class()
     quantizer = quantizer_class(
         bits=settings.bits,
         dataset=samples,
@@ -287,7 +289,7 @@ def _load_wide_gptq(directory: Path, config: dict[str, Any], *, dtype: torch.dty
     torch_dtype = llama_config.dtype if dtype == "auto" else dtype
     # transformers wraps PreTrainedModel.to in @wraps(Module.to), whose stub hides the bound self
     model = LlamaForCausalLM(llama_config).to(dtype=torch_dtype)  # type: ignore[call-arg]
-    quantizer = _gptq_quantizer_class()(**{**quant, "backend": backend})
+    quantizer = gptq_quantizer_class()(**{**quant, "backend": backend})
     quantizer.convert_model(model, device_map={"": device})
     state: dict[str, torch.Tensor] = {}
     for shard in sorted(directory.glob("*.safetensors")):
@@ -360,9 +362,10 @@ def _size_label(floatlm: Path, config: dict[str, Any], size: str | None) -> tupl
     return label, label
 
 
-def _eager():
-    """gptqmodel's TorchLinear torch.compiles its dequantization on first use: worth it for serving, not for the
-    one probe forward that checks an export (the compile takes seconds to minutes on a CPU)."""
+def eager_mode():
+    """A context with torch.compile off. gptqmodel's TorchLinear compiles its dequantization on first use: worth it
+    for serving, not for the one probe forward that checks an export (the compile takes seconds to minutes on a
+    CPU)."""
     import torch._dynamo
 
     return torch._dynamo.config.patch(disable=True)
@@ -450,14 +453,14 @@ def export_quantlms(
         name = f"QuantLM_{size_label}_{setting.bits}bit"
         with atomic_directory(model_dir(suite_dir, name)) as staging:
             model, quantizer = quantize_model(load_floatlm_as_llama(floatlm), samples_, setting)
-            with torch.no_grad(), _eager():
+            with torch.no_grad(), eager_mode():
                 expected = model(probe.to(model.device)).logits.float().cpu()
             with tempfile.TemporaryDirectory(dir=staging.parent, prefix=f".{name}.packed-") as packed:
                 packed_dir = staging if format == "gptq" else Path(packed)
                 save_quantized(model, quantizer, packed_dir)
                 del model  # converted in place by save(): only the reloaded copy is trustworthy
                 reloaded = load_quantlm(packed_dir, backend=REFERENCE_BACKEND)
-                with _eager():
+                with eager_mode():
                     logit_error = _reload_error(expected, reloaded, probe)
                 if logit_error > 1e-3 * max(1.0, expected.abs().max().item()):
                     raise CheckpointError(
