@@ -83,5 +83,3 @@ def bnb_stored_bits(model: Any) -> int:
     rest = sum(p.numel() for p in model.parameters() if id(p) not in quantized_params)
     return sum(_stored_bits(m) for m in quantized) + rest * FLOAT_BITS
 
-
-bnb_size_bits = bnb_stored_bits  # the 0.1 name (spectra_hf.baselines.bnb_size_bits)
