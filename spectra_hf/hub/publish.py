@@ -331,8 +331,10 @@ def publish(
         verify_sample_bytes: content downloaded by `verify="sample"`.
 
     Raises:
-        SpectraError: an incomplete plan (without `allow_partial`), an unreachable endpoint, a refused token, a
-            failure that retries did not overcome, or a failed verification. The message never contains the token.
+        CheckpointError: an incomplete plan (without `allow_partial`) or one with nothing to publish.
+        ConfigError: a plan with estimated files, or an unknown `verify` mode.
+        HubError: no token for a remote Hub, an unreachable endpoint, a refused token, a failure that retries did
+            not overcome, or a failed verification. No message contains the token.
     """
     if plan.missing and not allow_partial:
         shown = "; ".join(plan.missing[:_MISSING_SHOWN])
