@@ -27,9 +27,10 @@ def write_release(directory: Path, size: str) -> None:
     from transformers import LlamaConfig
 
     from spectra_hf.checkpoints.io import ShardedWriter
+    from spectra_hf.modeling.checkpoint_checks import linear_shapes
     from spectra_hf.modeling.configuration_trilm import without_trilm_keys
     from spectra_hf.modeling.modeling_trilm import TERNARY_SHARD_DIM
-    from spectra_hf.suite import config_kwargs, linear_weight_shapes
+    from spectra_hf.suite import config_kwargs
 
     kwargs = config_kwargs(f"TriLM_{size}")
     shards = kwargs["pretraining_model_parallel"]
@@ -44,7 +45,7 @@ def write_release(directory: Path, size: str) -> None:
     for layer in range(config.num_hidden_layers):
         qkv_scales = (torch.rand(shards, generator=generator) * 0.05 + 0.01).half()
         for path, dim in TERNARY_SHARD_DIM.items():
-            shape = linear_weight_shapes(config)[path]
+            shape = linear_shapes(config)[path]
             fused = path.startswith("self_attn.") and path != "self_attn.o_proj"
             scales = qkv_scales if fused else (torch.rand(shards, generator=generator) * 0.05 + 0.01).half()
             per_index = scales.repeat_interleave(shape[dim] // shards)

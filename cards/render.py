@@ -19,6 +19,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from spectra_hf import suite
 from spectra_hf.checkpoints.exports import TRAINING_DATA_KEY, ExportInfo
 from spectra_hf.checkpoints.info import suite_size
+from spectra_hf.errors import ConfigError
 from spectra_hf.quantization.gptq import FROM_PRETRAINED_BITS
 from spectra_hf.suite import SuiteModel
 
@@ -50,7 +51,7 @@ def human_count(value: int) -> str:
 
 def _check_variant(variant: str) -> None:
     if variant not in VARIANTS:
-        raise ValueError(f"card variant must be one of {VARIANTS}, got {variant!r}")
+        raise ConfigError(f"card variant must be one of {VARIANTS}, got {variant!r}")
 
 
 def card_data(

@@ -179,11 +179,17 @@ def load_architecture(config_dict: Mapping[str, Any], *, where: str) -> Pretrain
     return config
 
 
-def linear_shapes(config: PretrainedConfig) -> dict[str, tuple[int, int]]:
-    """[out, in] of the seven linear layers of a decoder block, by path ("self_attn.q_proj", ...)."""
-    hidden, inter, heads = config.hidden_size, config.intermediate_size, config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or hidden // heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+def linear_shapes(config: PretrainedConfig | Mapping[str, Any]) -> dict[str, tuple[int, int]]:
+    """[out, in] (the shape of `nn.Linear.weight`) of the seven linear layers of a decoder block, by path
+    ("self_attn.q_proj", ..., "mlp.down_proj"). `config` is a config object or a config.json dict; `head_dim` and
+    `num_key_value_heads` default as in Llama."""
+
+    def value(key: str) -> Any:
+        return config.get(key) if isinstance(config, Mapping) else getattr(config, key, None)
+
+    hidden, inter, heads = value("hidden_size"), value("intermediate_size"), value("num_attention_heads")
+    head_dim = value("head_dim") or hidden // heads
+    kv_heads = value("num_key_value_heads") or heads
     return {
         "self_attn.q_proj": (heads * head_dim, hidden),
         "self_attn.k_proj": (kv_heads * head_dim, hidden),

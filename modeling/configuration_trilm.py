@@ -9,6 +9,9 @@ WEIGHT_FORMATS = ("latent", "packed")
 # The config keys a TriLMConfig adds to FloatLM's (Llama's): what a FloatLM or Llama config made from a TriLM's leaves
 # out. The first three describe the network; TERNARY_STORAGE_KEYS say how its ternary weights are stored and run.
 TERNARY_STORAGE_KEYS: tuple[str, ...] = ("weight_format", "ternary_inference")
+# The config.json keys save_pretrained writes about which class loads the file and which transformers wrote it: a
+# config converted to another model class (TriLM <-> FloatLM <-> Llama) drops them and gets its own.
+LOADING_KEYS: tuple[str, ...] = ("model_type", "architectures", "auto_map", "transformers_version")
 TRILM_ONLY_KEYS: tuple[str, ...] = (
     "pretraining_model_parallel", "ternary_eps", "ternary_fused_qkv_scale", *TERNARY_STORAGE_KEYS
 )

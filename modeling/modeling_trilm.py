@@ -29,7 +29,7 @@ from transformers.utils import logging
 
 from .checkpoint_checks import CheckedLoadingMixin, check_loaded_keys, check_packed_bytes, check_scale_values
 from .checkpoint_digests import record_checkpoint_digests
-from .configuration_trilm import WEIGHT_FORMATS, TriLMConfig
+from .configuration_trilm import LOADING_KEYS, WEIGHT_FORMATS, TriLMConfig
 from .int8_embeddings import has_int8_embeddings, quantize_embeddings_int8
 from .ternary import FusedProjections, TernaryLinear, default_inference_path, recover_ternary, share_scales
 from .ternary_kernels import cpu_kernel_status, release_freed_memory
@@ -304,7 +304,7 @@ class TriLMForCausalLM(TriLMPreTrainedModel, LlamaForCausalLM):
         whose decoder linears hold g_s * T. Scale shards come from `pretraining_model_parallel` in its config (1 if
         absent); T and the scales are recovered exactly. Raises ValueError naming a tensor that is not ternary."""
         config_dict = llama.config.to_dict()
-        for key in ("model_type", "architectures", "auto_map", "transformers_version", "dtype", "torch_dtype"):
+        for key in (*LOADING_KEYS, "dtype", "torch_dtype"):
             config_dict.pop(key, None)
         config = TriLMConfig(**config_dict, weight_format="packed")
         with torch.device("meta"):

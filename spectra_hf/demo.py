@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spectra_hf.errors import SpectraError
+from spectra_hf.errors import ConfigError, HubError
 from spectra_hf.suite import FLOAT_BITS, QUANT_BITS, TERNARY_BITS, Family, SuiteModel, get_model
 
 STAGES: tuple[str, ...] = ("prepare", "train", "quantize", "evaluate", "publish", "loadback")
@@ -170,7 +170,7 @@ class DemoPaths:
 
 def _require(path: Path, stage: str) -> Path:
     if not path.exists():
-        raise SpectraError(f"{path} is missing: run the {stage!r} stage first (spectra-hf demo --stages {stage})")
+        raise ConfigError(f"{path} is missing: run the {stage!r} stage first (spectra-hf demo --stages {stage})")
     return path
 
 
@@ -179,7 +179,7 @@ def _read_config(paths: DemoPaths) -> DemoConfig:
         values = json.loads(_require(paths.config, "prepare").read_text(encoding="utf-8"))
         return DemoConfig(**{**values, "quant_bits": tuple(values["quant_bits"])})
     except (json.JSONDecodeError, TypeError, KeyError) as error:
-        raise SpectraError(
+        raise ConfigError(
             f"{paths.config} is not a demo config of this version ({error}): re-run the prepare stage"
         ) from error
 
@@ -367,7 +367,7 @@ def stage_loadback(paths: DemoPaths, config: DemoConfig) -> None:
         env |= {"HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_XET": "1", "HF_HOME": str(paths.hf_home)}
         completed = subprocess.run([sys.executable, "-m", "spectra_hf.demo", str(spec)], env=env)
     if completed.returncode != 0:
-        raise SpectraError(f"loading the published models back failed (exit code {completed.returncode}); see above")
+        raise HubError(f"loading the published models back failed (exit code {completed.returncode}); see above")
     print_report(paths, config)
 
 
@@ -501,7 +501,7 @@ def run_demo(
     """
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
-        raise SpectraError(f"unknown demo stage(s) {', '.join(unknown)}: stages are {', '.join(STAGES)}")
+        raise ConfigError(f"unknown demo stage(s) {', '.join(unknown)}: stages are {', '.join(STAGES)}")
     paths = DemoPaths(Path(workdir).expanduser().resolve())
     _quiet_http_logs()
     result = DemoResult()
@@ -511,7 +511,7 @@ def run_demo(
         else:
             active = _read_config(paths)
             if config is not None and config != active:
-                raise SpectraError(
+                raise ConfigError(
                     f"{paths.config} holds other settings than requested: re-run the prepare stage, or drop --quick"
                 )
         print(f"== {stage} ==", flush=True)

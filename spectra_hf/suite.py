@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from spectra_hf.errors import SpectraError
+from spectra_hf.errors import ConfigError
 
 Family = Literal["trilm", "floatlm", "quantlm"]
 
@@ -41,6 +41,17 @@ SIZE_ALIASES: dict[str, str] = {"2.3B": "2.4B"}
 RELEASE_ORG = "SpectraSuite"
 UNPACKED_SUFFIX = "_Unpacked"  # repos holding the original release format (fp16 Llama checkpoints)
 TERNARY_LINEARS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# The config.json keys that fix the shapes of a Spectra network's tensors (and a TriLM's scale shards): configs that
+# differ in one of them describe different networks.
+ARCHITECTURE_KEYS = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "num_hidden_layers",
+    "pretraining_model_parallel",
+)
 
 
 @dataclass(frozen=True)
@@ -97,11 +108,12 @@ def _architecture_value(architecture: Mapping[str, Any] | Any, key: str, default
     return default if value is None else value
 
 
-def linear_weight_shapes(architecture: Mapping[str, Any] | Any) -> dict[str, tuple[int, int]]:
-    """[out_features, in_features] (the shape of `nn.Linear.weight`) of each of the seven projections of one decoder
-    block, keyed by their path inside the block ("self_attn.q_proj", ..., "mlp.down_proj"), in TERNARY_LINEARS order.
+def _projection_shapes(architecture: Mapping[str, Any] | Any) -> dict[str, tuple[int, int]]:
+    """[out, in] of the seven projections of one decoder block, for counting parameters without torch.
 
-    `architecture` is a config.json dict or a config object; `head_dim` and `num_key_value_heads` default as in Llama.
+    The shapes' home is `spectra_hf.modeling.checkpoint_checks.linear_shapes` (use it wherever torch is loaded);
+    this torch-free twin exists because the registry and `spectra-hf suite` must not import spectra_hf.modeling,
+    which imports torch. tests/test_suite.py checks the counts against that function and transformers' layers.
     """
     hidden = _architecture_value(architecture, "hidden_size")
     inter = _architecture_value(architecture, "intermediate_size")
@@ -122,7 +134,7 @@ def linear_weight_shapes(architecture: Mapping[str, Any] | Any) -> dict[str, tup
 
 def linear_params(architecture: Mapping[str, Any] | Any) -> int:
     """Weights of the seven projections of every decoder block: the ternary (TriLM) or quantized (QuantLM) ones."""
-    per_block = sum(math.prod(shape) for shape in linear_weight_shapes(architecture).values())
+    per_block = sum(math.prod(shape) for shape in _projection_shapes(architecture).values())
     return _architecture_value(architecture, "num_hidden_layers") * per_block
 
 
@@ -267,7 +279,7 @@ def get_model(name: str) -> SuiteModel:
     """
     match = _NAME_RE.match(name.split("/")[-1])
     if match is None:
-        raise SpectraError(
+        raise ConfigError(
             f"unknown suite model {name!r}: expected a name like TriLM_99M, FloatLM_1.1B or QuantLM_3.9B_4bit "
             "(run `spectra-hf suite` for the list)"
         )
@@ -275,15 +287,15 @@ def get_model(name: str) -> SuiteModel:
     family = next(f for f in FAMILIES if FAMILY_PREFIX[f].lower() == prefix.lower())  # the pattern allows only these
     size = SIZE_ALIASES.get(size.upper(), size.upper())
     if size not in SIZES:
-        raise SpectraError(f"unknown suite size {size!r} in {name!r}: sizes are {', '.join(SIZES)}")
+        raise ConfigError(f"unknown suite size {size!r} in {name!r}: sizes are {', '.join(SIZES)}")
     if family == "quantlm":
         if bits is None or int(bits) not in QUANT_BITS:
-            raise SpectraError(
+            raise ConfigError(
                 f"QuantLM name {name!r} needs one of the bit widths {QUANT_BITS}, e.g. QuantLM_{size}_4bit"
             )
         return SuiteModel("quantlm", size, int(bits))
     if bits is not None:
-        raise SpectraError(f"{name!r}: only QuantLM names carry a bit width")
+        raise ConfigError(f"{name!r}: only QuantLM names carry a bit width")
     return SuiteModel(family, size)
 
 

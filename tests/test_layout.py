@@ -1,39 +1,48 @@
-"""The import paths users and published cards name keep working after the move into sub-packages (0.1 -> 0.2)."""
+"""The import paths the README and the model cards name exist, and the one kept alias says where its names moved.
+
+`spectra_hf.quant` stays because QuantLM cards published before the sub-package layout say
+`from spectra_hf.quant import load_quantlm`; importing it raises a FutureWarning naming the new path and the version
+that removes it. Nothing else of the flat layout is kept: no README or card names it.
+"""
 
 from __future__ import annotations
 
 import importlib
+import sys
 
 import pytest
 
-# Every name the 0.1 README, the published model cards and ARCHITECTURE.md told users to import, with its new home.
-OLD_PUBLIC_NAMES = {
+# What the README's examples and the cards' quickstarts (cards/render.py) import.
+PUBLIC_NAMES = {
     "spectra_hf": ["TriLMConfig", "TriLMModel", "TriLMForCausalLM", "FloatLMConfig", "FloatLMModel",
                    "FloatLMForCausalLM", "SpectraTrainer", "TernaryLinear"],
     "spectra_hf.suite": ["config_for", "SuiteModel"],
-    "spectra_hf.quant": ["load_quantlm", "FROM_PRETRAINED_BITS"],  # published QuantLM cards
-    "spectra_hf.baselines": ["load_floatlm_bnb"],
-    "spectra_hf.localhub": ["LocalHub", "Fault", "ROUTE_KINDS"],
+    "spectra_hf.quantization": ["load_quantlm", "load_floatlm_bnb"],
+    "spectra_hf.hub.localhub": ["LocalHub", "Fault", "ROUTE_KINDS"],
     "spectra_hf.evaluation": ["perplexity", "load_perplexity_metric", "load_texts"],
     "spectra_hf.training": ["train", "SpectraTrainer"],
     "spectra_hf.training.lora": ["merge_lora_to_float"],
     "spectra_hf.modeling": ["TriLMForCausalLM", "FloatLMForCausalLM", "TernaryLinear"],
     "spectra_hf.cli": ["main"],
 }
-NEW_HOMES = {
-    ("spectra_hf.quant", "load_quantlm"): "spectra_hf.quantization.gptq",
-    ("spectra_hf.baselines", "load_floatlm_bnb"): "spectra_hf.quantization.bnb",
-    ("spectra_hf.localhub", "LocalHub"): "spectra_hf.hub.localhub.server",
-    ("spectra_hf.evaluation", "perplexity"): "spectra_hf.evaluation.text_perplexity",
-}
 
 
-@pytest.mark.parametrize(
-    ("module", "name"), [(module, name) for module, names in OLD_PUBLIC_NAMES.items() for name in names]
-)
-def test_old_public_name_still_imports(module: str, name: str) -> None:
-    value = getattr(importlib.import_module(module), name)
-    assert value is not None
-    home = NEW_HOMES.get((module, name))
-    if home is not None:  # an alias, not a second implementation
-        assert value is getattr(importlib.import_module(home), name)
+@pytest.mark.parametrize(("module", "name"), [(m, n) for m, names in PUBLIC_NAMES.items() for n in names])
+def test_public_name_imports(module: str, name: str) -> None:
+    assert getattr(importlib.import_module(module), name) is not None
+
+
+def test_the_quant_alias_warns_with_the_new_path_and_the_removal_version() -> None:
+    from spectra_hf.quantization import gptq
+
+    sys.modules.pop("spectra_hf.quant", None)  # the warning is raised when the module runs, once per process
+    with pytest.warns(FutureWarning, match=r"spectra_hf\.quantization.*removed in spectra-hf 0\.3\.0"):
+        quant = importlib.import_module("spectra_hf.quant")
+    assert quant.load_quantlm is gptq.load_quantlm  # an alias, not a second implementation
+    assert quant.FROM_PRETRAINED_BITS is gptq.FROM_PRETRAINED_BITS
+
+
+@pytest.mark.parametrize("module", ["spectra_hf.baselines", "spectra_hf.localhub"])
+def test_the_unnamed_flat_modules_are_gone(module: str) -> None:
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module(module)

@@ -11,6 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from spectra_hf.errors import SpectraError
+from spectra_hf.modeling.checkpoint_checks import linear_shapes
 from spectra_hf.suite import (
     FLOAT_BITS,
     QUANT_EFFECTIVE_BITS,
@@ -19,7 +20,7 @@ from spectra_hf.suite import (
     all_models,
     config_for,
     get_model,
-    linear_weight_shapes,
+    linear_params,
     size_bits,
 )
 
@@ -141,14 +142,17 @@ def _meta_llama(architecture: dict):
 
 
 @pytest.mark.parametrize("architecture", ODD_ARCHITECTURES)
-def test_linear_weight_shapes_are_the_shapes_of_transformers_linears(architecture: dict) -> None:
+def test_linear_shapes_are_the_shapes_of_transformers_linears(architecture: dict) -> None:
     model = _meta_llama(architecture)
     block = model.model.layers[0]
-    expected = {path: tuple(block.get_submodule(path).weight.shape) for path in linear_weight_shapes(model.config)}
+    expected = {path: tuple(block.get_submodule(path).weight.shape) for path in linear_shapes(model.config)}
     assert len(expected) == 7
-    assert linear_weight_shapes(model.config) == expected  # a config object
-    assert linear_weight_shapes(model.config.to_dict()) == expected  # a config.json dict
-    assert linear_weight_shapes(architecture) == expected
+    assert linear_shapes(model.config) == expected  # a config object
+    assert linear_shapes(model.config.to_dict()) == expected  # a config.json dict
+    assert linear_shapes(architecture) == expected
+    # the registry's torch-free parameter count agrees with the shapes' home
+    per_block = sum(out_features * in_features for out_features, in_features in expected.values())
+    assert linear_params(architecture) == architecture["num_hidden_layers"] * per_block
 
 
 @pytest.mark.parametrize("architecture", ODD_ARCHITECTURES)
@@ -165,10 +169,27 @@ def test_size_bits_counts_every_parameter_of_the_real_model(architecture: dict, 
     assert size_bits(model.config, bits_per_linear_weight=bits) == round(linear * bits + rest * 16)
 
 
-def test_registry_sizes_in_bits_are_the_shared_count_of_their_configs() -> None:
-    for model in all_models():
-        config = config_for(model.name)
-        assert model.size_bits == size_bits(config.to_dict(), bits_per_linear_weight=model.bits_per_linear_weight)
+# Sizes in bits of the 99M models, worked out by hand from the paper's architecture table (shared/SPECTRA.md):
+# hidden 512, GLU 1280, 16 layers, vocabulary 50304, untied embedding and head, two RMSNorms per layer plus the final.
+#   linear weights  16 x (4 x 512 x 512 + 3 x 512 x 1280)         = 48,234,496
+#   float weights   2 x 50304 x 512 + (2 x 16 + 1) x 512           = 51,528,192   (kept at 16 bits)
+#   size in bits    48,234,496 x bits per linear weight + 51,528,192 x 16, rounded
+PAPER_99M_SIZE_BITS = {
+    "TriLM_99M": 900_661_576,  # 1.58 bits per ternary weight
+    "QuantLM_99M_3bit": 981_213_184,  # 3.25 (3 bits + group-128 scales)
+    "QuantLM_99M_4bit": 1_029_447_680,  # 4.25
+    "QuantLM_99M_6bit": 1_113_858_048,  # 6 (per-channel)
+    "QuantLM_99M_8bit": 1_210_327_040,  # 8 (per-channel)
+    "FloatLM_99M": 1_596_203_008,  # 16 x 99,762,688 parameters
+}
+
+
+def test_registry_sizes_in_bits_are_the_papers() -> None:
+    for name, expected in PAPER_99M_SIZE_BITS.items():
+        model = get_model(name)
+        assert model.size_bits == expected, name
+        config = config_for(name).to_dict()  # a QuantLM's config is its FloatLM's
+        assert size_bits(config, bits_per_linear_weight=model.bits_per_linear_weight) == expected, name
     # The paper's bits per linear weight: log2(3) rounded for TriLM, GPTQ group-128 parameters at 3 and 4 bits.
     assert [get_model(n).bits_per_linear_weight for n in ("TriLM_99M", "QuantLM_99M_3bit", "QuantLM_99M_4bit",
             "QuantLM_99M_6bit", "QuantLM_99M_8bit", "FloatLM_99M")] == [1.58, 3.25, 4.25, 6, 8, 16]

@@ -16,7 +16,7 @@ from typing import Any
 
 from transformers import HfArgumentParser, TrainingArguments
 
-from spectra_hf.errors import SpectraError
+from spectra_hf.errors import ConfigError
 
 from .schedules import (
     ADAM_BETAS,
@@ -132,9 +132,9 @@ class SpectraTrainingArguments(TrainingArguments):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.schedule not in (None, "trilm", "floatlm"):
-            raise SpectraError(f"schedule must be 'trilm' or 'floatlm', got {self.schedule!r}")
+            raise ConfigError(f"schedule must be 'trilm' or 'floatlm', got {self.schedule!r}")
         if self.checkpoint_spacing not in ("steps", "log"):
-            raise SpectraError(f"checkpoint_spacing must be 'steps' or 'log', got {self.checkpoint_spacing!r}")
+            raise ConfigError(f"checkpoint_spacing must be 'steps' or 'log', got {self.checkpoint_spacing!r}")
 
 
 RecipeArguments = tuple[ModelArguments, DataArguments, SpectraTrainingArguments]
@@ -160,7 +160,7 @@ def recipe_path(recipe: str | Path) -> Path:
     bundled = RECIPES_DIR / f"{recipe}.yaml"
     if bundled.is_file():
         return bundled
-    raise SpectraError(
+    raise ConfigError(
         f"recipe {recipe!r} not found: give a YAML file or a suite model name with a bundled recipe "
         f"({', '.join(sorted(p.stem for p in RECIPES_DIR.glob('*.yaml')))})"
     )
@@ -174,9 +174,9 @@ def read_recipe(recipe: str | Path) -> dict[str, Any]:
     try:
         values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as error:
-        raise SpectraError(f"recipe {path} is not valid YAML: {error}") from error
+        raise ConfigError(f"recipe {path} is not valid YAML: {error}") from error
     if not isinstance(values, dict):
-        raise SpectraError(f"recipe {path} must be a mapping of argument names to values")
+        raise ConfigError(f"recipe {path} must be a mapping of argument names to values")
     check_keys(values, where=f"recipe {path}")
     return values
 
@@ -187,7 +187,7 @@ def check_keys(values: Mapping[str, Any], *, where: str) -> None:
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else "; `spectra-hf train RECIPE --help` lists the keys"
-            raise SpectraError(f"unknown key {key!r} in {where}{hint}")
+            raise ConfigError(f"unknown key {key!r} in {where}{hint}")
 
 
 def _as_argv(values: Mapping[str, Any]) -> list[str]:
@@ -235,8 +235,8 @@ def parse_recipe(
             args=argv, return_remaining_strings=True, look_for_args_file=False
         )
     except SystemExit as error:  # argparse already printed the reason
-        raise SpectraError(f"invalid recipe value or override (see the message above): {argv}") from error
+        raise ConfigError(f"invalid recipe value or override (see the message above): {argv}") from error
     if remaining:
-        raise SpectraError(f"unknown override(s) {remaining}; `spectra-hf train RECIPE --help` lists the keys")
+        raise ConfigError(f"unknown override(s) {remaining}; `spectra-hf train RECIPE --help` lists the keys")
     model_args, data_args, training_args = parsed
     return model_args, data_args, training_args

@@ -12,7 +12,7 @@ from typing import Any
 from datasets import Dataset, IterableDataset
 from transformers import PreTrainedTokenizerBase
 
-from spectra_hf.errors import DataError, SpectraError
+from spectra_hf.errors import ConfigError, DataError
 from spectra_hf.texts import text_dataset
 
 from .arguments import DataArguments
@@ -42,7 +42,7 @@ def pack_documents(
     Raises `SpectraError` when a prepared (non-streaming) dataset yields no full block.
     """
     if tokenizer.eos_token_id is None:
-        raise SpectraError("the tokenizer has no eos token: packing needs one to separate documents")
+        raise ConfigError("the tokenizer has no eos token: packing needs one to separate documents")
     eos = tokenizer.eos_token_id
 
     def pack(batch: dict[str, list[Any]]) -> dict[str, list[list[int]]]:

@@ -26,6 +26,7 @@ from peft.tuners.lora import LoraLayer
 from torch import nn
 from transformers import PreTrainedModel
 
+from spectra_hf.errors import ConfigError
 from spectra_hf.modeling import FloatLMConfig, FloatLMForCausalLM, TernaryLinear, TriLMConfig
 from spectra_hf.modeling.ternary import dense_of_digits
 
@@ -35,7 +36,7 @@ def _merged_weight(module: nn.Module) -> torch.Tensor:
     if isinstance(module, LoraLayer):
         base = module.get_base_layer()
         if module.merged:
-            raise ValueError("the adapter is already merged into the latent weights: unmerge it first")
+            raise ConfigError("the adapter is already merged into the latent weights: unmerge it first")
         weight = _merged_weight(base)
         for adapter in module.active_adapters:
             if adapter in module.lora_A:

@@ -20,7 +20,7 @@ from transformers import (
 )
 
 from spectra_hf.checkpoints.exports import TRAINING_DATA_KEY, model_dir
-from spectra_hf.errors import SpectraError
+from spectra_hf.errors import CheckpointError, ConfigError
 from spectra_hf.suite import config_for, get_model
 
 from .arguments import DataArguments, ModelArguments, SpectraTrainingArguments, parse_recipe
@@ -63,7 +63,7 @@ def set_gradient_accumulation(args: SpectraTrainingArguments, *, tensor_parallel
     data_parallel = args.world_size // tensor_parallel
     per_step = args.per_device_train_batch_size * data_parallel
     if args.global_batch_size % per_step:
-        raise SpectraError(
+        raise ConfigError(
             f"global_batch_size={args.global_batch_size} is not divisible by per_device_train_batch_size="
             f"{args.per_device_train_batch_size} x {data_parallel} data-parallel process(es) = {per_step}: choose a "
             "per-device batch size (or process count) whose product divides it"
@@ -75,7 +75,7 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     try:
         return AutoTokenizer.from_pretrained(name_or_path)
     except (OSError, ValueError) as error:
-        raise SpectraError(
+        raise ConfigError(
             f"cannot load tokenizer {name_or_path!r} ({error.__class__.__name__}): give a local tokenizer directory "
             "or a Hub name reachable from this machine"
         ) from error
@@ -93,7 +93,7 @@ def build_model(model_args: ModelArguments, *, vocab_size: int) -> PreTrainedMod
     transformers (`DistributedConfig`) when fsdp_size or tp_size > 1."""
     family = get_model(model_args.model).family
     if family == "quantlm":
-        raise SpectraError(f"{model_args.model} is post-training quantized, not trained: train its FloatLM")
+        raise ConfigError(f"{model_args.model} is post-training quantized, not trained: train its FloatLM")
     if model_args.model_path:
         kwargs: dict[str, Any] = {}
         if model_args.fsdp_size > 1 or model_args.tp_size > 1:
@@ -103,21 +103,21 @@ def build_model(model_args: ModelArguments, *, vocab_size: int) -> PreTrainedMod
         try:
             model = AutoModelForCausalLM.from_pretrained(model_args.model_path, **kwargs)
         except OSError as error:
-            raise SpectraError(f"cannot load model_path {model_args.model_path!r}: {error}") from error
+            raise CheckpointError(f"cannot load model_path {model_args.model_path!r}: {error}") from error
         if model.config.model_type != family:
-            raise SpectraError(
+            raise ConfigError(
                 f"model_path holds a {model.config.model_type!r} model but the recipe trains {model_args.model} "
                 f"({family!r}): fix model or model_path"
             )
         return model
     if model_args.fsdp_size > 1 or model_args.tp_size > 1:
-        raise SpectraError(
+        raise ConfigError(
             "fsdp_size / tp_size > 1 shard a model at load time: set model_path (create one with spectra-hf init)"
         )
     overrides = {"vocab_size": vocab_size} if model_args.tiny else {}
     config = config_for(model_args.model, tiny=model_args.tiny, **overrides)
     if vocab_size > config.vocab_size:
-        raise SpectraError(f"the tokenizer has {vocab_size} tokens but {model_args.model} only {config.vocab_size}")
+        raise ConfigError(f"the tokenizer has {vocab_size} tokens but {model_args.model} only {config.vocab_size}")
     return AutoModelForCausalLM.from_config(config)
 
 

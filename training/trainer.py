@@ -55,8 +55,9 @@ from spectra_hf.checkpoints.exports import (
     write_planned_steps,
 )
 from spectra_hf.checkpoints.info import suite_size
-from spectra_hf.errors import SpectraError
-from spectra_hf.suite import FAMILY_PREFIX, SIZES, get_model
+from spectra_hf.checkpoints.io import read_config
+from spectra_hf.errors import CheckpointError, ConfigError
+from spectra_hf.suite import ARCHITECTURE_KEYS, FAMILY_PREFIX, SIZES, get_model
 
 from .arguments import SpectraTrainingArguments
 from .callbacks import LOG_SPACED_STEPS, LogSpacedCheckpoints, WeightDecaySchedule
@@ -70,16 +71,7 @@ logger = logging.get_logger(__name__)
 _TRAINING_STATE_FILES = ("optimizer.pt", "scheduler.pt", "scaler.pt", "trainer_state.json", "training_args.bin")
 
 # config.json keys that must match between a checkpoint and the model that resumes from it.
-_ARCHITECTURE_KEYS = (
-    "model_type",
-    "hidden_size",
-    "intermediate_size",
-    "num_attention_heads",
-    "num_key_value_heads",
-    "num_hidden_layers",
-    "vocab_size",
-    "pretraining_model_parallel",
-)
+_RESUME_KEYS = ("model_type", *ARCHITECTURE_KEYS)
 
 
 class SpectraTrainer(Trainer):
@@ -157,7 +149,7 @@ class SpectraTrainer(Trainer):
     def weight_decay_in_force(self) -> float:
         """Weight decay of the decayed parameter groups right now (0 when none decays)."""
         if self.optimizer is None:
-            raise SpectraError("weight_decay_in_force: the optimizer is not created yet (it is when training starts)")
+            raise ConfigError("weight_decay_in_force: the optimizer is not created yet (it is when training starts)")
         values = [g["weight_decay"] for g in self.optimizer.param_groups if g.get("spectra_decay", False)]
         return max(values, default=0.0)
 
@@ -185,7 +177,7 @@ class SpectraTrainer(Trainer):
             if resume_from_checkpoint is True:
                 last: str | None = get_last_checkpoint(self.args.output_dir)
                 if last is None:
-                    raise SpectraError(f"no checkpoint-<step> directory to resume from in {self.args.output_dir}")
+                    raise CheckpointError(f"no checkpoint-<step> directory to resume from in {self.args.output_dir}")
                 resume_from_checkpoint = last
             check_resumable(resume_from_checkpoint, self._model.config.to_dict())
             self.reexport_missing_checkpoints()
@@ -418,21 +410,21 @@ def check_resumable(checkpoint: str | Path, model_config: dict[str, Any]) -> Non
     """Raise `SpectraError` unless `checkpoint` is a complete Trainer checkpoint of the same architecture."""
     checkpoint = Path(checkpoint)
     if not checkpoint.is_dir():
-        raise SpectraError(f"checkpoint {checkpoint} does not exist: give a checkpoint-<step> directory to resume")
+        raise CheckpointError(f"checkpoint {checkpoint} does not exist: give a checkpoint-<step> directory to resume")
     missing = [name for name in ("trainer_state.json", "config.json") if not (checkpoint / name).is_file()]
     if missing:
-        raise SpectraError(
+        raise CheckpointError(
             f"checkpoint {checkpoint} is incomplete (no {', '.join(missing)}; an interrupted save?): "
             "delete it and resume from an earlier checkpoint-<step>"
         )
-    saved = json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))
+    saved = read_config(checkpoint)
     different = {
         key: (saved.get(key), model_config.get(key))
-        for key in _ARCHITECTURE_KEYS
+        for key in _RESUME_KEYS
         if saved.get(key) != model_config.get(key)
     }
     if different:
         detail = ", ".join(f"{k}: checkpoint {a!r} vs model {b!r}" for k, (a, b) in different.items())
-        raise SpectraError(
+        raise CheckpointError(
             f"checkpoint {checkpoint} does not fit this model ({detail}): resume with the recipe that wrote it"
         )

@@ -25,7 +25,7 @@ from transformers.dynamic_module_utils import custom_object_save
 
 from spectra_hf.checkpoints.io import INDEX_FILE, Checkpoint, ShardedWriter, Ternary, config_architecture
 from spectra_hf.checkpoints.staging import staged_directory
-from spectra_hf.errors import CheckpointError, OutputExistsError, SpectraError
+from spectra_hf.errors import CheckpointError, ConfigError, OutputExistsError
 from spectra_hf.modeling import FloatLMConfig, FloatLMForCausalLM, TriLMConfig, TriLMForCausalLM
 from spectra_hf.modeling.checkpoint_checks import INCOMPLETE_MARKER
 from spectra_hf.modeling.configuration_trilm import without_trilm_keys
@@ -42,7 +42,7 @@ def default_target(kind: str) -> str:
     """What `convert SRC OUT` writes without `--to`: a release TriLM becomes packed; anything else must say."""
     if kind == "trilm-release":
         return "packed"
-    raise SpectraError(f"a {kind} checkpoint needs an explicit --to (one of {', '.join(TARGETS)})")
+    raise ConfigError(f"a {kind} checkpoint needs an explicit --to (one of {', '.join(TARGETS)})")
 
 
 def convert_checkpoint(
@@ -75,15 +75,15 @@ def convert_checkpoint(
     source = Checkpoint(src)
     to = to or default_target(source.kind)
     if to not in TARGETS:
-        raise SpectraError(f"unknown conversion target {to!r}: choose one of {', '.join(TARGETS)}")
+        raise ConfigError(f"unknown conversion target {to!r}: choose one of {', '.join(TARGETS)}")
     if dtype is not None and dtype not in DTYPES:
-        raise SpectraError(f"unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+        raise ConfigError(f"unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
     if to == "packed" and source.family != "trilm":
-        raise SpectraError(
+        raise ConfigError(
             f"{source.path} is a {source.kind} checkpoint, not a TriLM: only TriLMs pack (use --to floatlm)"
         )
     if to == "floatlm" and source.family != "floatlm":
-        raise SpectraError(f"{source.path} is a TriLM checkpoint: convert it --to packed or --to unpacked")
+        raise ConfigError(f"{source.path} is a TriLM checkpoint: convert it --to packed or --to unpacked")
     out = Path(out)
     replace = check_output(out, source=source.path, to=to, overwrite=overwrite)
     check_side_files(source.path)
@@ -106,7 +106,7 @@ def convert_checkpoint(
             for out_name, tensor in _output_tensors(name, source.weight(name), to, cast):
                 writer.add(out_name, tensor)
         writer.finish()
-        _copy_side_files(source.path, staging)
+        copy_side_files(source.path, staging)
         # config.json last: until the very end the staging folder is not a checkpoint even to loaders that do not
         # know the marker (stock transformers), and from then on it is complete.
         _write_config(source, staging, to, cast)
@@ -233,22 +233,24 @@ def check_side_files(src: Path) -> None:
     for path in side_files(src):
         if path.suffix != ".json":
             continue
+        cause: Exception | None = None
         try:
             parsed = json.loads(path.read_text(encoding="utf-8"))
-            if not isinstance(parsed, dict):
-                raise ValueError(f"a JSON {type(parsed).__name__}, not an object")
-            if path.name == "tokenizer.json":
+            reason = "" if isinstance(parsed, dict) else f"a JSON {type(parsed).__name__}, not an object"
+            if not reason and path.name == "tokenizer.json":
                 from tokenizers import Tokenizer
 
                 Tokenizer.from_file(str(path))
         except Exception as error:  # json: ValueError; tokenizers: a bare Exception
-            reason = " ".join(str(error).split())[:200]
+            cause, reason = error, " ".join(str(error).split())[:200]
+        if reason:
             raise CheckpointError(
                 f"{path} is not a readable {path.name} ({reason}): loaders of the converted model would fail on it; "
                 "restore it from the model's source (or remove it to convert the weights alone)"
-            ) from error
+            ) from cause
 
 
-def _copy_side_files(src: Path, directory: Path) -> None:
+def copy_side_files(src: Path, directory: Path) -> None:
+    """Copy the side files (`side_files`) of `src` into `directory`."""
     for path in side_files(src):
         shutil.copy2(path, directory / path.name)

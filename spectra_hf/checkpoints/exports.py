@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spectra_hf.errors import SpectraError
+from spectra_hf.errors import CheckpointError
 
 EXPORT_INFO_FILE = "spectra_export.json"
 CHECKPOINTS_DIR = "checkpoints"
@@ -71,11 +71,11 @@ def write_export_info(directory: str | Path, info: ExportInfo) -> None:
 def read_export_info(directory: str | Path) -> ExportInfo:
     path = Path(directory) / EXPORT_INFO_FILE
     if not path.is_file():
-        raise SpectraError(f"{directory} is not a spectra-hf export: {EXPORT_INFO_FILE} is missing")
+        raise CheckpointError(f"{directory} is not a spectra-hf export: {EXPORT_INFO_FILE} is missing")
     try:
         return ExportInfo(**json.loads(path.read_text(encoding="utf-8")))
     except (json.JSONDecodeError, TypeError) as error:
-        raise SpectraError(f"{path} is corrupt ({error}); re-export this model") from error
+        raise CheckpointError(f"{path} is corrupt ({error}); re-export this model") from error
 
 
 def model_dir(suite_dir: str | Path, name: str) -> Path:
@@ -134,7 +134,9 @@ def read_planned_steps(suite_dir: str | Path, name: str) -> PlannedSteps | None:
         steps = sorted(int(step) for step in payload["steps"])
         return PlannedSteps(steps=steps, max_steps=int(payload["max_steps"]))
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
-        raise SpectraError(f"{path} is corrupt ({error}); delete it (resuming the training run rewrites it)") from error
+        raise CheckpointError(
+            f"{path} is corrupt ({error}); delete it (resuming the training run rewrites it)"
+        ) from error
 
 
 def missing_checkpoint_steps(suite_dir: str | Path, name: str) -> list[int]:

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from transformers.utils import logging
 
 from spectra_hf.checkpoints.io import Checkpoint, Ternary
-from spectra_hf.errors import CheckpointError, ConfigError, SpectraError
+from spectra_hf.errors import CheckpointError, ConfigError
 from spectra_hf.modeling.modeling_trilm import TERNARY_SHARD_DIM
 
 logger = logging.get_logger(__name__)
@@ -54,7 +54,7 @@ def gguf_name(name: str) -> str:
         return _GLOBAL_NAMES[name]
     parts = name.split(".")
     if parts[:2] != ["model", "layers"] or ".".join(parts[3:-1]) not in _LAYER_NAMES:
-        raise SpectraError(f"tensor {name!r} has no llama GGUF name: is this a Llama-architecture checkpoint?")
+        raise CheckpointError(f"tensor {name!r} has no llama GGUF name: is this a Llama-architecture checkpoint?")
     return f"blk.{parts[2]}.{_LAYER_NAMES['.'.join(parts[3:-1])]}.weight"
 
 

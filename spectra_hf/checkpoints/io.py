@@ -21,18 +21,18 @@ from typing import Any
 import torch
 
 from spectra_hf.checkpoints.safetensors_io import ShardFileWriter, TensorEntry, read_tensor
-from spectra_hf.errors import CheckpointError, SpectraError
+from spectra_hf.errors import CheckpointError
 from spectra_hf.modeling.checkpoint_checks import (
     INDEX_FILE,
     inspect_checkpoint,
+    linear_shapes,
     read_checkpoint_config,
 )
 from spectra_hf.modeling.checkpoint_digests import DigestReport, check_digests
-from spectra_hf.modeling.configuration_trilm import TERNARY_STORAGE_KEYS
+from spectra_hf.modeling.configuration_trilm import LOADING_KEYS, TERNARY_STORAGE_KEYS, TriLMConfig
 from spectra_hf.modeling.modeling_trilm import TERNARY_SHARD_DIM
 from spectra_hf.modeling.packing import unpack_ternary
 from spectra_hf.modeling.ternary import TernaryLinear, dense_of_digits, recover_ternary, share_scales
-from spectra_hf.suite import linear_weight_shapes
 
 KINDS = ("trilm-latent", "trilm-packed", "trilm-release", "floatlm", "llama")
 FORMAT_OF_KIND = {
@@ -81,7 +81,7 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
 
 
 # What a config.json says about storage and loading rather than about the network.
-_STORAGE_KEYS = ("model_type", "architectures", "auto_map", "transformers_version", *TERNARY_STORAGE_KEYS)
+_STORAGE_KEYS = (*LOADING_KEYS, *TERNARY_STORAGE_KEYS)
 
 
 def config_architecture(config: dict[str, Any]) -> dict[str, Any]:
@@ -98,7 +98,7 @@ def checkpoint_kind(config: dict[str, Any]) -> str:
         return "floatlm"
     if model_type == "llama":
         return "trilm-release" if "pretraining_model_parallel" in config else "llama"
-    raise SpectraError(
+    raise CheckpointError(
         f"model_type {model_type!r} is not a Spectra checkpoint: expected 'trilm', 'floatlm' or 'llama' "
         "(the original SpectraSuite release)"
     )
@@ -150,7 +150,7 @@ class Checkpoint:
     def tensor(self, name: str) -> torch.Tensor:
         """One stored tensor, read from its file."""
         if name not in self._entries:
-            raise SpectraError(f"{self.path} has no tensor {name!r}: the checkpoint is incomplete")
+            raise CheckpointError(f"{self.path} has no tensor {name!r}: the checkpoint is incomplete")
         return read_tensor(self._file_of[name], self._entries[name])
 
     def stored_shape(self, name: str) -> tuple[int, ...]:
@@ -176,7 +176,7 @@ class Checkpoint:
         """Logical shape of weight `name` (Llama vocabulary), from headers and config only."""
         match = _TERNARY_NAME.match(name)
         if match and self.kind == "trilm-packed":
-            return linear_weight_shapes(self.architecture)[match.group(2)]
+            return linear_shapes(self.architecture)[match.group(2)]
         return self.stored_shape(name)
 
     def weight(self, name: str) -> torch.Tensor | Ternary:
@@ -189,7 +189,7 @@ class Checkpoint:
         if self.kind == "trilm-packed":
             prefix = name.removesuffix(".weight")
             try:
-                shape = linear_weight_shapes(self.architecture)[path]
+                shape = linear_shapes(self.architecture)[path]
                 digits = unpack_ternary(self.tensor(f"{prefix}.weight_packed"), shape)
             except ValueError as error:
                 raise CheckpointError(f"{self.path}: tensor {prefix}.weight_packed: {error}") from error
@@ -198,23 +198,25 @@ class Checkpoint:
             try:
                 digits, scales = recover_ternary(self.tensor(name), self.shards, shard_dim, name)
             except ValueError as error:
-                raise SpectraError(f"{self.path}: {error}") from error
+                raise CheckpointError(f"{self.path}: {error}") from error
             return Ternary(digits, scales, shard_dim)
         return self._latent_layer(layer)[path]
 
     def _latent_layer(self, layer: int) -> dict[str, Ternary]:
         """Ternarize decoder layer `layer` of a latent TriLM exactly as the model does (shared q/k/v scales)."""
         if self._latent_cache is None or self._latent_cache[0] != layer:
+            trilm = self.architecture  # config.json with TriLMConfig's defaults filled in (ternary_eps, ...)
+            assert isinstance(trilm, TriLMConfig), "only a latent TriLM checkpoint has latent ternary layers"
             modules = {}
             for path, shard_dim in TERNARY_SHARD_DIM.items():
                 latent = self.tensor(f"model.layers.{layer}.{path}.weight")
                 module = TernaryLinear(
                     latent.shape[1], latent.shape[0], shards=self.shards, shard_dim=shard_dim,
-                    eps=self.config.get("ternary_eps", 1e-5), device="meta",
+                    eps=trilm.ternary_eps, device="meta",
                 )
                 module.weight = torch.nn.Parameter(latent, requires_grad=False)
                 modules[path] = module
-            if self.config.get("ternary_fused_qkv_scale", True):
+            if trilm.ternary_fused_qkv_scale:
                 share_scales(*(modules[f"self_attn.{p}_proj"] for p in "qkv"))
             ternary: dict[str, Ternary] = {}
             for path, module in modules.items():

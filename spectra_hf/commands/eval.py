@@ -52,14 +52,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from spectra_hf.errors import SpectraError
+    from spectra_hf.errors import ConfigError
     from spectra_hf.evaluation.harness import resolve_tasks, run_harness
     from spectra_hf.evaluation.pretrained import load_pretrained
     from spectra_hf.evaluation.results import build_results, write_results
     from spectra_hf.evaluation.text_perplexity import load_texts, perplexity
 
     if not args.tasks and not args.perplexity_data:
-        raise SpectraError("nothing to evaluate: pass --tasks and / or --perplexity-data")
+        raise ConfigError("nothing to evaluate: pass --tasks and / or --perplexity-data")
     tasks = resolve_tasks(args.tasks) if args.tasks else None  # bad task names fail before the model loads
     texts = None
     if args.perplexity_data:

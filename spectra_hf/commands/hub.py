@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from spectra_hf.errors import ConfigError, SpectraError
+from spectra_hf.errors import ConfigError, HubError
 
 TOKEN_ENV = "SPECTRA_HUB_TOKEN"
 
@@ -87,13 +87,13 @@ def run_serve(args: argparse.Namespace) -> int:
     from spectra_hf.hub.localhub.server import is_loopback_host
 
     if args.root.exists() and not args.root.is_dir():
-        raise SpectraError(f"--root {args.root} is a file: pass a directory (it is created if missing).")
+        raise ConfigError(f"--root {args.root} is a file: pass a directory (it is created if missing).")
     if not 0 <= args.port <= 65535:
-        raise SpectraError(f"--port {args.port} is not a TCP port: pass 0..65535 (0 picks a free port).")
+        raise ConfigError(f"--port {args.port} is not a TCP port: pass 0..65535 (0 picks a free port).")
     try:
         faults = [Fault.parse(spec) for spec in args.fault]
     except ValueError as error:
-        raise SpectraError(f"--fault: {error}") from error
+        raise ConfigError(f"--fault: {error}") from error
     if args.max_body_mb <= 0:
         raise ConfigError(f"--max-body-mb {args.max_body_mb} must be positive.")
     token = _token(args)
@@ -110,7 +110,7 @@ def run_serve(args: argparse.Namespace) -> int:
             max_body_bytes=int(args.max_body_mb * 1024 * 1024), public_url=args.public_url,
         )
     except OSError as error:
-        raise SpectraError(f"Cannot listen on {args.host}:{args.port} ({error}): pick another --port.") from error
+        raise HubError(f"Cannot listen on {args.host}:{args.port} ({error}): pick another --port.") from error
     url = args.public_url or hub.url
     print(f"Local Hub serving {args.root.resolve()} at {url}", flush=True)
     print(f"Point clients at it: HF_ENDPOINT={url} HF_HUB_DISABLE_XET=1 (Ctrl-C stops)", flush=True)

@@ -35,12 +35,12 @@ def run(args: argparse.Namespace) -> int:
     from transformers import AutoModelForCausalLM
 
     from spectra_hf.checkpoints.exports import atomic_directory
-    from spectra_hf.errors import SpectraError
+    from spectra_hf.errors import OutputExistsError
     from spectra_hf.suite import config_for, get_model
 
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
-        raise SpectraError(f"{out} exists and is not empty: choose a new output directory")
+        raise OutputExistsError(f"{out} exists and is not empty: choose a new output directory")
     overrides = {} if args.vocab_size is None else {"vocab_size": args.vocab_size}
     config = config_for(args.name, tiny=args.tiny, **overrides)
     torch.manual_seed(args.seed)

@@ -8,7 +8,7 @@ import sys
 from contextlib import ExitStack
 from pathlib import Path
 
-from spectra_hf.errors import SpectraError
+from spectra_hf.errors import ConfigError, SpectraError
 
 TARGET_HELP = """\
 where it publishes (one of these must be given; without any, nothing is published):
@@ -104,7 +104,7 @@ def _limits(args: argparse.Namespace, *, local: bool):
     for key, value in overrides.items():
         lowest = 0 if key == "max_retries" else 1e-9
         if value < lowest:
-            raise SpectraError(
+            raise ConfigError(
                 f"--{key.replace('_', '-')} must be {'>= 0' if lowest == 0 else 'positive'}, got {value}"
             )
     return HubLimits.unlimited(**overrides) if local else HubLimits(**overrides)
@@ -120,9 +120,9 @@ def _read_evals(path: Path | None) -> dict | None:
     try:
         evals = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as error:
-        raise SpectraError(f"--evals {path}: cannot read it as JSON ({error})") from None
+        raise ConfigError(f"--evals {path}: cannot read it as JSON ({error})") from None
     if not isinstance(evals, dict) or not all(isinstance(v, (dict, str)) for v in evals.values()):
-        raise SpectraError(f'--evals {path}: expected {{"MODEL": {{"task/metric": value}} or "RESULTS.json"}}')
+        raise ConfigError(f'--evals {path}: expected {{"MODEL": {{"task/metric": value}} or "RESULTS.json"}}')
     return {
         name: read_results(path.parent / value) if isinstance(value, str) else value for name, value in evals.items()
     }
@@ -182,8 +182,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         logger.warning(f"publishing to {target.describe()}")
 
+    from spectra_hf.hub.client import is_local_endpoint
     from spectra_hf.hub.plan import build_plan
-    from spectra_hf.hub.publish import is_local_endpoint, publish
+    from spectra_hf.hub.publish import publish
 
     plan = build_plan(
         args.suite_dir, org=args.org, evals=_read_evals(args.evals), models=args.models, unpacked=not args.no_unpacked

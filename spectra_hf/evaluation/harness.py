@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from spectra_hf.errors import SpectraError
+from spectra_hf.errors import ConfigError, DataError, MissingDependencyError
 
 # The paper's zero-shot evaluation (arXiv 2407.12327; lm-evaluation-harness 0.4.x).
 PAPER_TASKS: tuple[str, ...] = (
@@ -40,7 +40,9 @@ def _require_lm_eval() -> None:
     try:
         import lm_eval  # noqa: F401
     except ImportError as error:
-        raise SpectraError('lm-evaluation-harness is not installed: pip install "spectra-hf[eval]"') from error
+        raise MissingDependencyError(
+            'lm-evaluation-harness is not installed: pip install "spectra-hf[eval]"'
+        ) from error
 
 
 def _absolute_data_files(data_files: Any, base: Path) -> Any:
@@ -64,7 +66,7 @@ def load_task_file(path: str | Path) -> dict[str, Any]:
 
         config = load_yaml(path)
     if not isinstance(config, dict) or "task" not in config:
-        raise SpectraError(f"task file {path} must hold one lm-eval task config with a 'task' name")
+        raise ConfigError(f"task file {path} must hold one lm-eval task config with a 'task' name")
     dataset_kwargs = config.get("dataset_kwargs") or {}
     if "data_files" in dataset_kwargs:
         config["dataset_kwargs"] = {
@@ -92,19 +94,19 @@ def resolve_tasks(specs: Sequence[str | dict[str, Any]], *, task_manager: Any = 
             resolved.extend(PRESETS[spec])
         elif spec.endswith(TASK_FILE_SUFFIXES):
             if not Path(spec).expanduser().is_file():
-                raise SpectraError(f"task file {spec} does not exist")
+                raise ConfigError(f"task file {spec} does not exist")
             resolved.append(load_task_file(spec))
         else:
             if known is None:
                 known = set((task_manager or TaskManager()).all_tasks)
             if spec not in known:
-                raise SpectraError(
+                raise ConfigError(
                     f"unknown task {spec!r}: use a preset ({', '.join(PRESETS)}), an lm-eval task name "
                     "(`lm-eval ls tasks`), or a task file (.yaml/.json)"
                 )
             resolved.append(spec)
     if not resolved:
-        raise SpectraError("no tasks given")
+        raise ConfigError("no tasks given")
     return resolved
 
 
@@ -163,7 +165,7 @@ def run_harness(
             task_manager=task_manager,
         )
     except (ConnectionError, FileNotFoundError) as error:
-        raise SpectraError(
+        raise DataError(
             f"an lm-eval task could not load its dataset ({error}); built-in tasks need the Hub or the datasets "
             "cache: offline, use a task file with local data_files"
         ) from error

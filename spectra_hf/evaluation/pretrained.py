@@ -16,7 +16,7 @@ import torch
 
 from spectra_hf.checkpoints.exports import checkpoint_dir, checkpoint_steps
 from spectra_hf.checkpoints.io import read_config
-from spectra_hf.errors import SpectraError
+from spectra_hf.errors import CheckpointError, ConfigError, HubError
 
 _REPO_ID_RE = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 _MAIN_REVISIONS = (None, "main")
@@ -32,7 +32,7 @@ def resolve_local(path: Path, revision: str | None) -> Path:
     match = re.fullmatch(r"step(\d+)", revision)
     if match is None or int(match.group(1)) not in steps:
         available = ", ".join(["main", *(f"step{s}" for s in steps)])
-        raise SpectraError(f"revision {revision!r} does not exist in {path}: available revisions are {available}")
+        raise ConfigError(f"revision {revision!r} does not exist in {path}: available revisions are {available}")
     return checkpoint_dir(path.parent, path.name, int(match.group(1)))
 
 
@@ -66,19 +66,19 @@ def download(
             )
         )
     except RevisionNotFoundError as error:
-        raise SpectraError(
+        raise HubError(
             f"revision {revision!r} does not exist in {repo_id} on {where}: list its branches with "
             f"huggingface_hub.list_repo_refs({repo_id!r})"
         ) from error
     except GatedRepoError as error:
-        raise SpectraError(f"{repo_id} on {where} is gated: accept its terms and log in (hf auth login)") from error
+        raise HubError(f"{repo_id} on {where} is gated: accept its terms and log in (hf auth login)") from error
     except RepositoryNotFoundError as error:
-        raise SpectraError(
+        raise HubError(
             f"model {repo_id!r} does not exist on {where} (or needs a token): check the name, or pass a local "
             "directory or --endpoint"
         ) from error
     except (LocalEntryNotFoundError, ConnectionError) as error:
-        raise SpectraError(
+        raise HubError(
             f"cannot download {repo_id} from {where} and it is not in the local cache: check the network or "
             "--endpoint, or pass a local directory"
         ) from error
@@ -108,18 +108,18 @@ def load_pretrained(
     if path.is_dir():
         directory = resolve_local(path, revision)
     elif path.exists() or not _REPO_ID_RE.match(str(model)):
-        raise SpectraError(
+        raise CheckpointError(
             f"model path {model} does not exist (or is not a directory): pass an export directory or a Hub repo id "
             "like SpectraSuite/TriLM_99M_Unpacked"
         )
     else:
         directory = download(str(model), revision=revision, endpoint=endpoint, token=token, cache_dir=cache_dir)
     if not (directory / "config.json").is_file():
-        raise SpectraError(f"{directory} has no config.json: it is not a transformers model directory")
+        raise CheckpointError(f"{directory} has no config.json: it is not a transformers model directory")
     try:
         tokenizer = AutoTokenizer.from_pretrained(directory)
     except (OSError, ValueError) as error:
-        raise SpectraError(f"cannot load the tokenizer of {model} from {directory}: {error}") from error
+        raise CheckpointError(f"cannot load the tokenizer of {model} from {directory}: {error}") from error
     if _is_gptq(directory):
         # any width 2..8 (transformers' GPTQConfig alone refuses 5-7 bits)
         from spectra_hf.quantization.gptq import load_quantlm

@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from spectra_hf.errors import SpectraError
+from spectra_hf.errors import ConfigError, DataError
 
 PERPLEXITY_METRICS = ("perplexity", "bits_per_byte")
 
@@ -90,7 +90,7 @@ def build_results(
     versions: dict[str, str | None] = {"spectra_hf": __version__}
     if perplexity is not None:
         if perplexity_dataset is None:
-            raise TypeError(
+            raise ConfigError(
                 "build_results: perplexity_dataset (a local file or a dataset id) is required with perplexity"
             )
         results["perplexity"] = {"dataset": perplexity_dataset, "split": perplexity_split, **perplexity}
@@ -123,11 +123,11 @@ def read_results(path: str | Path) -> dict[str, Any]:
     """A results file written by `spectra-hf eval`, checked to have its `model_index` rows."""
     path = Path(path)
     if not path.is_file():
-        raise SpectraError(f"eval results file {path} does not exist: run `spectra-hf eval ... --output {path}`")
+        raise DataError(f"eval results file {path} does not exist: run `spectra-hf eval ... --output {path}`")
     try:
         results = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
-        raise SpectraError(f"eval results file {path} is not valid JSON ({error}); re-run spectra-hf eval") from error
+        raise DataError(f"eval results file {path} is not valid JSON ({error}); re-run spectra-hf eval") from error
     if not isinstance(results, dict) or not isinstance(results.get("model_index"), list):
-        raise SpectraError(f"{path} is not a spectra-hf eval results file: it has no model_index list")
+        raise DataError(f"{path} is not a spectra-hf eval results file: it has no model_index list")
     return results

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from spectra_hf.errors import SpectraError
+from spectra_hf.errors import ConfigError, DataError
 
 PERPLEXITY_METRIC_PATH = Path(__file__).with_name("perplexity_metric.py")
 
@@ -44,7 +44,7 @@ def sliding_windows(input_ids: Sequence[int], *, max_length: int, stride: int) -
     target of exactly one window, and has at least one token of context in it (hence stride < max_length).
     """
     if not 1 <= stride < max_length:
-        raise SpectraError(f"stride {stride} must be at least 1 and below max_length ({max_length})")
+        raise ConfigError(f"stride {stride} must be at least 1 and below max_length ({max_length})")
     windows: list[Window] = []
     previous_end = 1  # position 0 (bos) is context only
     for begin in range(0, len(input_ids), stride):
@@ -61,7 +61,7 @@ def _start_token_id(tokenizer: Any) -> int:
     for token_id in (tokenizer.bos_token_id, tokenizer.eos_token_id):
         if token_id is not None:
             return token_id
-    raise SpectraError(
+    raise ConfigError(
         "the tokenizer has neither a bos nor an eos token to start documents with; set tokenizer.bos_token"
     )
 
@@ -70,7 +70,7 @@ def _default_max_length(model: torch.nn.Module, tokenizer: Any) -> int:
     candidates = [getattr(model.config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
     limits = [limit for limit in candidates if isinstance(limit, int) and 0 < limit < 1_000_000]
     if not limits:
-        raise SpectraError("cannot tell the model's context length: pass max_length")
+        raise ConfigError("cannot tell the model's context length: pass max_length")
     return min(limits)
 
 
@@ -119,10 +119,10 @@ def perplexity(
         `perplexity`, `bits_per_byte`, `nll_per_token` (nats), `num_tokens` (scored), `num_bytes`, `num_documents`.
     """
     if batch_size < 1:
-        raise SpectraError(f"batch_size must be at least 1, got {batch_size}")
+        raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
     max_length = max_length or _default_max_length(model, tokenizer)
     if max_length < 2:
-        raise SpectraError(f"max_length must be at least 2 (one context and one target token), got {max_length}")
+        raise ConfigError(f"max_length must be at least 2 (one context and one target token), got {max_length}")
     stride = stride or max_length - 1
     start_id = _start_token_id(tokenizer)
 
@@ -136,7 +136,7 @@ def perplexity(
         num_bytes += len(text.encode("utf-8"))
         num_documents += 1
     if not windows:
-        raise SpectraError("no text to evaluate: every document is empty")
+        raise DataError("no text to evaluate: every document is empty")
     windows.sort(key=lambda w: len(w.input_ids), reverse=True)  # similar lengths share a batch: less padding
 
     device = next(model.parameters()).device

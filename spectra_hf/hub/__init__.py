@@ -1,1 +1,2 @@
-"""The Hub side: the publish plan, pacing, publishing, and the local Hub server (`localhub/`)."""
+"""The Hub side: the publish plan, a branch's files, hashing, client settings, Hub failures, pacing, publishing, and
+the local Hub server (`localhub/`)."""

@@ -27,7 +27,7 @@ from typing import Any
 
 from transformers.utils import logging
 
-from spectra_hf.cards import REVISIONS_FILE, Revision, render_checkpoint_card, render_model_card
+from spectra_hf.cards import Revision, render_checkpoint_card, render_model_card
 from spectra_hf.checkpoints.exports import (
     CHECKPOINTS_DIR,
     EXPORT_INFO_FILE,
@@ -38,7 +38,17 @@ from spectra_hf.checkpoints.exports import (
     model_dir,
     read_export_info,
 )
-from spectra_hf.errors import ConfigError, HubError, SpectraError
+from spectra_hf.checkpoints.io import read_config
+from spectra_hf.errors import CheckpointError, ConfigError, HubError, SpectraError
+from spectra_hf.hub.repo_files import (
+    CARD_FILE,
+    PlanFile,
+    file_on_disk,
+    generated_file,
+    has_tokenizer,
+    human_size,
+    revisions_json,
+)
 from spectra_hf.suite import (
     FAMILY_PREFIX,
     QUANT_BITS,
@@ -52,29 +62,12 @@ from spectra_hf.suite import (
 
 logger = logging.get_logger(__name__)
 
-CARD_FILE = "README.md"
 STAGING_DIR = ".publish-staging"  # inside the suite directory: converted exports (unpacked TriLM), reused across runs
 _STAMP_FILE = ".source-stamp.json"
 # Files of an export directory that are not published: local bookkeeping and the card we render ourselves.
 _NOT_PUBLISHED = {EXPORT_INFO_FILE, CARD_FILE}
 _WEIGHT_SUFFIX = ".safetensors"
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 _UNPACKED_SHARD_BYTES = 2 << 30  # convert_checkpoint's default largest shard
-
-
-@dataclass(frozen=True)
-class PlanFile:
-    """One file of a branch: read from `local_path`, or generated `content` (cards, revisions.json).
-
-    An `estimated` file has neither: it is what a conversion not run yet would write (plans made with
-    `convert=False`, as `publish --dry-run` makes them), and `size` is an estimate. Such a plan cannot be published.
-    """
-
-    path_in_repo: str
-    size: int
-    local_path: Path | None = None
-    content: bytes | None = None
-    estimated: bool = False
 
 
 @dataclass
@@ -152,14 +145,14 @@ class PublishPlan:
             steps = [b.name for b in repo.branches if b.name != "main"]
             span = f"{steps[0]} .. {steps[-1]}" if steps else "-"
             lines.append(
-                f"  {repo.repo_id:<40} {len(repo.branches):>4} branches ({span})  {_human_bytes(repo.size):>10}"
+                f"  {repo.repo_id:<40} {len(repo.branches):>4} branches ({span})  {human_size(repo.size):>10}"
             )
         for collection in self.collections:
             lines.append(f"  collection {collection.title!r}: {len(collection.items)} repos")
         totals = self.totals()
         lines.append(
             f"total: {totals['repos']} repos, {totals['branches']} branches, {totals['commits']} commits at most, "
-            f"{totals['files']} files, {_human_bytes(totals['bytes'])} ({totals['bytes']} bytes), "
+            f"{totals['files']} files, {human_size(totals['bytes'])} ({totals['bytes']} bytes), "
             f"{totals['collections']} collections"
         )
         if self.estimated_files:
@@ -171,13 +164,6 @@ class PublishPlan:
             lines.append(f"missing ({len(self.missing)}):")
             lines.extend(f"  - {item}" for item in self.missing)
         return "\n".join(lines)
-
-
-def _human_bytes(size: int) -> str:
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if size >= scale:
-            return f"{size / scale:.2f} {unit}"
-    return f"{size} B"
 
 
 HF_HUB_URL = "https://huggingface.co"
@@ -232,7 +218,7 @@ def check_repo_id(repo_id: str) -> None:
     try:
         validate_repo_id(repo_id)
     except HFValidationError as error:
-        raise SpectraError(
+        raise ConfigError(
             f"invalid Hub repo id {repo_id!r}: {error} Pick an --org made of letters, digits, '-', '_' and '.'"
         ) from None
 
@@ -283,30 +269,12 @@ def export_problems(directory: Path, *, name: str, step: int | None) -> list[str
     return problems
 
 
-def _file(path_in_repo: str, local_path: Path) -> PlanFile:
-    return PlanFile(path_in_repo=path_in_repo, size=local_path.stat().st_size, local_path=local_path)
-
-
-def _generated(path_in_repo: str, text: str) -> PlanFile:
-    content = text.encode("utf-8")
-    return PlanFile(path_in_repo=path_in_repo, size=len(content), content=content)
-
-
 def _tokens_seen(info: ExportInfo, model: SuiteModel) -> int:
     # Exports from the trainer record tokens_seen; older ones fall back to the registry's batch size.
     if info.tokens_seen is not None:
         return info.tokens_seen
     assert info.step is not None, "export_problems checked that a checkpoint's export records its step"
     return info.step * model.batch_tokens
-
-
-def _revisions_json(repo_id: str, main: ExportInfo, revisions: Sequence[Revision]) -> str:
-    data = {
-        "repo_id": repo_id,
-        "main": {"step": main.step, "tokens_seen": main.tokens_seen},
-        "revisions": [r.as_dict() for r in revisions],
-    }
-    return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
 
 def _model_repo(
@@ -328,9 +296,9 @@ def _model_repo(
             continue
         ckpt_info = read_export_info(ckpt)
         revision = Revision(branch=ckpt_info.branch, step=step, tokens_seen=_tokens_seen(ckpt_info, model))
-        ckpt_config = json.loads((ckpt / "config.json").read_text(encoding="utf-8"))
+        ckpt_config = read_config(ckpt)
         card = render_checkpoint_card(model=model, org=org, revision=revision, config=ckpt_config, export=ckpt_info)
-        files = [_file(p, local) for p, local in export_files(ckpt).items()] + [_generated(CARD_FILE, card)]
+        files = [file_on_disk(p, local) for p, local in export_files(ckpt).items()] + [generated_file(CARD_FILE, card)]
         revisions.append(revision)
         branches.append(BranchPlan(name=revision.branch, files=files, step=step, tokens_seen=revision.tokens_seen))
     missing.extend(
@@ -344,18 +312,21 @@ def _model_repo(
             "(a trained model publishes its step<N> exports as branches)"
         )
     exported = export_files(directory)
-    config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    config = read_config(directory)
     card = render_model_card(
         model=model,
         org=org,
         config=config,
         revisions=revisions,
         evals=evals,
-        has_tokenizer=any(name in exported for name in _TOKENIZER_FILES),
+        has_tokenizer=has_tokenizer(exported),
         export=info,
     )
-    main_files = [_file(p, local) for p, local in exported.items()]
-    main_files += [_generated(CARD_FILE, card), _generated(REVISIONS_FILE, _revisions_json(repo_id, info, revisions))]
+    main_files = [file_on_disk(p, local) for p, local in exported.items()]
+    main_files += [
+        generated_file(CARD_FILE, card),
+        revisions_json(repo_id, main_step=info.step, main_tokens_seen=info.tokens_seen, revisions=revisions),
+    ]
     main = BranchPlan(name="main", files=main_files, step=info.step, tokens_seen=info.tokens_seen)
     return RepoPlan(repo_id=repo_id, model=model, variant="release", branches=[main, *branches])
 
@@ -394,7 +365,7 @@ def stage_unpacked(source: Path, staged: Path) -> bool:
 def _estimated_unpacked_files(source: Path) -> dict[str, PlanFile]:
     """What converting the TriLM export `source` to the release format would publish, sized without converting:
     fp16 weights (2 bytes per parameter of its config, in convert's 2 GiB shards) and the export's other files."""
-    config = json.loads((source / "config.json").read_text(encoding="utf-8"))
+    config = read_config(source)
     weight_bytes = 2 * (linear_params(config) + float_params(config))
     shards = max(1, math.ceil(weight_bytes / _UNPACKED_SHARD_BYTES))
     names = (
@@ -415,23 +386,23 @@ def _unpacked_repo(suite_dir: Path, release: RepoPlan, *, org: str, staging_dir:
     source, staged = model_dir(suite_dir, model.name), staging_dir / repo_name
     if convert or is_staged(source, staged):
         stage_unpacked(source, staged)
-        files = {p: _file(p, local) for p, local in export_files(staged).items()}
-        config = json.loads((staged / "config.json").read_text(encoding="utf-8"))
+        files = {p: file_on_disk(p, local) for p, local in export_files(staged).items()}
+        config = read_config(staged)
     else:
         logger.info(f"{repo_name}: {source} is not converted yet; its files are sized from its config (estimated)")
         files = _estimated_unpacked_files(source)
-        config = {**json.loads((source / "config.json").read_text(encoding="utf-8")), "model_type": "llama"}
+        config = {**read_config(source), "model_type": "llama"}
     card = render_model_card(
         model=model,
         org=org,
         config=config,
         variant="unpacked",
-        has_tokenizer=any(name in files for name in _TOKENIZER_FILES),
+        has_tokenizer=has_tokenizer(files),
         export=read_export_info(model_dir(suite_dir, model.name)),
     )
     main = BranchPlan(
         name="main",
-        files=[*files.values(), _generated(CARD_FILE, card)],
+        files=[*files.values(), generated_file(CARD_FILE, card)],
         step=release.branches[0].step,
         tokens_seen=release.branches[0].tokens_seen,
     )
@@ -490,12 +461,12 @@ def build_plan(
     """
     suite_dir = Path(suite_dir)
     if not suite_dir.is_dir():
-        raise SpectraError(f"suite directory {suite_dir} does not exist: export the models there first")
+        raise CheckpointError(f"suite directory {suite_dir} does not exist: export the models there first")
     registry = all_models()
     known = {m.name for m in registry}
     unknown = sorted(set(models or ()) - known) + sorted(set(evals or {}) - known)
     if unknown:
-        raise SpectraError(f"not suite model names: {', '.join(unknown)} (run `spectra-hf suite` for the list)")
+        raise ConfigError(f"not suite model names: {', '.join(unknown)} (run `spectra-hf suite` for the list)")
     selected = [m for m in registry if models is None or m.name in models]
     for model in selected:
         check_repo_id(f"{org}/{model.unpacked_name if unpacked and model.family == 'trilm' else model.name}")

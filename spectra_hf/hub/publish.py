@@ -16,26 +16,18 @@ written to logs, cards or error messages.
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import random
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from urllib.parse import urlparse
 
 import httpx2
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, constants, get_token, hf_hub_url
 from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError, RepositoryNotFoundError
 from huggingface_hub.hf_api import RepoFile
 from huggingface_hub.utils import (
-    are_progress_bars_disabled,
     build_hf_headers,
-    disable_progress_bars,
-    enable_progress_bars,
     get_session,
     hf_raise_for_status,
 )
@@ -43,15 +35,17 @@ from tqdm.auto import tqdm
 from transformers.utils import logging
 
 from spectra_hf.checkpoints.verify import verify_weight_files
-from spectra_hf.errors import ConfigError, HubError, SpectraError
-from spectra_hf.hub.localhub.server import is_loopback_host
+from spectra_hf.errors import CheckpointError, ConfigError, HubError
+from spectra_hf.hub.client import is_local_endpoint, local_hub_client, quiet_uploads
+from spectra_hf.hub.hashing import HASH_CACHE, FileHashes
+from spectra_hf.hub.http_errors import explain_hub_error
 from spectra_hf.hub.org_spelling import check_org_spelling
 from spectra_hf.hub.pacing import HubLimits, Pacer
-from spectra_hf.hub.plan import STAGING_DIR, BranchPlan, PlanFile, PublishPlan, RepoPlan
+from spectra_hf.hub.plan import STAGING_DIR, BranchPlan, PublishPlan, RepoPlan
+from spectra_hf.hub.repo_files import PlanFile
 
 logger = logging.get_logger(__name__)
 
-HASH_CACHE = "hashes.json"  # under SUITE_DIR/.publish-staging
 VERIFY_MODES = ("none", "listing", "sample", "full")
 DEFAULT_SAMPLE_BYTES = 2 * 1024**3  # content downloaded by `verify="sample"`, spread at random over the plan
 
@@ -98,118 +92,10 @@ class PublishReport:
         )
 
 
-class _Hashes:
-    """sha256 and git blob sha1 of plan files (one read pass per file), remembered across runs.
-
-    Re-running over a real suite (hundreds of GB) must not re-read every file: hashes of local files are kept in
-    `cache_file` keyed by path and the file's (size, mtime_ns, ctime_ns, inode, device), and reused while all of
-    those are unchanged. mtime alone is not enough: `cp -p`, `rsync -t` and `tar` rewrite a file and put its old
-    mtime back, but none of them can restore its ctime. Verification after publishing checks content anyway.
-    """
-
-    def __init__(self, cache_file: Path | None = None) -> None:
-        self._file = cache_file
-        self._cache: dict[str, list] = {}
-        if cache_file is not None and cache_file.is_file():
-            try:
-                self._cache = json.loads(cache_file.read_text(encoding="utf-8"))
-            except json.JSONDecodeError:
-                self._cache = {}  # a damaged cache only costs re-hashing
-        self._dirty = False
-
-    def of(self, file: PlanFile) -> tuple[str, str]:
-        if file.content is not None:
-            return _digest(file)
-        local_path = _local_path(file)
-        stat = local_path.stat()
-        key = str(local_path.resolve())
-        stamp = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino, stat.st_dev]
-        cached = self._cache.get(key)
-        if cached is None or cached[: len(stamp)] != stamp:
-            cached = [*stamp, *_digest(file)]
-            self._cache[key] = cached
-            self._dirty = True
-        return cached[-2], cached[-1]
-
-    def forget(self, file: PlanFile) -> None:
-        """Drop a file's cached hashes (its content did not match them)."""
-        if file.local_path is not None and self._cache.pop(str(file.local_path.resolve()), None) is not None:
-            self._dirty = True
-
-    def save(self) -> None:
-        if self._file is None or not self._dirty:
-            return
-        self._file.parent.mkdir(parents=True, exist_ok=True)
-        staging = self._file.with_name(f".{self._file.name}.tmp-{os.getpid()}")
-        staging.write_text(json.dumps(self._cache), encoding="utf-8")
-        os.replace(staging, self._file)
-        self._dirty = False
-
-
-def _local_path(file: PlanFile) -> Path:
-    """The file on disk behind a planned file without generated content."""
-    # publish() refuses plans with estimated files (neither content nor a local path) before hashing anything.
-    assert file.local_path is not None, f"{file.path_in_repo} is an estimated file: it has no local copy"
-    return file.local_path
-
-
-def _digest(file: PlanFile) -> tuple[str, str]:
-    sha256, sha1 = hashlib.sha256(), hashlib.sha1()
-    sha1.update(b"blob %d\0" % file.size)
-    for chunk in _chunks(file):
-        sha256.update(chunk)
-        sha1.update(chunk)
-    return sha256.hexdigest(), sha1.hexdigest()
-
-
-def _chunks(file: PlanFile, size: int = 1 << 22) -> Iterator[bytes]:
-    if file.content is not None:
-        yield file.content
-        return
-    with open(_local_path(file), "rb") as handle:
-        while chunk := handle.read(size):
-            yield chunk
-
-
 def _same(entry: RepoFile, sha256: str, sha1: str) -> bool:
     if entry.lfs is not None:
         return entry.lfs.sha256 == sha256
     return entry.blob_id == sha1
-
-
-def is_local_endpoint(endpoint: str) -> bool:
-    """True for a Hub on this machine (localhost or a loopback address), such as `spectra-hf hub serve`."""
-    return is_loopback_host(urlparse(endpoint).hostname or "")
-
-
-@contextmanager
-def _quiet_uploads(quiet: bool) -> Iterator[None]:
-    """Silence huggingface_hub's per-file upload bars (our own bars show repos and branches)."""
-    was_disabled = are_progress_bars_disabled()
-    if quiet:
-        disable_progress_bars()
-    try:
-        yield
-    finally:
-        if quiet and not was_disabled:
-            enable_progress_bars()
-
-
-@contextmanager
-def _local_hub_client(enabled: bool) -> Iterator[None]:
-    """For a Hub on this machine: upload through the LFS batch API instead of xet (a local Hub speaks LFS only), and
-    let requests through even when HF_HUB_OFFLINE=1 (offline means no network; loopback is not the network).
-
-    This is what HF_HUB_DISABLE_XET=1 / HF_HUB_OFFLINE=0 do; huggingface_hub reads those variables once at import, so
-    a process that already imported it is configured through the same constants.
-    """
-    previous = constants.HF_HUB_DISABLE_XET, constants.HF_HUB_OFFLINE
-    if enabled:
-        constants.HF_HUB_DISABLE_XET, constants.HF_HUB_OFFLINE = True, False
-    try:
-        yield
-    finally:
-        constants.HF_HUB_DISABLE_XET, constants.HF_HUB_OFFLINE = previous
 
 
 def _verify_mode(verify: bool | str, *, local: bool) -> str:
@@ -222,30 +108,6 @@ def _verify_mode(verify: bool | str, *, local: bool) -> str:
     return verify
 
 
-def _scrub(text: str, token: str | None) -> str:
-    return text.replace(token, "***") if token else text
-
-
-def _explain(error: BaseException, *, doing: str, endpoint: str, token: str | None) -> SpectraError:
-    """One line naming what failed and the fix; the token never appears in it."""
-    if isinstance(error, httpx2.TransportError):
-        message = (
-            f"cannot reach the Hub at {endpoint} ({type(error).__name__}) while {doing}: check --endpoint / "
-            "HF_ENDPOINT, or start a local Hub with `spectra-hf hub serve --root DIR` and pass its URL as --endpoint"
-        )
-    elif isinstance(error, LocalTokenNotFoundError):
-        message = f"no Hub token found while {doing}: set HF_TOKEN, run `hf auth login`, or pass --token"
-    elif isinstance(error, HfHubHTTPError) and error.response is not None and error.response.status_code in (401, 403):
-        message = (
-            f"the Hub at {endpoint} refused the token (HTTP {error.response.status_code}) while {doing}: use a token "
-            "with write access to the org (HF_TOKEN, `hf auth login`, or --token)"
-        )
-    else:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        message = f"{doing} failed: {first_line}"
-    return SpectraError(_scrub(message, token))
-
-
 class Publisher:
     """Runs one publish: holds the client, the pacer, the hash cache and the report."""
 
@@ -253,7 +115,7 @@ class Publisher:
         self.plan = plan
         self.api = api
         self.pacer = Pacer(limits)
-        self.hashes = _Hashes(plan.suite_dir / STAGING_DIR / HASH_CACHE)
+        self.hashes = FileHashes(plan.suite_dir / STAGING_DIR / HASH_CACHE)
         self.progress = progress
         self.report = PublishReport(endpoint=api.endpoint)
 
@@ -475,18 +337,20 @@ def publish(
         verify_sample_bytes: content downloaded by `verify="sample"`.
 
     Raises:
-        SpectraError: an incomplete plan (without `allow_partial`), an unreachable endpoint, a refused token, a
-            failure that retries did not overcome, or a failed verification. The message never contains the token.
+        CheckpointError: an incomplete plan (without `allow_partial`) or one with nothing to publish.
+        ConfigError: a plan with estimated files, or an unknown `verify` mode.
+        HubError: no token for a remote Hub, an unreachable endpoint, a refused token, a failure that retries did
+            not overcome, or a failed verification. No message contains the token.
     """
     if plan.missing and not allow_partial:
         shown = "; ".join(plan.missing[:_MISSING_SHOWN])
         more = f" (and {len(plan.missing) - _MISSING_SHOWN} more)" if len(plan.missing) > _MISSING_SHOWN else ""
-        raise SpectraError(
+        raise CheckpointError(
             f"the suite directory {plan.suite_dir} is incomplete, nothing was published: {shown}{more}. "
             "Export what is missing, or publish the partial suite explicitly (--allow-partial)"
         )
     if not plan.repos:
-        raise SpectraError(f"nothing to publish: no complete model export in {plan.suite_dir}")
+        raise CheckpointError(f"nothing to publish: no complete model export in {plan.suite_dir}")
     if plan.estimated_files:
         raise ConfigError(
             f"this plan only estimates {len(plan.estimated_files)} files (made with build_plan(convert=False), as "
@@ -496,7 +360,7 @@ def publish(
     mode = _verify_mode(verify, local=is_local_endpoint(endpoint))
     secret = token or get_token()
     if secret is None and not is_local_endpoint(endpoint):
-        raise SpectraError(
+        raise HubError(
             f"no Hub token found for {endpoint}: set HF_TOKEN, run `hf auth login`, or pass --token "
             "(or publish to a local Hub: see `spectra-hf publish --help`)"
         )
@@ -505,7 +369,7 @@ def publish(
     started = time.perf_counter()
     doing = f"contacting {endpoint}"
     try:
-        with _local_hub_client(is_local_endpoint(endpoint)), _quiet_uploads(not progress):
+        with local_hub_client(is_local_endpoint(endpoint)), quiet_uploads(not progress):
             # One call first: an unreachable endpoint or a refused token fails here, before any write (a throttled
             # or failing Hub is waited for, as everywhere else).
             first_contact = api.whoami if secret else lambda: api.repo_exists(plan.repos[0].repo_id)
@@ -533,7 +397,7 @@ def publish(
                 doing = "loading the published branches back"
                 publisher.load_back(Path(load_check_dir))
     except (HfHubHTTPError, httpx2.TransportError, LocalTokenNotFoundError) as error:
-        raise _explain(error, doing=doing, endpoint=endpoint, token=secret) from None
+        raise explain_hub_error(error, doing=doing, endpoint=endpoint, token=secret) from None
     finally:
         publisher.hashes.save()
     report = publisher.report

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from spectra_hf.checkpoints.io import read_config
-from spectra_hf.errors import SpectraError
+from spectra_hf.errors import ConfigError
 from spectra_hf.quantization.gptq import check_floatlm_config
 from spectra_hf.suite import FLOAT_BITS
 
@@ -41,9 +41,9 @@ def load_floatlm_bnb(
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     if bits not in BNB_BITS:
-        raise SpectraError(f"bitsandbytes loads weights at {BNB_BITS} bits, not {bits}")
+        raise ConfigError(f"bitsandbytes loads weights at {BNB_BITS} bits, not {bits}")
     if quant_type not in ("nf4", "fp4"):
-        raise SpectraError(f"quant_type {quant_type!r} is not a bitsandbytes 4-bit type: use nf4 or fp4")
+        raise ConfigError(f"quant_type {quant_type!r} is not a bitsandbytes 4-bit type: use nf4 or fp4")
     floatlm = Path(floatlm)
     check_floatlm_config(read_config(floatlm), where=str(floatlm), packable=False)
     config = (
@@ -78,10 +78,8 @@ def bnb_stored_bits(model: Any) -> int:
 
     quantized = [m for m in model.modules() if isinstance(m, (bnb.nn.Linear8bitLt, bnb.nn.Linear4bit))]
     if not quantized:
-        raise SpectraError("the model has no bitsandbytes layers; load it with load_floatlm_bnb")
+        raise ConfigError("the model has no bitsandbytes layers; load it with load_floatlm_bnb")
     quantized_params = {id(m.weight) for m in quantized}
     rest = sum(p.numel() for p in model.parameters() if id(p) not in quantized_params)
     return sum(_stored_bits(m) for m in quantized) + rest * FLOAT_BITS
 
-
-bnb_size_bits = bnb_stored_bits  # the 0.1 name (spectra_hf.baselines.bnb_size_bits)

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from transformers.utils import logging
 
-from spectra_hf.errors import DataError, SpectraError
+from spectra_hf.errors import ConfigError, DataError
 
 logger = logging.get_logger(__name__)
 
@@ -70,10 +70,10 @@ def calibration_samples(
         DataError: if the documents hold fewer than `length` tokens (not one sample).
     """
     if samples < 1 or length < 1:
-        raise SpectraError(f"calibration needs at least one sample of one token, got {samples} x {length}")
+        raise ConfigError(f"calibration needs at least one sample of one token, got {samples} x {length}")
     eos = tokenizer.eos_token_id
     if eos is None:
-        raise SpectraError("the tokenizer has no eos token; GPTQ calibration separates documents with it")
+        raise ConfigError("the tokenizer has no eos token; GPTQ calibration separates documents with it")
     encoded = tokenizer(list(documents), add_special_tokens=False)["input_ids"]
     stream = torch.tensor([token for ids in encoded for token in (*ids, eos)], dtype=torch.long)  # [tokens]
     windows = stream.numel() // length

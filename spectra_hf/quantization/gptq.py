@@ -37,9 +37,10 @@ from transformers.utils import logging
 from spectra_hf.checkpoints.exports import ExportInfo, atomic_directory, model_dir, read_export_info, write_export_info
 from spectra_hf.checkpoints.info import suite_size
 from spectra_hf.checkpoints.io import config_architecture, read_config
-from spectra_hf.errors import SpectraError
+from spectra_hf.errors import CheckpointError, ConfigError, SpectraError
+from spectra_hf.modeling.checkpoint_checks import linear_shapes
 from spectra_hf.quantization.calibration import CalibrationSource, calibration_samples, load_calibration_texts
-from spectra_hf.suite import CONTEXT_LENGTH, FLOAT_BITS, QUANT_BITS, QUANT_GROUP_SIZE, linear_weight_shapes, size_bits
+from spectra_hf.suite import CONTEXT_LENGTH, FLOAT_BITS, QUANT_BITS, QUANT_GROUP_SIZE, size_bits
 
 logger = logging.get_logger(__name__)
 
@@ -84,15 +85,15 @@ class GPTQSettings:
         Widths the paper did not use get group size 128.
         """
         if bits not in GPTQ_BITS:
-            raise SpectraError(
+            raise ConfigError(
                 f"bits={bits} is not supported: GPTQ here quantizes to {GPTQ_BITS[0]}..{GPTQ_BITS[-1]} bits"
             )
         if group_size is None:
             group_size = QUANT_GROUP_SIZE.get(bits, 128)
         if group_size not in GROUP_SIZES:
-            raise SpectraError(f"group_size={group_size} is not supported: use one of {GROUP_SIZES} (-1 = per-channel)")
+            raise ConfigError(f"group_size={group_size} is not supported: use one of {GROUP_SIZES} (-1 = per-channel)")
         if not 0 < damp_percent < 1:
-            raise SpectraError(f"damp_percent={damp_percent} must lie strictly between 0 and 1")
+            raise ConfigError(f"damp_percent={damp_percent} must lie strictly between 0 and 1")
         return cls(bits=bits, group_size=group_size, damp_percent=damp_percent)
 
     @property
@@ -114,16 +115,16 @@ def check_floatlm_config(config: dict[str, Any], *, where: str, packable: bool =
     """
     model_type = config.get("model_type")
     if model_type == "trilm" or "pretraining_model_parallel" in config:
-        raise SpectraError(
+        raise CheckpointError(
             f"{where} is a TriLM (ternary weights); QuantLMs are quantized from FloatLMs: pass a FloatLM directory"
         )
     if model_type not in ("floatlm", "llama"):
-        raise SpectraError(f"{where} has model_type {model_type!r}; pass a FloatLM (model_type floatlm or llama)")
+        raise CheckpointError(f"{where} has model_type {model_type!r}; pass a FloatLM (model_type floatlm or llama)")
     if not packable:
         return
-    for name, (out_features, in_features) in linear_weight_shapes(config).items():
+    for name, (out_features, in_features) in linear_shapes(config).items():
         if in_features % PACK_MULTIPLE or out_features % PACK_MULTIPLE:
-            raise SpectraError(
+            raise ConfigError(
                 f"{where}: {name} is {in_features} -> {out_features}; GPTQ kernels pack layers whose widths are "
                 f"multiples of {PACK_MULTIPLE}: choose hidden/intermediate/head widths divisible by {PACK_MULTIPLE}"
             )
@@ -150,14 +151,14 @@ def plan_settings(
         damp_percent: GPTQ Hessian dampening.
         where: names the model in error messages.
     """
-    in_widths = {in_features for _, in_features in linear_weight_shapes(config).values()}
+    in_widths = {in_features for _, in_features in linear_shapes(config).values()}
     chosen = group_size if isinstance(group_size, Mapping) else {b: group_size for b in bits}
     plans = []
     for b in bits:
         setting = GPTQSettings.paper(b, group_size=chosen.get(b), damp_percent=damp_percent)
         if setting.group_size > 0 and any(width % setting.group_size for width in in_widths):
             if chosen.get(b) is not None:
-                raise SpectraError(
+                raise ConfigError(
                     f"{where}: group_size={setting.group_size} at {b} bits does not divide every layer's input width "
                     f"({sorted(in_widths)}); gptqmodel's CPU int4 kernel needs whole groups: pass a group size "
                     "dividing them all, or -1 for per-channel"
@@ -176,7 +177,8 @@ def load_floatlm_as_llama(directory: Path):
     return LlamaForCausalLM.from_pretrained(directory, config=config, dtype="auto").eval()
 
 
-def _gptq_quantizer_class():
+def gptq_quantizer_class():
+    """optimum's GPTQQuantizer widened to 2..8 bits (a class made on first use: optimum is an optional extra)."""
     from optimum.gptq import GPTQQuantizer
 
     class SpectraGPTQQuantizer(GPTQQuantizer):
@@ -209,7 +211,7 @@ def quantize_model(
         (model, quantizer): the model with packed quantized layers (gptqmodel's in-memory v2 layout), and the
         quantizer that `save_quantized` needs.
     """
-    quantizer_class = _gptq_quantizer_class()
+    quantizer_class = gptq_quantizer_class()
     quantizer = quantizer_class(
         bits=settings.bits,
         dataset=samples,
@@ -239,7 +241,7 @@ def save_quantized(model: Any, quantizer: Any, directory: str | Path) -> None:
     quantizer.save(model, str(directory))
     saved = read_config(Path(directory))["quantization_config"]
     if saved.get("format") != "gptq" or saved.get("dataset") is not None:
-        raise SpectraError(
+        raise CheckpointError(
             f"optimum wrote quantization_config {saved} to {directory}; expected format 'gptq' and no dataset"
         )
 
@@ -264,7 +266,9 @@ def load_quantlm(
     config = read_config(directory)
     quant = config.get("quantization_config")
     if not quant or quant.get("quant_method") != "gptq":
-        raise SpectraError(f"{directory} is not a packed GPTQ checkpoint (no gptq quantization_config in config.json)")
+        raise CheckpointError(
+            f"{directory} is not a packed GPTQ checkpoint (no gptq quantization_config in config.json)"
+        )
     if quant["bits"] in FROM_PRETRAINED_BITS:
         from transformers import AutoModelForCausalLM, GPTQConfig
 
@@ -285,7 +289,7 @@ def _load_wide_gptq(directory: Path, config: dict[str, Any], *, dtype: torch.dty
     torch_dtype = llama_config.dtype if dtype == "auto" else dtype
     # transformers wraps PreTrainedModel.to in @wraps(Module.to), whose stub hides the bound self
     model = LlamaForCausalLM(llama_config).to(dtype=torch_dtype)  # type: ignore[call-arg]
-    quantizer = _gptq_quantizer_class()(**{**quant, "backend": backend})
+    quantizer = gptq_quantizer_class()(**{**quant, "backend": backend})
     quantizer.convert_model(model, device_map={"": device})
     state: dict[str, torch.Tensor] = {}
     for shard in sorted(directory.glob("*.safetensors")):
@@ -293,7 +297,7 @@ def _load_wide_gptq(directory: Path, config: dict[str, Any], *, dtype: torch.dty
     missing, unexpected = model.load_state_dict(state, strict=False)
     # gptqmodel layers may register derived, non-persistent buffers; every stored tensor must be consumed
     if unexpected or any(not name.endswith(_DERIVED_BUFFERS) for name in missing):
-        raise SpectraError(
+        raise CheckpointError(
             f"{directory} does not match a {quant['bits']}-bit QuantLM of its config (missing {missing[:3]}, "
             f"unexpected {unexpected[:3]}); re-export it"
         )
@@ -358,9 +362,10 @@ def _size_label(floatlm: Path, config: dict[str, Any], size: str | None) -> tupl
     return label, label
 
 
-def _eager():
-    """gptqmodel's TorchLinear torch.compiles its dequantization on first use: worth it for serving, not for the
-    one probe forward that checks an export (the compile takes seconds to minutes on a CPU)."""
+def eager_mode():
+    """A context with torch.compile off. gptqmodel's TorchLinear compiles its dequantization on first use: worth it
+    for serving, not for the one probe forward that checks an export (the compile takes seconds to minutes on a
+    CPU)."""
     import torch._dynamo
 
     return torch._dynamo.config.patch(disable=True)
@@ -416,9 +421,9 @@ def export_quantlms(
     from transformers import AutoTokenizer
 
     if format not in FORMATS:
-        raise SpectraError(f"format {format!r} is not one of {FORMATS}")
+        raise ConfigError(f"format {format!r} is not one of {FORMATS}")
     if not bits:
-        raise SpectraError("no bit widths given: pass at least one of 2..8 (the paper's are 3 4 6 8)")
+        raise ConfigError("no bit widths given: pass at least one of 2..8 (the paper's are 3 4 6 8)")
     floatlm = Path(floatlm)
     config = read_config(floatlm)
     check_floatlm_config(config, where=str(floatlm))
@@ -427,7 +432,7 @@ def export_quantlms(
     try:
         tokenizer = AutoTokenizer.from_pretrained(floatlm)
     except (OSError, ValueError) as error:
-        raise SpectraError(
+        raise CheckpointError(
             f"{floatlm} has no loadable tokenizer ({error}); save the FloatLM's tokenizer next to it"
         ) from error
     context = config.get("max_position_embeddings")
@@ -448,17 +453,17 @@ def export_quantlms(
         name = f"QuantLM_{size_label}_{setting.bits}bit"
         with atomic_directory(model_dir(suite_dir, name)) as staging:
             model, quantizer = quantize_model(load_floatlm_as_llama(floatlm), samples_, setting)
-            with torch.no_grad(), _eager():
+            with torch.no_grad(), eager_mode():
                 expected = model(probe.to(model.device)).logits.float().cpu()
             with tempfile.TemporaryDirectory(dir=staging.parent, prefix=f".{name}.packed-") as packed:
                 packed_dir = staging if format == "gptq" else Path(packed)
                 save_quantized(model, quantizer, packed_dir)
                 del model  # converted in place by save(): only the reloaded copy is trustworthy
                 reloaded = load_quantlm(packed_dir, backend=REFERENCE_BACKEND)
-                with _eager():
+                with eager_mode():
                     logit_error = _reload_error(expected, reloaded, probe)
                 if logit_error > 1e-3 * max(1.0, expected.abs().max().item()):
-                    raise SpectraError(
+                    raise CheckpointError(
                         f"{name}: the saved checkpoint reloads to a different model "
                         f"(max logit difference {logit_error:.3g}); "
                         "this is a bug in spectra-hf or its optimum/gptqmodel versions, please report it"

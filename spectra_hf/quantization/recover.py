@@ -31,9 +31,9 @@ from spectra_hf.errors import CheckpointError
 from spectra_hf.quantization.gptq import (
     REFERENCE_BACKEND,
     GPTQSettings,
-    _eager,
-    _gptq_quantizer_class,
     check_floatlm_config,
+    eager_mode,
+    gptq_quantizer_class,
     load_floatlm_as_llama,
     load_quantlm,
     plan_settings,
@@ -283,7 +283,7 @@ def _pack(model: Any, quantizers: dict[str, tuple], setting: GPTQSettings) -> tu
     Returns (model, the quantizer `save_quantized` needs)."""
     from optimum.gptq.utils import get_block_name_with_pattern
 
-    quantizer = _gptq_quantizer_class()(
+    quantizer = gptq_quantizer_class()(
         bits=setting.bits,
         group_size=setting.group_size,
         damp_percent=setting.damp_percent,
@@ -308,7 +308,7 @@ def _compare_reloaded(directory: Path, release: Path, names: list[str]) -> Latti
     source = Checkpoint(release)
     reloaded = load_quantlm(directory, backend=REFERENCE_BACKEND)
     fit = LatticeFit()
-    with torch.no_grad(), _eager():
+    with torch.no_grad(), eager_mode():
         for module_name in names:
             again = reloaded.get_submodule(module_name).dequantize_weight().T.to(torch.float16).contiguous()
             expected = source.tensor(f"{module_name}.weight")
@@ -324,9 +324,9 @@ def _compare_reloaded(directory: Path, release: Path, names: list[str]) -> Latti
 
 def _copy_release_side_files(release: Path, directory: Path) -> None:
     """Tokenizer and generation files of the release travel with the recovered weights."""
-    from spectra_hf.checkpoints.convert import _copy_side_files
+    from spectra_hf.checkpoints.convert import copy_side_files
 
-    _copy_side_files(release, directory)
+    copy_side_files(release, directory)
 
 
 __all__ = ["LatticeFit", "RecoveredLinear", "RecoveryReport", "recover_codes", "recover_quantlm", "ulp_distance"]

@@ -23,19 +23,10 @@ from spectra_hf.checkpoints.exports import ExportInfo, read_export_info, write_e
 from spectra_hf.checkpoints.io import Checkpoint, Ternary, read_config
 from spectra_hf.errors import CheckpointError, SpectraError
 from spectra_hf.release.discovery import ReleaseRevision
-from spectra_hf.suite import config_kwargs
+from spectra_hf.suite import ARCHITECTURE_KEYS, config_kwargs
 
 logger = logging.get_logger(__name__)
 
-# Architecture keys compared with the registry's for the model's name.
-ARCHITECTURE_KEYS = (
-    "hidden_size",
-    "intermediate_size",
-    "num_attention_heads",
-    "num_hidden_layers",
-    "vocab_size",
-    "pretraining_model_parallel",
-)
 CONVERSIONS = {
     "trilm": "release fp16 g*T -> packed TriLM (T and per-shard scales recovered exactly)",
     "floatlm": "release fp16 Llama -> FloatLM export (tensors unchanged)",
@@ -59,7 +50,7 @@ def architecture_warnings(revision: ReleaseRevision, config: dict[str, Any]) -> 
     differences = [
         f"{key} {config.get(key)} (registry: {expected[key]})"
         for key in ARCHITECTURE_KEYS
-        if key in expected and config.get(key) != expected[key]
+        if key in expected and key in config and config[key] != expected[key]
     ]
     if not differences:
         return []

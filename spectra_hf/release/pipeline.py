@@ -19,7 +19,6 @@ revision is refused, missing or pending.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -33,16 +32,27 @@ from typing import Any
 import httpx2
 from huggingface_hub import HfApi, constants
 from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError
-from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
 from tqdm.auto import tqdm
 from transformers.utils import logging
 
 from spectra_hf.cards import Revision
 from spectra_hf.checkpoints.exports import checkpoint_dir, model_dir
-from spectra_hf.errors import CheckpointError, ConfigError, SpectraError
+from spectra_hf.checkpoints.io import read_config
+from spectra_hf.errors import CheckpointError, ConfigError, HubError
+from spectra_hf.hub.client import is_local_endpoint, local_hub_client, quiet_uploads
+from spectra_hf.hub.hashing import FileHashes
+from spectra_hf.hub.http_errors import explain_hub_error
 from spectra_hf.hub.pacing import HubLimits
-from spectra_hf.hub.plan import CARD_FILE, BranchPlan, PlanFile, PublishPlan, RepoPlan, check_repo_id, export_files
-from spectra_hf.hub.publish import Publisher, _explain, _local_hub_client, is_local_endpoint
+from spectra_hf.hub.plan import BranchPlan, PublishPlan, RepoPlan, check_repo_id, export_files
+from spectra_hf.hub.publish import Publisher
+from spectra_hf.hub.repo_files import (
+    CARD_FILE,
+    file_on_disk,
+    generated_file,
+    has_tokenizer,
+    human_size,
+    revisions_json,
+)
 from spectra_hf.release.cards import revision_card
 from spectra_hf.release.conversion import Conversion, convert_revision
 from spectra_hf.release.discovery import Discovery, ReleaseRevision, discover, select_models
@@ -59,8 +69,6 @@ from spectra_hf.release.manifest import (
 
 logger = logging.get_logger(__name__)
 
-REVISIONS_FILE = "revisions.json"
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKMGT]i?B?|B)?\s*$")
 _UNITS = {
     "": 1,
@@ -84,13 +92,6 @@ def parse_size(text: str) -> int:
     number, unit = match.groups()
     unit = (unit or "").removesuffix("B")
     return int(float(number) * _UNITS[unit[:1].upper() + unit[1:]])
-
-
-def human_size(size: int) -> str:
-    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if size >= scale:
-            return f"{size / scale:.2f} {unit}"
-    return f"{size} B"
 
 
 def directory_bytes(path: Path) -> int:
@@ -137,15 +138,6 @@ class ReleaseRunReport:
 
 def _slug(revision: ReleaseRevision) -> str:
     return f"{revision.source_repo.replace('/', '--')}@{revision.source_revision}"
-
-
-def _plan_file(path_in_repo: str, local: Path) -> PlanFile:
-    return PlanFile(path_in_repo=path_in_repo, size=local.stat().st_size, local_path=local)
-
-
-def _generated(path_in_repo: str, text: str) -> PlanFile:
-    content = text.encode("utf-8")
-    return PlanFile(path_in_repo=path_in_repo, size=len(content), content=content)
 
 
 class _Run:
@@ -243,7 +235,7 @@ class _Run:
     def _publish(self, revision: ReleaseRevision, conversion: Conversion, out: Path) -> None:
         target_org, publisher = self._target()
         files = export_files(out)
-        config = json.loads((out / "config.json").read_text(encoding="utf-8"))
+        config = read_config(out)
         checkpoints = self._published_checkpoints(revision) if revision.step is None else []
         card = revision_card(
             revision,
@@ -251,17 +243,16 @@ class _Run:
             org=target_org,
             config=config,
             revisions=checkpoints,
-            has_tokenizer=any(name in files for name in _TOKENIZER_FILES),
+            has_tokenizer=has_tokenizer(files),
         )
-        plan_files = [_plan_file(path, local) for path, local in files.items()] + [_generated(CARD_FILE, card)]
+        plan_files = [file_on_disk(path, local) for path, local in files.items()] + [generated_file(CARD_FILE, card)]
         repo_id = f"{target_org}/{revision.model.name}"
         if revision.step is None:
-            listing = {
-                "repo_id": repo_id,
-                "main": {"step": None, "tokens_seen": None, "release": f"{revision.key}"},
-                "revisions": [r.as_dict() for r in checkpoints],
-            }
-            plan_files.append(_generated(REVISIONS_FILE, json.dumps(listing, indent=2, sort_keys=True) + "\n"))
+            plan_files.append(
+                revisions_json(
+                    repo_id, main_step=None, main_tokens_seen=None, revisions=checkpoints, release=revision.key
+                )
+            )
         branch = BranchPlan(
             name=revision.branch, files=plan_files, step=revision.step, tokens_seen=revision.tokens_seen
         )
@@ -271,7 +262,7 @@ class _Run:
         self.report.commits += publisher.report.commits - before
         stale = publisher.changes(repo_id, branch)
         if stale:
-            raise SpectraError(
+            raise HubError(
                 f"{repo_id}@{branch.name} does not hold what was published ({len(stale)} files differ); "
                 "re-run to repair"
             )
@@ -285,17 +276,15 @@ class _Run:
         )
 
     def _import(self, revision: ReleaseRevision, conversion: Conversion, out: Path) -> None:
-        from spectra_hf.hub.publish import _Hashes
-
         suite_dir = self.suite_dir
         assert suite_dir is not None, "an import run has a suite directory"
-        hashes = _Hashes(None)
+        hashes = FileHashes(None)
         name = revision.model.name
         if revision.step is not None:
             target = checkpoint_dir(suite_dir, name, revision.step)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(target, ignore_errors=True)
-            files = {p.name: hashes.of(_plan_file(p.name, p))[0] for p in sorted(out.iterdir()) if p.is_file()}
+            files = {p.name: hashes.of(file_on_disk(p.name, p))[0] for p in sorted(out.iterdir()) if p.is_file()}
             os.replace(out, target)
         else:
             # the model's directory also holds its checkpoints/: replace its files one by one, not the directory
@@ -307,7 +296,7 @@ class _Run:
             files = {}
             for path in sorted(out.iterdir()):
                 if path.is_file():
-                    files[path.name] = hashes.of(_plan_file(path.name, path))[0]
+                    files[path.name] = hashes.of(file_on_disk(path.name, path))[0]
                     os.replace(path, target / path.name)
         relative = target.relative_to(suite_dir).as_posix()
         self.journal.record(
@@ -323,7 +312,7 @@ class _Run:
     def publish_manifest(self, manifest: dict[str, Any]) -> None:
         target_org, publisher = self._target()
         repo_id = f"{target_org}/{MANIFEST_REPO}"
-        files = [_generated(MANIFEST_FILE, render(manifest)), _generated(CARD_FILE, manifest_card(manifest))]
+        files = [generated_file(MANIFEST_FILE, render(manifest)), generated_file(CARD_FILE, manifest_card(manifest))]
         from spectra_hf.suite import all_models
 
         branch = BranchPlan(name="main", files=files)
@@ -390,10 +379,8 @@ def run_release(
     source_api = HfApi(endpoint=source_endpoint, token=token)
     doing = f"listing the release of {source_org} at {source_endpoint}"
     with ExitStack() as stack:
-        stack.enter_context(_local_hub_client(local))
-        if not progress:
-            disable_progress_bars()
-            stack.callback(enable_progress_bars)
+        stack.enter_context(local_hub_client(local))
+        stack.enter_context(quiet_uploads(not progress))
         try:
             found = discover(
                 source_api, source_org=source_org, models=selected, steps=steps, require_repos=bool(models)
@@ -440,7 +427,7 @@ def run_release(
                 doing = "publishing the manifest"
                 run.publish_manifest(manifest)
         except (HfHubHTTPError, httpx2.TransportError, LocalTokenNotFoundError) as error:
-            raise _explain(error, doing=doing, endpoint=endpoint, token=token) from None
+            raise explain_hub_error(error, doing=doing, endpoint=endpoint, token=token) from None
         finally:
             if "run" in locals() and run.publisher is not None:
                 run.publisher.hashes.save()
@@ -455,7 +442,7 @@ def _check_disk(found: Discovery, *, max_disk: int | None, work_dir: Path) -> No
     largest = max(found.revisions, key=lambda r: r.size)
     needed = disk_needed(largest.size)
     if max_disk is not None and needed > max_disk:
-        raise SpectraError(
+        raise ConfigError(
             f"--max-disk {human_size(max_disk)} is too small for one revision: {largest.key} needs "
             f"{human_size(needed)} (its {human_size(largest.size)} download and up to twice that while the conversion "
             "is written). Nothing was downloaded "
@@ -465,7 +452,7 @@ def _check_disk(found: Discovery, *, max_disk: int | None, work_dir: Path) -> No
     # what a previous run left in the work directory is freed as this one goes, so it counts as free
     free = shutil.disk_usage(probe).free + (directory_bytes(work_dir) if work_dir.exists() else 0)
     if needed > free:
-        raise SpectraError(
+        raise ConfigError(
             f"{probe} has {human_size(free)} free, too little for one revision: {largest.key} needs "
             f"{human_size(needed)}. "
             "Nothing was downloaded or published; free disk or pass a --work-dir on a larger disk"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .context import HubContext
-from .errors import HubError, bad_request, repo_not_found
+from .errors import ErrorResponse, bad_request, repo_not_found
 from .names import split_repo_id
 from .protocol import Request, Response, json_response
 
@@ -28,7 +28,7 @@ def create_collection(ctx: HubContext, req: Request) -> Response:
 def get_collection(ctx: HubContext, req: Request) -> Response:
     collection = ctx.collections.get(_slug(req))
     if req.user is None and collection.get("private"):
-        raise HubError(404, f"Collection {_slug(req)!r} not found.")
+        raise ErrorResponse(404, f"Collection {_slug(req)!r} not found.")
     return json_response(collection)
 
 

@@ -11,7 +11,7 @@ import re
 from urllib.parse import parse_qs, quote, urlencode
 
 from .context import HubContext
-from .errors import HubError, bad_request, entry_not_found
+from .errors import ErrorResponse, bad_request, entry_not_found
 from .names import check_path
 from .protocol import FileSlice, Request, Response, json_response
 from .trees import list_tree
@@ -54,7 +54,7 @@ def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
     else:
         start, end = max(size - int(last), 0), size - 1
     if start >= size or start > end:
-        raise HubError(416, f"Range {header!r} is outside the file ({size} bytes).",
+        raise ErrorResponse(416, f"Range {header!r} is outside the file ({size} bytes).",
                        headers={"Content-Range": f"bytes */{size}"})
     return start, end - start + 1
 

@@ -8,7 +8,7 @@ from urllib.parse import urlencode
 
 from .cardmeta import front_matter
 from .context import HubContext
-from .errors import HubError, bad_request
+from .errors import ErrorResponse, bad_request
 from .names import API_SEGMENTS, RepoRef, check_repo_type, repo_ref, split_repo_id
 from .protocol import Request, Response, json_response
 from .repo_metadata import card_data, model_metadata
@@ -31,7 +31,7 @@ def create_repo(ctx: HubContext, req: Request) -> Response:
     url = f"{req.base_url}/{repo.url_path}"
     if not ctx.store.create_repo(repo, private):
         # huggingface_hub reads `url` from this 409 body when create_repo(exist_ok=True).
-        raise HubError(409, f"You already created this {repo.type} repo: {repo.id}", extra={"url": url})
+        raise ErrorResponse(409, f"You already created this {repo.type} repo: {repo.id}", extra={"url": url})
     return json_response({"url": url, "name": repo.id, "id": ctx.store.metadata(repo)["_id"]})
 
 

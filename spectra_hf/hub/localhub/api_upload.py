@@ -19,7 +19,7 @@ from urllib.parse import urlencode
 from huggingface_hub.utils.sha import git_hash
 
 from .context import HubContext
-from .errors import HubError, bad_request, repo_not_found
+from .errors import ErrorResponse, bad_request, repo_not_found
 from .names import RepoRef, check_path, parse_url_path
 from .protocol import Request, Response, json_response, loads_json
 from .store import AddFile, Commit, DeletePath, FileEntry
@@ -94,7 +94,7 @@ def lfs_batch(ctx: HubContext, req: Request) -> Response:
         if not (isinstance(oid, str) and _SHA256.fullmatch(oid) and type(size) is int and size >= 0):
             raise bad_request(f"Bad LFS object {str(obj)[:200]}: need a sha256 hex oid and an integer size.")
         if size > ctx.max_file_bytes:
-            raise HubError(
+            raise ErrorResponse(
                 413, f"LFS object {oid} of {size} bytes is over the limit of {ctx.max_file_bytes} bytes per file."
             )
         answer: dict = {"oid": oid, "size": size}
@@ -121,7 +121,7 @@ def lfs_upload(ctx: HubContext, req: Request) -> Response:
     repo_path = req.arg("repo", "") or ""
     signature = req.arg("sig", "") or ""
     if not hmac.compare_digest(signature, ctx.sign_upload(oid, size, repo_path)):
-        raise HubError(403, "LFS upload URL signature is invalid: ask the LFS batch API for a new URL.")
+        raise ErrorResponse(403, "LFS upload URL signature is invalid: ask the LFS batch API for a new URL.")
     repo = parse_url_path(repo_path)
     if not ctx.store.exists(repo):
         raise repo_not_found(repo.id)
@@ -155,7 +155,7 @@ def _parse_commit(
                 data = base64.b64decode(value["content"], validate=True)
                 path = check_path(value["path"])
                 if len(data) >= ctx.lfs_threshold:
-                    raise HubError(
+                    raise ErrorResponse(
                         413,
                         f"{path!r} is {len(data)} bytes: files of {ctx.lfs_threshold} bytes and more must be uploaded "
                         "through LFS, not inline in a commit (the Hub's 10 MB rule; huggingface_hub does this itself "
@@ -188,7 +188,7 @@ def _parse_commit(
                 operations.append(DeletePath(check_path(path), folder=key == "deletedFolder"))
             else:
                 raise ValueError(f"unknown key {key!r}")
-        except HubError:
+        except ErrorResponse:
             raise
         except (KeyError, TypeError, ValueError, AttributeError, binascii.Error) as error:
             raise bad_request(f"Bad commit payload line {number}: {error}") from error
@@ -223,7 +223,7 @@ def commit(ctx: HubContext, req: Request) -> Response:
 
 def xet_token(ctx: HubContext, req: Request) -> Response:
     """What a client with hf_xet active asks for before uploading an LFS file: refused with the fix."""
-    raise HubError(
+    raise ErrorResponse(
         501,
         "The local Hub does not speak the xet protocol: set HF_HUB_DISABLE_XET=1 in the client's environment "
         "before huggingface_hub is imported, so uploads use the LFS batch API.",

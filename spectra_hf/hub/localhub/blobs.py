@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from .errors import HubError, bad_request
+from .errors import ErrorResponse, bad_request
 
 _HASH_CHUNK = 1 << 22
 
@@ -35,14 +35,14 @@ def _stamp(stat: os.stat_result) -> tuple[int, int, int, int]:
     return stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino
 
 
-def corrupt_blob(sha256: str, path_in_repo: str | None = None) -> HubError:
+def corrupt_blob(sha256: str, path_in_repo: str | None = None) -> ErrorResponse:
     """409 for a stored blob whose bytes no longer hash to its name (disk damage, someone edited the store).
 
     A server-side fault, but not a 5xx: huggingface_hub retries 5xx answers to HEAD /resolve/ for 23 s and then
     reports a cache miss; a 4xx reaches the user at once with this message.
     """
     what = f"{path_in_repo!r} (sha256 {sha256})" if path_in_repo else f"blob {sha256}"
-    return HubError(
+    return ErrorResponse(
         409,
         f"The stored content of {what} is corrupt on this local Hub (its bytes no longer match their sha256) and "
         "was set aside: upload the file again (re-running `spectra-hf publish` repairs it).",

@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .errors import HubError
+from .errors import ErrorResponse
 from .files import read_json, write_json_atomic
 from .names import check_namespace
 
@@ -36,14 +36,14 @@ class CollectionStore:
     def _file(self, slug: str) -> Path:
         namespace, _, name = slug.partition("/")
         if not _SLUG_NAME.fullmatch(name):
-            raise HubError(404, f"Collection {slug!r} not found.")
+            raise ErrorResponse(404, f"Collection {slug!r} not found.")
         check_namespace(namespace)
         return self._root / namespace / f"{name}.json"
 
     def get(self, slug: str) -> dict:
         path = self._file(slug)
         if not path.is_file():
-            raise HubError(404, f"Collection {slug!r} not found.")
+            raise ErrorResponse(404, f"Collection {slug!r} not found.")
         return read_json(path)
 
     def list(self, owner: str | None = None, item: str | None = None) -> list[dict]:
@@ -58,11 +58,11 @@ class CollectionStore:
     def create(self, namespace: str, title: str, description: str | None, private: bool) -> dict:
         check_namespace(namespace)
         if not title.strip():
-            raise HubError(400, "A collection needs a non-empty title.")
+            raise ErrorResponse(400, "A collection needs a non-empty title.")
         with self._lock:
             for existing in self.list(owner=namespace):
                 if existing["title"] == title:
-                    raise HubError(409, f"Collection {title!r} already exists.", extra={"slug": existing["slug"]})
+                    raise ErrorResponse(409, f"Collection {title!r} already exists.", extra={"slug": existing["slug"]})
             words = "-".join(re.findall(r"[a-z0-9]+", title.lower())) or "collection"
             slug = f"{namespace}/{words}-{_object_id(namespace, title, _now())}"
             collection: dict[str, Any] = {
@@ -77,7 +77,7 @@ class CollectionStore:
         with self._lock:
             collection = self.get(slug)
             if any(item["id"] == item_id and item["type"] == item_type for item in collection["items"]):
-                raise HubError(409, f"{item_type} {item_id!r} is already in collection {slug!r}.")
+                raise ErrorResponse(409, f"{item_type} {item_id!r} is already in collection {slug!r}.")
             item = {"_id": _object_id(slug, item_type, item_id), "id": item_id, "type": item_type,
                     "position": len(collection["items"])}
             if note is not None:
@@ -92,7 +92,7 @@ class CollectionStore:
             collection = self.get(slug)
             items = [item for item in collection["items"] if item["_id"] != item_object_id]
             if len(items) == len(collection["items"]):
-                raise HubError(404, f"Item {item_object_id!r} not found in collection {slug!r}.")
+                raise ErrorResponse(404, f"Item {item_object_id!r} not found in collection {slug!r}.")
             collection["items"] = [{**item, "position": i} for i, item in enumerate(items)]
             collection["lastUpdated"] = _now()
             write_json_atomic(self._file(slug), collection)
@@ -101,5 +101,5 @@ class CollectionStore:
         with self._lock:
             path = self._file(slug)
             if not path.is_file():
-                raise HubError(404, f"Collection {slug!r} not found.")
+                raise ErrorResponse(404, f"Collection {slug!r} not found.")
             path.unlink()

@@ -13,7 +13,7 @@ import traceback
 from collections.abc import Callable
 
 from .context import HubContext
-from .errors import HubError, repo_not_found
+from .errors import ErrorResponse, repo_not_found
 from .faults import FaultPlan
 from .names import API_SEGMENTS, URL_PREFIXES, repo_ref
 from .protocol import Request, Response, json_response
@@ -37,7 +37,7 @@ def _process_info() -> dict:
     return {"pid": os.getpid(), "rss_bytes": rss, "heavy_modules": [m for m in _HEAVY_MODULES if m in sys.modules]}
 
 
-def error_response(error: HubError) -> Response:
+def error_response(error: ErrorResponse) -> Response:
     headers = dict(error.headers)
     if error.code:
         headers["X-Error-Code"] = error.code
@@ -79,11 +79,11 @@ class Dispatcher:
             if scheme.lower() == "bearer" and hmac.compare_digest(secret, token.encode()):
                 return user
         # The exact message huggingface_hub recognizes as a bad token (rather than a missing repo).
-        raise HubError(401, "Invalid credentials in Authorization header")
+        raise ErrorResponse(401, "Invalid credentials in Authorization header")
 
     @staticmethod
-    def _login_required() -> HubError:
-        return HubError(
+    def _login_required() -> ErrorResponse:
+        return ErrorResponse(
             401,
             "Authorization required: this local Hub was started with a token; pass token=... to huggingface_hub "
             "or set HF_TOKEN.",
@@ -94,7 +94,7 @@ class Dispatcher:
         kind = "-"
         try:
             if req.body.framing_error is not None:
-                raise HubError(400, req.body.framing_error)
+                raise ErrorResponse(400, req.body.framing_error)
             if req.path == STATS_PATH and req.method == "GET":
                 if self._user(req) is None:
                     raise self._login_required()
@@ -119,9 +119,9 @@ class Dispatcher:
                 if req.user is None and kind != "lfs_upload" and self.ctx.store.metadata(req.repo)["private"]:
                     raise repo_not_found(req.repo.id)  # as the Hub: a private repo does not exist for outsiders
             return route.handler(self.ctx, req), kind
-        except HubError as error:
+        except ErrorResponse as error:
             return error_response(error), kind
         except Exception as error:  # a bug in a handler: answer 500, keep serving
             if self._log is not None:
                 self._log(traceback.format_exc())
-            return error_response(HubError(500, f"Internal error in the local Hub: {error!r}")), kind
+            return error_response(ErrorResponse(500, f"Internal error in the local Hub: {error!r}")), kind

@@ -7,7 +7,7 @@ shows `X-Error-Message` and the JSON body's `error` field to the user.
 from __future__ import annotations
 
 
-class HubError(Exception):
+class ErrorResponse(Exception):
     """An answer other than 2xx: status, a one-line message naming the problem, and optional extra headers."""
 
     def __init__(
@@ -27,22 +27,22 @@ class HubError(Exception):
         self.extra = dict(extra or {})  # more JSON fields beside "error" (e.g. the existing repo's url on 409)
 
 
-def bad_request(message: str) -> HubError:
+def bad_request(message: str) -> ErrorResponse:
     """400: the request names something the Hub would refuse (bad repo id, path, revision, payload)."""
-    return HubError(400, message)
+    return ErrorResponse(400, message)
 
 
-def repo_not_found(repo_id: str) -> HubError:
+def repo_not_found(repo_id: str) -> ErrorResponse:
     """404 that huggingface_hub raises as RepositoryNotFoundError."""
-    return HubError(404, f"Repository {repo_id!r} not found on this local Hub.", code="RepoNotFound")
+    return ErrorResponse(404, f"Repository {repo_id!r} not found on this local Hub.", code="RepoNotFound")
 
 
-def revision_not_found(revision: str) -> HubError:
+def revision_not_found(revision: str) -> ErrorResponse:
     """404 that huggingface_hub raises as RevisionNotFoundError."""
-    return HubError(404, f"Invalid rev id: {revision}", code="RevisionNotFound")
+    return ErrorResponse(404, f"Invalid rev id: {revision}", code="RevisionNotFound")
 
 
-def entry_not_found(path: str, commit: str | None = None, message: str | None = None) -> HubError:
+def entry_not_found(path: str, commit: str | None = None, message: str | None = None) -> ErrorResponse:
     """404 that huggingface_hub raises as (Remote)EntryNotFoundError; `commit` lets it cache the absence."""
     headers = {"X-Repo-Commit": commit} if commit else None
-    return HubError(404, message or f"Entry not found: {path}", code="EntryNotFound", headers=headers)
+    return ErrorResponse(404, message or f"Entry not found: {path}", code="EntryNotFound", headers=headers)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
-from .errors import HubError
+from .errors import ErrorResponse
 from .routes import ROUTE_KINDS
 
 
@@ -64,9 +64,9 @@ class Fault:
         self.injected += int(fails)
         return fails
 
-    def error(self) -> HubError:
+    def error(self) -> ErrorResponse:
         headers = {"Retry-After": str(self.retry_after)} if self.status in (429, 503) else None
-        return HubError(
+        return ErrorResponse(
             self.status,
             f"Injected fault: {self.status} on a {self.kind!r} request (local Hub fault injection).",
             headers=headers,

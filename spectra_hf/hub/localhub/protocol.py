@@ -10,7 +10,7 @@ from io import BufferedIOBase
 from pathlib import Path
 from typing import Any
 
-from .errors import HubError, bad_request
+from .errors import ErrorResponse, bad_request
 from .names import RepoRef
 
 _CHUNK = 1 << 20
@@ -102,13 +102,13 @@ class Body:
                 drained += len(data)
                 if drained > at_most:
                     return False
-        except HubError:
+        except ErrorResponse:
             return False
         return self._done
 
 
-def payload_too_large(size: int, limit: int) -> HubError:
-    return HubError(
+def payload_too_large(size: int, limit: int) -> ErrorResponse:
+    return ErrorResponse(
         413,
         f"Request body of {size} bytes is over this local Hub's limit of {limit} bytes: upload large files through "
         "LFS (huggingface_hub does so for files of 10 MB and more), or start the server with a larger --max-body-mb.",

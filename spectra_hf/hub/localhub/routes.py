@@ -14,7 +14,7 @@ from urllib.parse import unquote
 
 from . import api_collections, api_files, api_repos, api_upload
 from .context import HubContext
-from .errors import HubError
+from .errors import ErrorResponse
 from .protocol import Request, Response
 
 Handler = Callable[[HubContext, Request], Response]
@@ -95,5 +95,5 @@ def match(method: str, path: str) -> tuple[Route, dict[str, str]]:
             return route, {key: unquote(value) for key, value in found.groupdict().items() if value is not None}
         path_known = True
     if path_known:
-        raise HubError(405, f"{method} is not allowed on {path}.")
-    raise HubError(404, f"No local Hub route for {method} {path}.")
+        raise ErrorResponse(405, f"{method} is not allowed on {path}.")
+    raise ErrorResponse(404, f"No local Hub route for {method} {path}.")

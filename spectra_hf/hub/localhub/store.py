@@ -29,7 +29,7 @@ from pathlib import Path
 from huggingface_hub.utils.sha import git_hash
 
 from .blobs import BlobStore, lfs_pointer
-from .errors import HubError, bad_request, entry_not_found, repo_not_found, revision_not_found
+from .errors import ErrorResponse, bad_request, entry_not_found, repo_not_found, revision_not_found
 from .files import read_json, write_json_atomic
 from .names import URL_PREFIXES, RepoRef, check_ref_name, check_revision, is_commit_oid
 
@@ -129,7 +129,7 @@ def _apply(tree: dict[str, FileEntry], operation: AddFile | DeletePath, commit: 
 
 
 class RepoStore:
-    """Create, read and update repos under `root`; all methods raise HubError for what a client got wrong."""
+    """Create, read and update repos under `root`; all methods raise ErrorResponse for what a client got wrong."""
 
     def __init__(self, root: Path):
         self.root = Path(root)
@@ -238,7 +238,7 @@ class RepoStore:
             self.require(source)
             source = self.canonical(source)
             if self.exists(target):
-                raise HubError(409, f"Cannot move {source.id} to {target.id}: that repo already exists.")
+                raise ErrorResponse(409, f"Cannot move {source.id} to {target.id}: that repo already exists.")
             target = self.canonical(target)
             self._dir(target).parent.mkdir(parents=True, exist_ok=True)
             os.rename(self._dir(source), self._dir(target))
@@ -305,7 +305,7 @@ class RepoStore:
             target = self.resolve(repo, revision or DEFAULT_BRANCH)
             refs = self.refs(repo)
             if name in refs[_REF_KEYS[kind]]:
-                raise HubError(409, f"Reference already exists: {kind} {name!r}.")
+                raise ErrorResponse(409, f"Reference already exists: {kind} {name!r}.")
             refs[_REF_KEYS[kind]][name] = target.oid
             self._write_refs(repo, refs)
 
@@ -357,7 +357,7 @@ class RepoStore:
                     raise bad_request(f"Can only commit to a branch, and {branch!r} is not one.")
                 raise revision_not_found(branch)
             if parent is not None and not head_oid.startswith(parent.lower()):
-                raise HubError(
+                raise ErrorResponse(
                     412, f"A commit has happened since {parent} on branch {branch!r}: refresh and try again."
                 )
             tree = dict(self.commit(repo, head_oid).tree)
