@@ -211,3 +211,26 @@ def test_a_damaged_journal_is_rebuilt_from_the_target(hub, release, tmp_path):
     assert report.complete and report.processed == 0 and report.commits == 0
     assert report.manifest == first.manifest
     assert (work / (JOURNAL_FILE + ".damaged")).is_file()
+
+
+def test_the_download_folder_ends_holding_exactly_the_release_tree(hub, release, tmp_path):
+    from spectra_hf.release.discovery import discover, select_models
+    from spectra_hf.release.disk import DiskBudget
+    from spectra_hf.release.download import download_revision
+
+    api = HfApi(endpoint=hub.url)
+    (revision,) = [r for r in discover(api, source_org=SOURCE, models=select_models(MODELS)).revisions if r.step]
+    source = release[revision.key]
+    folder = tmp_path / "download"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")  # a listed name with other bytes: replaced
+    (folder / "stray").mkdir()
+    (folder / "stray" / "x.bin").write_bytes(b"x")  # not in the tree: removed
+    weights = (source / "model.safetensors").read_bytes()
+    (folder / "model.safetensors.part").write_bytes(weights[: len(weights) // 2])  # what a kill left: resumed
+    download_revision(revision, folder, endpoint=hub.url, token=None, budget=DiskBudget(folder, limit=None))
+    held = {p.relative_to(folder).as_posix(): p for p in folder.rglob("*") if p.is_file()}
+    assert set(held) == {f.path for f in revision.files}
+    for name, path in held.items():
+        if (source / name).is_file():
+            assert path.read_bytes() == (source / name).read_bytes(), name
