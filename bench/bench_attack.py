@@ -193,8 +193,8 @@ def main() -> None:
         if not ok:
             problems.append(f"{what}: exit {code} (wanted {wanted}{', ' + repr(needle) if needle else ''}): {last}")
 
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = Path(scratch)
         os.environ["HF_HOME"] = str(tmp / "hf-home")
         server = Server(tmp / "hub", free_port(), [])
         server.start()
