@@ -25,6 +25,7 @@ unverified.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -172,7 +173,6 @@ class _Run:
         self.journal = Journal(work_dir / JOURNAL_FILE)
         self.budget = budget
         self.token = token
-        self.target_api = target_api
         self.private = private
         self.progress = progress
         self.report = report
@@ -331,19 +331,22 @@ class _Run:
 
     def unconfirmed(self, revisions: Sequence[ReleaseRevision]) -> list[tuple[ReleaseRevision, str]]:
         """The final check: (revision, why) for each published row the target does not hold as recorded."""
-        assert self.target_api is not None and self.target_org is not None, "only a publish run checks a target"
+        _, publisher = self._target()
         failed = []
         for revision in revisions:
             entry = self.journal.entries.get(revision.key, {})
             if entry.get("state") != "published" or not self.done(revision):
                 continue
-            problem = branch_problem(
-                self.target_api,
+            check = functools.partial(
+                branch_problem,
+                publisher.api,
                 repo_id=f"{self.target_org}/{revision.model.name}",
                 branch=revision.branch,
                 commit=entry.get("commit"),
                 files=entry["files"],
             )
+            # paced and retried like the publishing itself: refs, tree, and the small files it fetches
+            problem = publisher.pacer.call(check, requests=2 + len(entry["files"]))
             if problem is not None:
                 failed.append((revision, problem))
         return failed
