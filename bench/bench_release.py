@@ -90,7 +90,7 @@ def _measure(family: str, hub_url: str, work: Path) -> dict:
     from peak_memory import peak_rss_bytes
 
     from spectra_hf.release import run_release
-    from spectra_hf.release.pipeline import directory_bytes
+    from spectra_hf.release.disk import directory_bytes
 
     peak, running = [0], [True]
 

@@ -30,7 +30,7 @@ DEFAULT_MODELS = ("TriLM_99M", "FloatLM_99M", "QuantLM_99M_4bit", "TriLM_1.1B")
 ORG = "soak"
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -136,7 +136,7 @@ def main() -> None:
               f"{plan.totals()['bytes'] / 1e6:.1f} MB; faults on {len(ROUTE_KINDS) - 1} route kinds: 429 every "
               f"{every_429}, 503 every {every_503}; {args.kills} kills", flush=True)
 
-        server = Server(tmp / "hub", _free_port(), faults)
+        server = Server(tmp / "hub", free_port(), faults)
         server.start()
         command = [str(Path(sys.executable).with_name("spectra-hf")), "publish", str(suite), "--org", ORG,
                    "--endpoint", server.url, "--models", *args.models, "--no-progress", "--max-retries", "30"]
@@ -177,7 +177,7 @@ def main() -> None:
         server.kill()
         soak_s = time.perf_counter() - started
 
-        clean = Server(tmp / "hub", _free_port(), [])  # the same store, no faults: what is really there
+        clean = Server(tmp / "hub", free_port(), [])  # the same store, no faults: what is really there
         clean.start()
         try:
             result = _verify_everything(plan, clean.url)

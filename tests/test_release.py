@@ -350,6 +350,7 @@ def test_full_release_survives_kills_stays_under_budget_and_reproduces_every_fam
     for manifest in (as_killed, killed_manifest):  # the card and revisions.json name the org, so their hashes differ
         for row in manifest["revisions"]:
             assert {"README.md", "model.safetensors", "config.json"} <= set(row["files"])
+            assert len(row.pop("commit")) == 40  # the target branch's commit: its own in each org
             row["files"] = {
                 path: sha for path, sha in row["files"].items() if path not in ("README.md", "revisions.json")
             }

@@ -13,8 +13,9 @@ DESCRIPTION = (
     "every revision (TriLM packed, FloatLM, QuantLM GPTQ codes recovered), verify it against the release tensors and "
     "publish it as branch main / step<N> of ORG/<name>, one revision at a time under --max-disk. A journal in "
     "--work-dir makes a killed run resume without repeating finished revisions; a manifest of every revision (new "
-    "branch, checks, sha256 of what was published; refused and missing ones with the reason) is written and "
-    "published to ORG/spectra-release-manifest. Exit status 1 while any revision is refused, missing or pending."
+    "branch, checks, sha256 of what was published, each confirmed on the target Hub; refused and missing ones with the "
+    "reason) is written and published to ORG/spectra-release-manifest. A work dir serves one target. Exit status 1 "
+    "while any revision is refused, missing, pending or not confirmed on the target."
 )
 
 
@@ -35,7 +36,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "--max-disk",
         default=None,
         metavar="SIZE",
-        help="disk the work dir may use, e.g. 200GB (checked before anything is downloaded)",
+        help="disk the work dir may use, e.g. 200GB (checked before anything is downloaded and enforced during the "
+        "run: it stops, resumably, before passing it)",
     )
     parser.add_argument(
         "--models",
@@ -70,6 +72,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     _common(publish)
     publish.add_argument("--to", dest="target_org", required=True, help="the org to publish to")
     publish.add_argument("--private", action="store_true", help="create new repos private")
+    publish.add_argument(
+        "--rebuild-journal",
+        action="store_true",
+        help="rebuild the work dir's journal (e.g. a damaged one, kept beside it) from what the target Hub holds: "
+        "rows of its published manifest that still check out; every other revision is processed again",
+    )
     publish.set_defaults(func=run)
     imp = actions.add_parser("import", help="convert every release revision into a suite directory (no publishing)")
     _common(imp)
@@ -102,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         down_mb_s=args.down_mb_s,
         up_mb_s=args.up_mb_s,
+        rebuild_journal=getattr(args, "rebuild_journal", False),
     )
     if args.dry_run:
         if args.json:
@@ -137,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
         assert manifest is not None, "a run that is not a dry run builds its manifest"
         problems = [f"{r['revision']}: {r['reason']}" for r in manifest["refused"]]
         problems += [f"{m['what']}: {m['reason']}" for m in manifest["missing"]]
+        problems += [f"{r['revision']}: not confirmed on the target: {r['reason']}" for r in manifest["unverified"]]
         problems += [f"{key}: pending" for key in manifest["pending"]]
         print(
             f"spectra-hf release: error: {len(problems)} release revisions not published: " + "; ".join(problems[:5]),

@@ -114,7 +114,10 @@ def _convert_trained(
         convert_checkpoint(source, out, to="packed" if family == "trilm" else "floatlm", progress=False)
     except (ValueError, OSError, SpectraError) as error:  # the reader's message names the tensor
         raise CheckpointError(f"{revision.key}: {error}") from error
-    release, converted = Checkpoint(source), Checkpoint(out)
+    release, converted = Checkpoint(source), Checkpoint(out)  # Checkpoint(out) checks every recorded digest
+    if converted.digests is None or not converted.digests.complete:
+        raise CheckpointError(f"{revision.key}: the converted export at {out} does not carry a digest for every tensor")
+    result.checks.append(f"sha256 digests recorded for all {converted.digests.checked} tensors and checked")
     matrices = tensors = 0
     shards = release.shards
     for name in release.tensor_names():

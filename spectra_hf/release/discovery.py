@@ -27,8 +27,12 @@ _WEIGHT_SUFFIX = ".safetensors"
 
 @dataclass(frozen=True)
 class ReleaseFile:
+    """A file of a release revision as its tree listing gives it: the download is checked against these."""
+
     path: str
     size: int
+    blob_id: str = ""  # git blob sha1
+    sha256: str | None = None  # LFS files only
 
 
 @dataclass
@@ -38,7 +42,7 @@ class ReleaseRevision:
     model: SuiteModel
     source_repo: str  # e.g. SpectraSuite/TriLM_99M_Unpacked_ckpts
     source_revision: str  # branch name in the source repo
-    source_commit: str
+    source_commit: str  # what the branch pointed at when discovered: listed, downloaded and converted
     step: int | None  # None for the final model (published as `main`)
     files: list[ReleaseFile]
 
@@ -118,8 +122,16 @@ def select_models(names: Sequence[str] | None) -> list[SuiteModel]:
 
 
 def _files(api: HfApi, repo_id: str, revision: str) -> list[ReleaseFile]:
+    """The tree of `revision` (a commit sha: the files of that commit, whatever its branch does meanwhile)."""
     entries = api.list_repo_tree(repo_id, revision=revision, recursive=True)
-    return sorted((ReleaseFile(e.path, e.size) for e in entries if isinstance(e, RepoFile)), key=lambda f: f.path)
+    return sorted(
+        (
+            ReleaseFile(e.path, e.size, blob_id=e.blob_id, sha256=e.lfs.sha256 if e.lfs is not None else None)
+            for e in entries
+            if isinstance(e, RepoFile)
+        ),
+        key=lambda f: f.path,
+    )
 
 
 def _first_existing(api: HfApi, candidates: Sequence[str]):
@@ -188,7 +200,7 @@ def discover(
         for step in wanted if model.family != "quantlm" else []:
             revision = f"step{step}"
             try:
-                files = _files(api, ckpt_repo, revision)
+                files = _files(api, ckpt_repo, branches[step])
             except RevisionNotFoundError:  # deleted between the refs listing and now
                 found.missing.append(
                     {"what": f"{ckpt_repo}@{revision}", "reason": "branch disappeared during discovery"}
@@ -196,5 +208,6 @@ def discover(
                 continue
             found.revisions.append(ReleaseRevision(model, ckpt_repo, revision, branches[step], step, files))
         main = next((ref.target_commit for ref in final_refs.branches if ref.name == "main"), "")
-        found.revisions.append(ReleaseRevision(model, final_repo, "main", main, None, _files(api, final_repo, "main")))
+        files = _files(api, final_repo, main or "main")
+        found.revisions.append(ReleaseRevision(model, final_repo, "main", main, None, files))
     return found

@@ -1,7 +1,9 @@
 """The manifest of a release run: every release revision, what it became, and proof of it.
 
-For each revision of the release: the new repo and branch, the conversion and the checks it passed, warnings, and
-the sha256 of every published file; revisions that were refused or are missing carry the reason. The document is a
+For each revision of the release: the release commit whose bytes were converted, the new repo, branch and the commit
+it was checked at, the conversion and the checks it passed, warnings, and the sha256 of every published file (each
+confirmed on the target by release.verify before the row says `published`; a row that did not confirm says
+`unverified` with the reason); revisions that were refused or are missing carry the reason. The document is a
 function of the release and the journal only (no times, no paths of this machine), so runs that end in the same
 state write the same bytes, and publishing it again makes no commit.
 """
@@ -23,10 +25,12 @@ FORMAT_VERSION = 1
 
 def build_manifest(discovery: Discovery, journal: Journal, *, target_org: str | None, mode: str) -> dict[str, Any]:
     """The manifest document for the revisions of `discovery`, their state taken from `journal`."""
-    rows, refused, pending = [], [], []
+    rows, refused, pending, unverified = [], [], [], []
     for revision in discovery.revisions:
         entry = journal.entries.get(revision.key, {})
         state = entry.get("state", "pending")
+        if state in DONE_STATES and entry.get("source_commit") != revision.source_commit:
+            state = "pending"  # done for another commit of the release branch: not this one
         row: dict[str, Any] = {
             "release": {
                 "repo": revision.source_repo,
@@ -37,17 +41,20 @@ def build_manifest(discovery: Discovery, journal: Journal, *, target_org: str | 
             "step": revision.step,
             "tokens_seen": revision.tokens_seen,
             "release_bytes": revision.size,
-            "status": state if state in DONE_STATES or state == "refused" else "pending",
+            "status": state if state in (*DONE_STATES, "refused", "unverified") else "pending",
         }
         if target_org is not None:
             row["repo"] = f"{target_org}/{revision.model.name}"
             row["branch"] = revision.branch
-        for key in ("conversion", "checks", "warnings", "files", "path", "reason"):
-            if key in entry:
-                row[key] = entry[key]
+        if row["status"] != "pending":
+            for key in ("conversion", "checks", "warnings", "files", "path", "reason", "commit"):
+                if key in entry:
+                    row[key] = entry[key]
         rows.append(row)
         if row["status"] == "refused":
             refused.append({"revision": revision.key, "reason": entry.get("reason", "")})
+        elif row["status"] == "unverified":
+            unverified.append({"revision": revision.key, "reason": entry.get("reason", "")})
         elif row["status"] == "pending":
             pending.append(revision.key)
     return {
@@ -59,8 +66,9 @@ def build_manifest(discovery: Discovery, journal: Journal, *, target_org: str | 
         "refused": refused,
         "missing": discovery.missing,
         "pending": pending,
+        "unverified": unverified,
         "warnings": sorted({w for row in rows for w in row.get("warnings", [])}),
-        "complete": not (refused or discovery.missing or pending),
+        "complete": not (refused or discovery.missing or pending or unverified),
     }
 
 

@@ -2,16 +2,22 @@
 
 For each release revision (per model: its checkpoint branches by step, then the final model as `main`):
 
-    download (huggingface_hub, resumable) -> convert + verify (release.conversion) -> free the download
+    download exactly the release tree at the discovered commit (release.download: resumable, each file checked)
+    -> convert + verify (release.conversion) -> free the download
     -> publish as branch `step<N>` / `main` of ORG/<name> (the publisher: one idempotent commit per branch,
-       paced, verified) -> journal entry with the sha256 of every published file -> free the output
+       paced, verified) -> journal entry with the branch's commit and the sha256 of every published file
+    -> free the output
 
 Only one revision's files exist at a time, so disk stays under three times the largest revision (its download, and
 its conversion twice while a shard's header is put in front), which is checked against `max_disk` before anything
-is downloaded. The journal (release.journal) makes a killed run resume where it stopped;
-the publisher's tree comparison makes sure no revision is committed twice. At the end the manifest
-(release.manifest) is written, published to ORG/spectra-release-manifest, and returned; the run is complete when no
-revision is refused, missing or pending.
+is downloaded, and again, against the measured usage of the work dir, before each file is downloaded and before
+each conversion (release.disk): a run that would pass the budget stops before it, resumably. The work dir is bound
+to one target (release.target). The journal (release.journal) makes a killed run resume where it stopped; the
+publisher's tree comparison makes sure no revision is committed twice. Before the manifest is written, every
+published row is confirmed on the target (release.verify: branch at the recorded commit, every sha256); a row that
+is not is processed again, then reported `unverified`. The manifest (release.manifest) is then written, published to
+ORG/spectra-release-manifest, and returned; the run is complete when no revision is refused, missing, pending or
+unverified.
 
 `import` mode runs the same loop but moves each verified conversion into a suite directory
 (`spectra_hf.checkpoints.exports` layout) instead of publishing it.
@@ -19,11 +25,12 @@ revision is refused, missing or pending.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +63,8 @@ from spectra_hf.hub.repo_files import (
 from spectra_hf.release.cards import revision_card
 from spectra_hf.release.conversion import Conversion, convert_revision
 from spectra_hf.release.discovery import Discovery, ReleaseRevision, discover, select_models
+from spectra_hf.release.disk import DiskBudget, directory_bytes
+from spectra_hf.release.download import download_revision
 from spectra_hf.release.estimate import Estimate, disk_needed, estimate, revisions_of
 from spectra_hf.release.journal import JOURNAL_FILE, Journal
 from spectra_hf.release.manifest import (
@@ -66,6 +75,8 @@ from spectra_hf.release.manifest import (
     render,
     write_manifest,
 )
+from spectra_hf.release.target import bind_work_dir
+from spectra_hf.release.verify import branch_problem, rebuild_entries
 
 logger = logging.get_logger(__name__)
 
@@ -94,18 +105,6 @@ def parse_size(text: str) -> int:
     return int(float(number) * _UNITS[unit[:1].upper() + unit[1:]])
 
 
-def directory_bytes(path: Path) -> int:
-    """Bytes of the regular files under `path` (what the run occupies on disk)."""
-    total = 0
-    for root, _, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(root, name)).st_size
-            except FileNotFoundError:
-                continue
-    return total
-
-
 @dataclass
 class ReleaseRunReport:
     """What one run did. `manifest["complete"]` says whether every release revision is accounted for."""
@@ -119,7 +118,8 @@ class ReleaseRunReport:
     processed: int = 0
     skipped: int = 0
     refused: list[str] = field(default_factory=list)
-    peak_disk_bytes: int = 0
+    reprocessed: list[str] = field(default_factory=list)  # published rows the final check did not confirm
+    peak_disk_bytes: int = 0  # measured (release.disk), sampled while the run held files
     seconds: float = 0.0
 
     @property
@@ -132,7 +132,8 @@ class ReleaseRunReport:
             f"{len(self.discovery.revisions)} release revisions: {self.processed} processed, "
             f"{self.skipped} already done, "
             f"{len(m.get('refused', []))} refused, {len(m.get('missing', []))} missing, {len(m.get('pending', []))} "
-            f"pending; {self.commits} commits; peak disk {human_size(self.peak_disk_bytes)}; {self.seconds:.1f} s"
+            f"pending, {len(m.get('unverified', []))} unverified ({len(self.reprocessed)} re-processed after the "
+            f"final check); {self.commits} commits; peak disk {human_size(self.peak_disk_bytes)}; {self.seconds:.1f} s"
         )
 
 
@@ -157,6 +158,8 @@ class _Run:
         private: bool,
         progress: bool,
         report: ReleaseRunReport,
+        budget: DiskBudget,
+        token: str | None,
     ) -> None:
         self.mode = mode
         self.discovery = discovery
@@ -167,6 +170,8 @@ class _Run:
         self.downloads = work_dir / "download"
         self.converted = work_dir / "convert"
         self.journal = Journal(work_dir / JOURNAL_FILE)
+        self.budget = budget
+        self.token = token
         self.private = private
         self.progress = progress
         self.report = report
@@ -181,8 +186,10 @@ class _Run:
         assert self.target_org is not None and self.publisher is not None, "only a publish run publishes"
         return self.target_org, self.publisher
 
-    def measure_disk(self) -> None:
-        self.report.peak_disk_bytes = max(self.report.peak_disk_bytes, directory_bytes(self.work_dir))
+    def done(self, revision: ReleaseRevision) -> bool:
+        """Done for this very release commit (a branch that moved since is processed again)."""
+        entry = self.journal.entries.get(revision.key, {})
+        return self.journal.done(revision.key) and entry.get("source_commit") == revision.source_commit
 
     def _clear_other_work(self, keep: Path) -> None:
         """Remove what a killed run left of other revisions, so that one revision at a time is on disk."""
@@ -197,13 +204,15 @@ class _Run:
         download = self.downloads / _slug(revision)
         out = self.converted / _slug(revision)
         self._clear_other_work(keep=download)
+        shutil.rmtree(out, ignore_errors=True)  # the conversion writes into a folder of its own, from scratch
         if not revision.has_weights:
             self.journal.record(key, "refused", reason=f"{key} holds no config.json and *.safetensors weights")
             self.report.refused.append(key)
             return
-        self.source_api.snapshot_download(revision.source_repo, revision=revision.source_revision, local_dir=download)
-        self.measure_disk()
+        download_revision(revision, download, endpoint=self.source_api.endpoint, token=self.token, budget=self.budget)
         self.journal.record(key, "downloaded")
+        # the converted output is never larger than the fp16 input, held twice while a shard's header is put in front
+        self.budget.admit(disk_needed(revision.size) - revision.size, doing=f"converting {key}")
         try:
             conversion = convert_revision(revision, download, out)
         except CheckpointError as error:
@@ -214,7 +223,7 @@ class _Run:
             self.report.refused.append(f"{key}: {reason}")
             logger.error(f"refused {key}: {reason}")
             return
-        self.measure_disk()
+        self.budget.measure()
         shutil.rmtree(download, ignore_errors=True)
         self.journal.record(key, "converted", checks=conversion.checks)
         if self.mode == "publish":
@@ -228,7 +237,7 @@ class _Run:
         """Done checkpoint branches of the same model, by step (main's card and revisions.json list them)."""
         rows = []
         for other in self.discovery.revisions:
-            if other.model == revision.model and other.step is not None and self.journal.done(other.key):
+            if other.model == revision.model and other.step is not None and self.done(other):
                 rows.append(Revision(branch=other.branch, step=other.step, tokens_seen=other.tokens_seen))
         return sorted(rows, key=lambda r: r.step)
 
@@ -266,9 +275,15 @@ class _Run:
                 f"{repo_id}@{branch.name} does not hold what was published ({len(stale)} files differ); "
                 "re-run to repair"
             )
+        refs = publisher.api.list_repo_refs(repo_id).branches
+        head = next(ref.target_commit for ref in refs if ref.name == branch.name)  # the commit the final check expects
         self.journal.record(
             revision.key,
             "published",
+            repo=repo_id,
+            branch=branch.name,
+            commit=head,
+            source_commit=revision.source_commit,
             conversion=conversion.conversion,
             checks=conversion.checks,
             warnings=conversion.warnings,
@@ -302,12 +317,35 @@ class _Run:
         self.journal.record(
             revision.key,
             "imported",
+            source_commit=revision.source_commit,
             conversion=conversion.conversion,
             checks=conversion.checks,
             warnings=conversion.warnings,
             files=files,
             path=relative,
         )
+
+    def unconfirmed(self, revisions: Sequence[ReleaseRevision]) -> list[tuple[ReleaseRevision, str]]:
+        """The final check: (revision, why) for each published row the target does not hold as recorded."""
+        _, publisher = self._target()
+        failed = []
+        for revision in revisions:
+            entry = self.journal.entries.get(revision.key, {})
+            if entry.get("state") != "published" or not self.done(revision):
+                continue
+            check = functools.partial(
+                branch_problem,
+                publisher.api,
+                repo_id=f"{self.target_org}/{revision.model.name}",
+                branch=revision.branch,
+                commit=entry.get("commit"),
+                files=entry["files"],
+            )
+            # paced and retried like the publishing itself: refs, tree, and the small files it fetches
+            problem = publisher.pacer.call(check, requests=2 + len(entry["files"]))
+            if problem is not None:
+                failed.append((revision, problem))
+        return failed
 
     def publish_manifest(self, manifest: dict[str, Any]) -> None:
         target_org, publisher = self._target()
@@ -340,6 +378,8 @@ def run_release(
     progress: bool = True,
     down_mb_s: float = 100.0,
     up_mb_s: float = 50.0,
+    rebuild_journal: bool = False,
+    on_discovered: Callable[[Discovery], None] | None = None,
 ) -> ReleaseRunReport:
     """Re-publish (`target_org`) or import (`suite_dir`) the release of `source_org`; see the module docstring.
 
@@ -353,14 +393,21 @@ def run_release(
         models: suite model names (any spelling the registry accepts); default all 54. Named models whose release
             repo does not exist are refused before anything is done.
         steps: only these checkpoint steps (each must exist); default every step<N> branch.
-        max_disk: bytes the work directory may use; refused before anything is done if one revision needs more.
+        max_disk: bytes the work directory may use; refused before anything is done if one revision needs more, and
+            enforced while the run goes (it stops, resumably, before the measured usage would pass it).
         dry_run: discover and estimate only (tree listings; nothing downloaded or published).
         limits: Hub quotas (default: the Hub's; a local Hub gets none).
         down_mb_s, up_mb_s: bandwidths the dry-run estimate assumes.
+        rebuild_journal: replace the work dir's journal (a damaged one is kept beside it) by the rows of the manifest
+            published on the target that the target still holds; publish runs only.
+        on_discovered: called with the discovery before anything is downloaded (what the run will process).
 
     Raises:
         SpectraError: bad options, a missing repo or branch, too little disk, an unreachable Hub or a refused token
             (before anything is published); a failure while publishing (re-run to resume).
+        ConfigError: a work dir bound to another target; --max-disk that would be passed during the run (stopped
+            before it; re-run with a larger budget to resume).
+        CheckpointError: a damaged journal (names the line; `rebuild_journal` is the way out).
     """
     if (target_org is None) == (suite_dir is None):
         raise ConfigError("pass exactly one of a target org (publish) and a suite directory (import)")
@@ -377,6 +424,11 @@ def run_release(
     local = is_local_endpoint(endpoint) and is_local_endpoint(source_endpoint)
     limits = limits or (HubLimits.unlimited() if local else HubLimits())
     source_api = HfApi(endpoint=source_endpoint, token=token)
+    target = (
+        {"mode": "publish", "endpoint": endpoint, "org": target_org}
+        if target_org is not None
+        else {"mode": "import", "suite_dir": str(Path(suite_dir).resolve())}  # type: ignore[arg-type]
+    )
     doing = f"listing the release of {source_org} at {source_endpoint}"
     with ExitStack() as stack:
         stack.enter_context(local_hub_client(local))
@@ -394,7 +446,15 @@ def run_release(
             if dry_run:
                 report.seconds = time.perf_counter() - started
                 return report
+            bind_work_dir(work_dir, target)
             target_api = HfApi(endpoint=endpoint, token=token) if mode == "publish" else None
+            if on_discovered is not None:
+                on_discovered(found)
+            if rebuild_journal:
+                doing = f"rebuilding the journal from {target_org} at {endpoint}"
+                _rebuild_journal(found, work_dir=work_dir, target_api=target_api, target_org=target_org)
+            budget = stack.enter_context(DiskBudget(work_dir, limit=max_disk))
+            stack.callback(lambda: setattr(report, "peak_disk_bytes", budget.peak))
             run = _Run(
                 mode=mode,
                 discovery=found,
@@ -407,15 +467,20 @@ def run_release(
                 private=private,
                 progress=progress,
                 report=report,
+                budget=budget,
+                token=token,
             )
             bar = tqdm(found.revisions, desc=f"release {mode}", unit="revision", disable=not progress)
             for revision in bar:
                 bar.set_postfix_str(revision.key)
-                if run.journal.done(revision.key):
+                if run.done(revision):
                     report.skipped += 1
                     continue
                 doing = f"{'publishing' if mode == 'publish' else 'importing'} {revision.key}"
                 run.process(revision)
+            if mode == "publish":
+                doing = f"checking what {target_org} holds at {endpoint}"
+                _final_check(run)
             shutil.rmtree(run.downloads, ignore_errors=True)
             shutil.rmtree(run.converted, ignore_errors=True)
             manifest = build_manifest(found, run.journal, target_org=target_org, mode=mode)
@@ -433,6 +498,36 @@ def run_release(
                 run.publisher.hashes.save()
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _final_check(run: _Run) -> None:
+    """Confirm every published row on the target; re-process each that fails once, then mark it `unverified`."""
+    failed = run.unconfirmed(run.discovery.revisions)
+    for revision, problem in failed:
+        logger.warning(f"final check: {revision.key} -> {problem}; processing it again")
+        run.journal.record(revision.key, "unverified", reason=problem)
+        run.report.reprocessed.append(revision.key)
+        run.process(revision)
+    for revision, problem in run.unconfirmed([revision for revision, _ in failed]):
+        logger.error(f"final check: {revision.key} -> {problem}")
+        run.journal.record(revision.key, "unverified", reason=problem)
+
+
+def _rebuild_journal(found: Discovery, *, work_dir: Path, target_api: HfApi | None, target_org: str | None) -> None:
+    """Replace the journal by the rows the target's published manifest lists and the target really holds."""
+    if target_api is None or target_org is None:
+        raise ConfigError(
+            "--rebuild-journal rebuilds from a target Hub: it is an option of `release publish`; for an import, "
+            "remove the journal to redo every revision"
+        )
+    journal = Journal(work_dir / JOURNAL_FILE, load=False)
+    entries = rebuild_entries(target_api, found, target_org=target_org)
+    kept = journal.replace(entries)
+    logger.warning(
+        f"rebuilt {journal.path} from {target_org} at {target_api.endpoint}: {len(entries)} of {len(found.revisions)} "
+        "revisions confirmed there (the others are processed again, nothing is committed twice)"
+        + (f"; the previous journal is kept as {kept}" if kept else "")
+    )
 
 
 def _check_disk(found: Discovery, *, max_disk: int | None, work_dir: Path) -> None:
