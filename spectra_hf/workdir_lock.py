@@ -27,8 +27,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import ModuleType
 
-from transformers.utils import logging
-
 from spectra_hf.errors import OutputExistsError
 
 fcntl: ModuleType | None
@@ -37,9 +35,15 @@ try:
 except ImportError:
     fcntl = None
 
-logger = logging.get_logger(__name__)
-
 LOCK_FILE = ".spectra-hf.lock"
+
+
+def _logger():
+    """transformers' logger for this module, imported on use (the command line imports this module without
+    transformers)."""
+    from transformers.utils import logging
+
+    return logging.get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -117,8 +121,9 @@ def _open_exclusive(path: Path, directory: Path) -> int:
             holder = read_lock_holder(directory)
             if holder is None or holder.host != socket.gethostname() or _pid_alive(holder.pid):
                 raise _refuse(directory, holder) from None
-            logger.warning("taking over the lock of %s left by %s, which is no longer running", directory,
-                           holder.describe())
+            _logger().warning(
+                "taking over the lock of %s left by %s, which is no longer running", directory, holder.describe()
+            )
             path.unlink(missing_ok=True)
 
 
@@ -140,8 +145,9 @@ def workdir_lock(directory: str | os.PathLike, *, command: str | None = None) ->
             raise _refuse(directory, read_lock_holder(directory))
         previous = read_lock_holder(directory)
         if previous is not None:
-            logger.warning(
-                "%s was locked by %s, which no longer holds it (killed?): taking it over", directory,
+            _logger().warning(
+                "%s was locked by %s, which no longer holds it (killed?): taking it over",
+                directory,
                 previous.describe(),
             )
     else:

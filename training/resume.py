@@ -61,9 +61,13 @@ def newest_complete_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     newest = complete[-1] if complete else None
     newest_step = checkpoint_step(newest) if newest is not None else -1
     assert newest_step is not None
-    incomplete = [] if not output_dir.is_dir() else sorted(
-        (p for p in output_dir.iterdir() if p.is_dir() and (checkpoint_step(p) or -1) > newest_step),
-        key=lambda p: checkpoint_step(p) or 0,
+    incomplete = (
+        []
+        if not output_dir.is_dir()
+        else sorted(
+            (p for p in output_dir.iterdir() if p.is_dir() and (checkpoint_step(p) or -1) > newest_step),
+            key=lambda p: checkpoint_step(p) or 0,
+        )
     )
     for path in incomplete:
         logger.warning(
