@@ -178,6 +178,6 @@ def _train(
     trainer.save_model()
     export_dir = None
     if args.suite_dir:
-        export_dir = trainer.export_release(model_dir(args.suite_dir, args.export_name))
+        export_dir = trainer.export_release(model_dir(args.suite_dir, trainer.export_name))
     assert args.output_dir is not None, "TrainingArguments.__post_init__ sets a default output_dir"
     return TrainResult(trainer=trainer, metrics=output.metrics, output_dir=Path(args.output_dir), export_dir=export_dir)
