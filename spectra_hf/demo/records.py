@@ -99,6 +99,7 @@ def write_record(paths: DemoPaths, config: DemoConfig, stage: str, *, upstream: 
     path = record_path(paths, stage)
     with tempfile.NamedTemporaryFile("w", dir=paths.records, prefix=f".{path.name}.tmp-", delete=False) as handle:
         handle.write(json.dumps(asdict(record), indent=2) + "\n")
+    os.chmod(handle.name, 0o644)  # NamedTemporaryFile makes it 0600; the record is as readable as the outputs
     os.replace(handle.name, path)
     return record
 
