@@ -68,6 +68,7 @@ def _one_line_naming(capsys, pid: int) -> None:
     assert len(error.splitlines()) == 1 and f"in use by pid {pid}" in error, error
 
 
+@pytest.mark.slow  # imports the training and release stacks (~40 s on a loaded 2-core machine)
 def test_demo_train_and_release_publish_refuse_a_held_work_dir(held, tmp_path, capsys) -> None:
     directory, process = held
     assert main(["demo", "--workdir", str(directory), "--quick"]) == 2
