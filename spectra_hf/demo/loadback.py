@@ -1,23 +1,19 @@
 """The demo's load-back process: a fresh Python whose HF_ENDPOINT is the local Hub loads every published repo with
 `from_pretrained(repo, revision=...)`, as a user would, scores it and samples text (`python -m
-spectra_hf.demo.loadback SPEC`, started by the loadback stage)."""
+spectra_hf.demo.loadback SPEC`, started by the loadback stage). Nothing else imports it, so that `-m` runs it
+without a second copy."""
 
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from pathlib import Path
 
 from spectra_hf.suite import get_model
 
+from .stages import quiet_http_logs
+
 PROMPT = "The function returns"
-
-
-def quiet_http_logs() -> None:
-    # gptqmodel turns INFO logging on at import; one line per HTTP request would drown the demo's output
-    for name in ("httpx", "httpx2"):
-        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def load_back(spec_path: Path) -> None:

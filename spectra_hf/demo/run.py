@@ -13,10 +13,10 @@ from spectra_hf.errors import ConfigError
 from spectra_hf.workdir_lock import workdir_lock
 
 from .config import STAGES, DemoConfig, DemoPaths, read_config
-from .loadback import quiet_http_logs
 from .records import check_record, digest_of, discard_record, write_record
 from .report import print_report, report_rows
 from .stages import (
+    quiet_http_logs,
     stage_evaluate,
     stage_loadback,
     stage_prepare,
