@@ -14,6 +14,7 @@ import pytest
 import yaml
 from test_training import tiny_recipe
 
+from spectra_hf import cli
 from spectra_hf.checkpoints.exports import checkpoint_steps, read_export_info, read_planned_steps
 from spectra_hf.checkpoints.staging import staged_directory
 from spectra_hf.modeling.checkpoint_checks import INCOMPLETE_MARKER
@@ -129,18 +130,25 @@ def _expected(reference: dict) -> dict:
 
 
 @pytest.mark.slow  # three training processes killed with SIGKILL, then resumed; a finished run resumed (~60 s)
-def test_resume_after_a_kill_or_of_a_finished_run_gives_the_uninterrupted_result(tmp_path, recipe_for, uninterrupted):
+def test_resume_after_a_kill_or_of_a_finished_run_gives_the_uninterrupted_result(
+    tmp_path, recipe_for, uninterrupted, capsys
+):
     reference_root, reference = uninterrupted
     expected = _expected(reference)
     roots = _killed_runs(tmp_path, recipe_for, ("mid-training", "last step export", "main export"))
     assert list((roots["last step export"] / "suite" / NAME / "checkpoints").glob(".step4.tmp-*"))
     assert list((roots["main export"] / "suite").glob(f".{NAME}.tmp-*"))
-    for moment, root in {**roots, "finished run": reference_root}.items():
+    for moment, root in roots.items():
         result = train(root / "recipe.yaml", overrides=["--resume_from_checkpoint", "true"])
         assert result.trainer.state.global_step == MAX_STEPS, moment
         assert _outcome(root) == expected, moment
         planned = read_planned_steps(root / "suite", NAME)
         assert (planned.steps, planned.max_steps) == ([2, 4], MAX_STEPS)
+    # the finished run, resumed as a user would: through the command line, which says that nothing was trained
+    capsys.readouterr()
+    assert cli.main(["train", str(reference_root / "recipe.yaml"), "--resume_from_checkpoint", "true"]) == 0
+    assert "the run was already at step 4 (max_steps): nothing to train" in capsys.readouterr().out
+    assert _outcome(reference_root) == expected
 
 
 @pytest.mark.slow  # two training processes killed while saving a checkpoint, then resumed (~40 s)
