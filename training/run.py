@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from transformers import (
 from spectra_hf.checkpoints.exports import TRAINING_DATA_KEY, model_dir
 from spectra_hf.errors import CheckpointError, ConfigError
 from spectra_hf.suite import config_for, get_model
+from spectra_hf.workdir_lock import workdir_lock
 
 from .arguments import DataArguments, ModelArguments, SpectraTrainingArguments, parse_recipe
 from .data import load_text, pack_documents
@@ -141,6 +143,19 @@ def train(
     set_gradient_accumulation(args, tensor_parallel=model_args.tp_size)
     if args.export_name is None:
         args.export_name = model_args.model
+    assert args.output_dir is not None, "TrainingArguments.__post_init__ sets a default output_dir"
+    # One run per output_dir: the process that saves holds its lock (other ranks of the same run do not take it).
+    with workdir_lock(args.output_dir, command="spectra-hf train") if args.should_save else nullcontext():
+        return _train(model_args, data_args, args, callbacks=callbacks)
+
+
+def _train(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    args: SpectraTrainingArguments,
+    *,
+    callbacks: Sequence[TrainerCallback],
+) -> TrainResult:
     with args.main_process_first(desc="loading the training data"):
         documents = load_text(data_args)
     tokenizer = load_tokenizer(model_args.tokenizer)
@@ -163,6 +178,6 @@ def train(
     trainer.save_model()
     export_dir = None
     if args.suite_dir:
-        export_dir = trainer.export_release(model_dir(args.suite_dir, args.export_name))
+        export_dir = trainer.export_release(model_dir(args.suite_dir, trainer.export_name))
     assert args.output_dir is not None, "TrainingArguments.__post_init__ sets a default output_dir"
     return TrainResult(trainer=trainer, metrics=output.metrics, output_dir=Path(args.output_dir), export_dir=export_dir)

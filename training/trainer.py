@@ -37,11 +37,9 @@ from transformers import (
     TrainingArguments,
 )
 from transformers.trainer_utils import (
-    PREFIX_CHECKPOINT_DIR,
     SaveStrategy,
     TrainOutput,
     _is_peft_model,
-    get_last_checkpoint,
 )
 from transformers.utils import logging
 
@@ -49,19 +47,26 @@ from spectra_hf.checkpoints.exports import (
     CHECKPOINTS_DIR,
     ExportInfo,
     PlannedSteps,
-    atomic_directory,
     checkpoint_dir,
     write_export_info,
     write_planned_steps,
 )
 from spectra_hf.checkpoints.info import suite_size
 from spectra_hf.checkpoints.io import read_config
+from spectra_hf.checkpoints.staging import staged_directory
 from spectra_hf.errors import CheckpointError, ConfigError
 from spectra_hf.suite import ARCHITECTURE_KEYS, FAMILY_PREFIX, SIZES, get_model
 
 from .arguments import SpectraTrainingArguments
 from .callbacks import LOG_SPACED_STEPS, LogSpacedCheckpoints, WeightDecaySchedule
 from .export_defaults import generation_ready
+from .resume import (
+    TRAINER_STATE_FILE,
+    checkpoint_step,
+    complete_checkpoints,
+    newest_complete_checkpoint,
+    recover_moved_checkpoints,
+)
 from .schedules import SpectraLRScheduler, SpectraSchedule, paper_schedule
 from .ternary_stats import TernaryStatsTracker
 
@@ -169,24 +174,49 @@ class SpectraTrainer(Trainer):
     ) -> TrainOutput:
         """`Trainer.train`, after checking that the checkpoint to resume from is complete and fits the model.
 
-        `resume_from_checkpoint` may be a path, True (the latest `checkpoint-<step>` in `output_dir`) or the
-        strings "true" / "false" a command line gives (as in transformers' example scripts).
+        `resume_from_checkpoint` may be a path, True (the newest complete `checkpoint-<step>` in `output_dir`, or
+        from scratch when there is none; see `training.resume`) or the strings "true" / "false" a command line gives
+        (as in transformers' example scripts). A checkpoint already at `max_steps` trains nothing: its weights and
+        state are loaded, so the run ends exactly as the uninterrupted one did (no step past `max_steps`).
         """
         resume_from_checkpoint = resume_flag(resume_from_checkpoint)
+        if resume_from_checkpoint is True:
+            assert self.args.output_dir is not None, "TrainingArguments.__post_init__ sets a default output_dir"
+            newest = newest_complete_checkpoint(self.args.output_dir)
+            resume_from_checkpoint = str(newest) if newest is not None else None
         if resume_from_checkpoint:
-            if resume_from_checkpoint is True:
-                last: str | None = get_last_checkpoint(self.args.output_dir)
-                if last is None:
-                    raise CheckpointError(f"no checkpoint-<step> directory to resume from in {self.args.output_dir}")
-                resume_from_checkpoint = last
             check_resumable(resume_from_checkpoint, self._model.config.to_dict())
             self.reexport_missing_checkpoints()
+            finished = self._load_finished_run(Path(resume_from_checkpoint))
+            if finished is not None:
+                return finished
         return super().train(
             resume_from_checkpoint=resume_from_checkpoint,
             trial=trial,
             ignore_keys_for_eval=ignore_keys_for_eval,
             **kwargs,
         )
+
+    def _load_finished_run(self, checkpoint: Path) -> TrainOutput | None:
+        """When `checkpoint` is already at this run's `max_steps`: load its weights and trainer state and return
+        what `train` returns (no training loss: no step was taken); else None (train from it)."""
+        state = TrainerState.load_from_json(str(checkpoint / TRAINER_STATE_FILE))
+        max_steps = self.args.max_steps if self.args.max_steps > 0 else state.max_steps
+        if state.global_step < max_steps:
+            return None
+        if state.global_step > max_steps:
+            raise ConfigError(
+                f"checkpoint {checkpoint} is at step {state.global_step}, past this run's max_steps={max_steps}: "
+                "resume with the max_steps that wrote it (or more), or train in another output_dir"
+            )
+        logger.warning(
+            "SpectraTrainer: %s is at max_steps=%d: the run is finished, nothing to train (its weights are loaded)",
+            checkpoint,
+            max_steps,
+        )
+        self._load_from_checkpoint(str(checkpoint))
+        self.state = state
+        return TrainOutput(state.global_step, float("nan"), {})
 
     def planned_steps(self, max_steps: int) -> list[int]:
         """The optimizer steps at which a run of `max_steps` saves a checkpoint (and so a suite export)."""
@@ -207,14 +237,13 @@ class SpectraTrainer(Trainer):
         written: list[int] = []
         if self.args.should_save:
             assert self.args.output_dir is not None, "TrainingArguments.__post_init__ sets a default output_dir"
-            for checkpoint in sorted(Path(self.args.output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*")):
-                step_text = checkpoint.name.removeprefix(f"{PREFIX_CHECKPOINT_DIR}-")
-                if not step_text.isdigit() or not (checkpoint / "trainer_state.json").is_file():
-                    continue  # not a checkpoint, or one whose save was itself interrupted
-                target = checkpoint_dir(self.args.suite_dir, self.export_name, int(step_text))
+            for checkpoint in complete_checkpoints(self.args.output_dir):  # an interrupted save has no export
+                step = checkpoint_step(checkpoint)
+                assert step is not None, "complete_checkpoints lists checkpoint-<step> directories"
+                target = checkpoint_dir(self.args.suite_dir, self.export_name, step)
                 if not target.is_dir():
-                    self._export_from_checkpoint(checkpoint, target, step=int(step_text))
-                    written.append(int(step_text))
+                    self._export_from_checkpoint(checkpoint, target, step=step)
+                    written.append(step)
         self.accelerator.wait_for_everyone()
         if written:
             logger.warning(
@@ -227,7 +256,7 @@ class SpectraTrainer(Trainer):
 
     def _export_from_checkpoint(self, checkpoint: Path, target: Path, *, step: int) -> None:
         """The release export `export_release` writes at `step`, made from the checkpoint directory of that step."""
-        state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+        state = json.loads((checkpoint / TRAINER_STATE_FILE).read_text(encoding="utf-8"))
         fmt = self._export_format()
         info = ExportInfo(
             name=self.export_name,
@@ -236,7 +265,7 @@ class SpectraTrainer(Trainer):
             tokens_seen=state.get("num_input_tokens_seen") or None,
             format=fmt,
         )
-        with atomic_directory(target) as staging:
+        with staged_directory(target, replace=True) as staging:
             for source in checkpoint.iterdir():
                 if (
                     source.is_file()
@@ -272,7 +301,9 @@ class SpectraTrainer(Trainer):
         """Write a release export of the model (with tokenizer and `spectra_export.json`) to `target` atomically.
 
         TriLM: packed (`save_pretrained(weight_format="packed")`), FloatLM: float weights, PEFT models: the adapters.
-        A `checkpoints/` folder of a replaced export is kept. Every rank must call this (gathering sharded weights
+        A `checkpoints/` folder of a replaced export is kept (and put back from an export interrupted while it was
+        being moved; see `training.resume.recover_moved_checkpoints`); staging folders of interrupted exports are
+        removed. Every rank must call this (gathering sharded weights
         is a collective); the main process writes. Returns `target`.
         """
         target = Path(target)
@@ -287,7 +318,10 @@ class SpectraTrainer(Trainer):
         )
         with ExitStack() as stack:
             stack.enter_context(generation_ready(self.model, self.processing_class))
-            staging = stack.enter_context(atomic_directory(target)) if self.args.should_save else None
+            staging = None
+            if self.args.should_save:
+                recover_moved_checkpoints(target)
+                staging = stack.enter_context(staged_directory(target, replace=True))
             staging = _broadcast_path(staging)
             # save_model gathers the full latent weights under every strategy (DDP, FSDP2, DeepSpeed).
             latent = staging / ".latent" if fmt == "packed" else staging
@@ -407,7 +441,7 @@ def _broadcast_path(path: Path | None) -> Path:
 
 
 def check_resumable(checkpoint: str | Path, model_config: dict[str, Any]) -> None:
-    """Raise `SpectraError` unless `checkpoint` is a complete Trainer checkpoint of the same architecture."""
+    """Raise `CheckpointError` unless `checkpoint` is a complete Trainer checkpoint of the same architecture."""
     checkpoint = Path(checkpoint)
     if not checkpoint.is_dir():
         raise CheckpointError(f"checkpoint {checkpoint} does not exist: give a checkpoint-<step> directory to resume")
@@ -415,7 +449,7 @@ def check_resumable(checkpoint: str | Path, model_config: dict[str, Any]) -> Non
     if missing:
         raise CheckpointError(
             f"checkpoint {checkpoint} is incomplete (no {', '.join(missing)}; an interrupted save?): "
-            "delete it and resume from an earlier checkpoint-<step>"
+            "resume with --resume_from_checkpoint true, which takes the newest complete checkpoint-<step>"
         )
     saved = read_config(checkpoint)
     different = {

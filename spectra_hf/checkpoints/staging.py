@@ -52,19 +52,31 @@ def _lock(path: Path, *, blocking: bool) -> int | None:
     return fd
 
 
-def remove_stale_staging(target: str | os.PathLike) -> list[Path]:
-    """Remove the abandoned staging folders of `target` (see the module docstring); returns the removed paths."""
+def abandoned_staging(target: str | os.PathLike) -> list[Path]:
+    """The staging folders (and retired copies) of `target` that carry the marker and whose writer is gone (no live
+    lock on the marker): what `remove_stale_staging` removes. Empty without fcntl (nothing can be proven)."""
     target = Path(target)
-    removed: list[Path] = []
+    found: list[Path] = []
     if fcntl is None or not target.parent.is_dir():
-        return removed
-    for candidate in target.parent.iterdir():
+        return found
+    for candidate in sorted(target.parent.iterdir()):
         marker = candidate / INCOMPLETE_MARKER
         if not candidate.name.startswith(staging_prefix(target)) or candidate.is_symlink() or not marker.is_file():
             continue
         fd = _lock(marker, blocking=False)
+        if fd is not None:  # None: a live writer holds it
+            os.close(fd)
+            found.append(candidate)
+    return found
+
+
+def remove_stale_staging(target: str | os.PathLike) -> list[Path]:
+    """Remove the abandoned staging folders of `target` (see the module docstring); returns the removed paths."""
+    removed: list[Path] = []
+    for candidate in abandoned_staging(target):
+        fd = _lock(candidate / INCOMPLETE_MARKER, blocking=False)
         if fd is None:
-            continue  # a live writer holds it
+            continue  # a writer took it since (cannot happen to a staging name, which is never reused)
         try:
             shutil.rmtree(candidate)
         finally:

@@ -27,7 +27,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "generate a sample and print a table of sizes and perplexities against an untrained baseline. "
             "No network, no token."
         ),
-        epilog=f"stages, in order: {', '.join(_STAGES)}; each reads the previous stages' output from --workdir",
+        epilog=(
+            f"stages, in order: {', '.join(_STAGES)}; each reads the previous stages' output from --workdir. A re-run "
+            "reuses the stages an earlier run finished from the same inputs (their outputs checked by sha256) and "
+            "resumes an interrupted training run from its newest complete checkpoint; --force runs them again."
+        ),
     )
     parser.add_argument(
         "--workdir", default="spectra-demo", help="where everything is written (default: ./spectra-demo)"
@@ -39,6 +43,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="comma-separated stages to run (default: all), e.g. --stages publish,loadback",
     )
     parser.add_argument(
+        "--force",
+        action="store_true",
+        help="run every requested stage again (and train from scratch) even where an earlier run finished it",
+    )
+    parser.add_argument(
         "--quick",
         action="store_true",
         help="a reduced run (smaller model, fewer steps, the 4-bit QuantLM only, fewer eval documents)",
@@ -48,10 +57,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from spectra_hf.demo import DemoConfig, run_demo
+    from spectra_hf.demo.run import describe_seconds
 
     config = DemoConfig.quick() if args.quick else None
     if config is None and "prepare" in args.stages:
         config = DemoConfig()
-    result = run_demo(args.workdir, stages=args.stages, config=config)
-    print("stage times: " + ", ".join(f"{stage} {seconds:.0f} s" for stage, seconds in result.seconds.items()))
+    result = run_demo(args.workdir, stages=args.stages, config=config, force=args.force)
+    print(describe_seconds(result))
     return 0

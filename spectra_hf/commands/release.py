@@ -92,6 +92,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from spectra_hf.workdir_lock import workdir_lock
+
+    if args.dry_run:  # reads only: no lock, and no work dir created
+        return _run(args)
+    with workdir_lock(args.work_dir, command=f"spectra-hf release {args.release_command}"):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from spectra_hf.release import parse_size, run_release
 
     report = run_release(

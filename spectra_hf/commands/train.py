@@ -34,7 +34,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     result = train(args.recipe, overrides=args.overrides)
     if result.trainer.args.should_save:
-        print(f"trained {result.trainer.state.global_step} steps, train_loss {result.metrics.get('train_loss'):.4f}")
+        if "train_loss" in result.metrics:
+            print(f"trained {result.trainer.state.global_step} steps, train_loss {result.metrics['train_loss']:.4f}")
+        else:  # resumed from a checkpoint already at max_steps
+            print(f"the run was already at step {result.trainer.state.global_step} (max_steps): nothing to train")
         print(f"checkpoints: {result.output_dir}")
         if result.export_dir is not None:
             print(f"release export: {result.export_dir}")
