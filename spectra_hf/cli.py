@@ -14,7 +14,10 @@ import sys
 from spectra_hf.errors import SpectraError
 
 # Order here is the order in `spectra-hf --help`.
-COMMANDS = ("suite", "init", "info", "convert", "train", "quantize", "publish", "release", "hub", "eval", "demo")
+COMMANDS = (
+    "suite", "init", "info", "convert", "train", "quantize", "publish", "release", "hub", "eval", "dynamics", "plot",
+    "demo",
+)  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
