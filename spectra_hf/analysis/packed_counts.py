@@ -96,14 +96,17 @@ def digit_counts(packed: np.ndarray, *, numel: int, what: str = "packed matrix")
     return DigitCounts(minus=minus, zero=zero - _padding(numel), plus=plus)
 
 
-def flip_counts(before: np.ndarray, after: np.ndarray, *, numel: int, what: str = "packed matrix") -> FlipCounts:
-    """Digits that changed between two packed versions (uint8 [ceil(numel / 5)] each) of one matrix."""
+def flip_counts(
+    before: np.ndarray, after: np.ndarray, *, numel: int, what: str = "packed matrix", chunk_bytes: int = CHUNK_BYTES
+) -> FlipCounts:
+    """Digits that changed between two packed versions (uint8 [ceil(numel / 5)] each) of one matrix, counted
+    `chunk_bytes` bytes at a time."""
     _check(before, numel, what)
     _check(after, numel, what)
     pairs = np.zeros(BYTE_VALUES * BYTE_VALUES, dtype=np.int64)  # [59049]
-    index = np.empty(min(CHUNK_BYTES, before.size), dtype=np.uint16)  # byte_a * 243 + byte_b <= 59048 fits uint16
-    for start in range(0, before.size, CHUNK_BYTES):
-        a, b = before[start : start + CHUNK_BYTES], after[start : start + CHUNK_BYTES]
+    index = np.empty(min(chunk_bytes, before.size), dtype=np.uint16)  # byte_a * 243 + byte_b <= 59048 fits uint16
+    for start in range(0, before.size, chunk_bytes):
+        a, b = before[start : start + chunk_bytes], after[start : start + chunk_bytes]
         chunk = index[: a.size]
         np.multiply(a, BYTE_VALUES, out=chunk, dtype=np.uint16)
         np.add(chunk, b, out=chunk, dtype=np.uint16)
