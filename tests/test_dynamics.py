@@ -7,7 +7,6 @@ format; every expected value is computed from those T with numpy in float64, nev
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -123,7 +122,8 @@ def trilm_export(tmp_path_factory, tokenizer):
         for name, t in digits[step].items():
             tensors[f"{name}.weight_packed"] = torch.from_numpy(_packed(t))
             tensors[f"{name}.weight_scale"] = torch.from_numpy(scales[step][name])
-        tensors["model.embed_tokens.weight"] = tensors["model.embed_tokens.weight"] * (1 + step / 100)  # distinct losses
+        embedding = tensors["model.embed_tokens.weight"]
+        tensors["model.embed_tokens.weight"] = embedding * (1 + step / 100)  # a distinct loss per revision
         save_file(tensors, target / "model.safetensors", metadata={"format": "pt"})
         write_export_info(target, ExportInfo(name=NAME, family="trilm", step=step, format="packed"))
     return export, digits, scales
@@ -191,18 +191,19 @@ def test_trilm_export_dynamics_equal_the_float64_reference(trilm_export):
     flips = frame[(frame["revision"] == "step20") & (frame["statistic"] == "flip_fraction")]
     flipped = (flips["value"] * flips["numel"]).round().astype(int)
     assert flipped.sum() == FLIPPED
-    assert flips[flipped > 0]["projection"].tolist() == ["mlp.down_proj"] and flips[flipped > 0]["layer"].tolist() == [1]
+    changed = flips[flipped > 0]
+    assert changed["projection"].tolist() == ["mlp.down_proj"] and changed["layer"].tolist() == [1]
     # 2 layers x 7 projections x (3 fractions + 2 shard scales) + 2 pairs x 2 layers x 7 x 3 flip statistics
     assert len(frame) == 3 * 2 * 7 * 5 + 2 * 2 * 7 * 3
 
 
 def test_selected_revisions_and_bad_input(trilm_export, tmp_path):
-    export, digits, scales = trilm_export
+    export, digits, _ = trilm_export
     frame = checkpoint_dynamics(export / "checkpoints", revisions=["main", "step10"], progress=False)
     assert list(dict.fromkeys(frame["revision"])) == ["step10", "main"]  # step order, whatever order was asked
     before, after = digits[10]["model.layers.0.self_attn.q_proj"], digits[30]["model.layers.0.self_attn.q_proj"]
     assert _value(frame, "main", 0, "self_attn.q_proj", "flip_fraction") == pytest.approx(np.mean(before != after))
-    with pytest.raises(ConfigError, match="step15 do not exist.*available are step10, step20, main"):
+    with pytest.raises(ConfigError, match=r"step15 do not exist.*available are step10, step20, main"):
         checkpoint_dynamics(export, revisions=["step15"], progress=False)
     with pytest.raises(ConfigError, match="neither a suite export directory nor a Hub repo id"):
         checkpoint_dynamics(tmp_path / "nothing" / "here", progress=False)
@@ -246,10 +247,9 @@ def test_cli_writes_the_table_and_figures(trilm_export, tmp_path, corpus_files, 
     assert cells.shape == (2, 2)  # layers x (revisions - 1)
     for column, (older, newer) in enumerate([(10, 20), (20, 30)]):
         for layer in range(2):
-            changed = sum(
-                np.sum(digits[older][p] != digits[newer][p]) for p in digits[newer] if p.startswith(f"model.layers.{layer}.")
-            )
-            total = sum(t.size for p, t in digits[newer].items() if p.startswith(f"model.layers.{layer}."))
+            names = [p for p in digits[newer] if p.startswith(f"model.layers.{layer}.")]
+            changed = sum(np.sum(digits[older][p] != digits[newer][p]) for p in names)
+            total = sum(digits[newer][p].size for p in names)
             assert cells[layer, column] == pytest.approx(100.0 * changed / total)
     curves = figures["sparsity_scales.png"].axes
     assert curves[0].get_xlabel() == "training step (optimizer steps)"
@@ -291,7 +291,8 @@ def test_floatlm_norms_and_relative_change(tmp_path):
         for projection in ("self_attn.k_proj", "mlp.up_proj"):
             name = f"model.layers.{layer}.{projection}.weight"
             a, b = first[name].astype(np.float64), second[name].astype(np.float64)
-            assert _value(frame, "step5", layer, projection, "weight_norm") == pytest.approx(np.linalg.norm(a), rel=1e-12)
+            norm = _value(frame, "step5", layer, projection, "weight_norm")
+            assert norm == pytest.approx(np.linalg.norm(a), rel=1e-12)
             assert _value(frame, "step15", layer, projection, "relative_change") == pytest.approx(
                 np.linalg.norm(b - a) / np.linalg.norm(a), rel=1e-12
             )
