@@ -6,6 +6,7 @@ format; every expected value is computed from those T with numpy in float64, nev
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -297,6 +298,13 @@ def test_floatlm_norms_and_relative_change(tmp_path):
                 np.linalg.norm(b - a) / np.linalg.norm(a), rel=1e-12
             )
     assert set(frame["statistic"]) == {"weight_norm", "relative_change"}
+    # packed GPTQ weights are refused with the way out (the weights must be float)
+    gptq = tmp_path / "QuantLM_1.1B_4bit"
+    shutil.copytree(export / "checkpoints" / "step5", gptq)
+    config = json.loads((gptq / "config.json").read_text())
+    (gptq / "config.json").write_text(json.dumps({**config, "quantization_config": {"quant_method": "gptq"}}))
+    with pytest.raises(CheckpointError, match="--format unpacked"):
+        checkpoint_dynamics(gptq, progress=False)
     pytest.importorskip("matplotlib")
     written = write_dynamics(frame, tmp_path / "out")
     assert sorted(p.name for p in written) == ["dynamics.csv", "dynamics.parquet", "relative_change_heatmap.png",
