@@ -104,26 +104,18 @@ def load_average() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", default="3.9B")
-    parser.add_argument(
-        "--change", type=float, default=0.05, help="share of packed bytes that differ, evenly spread (default 0.05)"
-    )
-    parser.add_argument("--workdir", default=None, help="where the checkpoints are written (default: the temp dir)")
-    parser.add_argument("--suite", help="a suite directory (e.g. spectra-demo/suite): time dynamics over its models")
-    args = parser.parse_args()
+def pair_benchmark(size: str, change: float, workdir: str | None) -> None:
+    """Part 1: two packed checkpoints of `size`, written then analysed (module docstring)."""
+    from spectra_hf.analysis.dynamics import checkpoint_dynamics
 
-    from spectra_hf.analysis.dynamics import checkpoint_dynamics, write_dynamics
-
-    work = Path(tempfile.mkdtemp(prefix="bench-dynamics-", dir=args.workdir))
+    work = Path(tempfile.mkdtemp(prefix="bench-dynamics-", dir=workdir))
     try:
         print(f"load average before: {load_average()}")
         start = time.perf_counter()
-        export = work / f"TriLM_{args.size}"
-        packed = write_pair(export, args.size, args.change)
+        export = work / f"TriLM_{size}"
+        packed = write_pair(export, size, change)
         written = time.perf_counter() - start
-        print(f"wrote 2 x {packed / 1e6:.0f} MB of packed ternary bytes ({args.size}) in {written:.0f} s")
+        print(f"wrote 2 x {packed / 1e6:.0f} MB of packed ternary bytes ({size}) in {written:.0f} s")
         start, start_cpu = time.perf_counter(), time.process_time()
         frame = checkpoint_dynamics(export, progress=False)
         seconds, cpu = time.perf_counter() - start, time.process_time() - start_cpu
@@ -135,30 +127,49 @@ def main() -> None:
             f"({len(frame)} rows; mean flip fraction {mean_flip:.4f}); peak RSS "
             f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB"
         )
-        wall, per_cpu = counting_only(args.size)
+        wall, per_cpu = counting_only(size)
         print(f"counting alone, bytes in memory (largest matrix, best of 5): {wall:.0f} MB/s, {per_cpu:.0f} MB/CPU s")
         print(f"load average after: {load_average()}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
+
+def suite_benchmark(suite: Path) -> None:
+    """Part 2: dynamics, table and figures over every model of `suite` that has checkpoints."""
+    from spectra_hf.analysis.dynamics import checkpoint_dynamics, write_dynamics
+
+    for model in sorted(p for p in suite.iterdir() if (p / "checkpoints").is_dir()):
+        out = Path(tempfile.mkdtemp(prefix="bench-dynamics-out-"))
+        try:
+            start = time.perf_counter()
+            frame = checkpoint_dynamics(model, progress=False)
+            analysed = time.perf_counter() - start
+            write_dynamics(frame, out, overwrite=True)
+            total = time.perf_counter() - start
+            revisions = list(dict.fromkeys(frame["revision"]))
+            print(
+                f"{model.name}: {len(revisions)} revisions ({', '.join(revisions)}): analysis "
+                f"{analysed:.2f} s, with table and figures {total:.2f} s"
+            )
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
+    print(f"load average after the suite: {load_average()}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", default="3.9B")
+    parser.add_argument(
+        "--change", type=float, default=0.05, help="share of packed bytes that differ, evenly spread (default 0.05)"
+    )
+    parser.add_argument("--workdir", default=None, help="where the checkpoints are written (default: the temp dir)")
+    parser.add_argument("--suite", help="a suite directory (e.g. spectra-demo/suite): time dynamics over its models")
+    parser.add_argument("--no-pair", action="store_true", help="skip part 1 (the full-size pair)")
+    args = parser.parse_args()
+    if not args.no_pair:
+        pair_benchmark(args.size, args.change, args.workdir)
     if args.suite:
-        suite = Path(args.suite)
-        for model in sorted(p for p in suite.iterdir() if (p / "checkpoints").is_dir()):
-            out = Path(tempfile.mkdtemp(prefix="bench-dynamics-out-"))
-            try:
-                start = time.perf_counter()
-                frame = checkpoint_dynamics(model, progress=False)
-                analysed = time.perf_counter() - start
-                write_dynamics(frame, out, overwrite=True)
-                total = time.perf_counter() - start
-                revisions = list(dict.fromkeys(frame["revision"]))
-                print(
-                    f"{model.name}: {len(revisions)} revisions ({', '.join(revisions)}): analysis "
-                    f"{analysed:.2f} s, with table and figures {total:.2f} s"
-                )
-            finally:
-                shutil.rmtree(out, ignore_errors=True)
-        print(f"load average after the suite: {load_average()}")
+        suite_benchmark(Path(args.suite))
 
 
 if __name__ == "__main__":
