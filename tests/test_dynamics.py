@@ -210,6 +210,20 @@ def test_selected_revisions_and_bad_input(trilm_export, tmp_path):
         checkpoint_dynamics(tmp_path / "nothing" / "here", progress=False)
 
 
+def test_main_is_left_out_when_a_checkpoint_holds_its_step(trilm_export, tmp_path):
+    export = shutil.copytree(trilm_export[0], tmp_path / NAME)
+    final = export / "checkpoints" / f"step{STEPS[-1]}"
+    final.mkdir()
+    for file in export.iterdir():
+        if file.is_file():
+            shutil.copy(file, final / file.name)
+    frame = checkpoint_dynamics(export, progress=False)
+    assert list(dict.fromkeys(frame["revision"])) == ["step10", "step20", "step30"]
+    asked = checkpoint_dynamics(export, revisions=["step30", "main"], progress=False)
+    assert set(asked[asked["revision"] == "main"]["statistic"]) >= {"flip_fraction"}
+    assert _value(asked, "main", 0, "mlp.up_proj", "flip_fraction") == 0.0  # the same weights
+
+
 @pytest.mark.slow  # five loads of a tiny model and their perplexity runs (~45 s on a loaded 2-core machine)
 def test_cli_writes_the_table_and_figures(trilm_export, tmp_path, corpus_files, capsys):
     pytest.importorskip("matplotlib")

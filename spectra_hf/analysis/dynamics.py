@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from transformers.utils import logging
 
 from spectra_hf.analysis.packed_counts import digit_counts, flip_counts
 from spectra_hf.errors import CheckpointError, ConfigError
@@ -42,6 +43,7 @@ TERNARY_STATISTICS = (
 FLOAT_STATISTICS = ("weight_norm", "relative_change")
 LOSS_STATISTICS = ("loss", "perplexity", "bits_per_byte")
 _STEP_RE = re.compile(r"^step(\d+)$")
+logger = logging.get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -70,8 +72,9 @@ class RevisionDone:
     cache_dir: Path | None
 
 
-def _sort_key(revision: Revision) -> tuple[float, str]:
-    return (math.inf if revision.step is None else revision.step, revision.name)
+def _sort_key(revision: Revision) -> tuple[float, bool, str]:
+    """Step order; main after a step<N> of the same step, and last when its step is unknown."""
+    return (math.inf if revision.step is None else revision.step, revision.name == "main", revision.name)
 
 
 class LocalExport:
@@ -169,6 +172,12 @@ def select_revisions(available: list[Revision], wanted: Sequence[str] | None, *,
     if not ordered:
         raise CheckpointError(f"{where} has no revisions to analyse: no checkpoints/step<N>/ or step<N> branches")
     if wanted is None:
+        steps = {revision.step for revision in ordered if revision.name != "main"}
+        main = [r for r in ordered if r.name == "main" and r.step is not None and r.step in steps]
+        if main:  # a run that also exported its last step: the same weights twice
+            logger.info("main is step %d, which step%d already holds: left out (pass --revisions to keep it)",
+                        main[0].step, main[0].step)  # fmt: skip
+            ordered = [r for r in ordered if r.name != "main"]
         return ordered
     by_name = {revision.name: revision for revision in ordered}
     unknown = [name for name in wanted if name not in by_name]
@@ -289,7 +298,8 @@ def checkpoint_dynamics(
 
     Args:
         model: a local suite export directory (or its `checkpoints/` folder), or a Hub repo id with step branches.
-        revisions: names to analyse (`step100`, `main`, ...); default: all, in step order.
+        revisions: names to analyse (`step100`, `main`, ...); default: all, in step order (`main` left out when a
+            `step<N>` holds the same step).
         text: a text file (anything `spectra-hf eval --perplexity-data` reads) to score each revision on.
         max_documents / max_length: passed to the perplexity evaluation (documents read; tokens per window).
         endpoint / token: the Hub (default: `HF_ENDPOINT`, the usual token sources).
