@@ -18,8 +18,8 @@ FAMILY_COLORS = {"trilm": "#d62728", "floatlm": "#1f77b4", "quantlm": "#2ca02c"}
 QUANTLM_BIT_COLORS = {3: "#98df8a", 4: "#5cb85c", 6: "#2ca02c", 8: "#1a6b1a"}
 FAMILY_LABELS = {"trilm": "TriLM", "floatlm": "FloatLM", "quantlm": "QuantLM"}
 STATISTIC_AXES = {
-    "flip_fraction": "weights whose ternary state changed since the previous checkpoint (%)",
-    "relative_change": "relative change of the weights since the previous checkpoint, ||ΔW|| / ||W|| (%)",
+    "flip_fraction": "weights whose ternary state changed\nsince the previous checkpoint (%)",
+    "relative_change": "relative change of the weights since\nthe previous checkpoint, ||ΔW|| / ||W|| (%)",
 }
 
 
@@ -158,6 +158,7 @@ def loss_curve(frame: Any) -> Any:
                       xytext=(4, 6), fontsize="small")  # fmt: skip
     axes.set_xlabel(xlabel)
     axes.set_ylabel("loss on the text (nats per token)")
+    axes.margins(x=0.1)  # room for the last point's label
     if labels is not None:
         axes.set_xticks(xs, labels)
     axes.grid(alpha=0.3)
@@ -197,7 +198,9 @@ def series_color(family: str, bits: Any) -> str:
 def suite_figure(table: Any, metric: str) -> Any:
     """`metric` against size in bits (left) and parameter count (right), log x, one line per family (QuantLM: one
     per bit width), from a `spectra_hf.analysis.suite_results.collect_results` table."""
-    rows = table[table["metric"] == metric].sort_values("params")
+    rows = table[table["metric"] == metric]
+    rank = rows["family"].map({family: i for i, family in enumerate(FAMILY_COLORS)})
+    rows = rows.assign(_rank=rank).sort_values(["_rank", "bits", "params"])  # legend: TriLM, FloatLM, QuantLM 3..8
     if rows.empty:
         raise DataError(f"no results for metric {metric!r}")
     figure = new_figure(width=12.0, height=4.5)
@@ -211,6 +214,7 @@ def suite_figure(table: Any, metric: str) -> Any:
             axes.plot(series[x], series["value"], marker="o", color=series_color(family, bits),
                       label=series_label(family, bits))  # fmt: skip
         axes.set_xscale("log")
+        axes.set_xlim(rows[x].min() / 1.6, rows[x].max() * 1.6)  # a single size still shows as a point mid-axis
         axes.set_xlabel(xlabel)
         axes.set_ylabel(metric)
         axes.grid(alpha=0.3, which="both")

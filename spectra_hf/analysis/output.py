@@ -29,6 +29,7 @@ def write_atomic(path: Path, write: Callable[[str], Any]) -> Path:
     os.close(fd)
     try:
         write(staging)
+        os.chmod(staging, 0o666 & ~_umask())  # mkstemp makes 0600 files; outputs get a plain file's permissions
         os.replace(staging, path)
     except BaseException:
         Path(staging).unlink(missing_ok=True)
@@ -42,3 +43,9 @@ def write_table(frame: Any, directory: Path, stem: str, *, parquet: bool = True)
     if parquet:
         written.append(write_atomic(directory / f"{stem}.parquet", lambda tmp: frame.to_parquet(tmp, index=False)))
     return written
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
