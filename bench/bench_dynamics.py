@@ -138,6 +138,11 @@ def suite_benchmark(suite: Path) -> None:
     """Part 2: dynamics, table and figures over every model of `suite` that has checkpoints."""
     from spectra_hf.analysis.dynamics import checkpoint_dynamics, write_dynamics
 
+    start = time.perf_counter()
+    import spectra_hf.analysis.figures
+    import spectra_hf.checkpoints.io  # noqa: F401  (torch, transformers: once per process, timed apart)
+
+    print(f"imports (torch, transformers): {time.perf_counter() - start:.1f} s")
     for model in sorted(p for p in suite.iterdir() if (p / "checkpoints").is_dir()):
         out = Path(tempfile.mkdtemp(prefix="bench-dynamics-out-"))
         try:
