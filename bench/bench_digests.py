@@ -27,9 +27,10 @@ def write_packed(directory: Path, size: str) -> None:
 
     from spectra_hf.checkpoints.io import ShardedWriter
     from spectra_hf.modeling import TriLMConfig, TriLMForCausalLM
+    from spectra_hf.modeling.checkpoint_checks import linear_shapes
     from spectra_hf.modeling.modeling_trilm import TERNARY_SHARD_DIM
     from spectra_hf.modeling.packing import packed_size
-    from spectra_hf.suite import config_kwargs, linear_weight_shapes
+    from spectra_hf.suite import config_kwargs
 
     config = TriLMConfig(**config_kwargs(f"TriLM_{size}"), weight_format="packed", dtype="float16")
     config.architectures = [TriLMForCausalLM.__name__]
@@ -40,7 +41,7 @@ def write_packed(directory: Path, size: str) -> None:
     writer.add("model.embed_tokens.weight", torch.randn(vocab, hidden, generator=generator).half())  # [vocab, hidden]
     for layer in range(config.num_hidden_layers):
         for path in TERNARY_SHARD_DIM:
-            out_features, in_features = linear_weight_shapes(config)[path]
+            out_features, in_features = linear_shapes(config)[path]
             packed = torch.randint(0, 243, (packed_size(out_features * in_features),), generator=generator)
             writer.add(f"model.layers.{layer}.{path}.weight_packed", packed.to(torch.uint8))  # [ceil(out*in/5)]
             writer.add(f"model.layers.{layer}.{path}.weight_scale", torch.full((shards,), 0.02))  # [shards]

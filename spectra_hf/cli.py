@@ -15,8 +15,9 @@ from spectra_hf.errors import SpectraError
 
 # Order here is the order in `spectra-hf --help`.
 COMMANDS = (
-    "suite", "init", "info", "verify", "convert", "train", "quantize", "publish", "release", "hub", "eval", "demo",
-)
+    "suite", "init", "info", "verify", "convert", "train", "quantize", "publish", "release", "hub", "eval",
+    "dynamics", "plot", "demo",
+)  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -33,6 +33,8 @@ SKIPPED = {
     "torchrun": "two processes on the user's own recipe: tests/test_distributed.py runs torchrun",
     "spectra-hf eval SpectraSuite/FloatLM_99M --tasks spectra": "the 13 tasks need their Hub datasets (offline)",
     "spectra-hf release": "reads the SpectraSuite org on huggingface.co (offline here)",
+    "spectra-hf dynamics": "tests/test_dynamics.py runs it on a packed TriLM export with --text",
+    "spectra-hf plot suite": "tests/test_plots.py runs it on results.json files and model cards",
 }
 # Commands run by the tests below, in README order within each test.
 CONVERT = ("spectra-hf convert TriLM_3.9B_Unpacked/", "spectra-hf convert TriLM_3.9B/", "spectra-hf info TriLM_3.9B/")
