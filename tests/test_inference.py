@@ -127,14 +127,15 @@ def test_static_cache_and_torch_compile_decode_like_eager(saved, backend) -> Non
 
 
 def test_fused_sibling_projections_give_the_per_layer_outputs_without_more_memory(saved) -> None:
-    """On the CPU 2-bit path q/k/v and gate/up are one kernel call each (FusedProjections): the logits are those of
-    per-layer calls bit for bit, the fused layers' 2-bit rows are views of one tensor (no second copy), and a
-    member called alone, with another input, or after being re-prepared still computes its own product."""
-    from spectra_hf.modeling.ternary import FusedProjections
+    """On the CPU 2-bit path q/k/v and gate/up are one operator call each, returning every member's output
+    (ternary_fusion.py): the logits are those of per-layer calls bit for bit, the fused layers' 2-bit rows are views
+    of one tensor (no second copy), and a member called alone or after being re-prepared computes its own product."""
+    from spectra_hf.modeling.ternary_fusion import FusedProjectionAttention, FusedProjectionMLP, FusedProjections
 
     _, directory, ids, reference = saved
     model = TriLMForCausalLM.from_pretrained(directory, ternary_inference="2bit", dtype=torch.float32)
     attention, mlp = model.model.layers[0].self_attn, model.model.layers[0].mlp
+    assert isinstance(attention, FusedProjectionAttention) and isinstance(mlp, FusedProjectionMLP)
     group = attention.q_proj._fused
     assert group is not None and group is attention.k_proj._fused is attention.v_proj._fused
     assert mlp.gate_proj._fused is mlp.up_proj._fused is not None and mlp.down_proj._fused is None
@@ -145,9 +146,9 @@ def test_fused_sibling_projections_give_the_per_layer_outputs_without_more_memor
     with torch.no_grad():
         fused_logits = model(ids).logits
         x = torch.randn(3, attention.k_proj.in_features)
-        alone = attention.k_proj(x)  # a member called first, with an input the others never see
-        expected_k = attention.k_proj._weight_only_matmul(x)
-        assert torch.equal(alone, expected_k)
+        alone = attention.k_proj(x)  # a member called alone
+        assert torch.equal(alone, attention.k_proj._weight_only_matmul(x))
+        assert all(torch.equal(a, b) for a, b in zip(group(x), (p(x) for p in group.layers), strict=True))
         for module in model.modules():
             if isinstance(module, TernaryLinear) and module._fused is not None:
                 module._fused.dissolve()
