@@ -96,10 +96,12 @@ def test_weight_only_paths_match_the_reference_and_stay_small(
     torch.testing.assert_close(logits, reference, rtol=0, atol=tolerance * reference.abs().max().item())
 
 
+@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad_mode_on"])
 @pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
-def test_static_cache_and_torch_compile_decode_like_eager(saved, backend) -> None:
-    """The README's static cache + torch.compile route: the 2-bit kernel is a torch custom op, so the whole forward
-    compiles as one graph (fullgraph=True fails on any graph break) and decodes the tokens eager decoding gives."""
+def test_static_cache_and_torch_compile_decode_like_eager(saved, backend, grad) -> None:
+    """The README's static cache + torch.compile route: the 2-bit kernel is a C++ torch operator, so the whole
+    forward compiles as one graph (fullgraph=True fails on any graph break), with grad mode on (as users call a
+    model) or off, and decodes the tokens eager decoding gives."""
     from transformers import StaticCache
 
     _, directory, ids, _ = saved
@@ -108,14 +110,14 @@ def test_static_cache_and_torch_compile_decode_like_eager(saved, backend) -> Non
 
     def greedy(step, steps: int = 4) -> tuple[list[int], torch.Tensor]:
         cache = StaticCache(config=model.config, max_cache_len=16)
-        with torch.no_grad():
+        with torch.set_grad_enabled(grad):
             out = model(prompt, cache=cache, cache_position=torch.arange(prompt.shape[1]))
             tokens, logits = [], []
             for i in range(steps):
                 token = out.logits[:, -1:].argmax(-1)
                 tokens.append(int(token))
                 out = step(token, cache=cache, cache_position=torch.tensor([prompt.shape[1] + i]))
-                logits.append(out.logits[:, -1])
+                logits.append(out.logits[:, -1].detach())
         return tokens, torch.cat(logits)
 
     torch._dynamo.reset()
