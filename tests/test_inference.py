@@ -327,3 +327,23 @@ def test_int8_embeddings_are_opt_in_close_to_the_reference_and_not_saved(saved, 
     with pytest.raises(ValueError, match="without int8_embeddings"):
         model.save_pretrained(tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_compile_for_decode_generates_the_eager_tokens_with_one_graph(saved, capsys) -> None:
+    """The one switch of the fast route: generate() then decodes on a static cache through one compiled graph (later
+    calls of other lengths reuse it) and gives eager greedy decoding's tokens."""
+    from spectra_hf.fast_decode import compile_for_decode
+
+    _, directory, ids, _ = saved
+    model = TriLMForCausalLM.from_pretrained(directory, ternary_inference="2bit", dtype=torch.float32)
+    prompt = ids[:1, :6]
+    eager = model.generate(prompt, max_new_tokens=8, do_sample=False, pad_token_id=0)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    seconds = compile_for_decode(model, max_cache_len=32)
+    assert f"compiled the decode step in {seconds:.1f} s" in capsys.readouterr().out
+    for new_tokens in (8, 5):
+        tokens = model.generate(prompt, max_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+        assert torch.equal(tokens, eager[:, : 6 + new_tokens])
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
