@@ -347,3 +347,29 @@ def test_compile_for_decode_generates_the_eager_tokens_with_one_graph(saved, cap
         tokens = model.generate(prompt, max_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
         assert torch.equal(tokens, eager[:, : 6 + new_tokens])
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+
+
+def test_compiled_graph_calls_the_fused_cpp_operator_once_per_group(saved) -> None:
+    """Inside a torch.compile graph (no grad) q/k/v and gate/up are one C++ operator call each, o and down one each:
+    the graph holds 2 fused and 2 single 2-bit operator calls per decoder layer, and no Python call between them."""
+    from spectra_hf.modeling import ternary_kernels
+
+    _, directory, ids, _ = saved
+    model = TriLMForCausalLM.from_pretrained(directory, ternary_inference="2bit", dtype=torch.float32)
+    kernel = ternary_kernels.cpu_kernel()
+    if kernel is None:
+        pytest.skip(f"CPU kernel: {ternary_kernels.cpu_kernel_status()}")
+    calls: list[str] = []
+
+    def recording_backend(graph_module, example_inputs):
+        calls.extend(str(node.target) for node in graph_module.graph.nodes if node.op == "call_function")
+        return graph_module.forward
+
+    torch._dynamo.reset()
+    compiled = torch.compile(model.forward, fullgraph=True, dynamic=False, backend=recording_backend)
+    with torch.no_grad():
+        logits = compiled(ids[:1, :4]).logits
+        torch.testing.assert_close(logits, model(ids[:1, :4]).logits, rtol=0, atol=0)
+    layers = model.config.num_hidden_layers
+    assert sum(f"{kernel.namespace}.ternary_mm_fused" in call for call in calls) == 2 * layers
+    assert sum(call.endswith(f"{kernel.namespace}.ternary_mm.default") for call in calls) == 2 * layers
