@@ -1,6 +1,7 @@
 """Decode and prefill speed, memory and bandwidth use: packed TriLM on each inference path vs FloatLM bf16 / fp32.
 
     python bench/bench_inference.py [--sizes 99M 390M 1.1B] [--tokens 16] [--prefill 128] [--variants ...]
+                                    [--baseline-tree DIR]   (DIR/modeling: e.g. `git archive REV modeling | tar -x`)
 
 Full-size shapes from the suite registry, random weights (speed does not depend on values). A TriLM is saved as a
 packed checkpoint once per size and every TriLM variant loads it with `from_pretrained` in its own subprocess, so the
