@@ -1,6 +1,7 @@
 """Decode and prefill speed, memory and bandwidth use: packed TriLM on each inference path vs FloatLM bf16 / fp32.
 
     python bench/bench_inference.py [--sizes 99M 390M 1.1B] [--tokens 16] [--prefill 128] [--variants ...]
+                                    [--baseline-tree DIR]   (DIR/modeling: e.g. `git archive REV modeling | tar -x`)
 
 Full-size shapes from the suite registry, random weights (speed does not depend on values). A TriLM is saved as a
 packed checkpoint once per size and every TriLM variant loads it with `from_pretrained` in its own subprocess, so the
@@ -25,6 +26,7 @@ Every figure is printed with the load average, since the machine is shared.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import os
@@ -48,6 +50,14 @@ VARIANTS = (
     ("FloatLM bf16 compiled", "floatlm", "bfloat16", "+compile"),
     ("TriLM 2bit compiled", "trilm", "bfloat16", "2bit+compile"),
 )
+# With --baseline-tree DIR: the same TriLM rows with DIR/modeling (e.g. an older commit's tree, `git archive`) in
+# the same run, for before/after ratios on one machine state
+BASELINE_VARIANTS = (
+    ("TriLM 2bit baseline", "trilm", "bfloat16", "2bit+baseline"),
+    ("TriLM 2bit int8emb baseline", "trilm", "bfloat16", "2bit+int8+baseline"),
+    ("TriLM 2bit compiled baseline", "trilm", "bfloat16", "2bit+compile+baseline"),
+)
+BASELINE_ENV = "SPECTRA_BENCH_BASELINE_TREE"
 PROMPT_TOKENS = 8
 
 
@@ -105,7 +115,14 @@ def worker(family: str, size: str, dtype_name: str, path: str | None, checkpoint
     start = time.perf_counter()
     path, *options = (path or "").split("+")
     int8, compiled = "int8" in options, "compile" in options
-    if family == "trilm":
+    if family == "trilm" and "baseline" in options:
+        sys.path.insert(0, os.environ[BASELINE_ENV])
+        from modeling import TriLMForCausalLM as BaselineTriLM  # the baseline tree's remote-code package
+
+        model = BaselineTriLM.from_pretrained(
+            checkpoint, ternary_inference=path or None, dtype=dtype, int8_embeddings=int8
+        ).eval()
+    elif family == "trilm":
         from spectra_hf import TriLMForCausalLM
 
         model = TriLMForCausalLM.from_pretrained(
@@ -200,6 +217,11 @@ def _run_layers(stack, inputs) -> None:
         layer(inputs[layer.in_features])
 
 
+def _run_products(products) -> None:
+    for product, x in products:
+        product(x)
+
+
 def _timed(function) -> float:
     begin = time.perf_counter()
     function()
@@ -227,6 +249,13 @@ def block_matmuls(size: str, repeats: int = 20) -> None:
             layer = TernaryLinear.from_ternary(digits, torch.rand(1) + 0.01, shard_dim=0, eps=1e-5)
             layer.prepare_inference(path, torch.bfloat16)
             layers[path].append(layer)
+    portable = None  # the portable C++ variant (no intrinsics), on the 2-bit layers' weights
+    with contextlib.suppress(OSError, RuntimeError, subprocess.SubprocessError):
+        from spectra_hf.modeling import ternary_kernels
+
+        portable = ternary_kernels.load_cpu_library(
+            "portable", compiler=os.environ.get("CXX") or "c++", cache_dir=ternary_kernels.kernel_cache_dir()
+        )
     threads = torch.get_num_threads()
     for count in sorted({1, threads}):
         torch.set_num_threads(count)
@@ -236,11 +265,23 @@ def block_matmuls(size: str, repeats: int = 20) -> None:
                 for layer in stack:
                     layer(inputs[layer.in_features])
                 best[path] = min(_timed(functools.partial(_run_layers, stack, inputs)) for _ in range(repeats))
+        if portable is not None:
+            products = [
+                (functools.partial(portable.mm, packed=layer.weight_kernel, row_scale=layer.kernel_scale,
+                                   col_scale=None), inputs[layer.in_features])
+                for layer in layers["2bit"]
+            ]
+            with torch.inference_mode():
+                best["portable"] = min(
+                    _timed(functools.partial(_run_products, products)) for _ in range(repeats)
+                )
         weights = sum(o * i for o, i in shapes)
         print(
             f"{size} block matmuls, {count} thread(s), min of {repeats}: int4 {best['int4'] * 1e3:.2f} ms, "
             f"2bit {best['2bit'] * 1e3:.2f} ms (x{best['int4'] / best['2bit']:.2f}; "
-            f"2bit reads {weights / 4 / best['2bit'] / 1e9:.1f} GB/s) (load {os.getloadavg()[0]:.1f})",
+            f"2bit reads {weights / 4 / best['2bit'] / 1e9:.1f} GB/s)"
+            + (f", portable C++ 2bit {best['portable'] * 1e3:.2f} ms" if "portable" in best else "")
+            + f" (load {os.getloadavg()[0]:.1f})",
             flush=True,
         )
     torch.set_num_threads(threads)
@@ -258,6 +299,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=32, help="decode steps timed per model (after 2 warm-up steps)")
     parser.add_argument("--prefill", type=int, default=128, help="prompt length of the timed prefill")
     parser.add_argument("--variants", nargs="+", help="only these labels (default: all)")
+    parser.add_argument("--baseline-tree", help="also run the TriLM 2bit rows with this tree's modeling/ package")
     parser.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
     parser.add_argument("--save", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -282,18 +324,22 @@ def main() -> None:
     for size in args.sizes:
         block_matmuls(size)
     header = (
-        f"{'size':>5} {'model':<21} {'load peak':>9} {'resident':>8} {'RSS':>6} {'decode':>7} {'prefill':>7} "
+        f"{'size':>5} {'model':<28} {'load peak':>9} {'resident':>8} {'RSS':>6} {'decode':>7} {'prefill':>7} "
         f"{'MB/token':>8} {'of BW':>6} {'speed vs bf16':>13} {'mem vs bf16':>11} {'load avg':>8}"
     )
     print(header + "\n" + "-" * len(header), flush=True)
+    variants = VARIANTS
+    if args.baseline_tree:
+        os.environ[BASELINE_ENV] = os.path.abspath(args.baseline_tree)
+        variants = VARIANTS + BASELINE_VARIANTS
     for size in args.sizes:
         rows = {}
         with tempfile.TemporaryDirectory() as checkpoint:
             if any(
-                family == "trilm" and (not args.variants or label in args.variants) for label, family, *_ in VARIANTS
+                family == "trilm" and (not args.variants or label in args.variants) for label, family, *_ in variants
             ):
                 subprocess.run([sys.executable, __file__, "--save", size, checkpoint], check=True, capture_output=True)
-            for label, family, dtype_name, path in VARIANTS:
+            for label, family, dtype_name, path in variants:
                 if args.variants and label not in args.variants:
                     continue
                 command = [
@@ -302,14 +348,14 @@ def main() -> None:
                 ]
                 result = subprocess.run(command, capture_output=True, text=True)
                 if result.returncode:
-                    print(f"{size:>5} {label:<21} failed: {result.stderr.strip().splitlines()[-1]}", flush=True)
+                    print(f"{size:>5} {label:<28} failed: {result.stderr.strip().splitlines()[-1]}", flush=True)
                     continue
                 rows[label] = row = json.loads(result.stdout.strip().splitlines()[-1])
                 bf16 = rows.get("FloatLM bf16")
                 speed = f"{row['decode'] / bf16['decode']:.2f}x" if bf16 else "-"
                 memory = f"{row['weight_bytes'] / bf16['weight_bytes']:.2f}x" if bf16 else "-"
                 print(
-                    f"{size:>5} {label:<21} {row['load_peak'] / 2**20:>8.0f}M {row['weight_bytes'] / 2**20:>7.0f}M "
+                    f"{size:>5} {label:<28} {row['load_peak'] / 2**20:>8.0f}M {row['weight_bytes'] / 2**20:>7.0f}M "
                     f"{row['rss'] / 2**20:>5.0f}M {row['decode']:>7.1f} {row['prefill']:>7.1f} "
                     f"{row['bytes_per_token'] / 1e6:>8.0f} {row['bytes_per_token'] * row['decode'] / bandwidth:>6.0%} "
                     f"{speed:>13} {memory:>11} {row['load']:>8.1f}"

@@ -18,10 +18,8 @@ from typing import cast
 import torch
 from torch import nn
 from transformers.models.llama.modeling_llama import (
-    LlamaAttention,
     LlamaDecoderLayer,
     LlamaForCausalLM,
-    LlamaMLP,
     LlamaModel,
     LlamaPreTrainedModel,
 )
@@ -31,7 +29,8 @@ from .checkpoint_checks import CheckedLoadingMixin, check_loaded_keys, check_pac
 from .checkpoint_digests import record_checkpoint_digests
 from .configuration_trilm import LOADING_KEYS, WEIGHT_FORMATS, TriLMConfig
 from .int8_embeddings import has_int8_embeddings, quantize_embeddings_int8
-from .ternary import FusedProjections, TernaryLinear, default_inference_path, recover_ternary, share_scales
+from .ternary import TernaryLinear, default_inference_path, recover_ternary, share_scales
+from .ternary_fusion import fuse_projections
 from .ternary_kernels import cpu_kernel_status, release_freed_memory
 from .ternary_stats import TernaryCounts
 
@@ -226,13 +225,7 @@ class TriLMPreTrainedModel(CheckedLoadingMixin, LlamaPreTrainedModel):
                     module.prepare_inference(layer_path, embeddings.dtype)
                     release_freed_memory()  # per layer: the temporaries must not pile up into the load's peak
                 chosen.add(layer_path)
-        fused = 0
-        for module in self.modules():  # one 2-bit kernel call for q/k/v and one for gate/up (see FusedProjections)
-            if isinstance(module, LlamaAttention):
-                fused += FusedProjections.fuse(module.q_proj, module.k_proj, module.v_proj) is not None
-            elif isinstance(module, LlamaMLP):
-                fused += FusedProjections.fuse(module.gate_proj, module.up_proj) is not None
-        if fused:
+        if fuse_projections(self):  # one 2-bit operator call for q/k/v and one for gate/up (see ternary_fusion.py)
             release_freed_memory()
         in_force = chosen.pop() if len(chosen) == 1 else requested
         kernel = f"; CPU 2-bit kernel: {cpu_kernel_status()}" if embeddings.device.type == "cpu" else ""

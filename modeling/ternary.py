@@ -22,17 +22,12 @@ from torch import nn
 from transformers.utils import logging
 
 from .packing import pack_ternary, packed_size, unpack_ternary
-from .ternary_kernels import (
-    cpu_kernel,
-    pack_2bit,
-    ternary_matmul_2bit,
-    ternary_matmul_2bit_op,
-    triton_available,
-    unpack_2bit,
-)
+from .ternary_kernels import cpu_kernel, pack_2bit, ternary_matmul_2bit, triton_available, unpack_2bit
 
 if TYPE_CHECKING:
     from torch.distributed.tensor import DTensor
+
+    from .ternary_fusion import FusedProjections
 
 logger = logging.get_logger(__name__)
 
@@ -158,7 +153,7 @@ class _TernaryMatmul(torch.autograd.Function):
 
 
 class _WeightOnlyMatmul(torch.autograd.Function):
-    """The int8 / int4 / 2bit kernels with a gradient for the input (the kernels have none), so adapters such as LoRA
+    """The int8 / int4 kernels with a gradient for the input (the kernels have none), so adapters such as LoRA
     train on top of a packed model. Backward rebuilds g * T in the gradient's dtype for the one product."""
 
     @staticmethod
@@ -171,6 +166,27 @@ class _WeightOnlyMatmul(torch.autograd.Function):
         layer: TernaryLinear = ctx.layer
         digits, scales = layer.ternary_weight()
         return grad_out @ dense_of_digits(digits, scales, layer.shard_dim, grad_out.dtype), None
+
+
+class _TwoBitMatmul(torch.autograd.Function):
+    """The 2-bit operator with a gradient for the input (LoRA on a packed model, or a forward in grad mode): only
+    tensors cross it, so torch.compile traces it whole (fullgraph, grad mode on or off). Backward reads T back from
+    the 2-bit rows for the one product: dX = ((dY * row_scale) T) * col_scale."""
+
+    @staticmethod
+    def forward(ctx, x, packed, row_scale, col_scale):
+        ctx.save_for_backward(packed, row_scale, col_scale)
+        ctx.in_features = x.shape[-1]
+        return ternary_matmul_2bit(x, packed, row_scale, col_scale)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        packed, row_scale, col_scale = ctx.saved_tensors
+        digits = unpack_2bit(packed, ctx.in_features)  # int8 [out, in]
+        grad_x = (grad_out.float() * row_scale) @ digits.float()
+        if col_scale is not None:
+            grad_x = grad_x * col_scale
+        return grad_x.to(grad_out.dtype), None, None, None
 
 
 class _PackedWeight(nn.Parameter):
@@ -220,7 +236,7 @@ class TernaryLinear(nn.Linear):
                  scales and per-column scales (o, down) folded into the input.
         "int4":  T in torch's int4 weight-only layout (4 bits per weight; CPU); `torch._weight_int4pack_mm_for_cpu`
                  in bfloat16, scales folded the same way.
-        "2bit":  T at 2 bits per weight (`ternary_kernels.pack_2bit`), read directly by a C++ AVX2 kernel on CPU or a
+        "2bit":  T at 2 bits per weight (`ternary_kernels.pack_2bit`), read directly by a C++ torch operator on CPU or a
                  Triton kernel on CUDA, fp32 accumulation, float32 row scales, column scales folded into the input.
       Dtype casts (`.half()`, `.float()`, `.to(dtype)`) keep the kernel buffers in their own dtype; device moves
       re-plan the path on the new device at the next forward.
@@ -270,8 +286,7 @@ class TernaryLinear(nn.Linear):
         self.packed = packed
         self.inference_path: str | None = None
         self._scale_group: tuple[TernaryLinear, ...] = (self,)
-        self._fused: FusedProjections | None = None  # see `FusedProjections`
-        self._fused_index = 0
+        self._fused: FusedProjections | None = None  # the group of ternary_fusion.py this layer belongs to, if any
         if packed:
             self.register_parameter("weight", None)  # what `self.weight = None` does; nn.Linear types weight as Tensor
             numel = in_features * out_features
@@ -433,17 +448,14 @@ class TernaryLinear(nn.Linear):
             self.prepare_inference(default_inference_path(x.device, self.in_features), x.dtype)
         elif not isinstance(self._parameters["weight"], _PackedWeight):  # something assigned a float weight
             raise RuntimeError(MERGE_REFUSAL.format(name=f"this {self.out_features}x{self.in_features} layer"))
-        if torch.is_grad_enabled() and x.requires_grad and self.inference_path != "dense":
-            return _WeightOnlyMatmul.apply(x, self)
         buffers = cast(dict[str, torch.Tensor], self._buffers)  # (read directly: a decode step makes 7 such calls
         if self.inference_path == "2bit":  # per decoder layer, and each attribute lookup costs a microsecond)
-            if torch.compiler.is_compiling():
-                matmul = ternary_matmul_2bit_op
-            elif self._fused is not None:
-                return self._fused.output(self, x)
-            else:
-                matmul = ternary_matmul_2bit
-            return matmul(x, buffers["weight_kernel"], buffers["kernel_scale"], buffers["input_scale"])
+            operands = (x, buffers["weight_kernel"], buffers["kernel_scale"], buffers["input_scale"])
+            if torch.is_grad_enabled() and x.requires_grad:
+                return _TwoBitMatmul.apply(*operands)
+            return ternary_matmul_2bit(*operands)
+        if torch.is_grad_enabled() and x.requires_grad and self.inference_path != "dense":
+            return _WeightOnlyMatmul.apply(x, self)
         if self.inference_path == "dense":
             return F.linear(x, buffers["weight_kernel"].to(x.dtype))
         return self._weight_only_matmul(x)
@@ -508,69 +520,6 @@ def default_inference_path(device: torch.device, in_features: int) -> str:
     if _2bit_unavailable(device) is None:
         return "2bit"
     return "int4" if in_features % 32 == 0 else "int8"
-
-
-class FusedProjections:
-    """Sibling ternary layers that read the same input (q/k/v of an attention block, gate/up of an MLP) computed by
-    one 2-bit kernel call on CPU. Their 2-bit rows and row scales are stored once, stacked ([sum of outs, in / 4]
-    and [sum of outs]), and each layer's `weight_kernel` / `kernel_scale` is its row slice of them (no memory is
-    added). The first member called with an input tensor computes every member's output; the others, called with
-    that same tensor object, take their column slice of it. A decode step of a decoder block thus makes 4 kernel
-    calls instead of 7 (each call costs ~25 us of Python and thread start-up besides the weights it reads).
-    Anything else - another input, gradients, torch.compile, a re-prepared or moved member - computes per layer."""
-
-    def __init__(self, layers: tuple[TernaryLinear, ...]):
-        kernels = [layer.weight_kernel for layer in layers]
-        row_scales = [layer.kernel_scale for layer in layers]
-        assert all(k is not None for k in kernels) and all(r is not None for r in row_scales), "layers are prepared"
-        self.kernel = torch.cat(cast(list[torch.Tensor], kernels))  # uint8 [sum of outs, padded_in / 4]
-        self.row_scale = torch.cat(cast(list[torch.Tensor], row_scales))  # float32 [sum of outs]
-        self.layers = layers
-        self.bounds: list[tuple[int, int]] = []
-        start = 0
-        for index, layer in enumerate(layers):
-            stop = start + layer.out_features
-            self.bounds.append((start, stop))
-            layer.weight_kernel = self.kernel[start:stop]  # views: the stacked tensors are the only copy
-            layer.kernel_scale = self.row_scale[start:stop]
-            layer._fused, layer._fused_index = self, index
-            start = stop
-        self._input: torch.Tensor | None = None
-        self._outputs: dict[int, torch.Tensor] = {}
-
-    @classmethod
-    def fuse(cls, *modules: nn.Module) -> FusedProjections | None:
-        """Fuse `modules` if all are ternary layers prepared on the CPU 2-bit path with per-row scales only and the
-        same input width (q/k/v and gate/up of a packed TriLM are); None, changing nothing, otherwise (adapters such
-        as LoRA wrap the layers: those compute per layer)."""
-        layers = tuple(module for module in modules if isinstance(module, TernaryLinear))
-        fusable = len(layers) == len(modules) and all(
-            layer.inference_path == "2bit"
-            and layer.weight_kernel is not None
-            and layer.weight_kernel.device.type == "cpu"
-            and layer.input_scale is None
-            and layer.in_features == layers[0].in_features
-            and layer._fused is None
-            for layer in layers
-        )
-        return cls(layers) if fusable and len(layers) > 1 else None
-
-    def output(self, layer: TernaryLinear, x: torch.Tensor) -> torch.Tensor:
-        index = layer._fused_index
-        if self._input is not x or index not in self._outputs:
-            y = ternary_matmul_2bit(x, self.kernel, self.row_scale)  # [..., sum of outs]
-            self._outputs = {i: y[..., start:stop] for i, (start, stop) in enumerate(self.bounds)}
-            self._input = x
-        output = self._outputs.pop(index)
-        if not self._outputs:
-            self._input = None  # every member took its output: hold no tensor between steps
-        return output
-
-    def dissolve(self) -> None:
-        """Back to independent layers (their kernels stay views of the stacked tensors)."""
-        for layer in self.layers:
-            layer._fused = None
-        self._input, self._outputs = None, {}
 
 
 def share_scales(*layers: TernaryLinear) -> None:

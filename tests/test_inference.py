@@ -96,10 +96,12 @@ def test_weight_only_paths_match_the_reference_and_stay_small(
     torch.testing.assert_close(logits, reference, rtol=0, atol=tolerance * reference.abs().max().item())
 
 
+@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad_mode_on"])
 @pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
-def test_static_cache_and_torch_compile_decode_like_eager(saved, backend) -> None:
-    """The README's static cache + torch.compile route: the 2-bit kernel is a torch custom op, so the whole forward
-    compiles as one graph (fullgraph=True fails on any graph break) and decodes the tokens eager decoding gives."""
+def test_static_cache_and_torch_compile_decode_like_eager(saved, backend, grad) -> None:
+    """The README's static cache + torch.compile route: the 2-bit kernel is a C++ torch operator, so the whole
+    forward compiles as one graph (fullgraph=True fails on any graph break), with grad mode on (as users call a
+    model) or off, and decodes the tokens eager decoding gives."""
     from transformers import StaticCache
 
     _, directory, ids, _ = saved
@@ -108,14 +110,14 @@ def test_static_cache_and_torch_compile_decode_like_eager(saved, backend) -> Non
 
     def greedy(step, steps: int = 4) -> tuple[list[int], torch.Tensor]:
         cache = StaticCache(config=model.config, max_cache_len=16)
-        with torch.no_grad():
+        with torch.set_grad_enabled(grad):
             out = model(prompt, cache=cache, cache_position=torch.arange(prompt.shape[1]))
             tokens, logits = [], []
             for i in range(steps):
                 token = out.logits[:, -1:].argmax(-1)
                 tokens.append(int(token))
                 out = step(token, cache=cache, cache_position=torch.tensor([prompt.shape[1] + i]))
-                logits.append(out.logits[:, -1])
+                logits.append(out.logits[:, -1].detach())
         return tokens, torch.cat(logits)
 
     torch._dynamo.reset()
@@ -127,14 +129,15 @@ def test_static_cache_and_torch_compile_decode_like_eager(saved, backend) -> Non
 
 
 def test_fused_sibling_projections_give_the_per_layer_outputs_without_more_memory(saved) -> None:
-    """On the CPU 2-bit path q/k/v and gate/up are one kernel call each (FusedProjections): the logits are those of
-    per-layer calls bit for bit, the fused layers' 2-bit rows are views of one tensor (no second copy), and a
-    member called alone, with another input, or after being re-prepared still computes its own product."""
-    from spectra_hf.modeling.ternary import FusedProjections
+    """On the CPU 2-bit path q/k/v and gate/up are one operator call each, returning every member's output
+    (ternary_fusion.py): the logits are those of per-layer calls bit for bit, the fused layers' 2-bit rows are views
+    of one tensor (no second copy), and a member called alone or after being re-prepared computes its own product."""
+    from spectra_hf.modeling.ternary_fusion import FusedProjectionAttention, FusedProjectionMLP, FusedProjections
 
     _, directory, ids, reference = saved
     model = TriLMForCausalLM.from_pretrained(directory, ternary_inference="2bit", dtype=torch.float32)
     attention, mlp = model.model.layers[0].self_attn, model.model.layers[0].mlp
+    assert isinstance(attention, FusedProjectionAttention) and isinstance(mlp, FusedProjectionMLP)
     group = attention.q_proj._fused
     assert group is not None and group is attention.k_proj._fused is attention.v_proj._fused
     assert mlp.gate_proj._fused is mlp.up_proj._fused is not None and mlp.down_proj._fused is None
@@ -145,9 +148,9 @@ def test_fused_sibling_projections_give_the_per_layer_outputs_without_more_memor
     with torch.no_grad():
         fused_logits = model(ids).logits
         x = torch.randn(3, attention.k_proj.in_features)
-        alone = attention.k_proj(x)  # a member called first, with an input the others never see
-        expected_k = attention.k_proj._weight_only_matmul(x)
-        assert torch.equal(alone, expected_k)
+        alone = attention.k_proj(x)  # a member called alone
+        assert torch.equal(alone, attention.k_proj._weight_only_matmul(x))
+        assert all(torch.equal(a, b) for a, b in zip(group(x), (p(x) for p in group.layers), strict=True))
         for module in model.modules():
             if isinstance(module, TernaryLinear) and module._fused is not None:
                 module._fused.dissolve()
@@ -324,3 +327,49 @@ def test_int8_embeddings_are_opt_in_close_to_the_reference_and_not_saved(saved, 
     with pytest.raises(ValueError, match="without int8_embeddings"):
         model.save_pretrained(tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_compile_for_decode_generates_the_eager_tokens_with_one_graph(saved, capsys) -> None:
+    """The one switch of the fast route: generate() then decodes on a static cache through one compiled graph (later
+    calls of other lengths reuse it) and gives eager greedy decoding's tokens."""
+    from spectra_hf.fast_decode import compile_for_decode
+
+    _, directory, ids, _ = saved
+    model = TriLMForCausalLM.from_pretrained(directory, ternary_inference="2bit", dtype=torch.float32)
+    prompt = ids[:1, :6]
+    eager = model.generate(prompt, max_new_tokens=8, do_sample=False, pad_token_id=0)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    seconds = compile_for_decode(model, max_cache_len=32)
+    assert f"compiled the decode step in {seconds:.1f} s" in capsys.readouterr().out
+    for new_tokens in (8, 5):
+        tokens = model.generate(prompt, max_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+        assert torch.equal(tokens, eager[:, : 6 + new_tokens])
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+
+
+def test_compiled_graph_calls_the_fused_cpp_operator_once_per_group(saved) -> None:
+    """Inside a torch.compile graph (no grad) q/k/v and gate/up are one C++ operator call each, o and down one each:
+    the graph holds 2 fused and 2 single 2-bit operator calls per decoder layer, and no Python call between them."""
+    from spectra_hf.modeling import ternary_kernels
+
+    _, directory, ids, _ = saved
+    model = TriLMForCausalLM.from_pretrained(directory, ternary_inference="2bit", dtype=torch.float32)
+    kernel = ternary_kernels.cpu_kernel()
+    if kernel is None:
+        pytest.skip(f"CPU kernel: {ternary_kernels.cpu_kernel_status()}")
+    calls: list[str] = []
+
+    def recording_backend(graph_module, example_inputs):
+        calls.extend(str(node.target) for node in graph_module.graph.nodes if node.op == "call_function")
+        return graph_module.forward
+
+    torch._dynamo.reset()
+    compiled = torch.compile(model.forward, fullgraph=True, dynamic=False, backend=recording_backend)
+    with torch.no_grad():
+        logits = compiled(ids[:1, :4]).logits
+        torch.testing.assert_close(logits, model(ids[:1, :4]).logits, rtol=0, atol=0)
+    layers = model.config.num_hidden_layers
+    assert sum(f"{kernel.namespace}.ternary_mm_fused" in call for call in calls) == 2 * layers
+    assert sum(call.endswith(f"{kernel.namespace}.ternary_mm.default") for call in calls) == 2 * layers

@@ -11,6 +11,7 @@ from spectra_hf import FloatLMForCausalLM, TernaryLinear, TriLMForCausalLM
 from spectra_hf.checkpoints.info import describe_checkpoint, suite_size
 from spectra_hf.cli import main
 from spectra_hf.errors import SpectraError
+from spectra_hf.modeling import ternary_kernels
 from spectra_hf.suite import SIZES, config_for
 
 
@@ -35,6 +36,8 @@ def test_trilm_kinds_are_told_apart_with_the_same_statistics(tmp_path) -> None:
     paths = {m.inference_path for m in loaded.modules() if isinstance(m, TernaryLinear)}
     if packed["cpu_inference"].startswith("C++"):
         assert paths == {"2bit"}
+        variant = ternary_kernels.choose_variant(ternary_kernels.cpu_flags())  # the instruction set in force
+        assert f"{variant} variant" in packed["cpu_inference"]
     else:  # no compiler: torch's int4 kernel (int8 where the width does not suit it)
         assert paths and paths <= {"int4", "int8"}
 

@@ -203,3 +203,70 @@ def test_int8_head_kernel_matches_the_float64_reference(dtype: torch.dtype) -> N
         atol = TOLERANCE[dtype] * expected.abs().max().item()
         torch.testing.assert_close(y.double(), expected, rtol=0, atol=atol)
         assert (y.double() - expected).abs().max() <= (fallback.double() - expected).abs().max()
+
+
+# ----------------------------------------------------------------------------------------- instruction-set variants
+
+AVX512_FLAGS = frozenset(["avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq"])
+
+
+def test_a_variant_the_cpu_lacks_is_never_chosen() -> None:
+    choose, flags = ternary_kernels.choose_variant, ternary_kernels.cpu_flags()
+    assert choose(frozenset()) == "portable"
+    assert choose(frozenset({"avx2", "fma", "f16c"})) == "avx2"
+    assert choose(frozenset({"avx2", "fma", "f16c", "avx_vnni"})) == "avxvnni"
+    assert choose(AVX512_FLAGS) == "avx512bw"
+    assert choose(AVX512_FLAGS | {"avx512_vnni"}) == "avx512vnni"
+    with pytest.raises(ValueError, match="lacks avx512bw"):
+        choose(frozenset({"avx2", "fma", "f16c"}), "avx512bw")
+    with pytest.raises(ValueError, match="not a kernel variant"):
+        choose(flags, "sse9")
+    # on this machine: the chosen variant's every required flag is in /proc/cpuinfo
+    chosen = choose(flags)
+    assert chosen in ternary_kernels.supported_variants(flags)
+    kernel = ternary_kernels.cpu_kernel()
+    if kernel is not None:
+        assert kernel.variant == chosen and chosen in ternary_kernels.cpu_kernel_status()
+
+
+def runnable_variants() -> list:
+    variants = ternary_kernels.supported_variants(ternary_kernels.cpu_flags())
+    return [pytest.param(v, marks=pytest.mark.slow) if v not in ("avx2",) else v for v in variants]
+
+
+@pytest.mark.parametrize("variant", runnable_variants())
+def test_every_variant_the_cpu_has_matches_the_float64_reference(variant: str) -> None:
+    """Each variant this CPU runs (built if needed: about a minute each on 2 busy cores) against float64, for 1, 2, 3
+    and 6 scale shards along either dimension, decode and tile token counts, fp32 and bf16, and the fused call."""
+    kernel = ternary_kernels.load_cpu_library(
+        variant, compiler="c++", cache_dir=ternary_kernels.kernel_cache_dir()
+    )
+    for shards in SHARDS:
+        for shard_dim in (0, 1):
+            digits, scales = random_ternary(36, 300, shards, shard_dim, seed=shards * 10 + shard_dim)
+            layer = TernaryLinear.from_ternary(digits, scales, shard_dim=shard_dim, eps=1e-5)
+            layer.prepare_inference("2bit", torch.float32)
+            for tokens, dtype in ((1, torch.float32), (5, torch.float32), (3, torch.bfloat16), (50, torch.float32)):
+                x = torch.randn(tokens, 300, generator=torch.Generator().manual_seed(tokens)).to(dtype)
+                y = kernel.mm(x, layer.weight_kernel, layer.kernel_scale, layer.input_scale)
+                expected = reference(x, digits, scales, shard_dim)
+                atol = TOLERANCE[dtype] * expected.abs().max().item()
+                torch.testing.assert_close(y.double(), expected, rtol=0, atol=atol)
+                if shard_dim == 0:
+                    parts = kernel.mm_fused(x, layer.weight_kernel, layer.kernel_scale, [20, 16])
+                    torch.testing.assert_close(torch.cat(parts, -1).double(), expected, rtol=0, atol=atol)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["avx512bw", "avx512vnni", "avxvnni"])
+def test_variants_this_cpu_lacks_still_compile(variant: str, tmp_path) -> None:
+    """Compile-only: the AVX-512 / AVX-VNNI code paths build (the compiler takes their flags) though this CPU may not
+    run them; nothing is loaded."""
+    import subprocess
+
+    probe = subprocess.run(["c++", "-mavx512vnni", "-mavxvnni", "-x", "c++", "-E", "-", "-o", "/dev/null"],
+                           input="", capture_output=True, text=True)
+    if probe.returncode:
+        pytest.skip("the compiler does not take the AVX-512 VNNI / AVX-VNNI flags")
+    path, seconds = ternary_kernels.build_cpu_library(variant, compiler="c++", cache_dir=tmp_path)
+    assert path.exists() and seconds is not None and variant in path.name

@@ -1,0 +1,527 @@
+"""The C++ source of the CPU 2-bit kernel, a torch operator library (see `ternary_kernels.py`, which builds and loads
+it). One source, compiled once per instruction-set variant: the variant's flags select the code paths below
+(`__AVX512BW__`: 512-bit row products, `__AVX512VNNI__` / `__AVXVNNI__`: `vpdpwssd` instead of `vpmaddwd` + add,
+`__AVX2__`: the 256-bit code, none of them: portable C++ that the compiler vectorizes for the target it is given).
+
+The operators, registered under the namespace NAMESPACE (one per variant, so that variants can be loaded side by
+side for tests):
+  ternary_mm(Tensor x, Tensor packed, Tensor row_scale, Tensor? col_scale) -> Tensor
+  ternary_mm_fused(Tensor x, Tensor packed, Tensor row_scale, int[] outs) -> Tensor[]
+      (one product with the stacked rows of several layers, returned as one output per layer of `outs` rows)
+  int8_mm(Tensor x, Tensor weight, Tensor row_scale) -> Tensor
+  ternary_unpack(Tensor packed, int in_features) -> Tensor
+  set_allocation_limit(int bytes) -> ()
+      (testing hook: scratch allocations above `bytes` fail as an out-of-memory would; -1 lifts the limit)
+Scratch for the quantized activations lives in per-thread buffers that are kept between calls (no allocation per
+decode step) up to KEEP_BYTES; every allocation is checked and a failure raises a RuntimeError, never a crash.
+"""
+
+CPU_SOURCE = r"""
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS  /* per-operator headers only: the whole ATen.h triples the build time */
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <torch/library.h>
+
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+#define BLOCK_W 128        /* weights per 32-byte block of a row */
+#define TILE_ROWS 4        /* quantized activation rows per register tile */
+#define GEMM_MIN_TOKENS 48 /* fp32 inputs from this many tokens on: unpack T and use torch's fp32 GEMM */
+
+enum { F32 = 0, BF16 = 1, F16 = 2 };
+
+/* ------------------------------------------------------------------------------------------------- checked scratch */
+
+static std::atomic<int64_t> allocation_limit{-1};
+static const size_t KEEP_BYTES = (size_t)4 << 20;  /* per-thread scratch kept between calls */
+
+struct Scratch {
+    void* data = nullptr;
+    size_t capacity = 0;
+    ~Scratch() { std::free(data); }
+};
+static thread_local Scratch thread_scratch;
+
+/* A 64-byte aligned buffer of `bytes` for this call: the calling thread's kept buffer when it fits, else a fresh
+   allocation that `release_scratch` frees. Raises (TORCH_CHECK) on failure, before any parallel region starts. */
+static void* acquire_scratch(size_t bytes, bool* owned) {
+    bytes = (bytes + 63) / 64 * 64;
+    const int64_t limit = allocation_limit.load();
+    if (bytes <= thread_scratch.capacity && (limit < 0 || (int64_t)bytes <= limit)) {
+        *owned = false;
+        return thread_scratch.data;
+    }
+    void* data = (limit >= 0 && (int64_t)bytes > limit) ? nullptr : std::aligned_alloc(64, bytes);
+    TORCH_CHECK(data != nullptr, "spectra ternary kernel: out of memory allocating ", bytes,
+                " bytes of scratch for the quantized activations (use fewer tokens per call)");
+    if (bytes <= KEEP_BYTES) {
+        std::free(thread_scratch.data);
+        thread_scratch.data = data;
+        thread_scratch.capacity = bytes;
+        *owned = false;
+    } else {
+        *owned = true;
+    }
+    return data;
+}
+struct ScratchGuard {
+    void* data; bool owned;
+    explicit ScratchGuard(size_t bytes) { data = acquire_scratch(bytes, &owned); }
+    ~ScratchGuard() { if (owned) std::free(data); }
+};
+
+/* --------------------------------------------------------------------------------------------- element conversions */
+
+static inline float load_value(const void* x, int kind, int64_t index) {
+    if (kind == BF16) return (float)((const c10::BFloat16*)x)[index];
+    if (kind == F16) return (float)((const c10::Half*)x)[index];
+    return ((const float*)x)[index];
+}
+static inline void store_value(void* y, int kind, int64_t index, float value) {
+    if (kind == BF16) ((c10::BFloat16*)y)[index] = c10::BFloat16(value);  /* round to nearest even, NaN kept */
+    else if (kind == F16) ((c10::Half*)y)[index] = c10::Half(value);
+    else ((float*)y)[index] = value;
+}
+
+/* Columns [c0, c0 + 128) of one activation row (x + offset is column c0) as fp32, times col_scale, zero past k. */
+static inline void load_block(const void* x, int kind, int64_t offset, const float* col_scale, int64_t c0, int64_t k,
+                              float* values) {
+#if defined(__AVX2__)
+    if (c0 + BLOCK_W <= k) {
+        for (int j = 0; j < BLOCK_W; j += 8) {
+            __m256 v;
+            if (kind == BF16)
+                v = _mm256_castsi256_ps(_mm256_slli_epi32(
+                    _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)((const uint16_t*)x + offset + j))), 16));
+            else if (kind == F16)
+                v = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)((const uint16_t*)x + offset + j)));
+            else v = _mm256_loadu_ps((const float*)x + offset + j);
+            if (col_scale) v = _mm256_mul_ps(v, _mm256_loadu_ps(col_scale + c0 + j));
+            _mm256_storeu_ps(values + j, v);
+        }
+        return;
+    }
+#endif
+    for (int j = 0; j < BLOCK_W; j++) {
+        const float value = c0 + j < k ? load_value(x, kind, offset + j) : 0.0f;
+        values[j] = col_scale && c0 + j < k ? value * col_scale[c0 + j] : value;
+    }
+}
+
+/* One block of 128 fp32 `values` -> int16 codes q and the block's scale s with values ~= s * q, |q| <= 32767
+   (s = block max / 32767: rounding error <= s / 2 per element). A NaN or infinity makes s NaN, so that the
+   outputs it reaches are NaN rather than silently finite. */
+static inline float quantize_block(const float* values, int16_t* q) {
+    float largest = 0.0f;
+    bool bad = false;
+    for (int j = 0; j < BLOCK_W; j++) {
+        const float magnitude = std::fabs(values[j]);
+        bad |= !(magnitude < INFINITY);  /* NaN or infinite */
+        largest = magnitude > largest ? magnitude : largest;
+    }
+    const float inverse = largest > 0.0f && !bad ? 32767.0f / largest : 0.0f;
+    for (int j = 0; j < BLOCK_W; j++) q[j] = (int16_t)std::nearbyint(values[j] * inverse);  /* to nearest even */
+    return bad ? NAN : largest / 32767.0f;
+}
+
+/* Rows of x (fp32 / bf16 / fp16, [m, k], row stride x_stride, times col_scale) -> int16 codes q [m * passes, kp] and
+   block scales s [m * passes, kp / 128]: row i * passes holds x's blocks, row i * passes + 1 (fp32: passes = 2) the
+   blocks of what the first pass left over. Columns k..kp are 0. */
+static void quantize_activations(const void* x, int x_kind, int64_t x_stride, const float* col_scale, int64_t m,
+                                 int64_t k, int64_t kp, int passes, int16_t* q, float* s) {
+    const int64_t nblocks = kp / BLOCK_W;
+    at::parallel_for(0, m, m * k > 65536 ? 1 : m, [&](int64_t begin, int64_t end) {
+        float values[BLOCK_W];
+        for (int64_t i = begin; i < end; i++) {
+            for (int64_t b = 0; b < nblocks; b++) {
+                load_block(x, x_kind, i * x_stride + BLOCK_W * b, col_scale, BLOCK_W * b, k, values);
+                int16_t* first = q + (i * passes) * kp + BLOCK_W * b;
+                const float scale = s[(i * passes) * nblocks + b] = quantize_block(values, first);
+                if (passes == 2) {
+                    for (int j = 0; j < BLOCK_W; j++) values[j] -= scale * (float)first[j];
+                    s[(i * passes + 1) * nblocks + b] = quantize_block(values, q + (i * passes + 1) * kp + BLOCK_W * b);
+                }
+            }
+        }
+    });
+}
+
+/* ------------------------------------------------------------------------------------------------- row products */
+
+#if defined(__AVX2__)
+static inline float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_hadd_ps(s, s); s = _mm_hadd_ps(s, s);
+    return _mm_cvtss_f32(s);
+}
+/* acc + the pairwise int16 products of a and b summed into int32 lanes: one vpdpwssd where the CPU has VNNI */
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+#define MADD_ACC(acc, a, b) _mm256_dpwssd_epi32((acc), (a), (b))
+#elif defined(__AVXVNNI__)
+#define MADD_ACC(acc, a, b) _mm256_dpwssd_avx_epi32((acc), (a), (b))
+#else
+#define MADD_ACC(acc, a, b) _mm256_add_epi32((acc), _mm256_madd_epi16((a), (b)))
+#endif
+/* the 16 weights of plane p of a block as int16 in {-1, 0, +1} (plane 7 needs no left shift) */
+#define PLANE(v, p) \
+    ((p) == 7 ? _mm256_srai_epi16((v), 14) : _mm256_srai_epi16(_mm256_slli_epi16((v), 14 - 2 * (p)), 14))
+
+/* blocks [b0, nblocks) of MT quantized rows against one weight row, 256 bits at a time; adds into out[i] */
+template <int MT>
+static inline void row_dot_256(const uint8_t* w, const int16_t* q, const float* s, int64_t kp, int64_t b0,
+                               int64_t nblocks, float* out) {
+    __m256 acc[MT];
+    for (int i = 0; i < MT; i++) acc[i] = _mm256_setzero_ps();
+    for (int64_t b = b0; b < nblocks; b++) {
+        const __m256i v = _mm256_loadu_si256((const __m256i*)(w + 32 * b));
+        __m256i sums[MT][2];
+        for (int i = 0; i < MT; i++) { sums[i][0] = _mm256_setzero_si256(); sums[i][1] = _mm256_setzero_si256(); }
+#define STEP(p) { const __m256i t = PLANE(v, p); \
+        for (int i = 0; i < MT; i++) { \
+            const __m256i x = _mm256_loadu_si256((const __m256i*)(q + i * kp + BLOCK_W * b + 16 * (p))); \
+            sums[i][(p) & 1] = MADD_ACC(sums[i][(p) & 1], t, x); } }
+        STEP(0) STEP(1) STEP(2) STEP(3) STEP(4) STEP(5) STEP(6) STEP(7)
+#undef STEP
+        /* |block sum| <= 128 * 32767 < 2^24: converts to float exactly */
+        for (int i = 0; i < MT; i++)
+            acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(sums[i][0], sums[i][1])),
+                                     _mm256_broadcast_ss(s + i * (kp / BLOCK_W) + b), acc[i]);
+    }
+    for (int i = 0; i < MT; i++) out[i] += hsum(acc[i]);
+}
+#endif
+
+#if defined(__AVX512BW__)
+#if defined(__AVX512VNNI__)
+#define MADD_ACC_512(acc, a, b) _mm512_dpwssd_epi32((acc), (a), (b))
+#else
+#define MADD_ACC_512(acc, a, b) _mm512_add_epi32((acc), _mm512_madd_epi16((a), (b)))
+#endif
+#define PLANE_512(v, p) \
+    ((p) == 7 ? _mm512_srai_epi16((v), 14) : _mm512_srai_epi16(_mm512_slli_epi16((v), 14 - 2 * (p)), 14))
+/* two blocks per 512-bit register (lanes 0-15: block b, 16-31: block b + 1); an odd last block takes 256 bits */
+template <int MT>
+static inline void row_dot(const uint8_t* w, const int16_t* q, const float* s, int64_t kp, int64_t nblocks,
+                           float* out) {
+    __m512 acc[MT];
+    for (int i = 0; i < MT; i++) { acc[i] = _mm512_setzero_ps(); out[i] = 0.0f; }
+    int64_t b = 0;
+    for (; b + 2 <= nblocks; b += 2) {
+        const __m512i v = _mm512_loadu_si512((const void*)(w + 32 * b));
+        __m512i sums[MT];
+        for (int i = 0; i < MT; i++) sums[i] = _mm512_setzero_si512();
+#define STEP(p) { const __m512i t = PLANE_512(v, p); \
+        for (int i = 0; i < MT; i++) { \
+            const int16_t* row = q + i * kp + BLOCK_W * b + 16 * (p); \
+            const __m512i x = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)row)), \
+                                                 _mm256_loadu_si256((const __m256i*)(row + BLOCK_W)), 1); \
+            sums[i] = MADD_ACC_512(sums[i], t, x); } }
+        STEP(0) STEP(1) STEP(2) STEP(3) STEP(4) STEP(5) STEP(6) STEP(7)
+#undef STEP
+        for (int i = 0; i < MT; i++) {
+            const float* sb = s + i * (kp / BLOCK_W) + b;
+            const __m512 scales = _mm512_mask_blend_ps((__mmask16)0xFF00, _mm512_set1_ps(sb[0]), _mm512_set1_ps(sb[1]));
+            acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums[i]), scales, acc[i]);
+        }
+    }
+    for (int i = 0; i < MT; i++) out[i] = _mm512_reduce_add_ps(acc[i]);
+    if (b < nblocks) row_dot_256<MT>(w, q, s, kp, b, nblocks, out);
+}
+#elif defined(__AVX2__)
+template <int MT>
+static inline void row_dot(const uint8_t* w, const int16_t* q, const float* s, int64_t kp, int64_t nblocks,
+                           float* out) {
+    for (int i = 0; i < MT; i++) out[i] = 0.0f;
+    row_dot_256<MT>(w, q, s, kp, 0, nblocks, out);
+}
+#else
+/* portable: the weights of a block widened to int16 once, then plain integer dot products (vectorized by the
+   compiler for whatever target it is given) */
+template <int MT>
+static inline void row_dot(const uint8_t* w, const int16_t* q, const float* s, int64_t kp, int64_t nblocks,
+                           float* out) {
+    for (int i = 0; i < MT; i++) out[i] = 0.0f;
+    int16_t t[BLOCK_W];
+    for (int64_t b = 0; b < nblocks; b++) {
+        const uint8_t* block = w + 32 * b;
+        for (int l = 0; l < 16; l++) {
+            const uint16_t lane = (uint16_t)(block[2 * l] | (block[2 * l + 1] << 8));
+            for (int p = 0; p < 8; p++) t[16 * p + l] = (int16_t)((int16_t)(lane << (14 - 2 * p)) >> 14);
+        }
+        for (int i = 0; i < MT; i++) {
+            const int16_t* x = q + i * kp + BLOCK_W * b;
+            int32_t sum = 0;
+            for (int j = 0; j < BLOCK_W; j++) sum += (int32_t)t[j] * (int32_t)x[j];
+            out[i] += (float)sum * s[i * (kp / BLOCK_W) + b];
+        }
+    }
+}
+#endif
+
+/* One int8 weight row (k a multiple of 16) against one quantized activation row: sum_j w_j x_j */
+static inline float int8_row_dot(const int8_t* w, const int16_t* q, const float* s, int64_t k) {
+#if defined(__AVX2__)
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t c0 = 0; c0 < k; c0 += BLOCK_W) {
+        const int64_t width = k - c0 < BLOCK_W ? k - c0 : BLOCK_W;
+        __m256i sums = _mm256_setzero_si256();
+        for (int64_t c = 0; c < width; c += 16) {
+            const __m256i weights = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)(w + c0 + c)));
+            sums = MADD_ACC(sums, weights, _mm256_loadu_si256((const __m256i*)(q + c0 + c)));
+        }
+        /* |block sum| <= 128 * 127 * 32767 < 2^31; above 2^24 its float conversion rounds like any fp32 sum */
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_broadcast_ss(s + c0 / BLOCK_W), acc);
+    }
+    return hsum(acc);
+#else
+    float total = 0.0f;
+    for (int64_t c0 = 0; c0 < k; c0 += BLOCK_W) {
+        const int64_t width = k - c0 < BLOCK_W ? k - c0 : BLOCK_W;
+        int32_t sum = 0;
+        for (int64_t c = 0; c < width; c++) sum += (int32_t)w[c0 + c] * (int32_t)q[c0 + c];
+        total += (float)sum * s[c0 / BLOCK_W];
+    }
+    return total;
+#endif
+}
+
+/* rows [r0, r1) of T as fp32 into out [r1 - r0, k] */
+static void unpack_rows(const uint8_t* w, int64_t kp, int64_t k, int64_t r0, int64_t r1, float* out) {
+    at::parallel_for(r0, r1, 16, [&](int64_t begin, int64_t end) {
+        float block_values[BLOCK_W];
+        for (int64_t r = begin; r < end; r++) {
+            const uint8_t* wr = w + r * (kp / 4);
+            float* dst = out + (r - r0) * k;
+            for (int64_t b = 0; b < kp / BLOCK_W; b++) {
+                const uint8_t* block = wr + 32 * b;
+                for (int l = 0; l < 16; l++) {
+                    const uint16_t lane = (uint16_t)(block[2 * l] | (block[2 * l + 1] << 8));
+                    for (int p = 0; p < 8; p++)
+                        block_values[16 * p + l] = (float)((int16_t)(lane << (14 - 2 * p)) >> 14);
+                }
+                const int64_t width = k - b * BLOCK_W < BLOCK_W ? k - b * BLOCK_W : BLOCK_W;
+                std::memcpy(dst + b * BLOCK_W, block_values, sizeof(float) * (size_t)width);
+            }
+        }
+    });
+}
+
+/* ------------------------------------------------------------------------------------------------- the products */
+
+/* y_g[i, r - start_g] = row_scale[r] * sum_j t[r, j] * x[i, j] * (col_scale ? col_scale[j] : 1) for the rows r of
+   every output g (outputs: `count` pointers, each [m, rows_g], rows consecutive), x: [m, k] of kind x_kind with row
+   stride x_stride, w: [n, kp / 4] in the 2-bit layout. */
+static void ternary_product(const void* x, int x_kind, int64_t x_stride, const float* col_scale, int64_t m, int64_t k,
+                            const uint8_t* w, int64_t n, int64_t kp, const float* row_scale,
+                            void* const* outputs, const int64_t* starts, int count, int y_kind) {
+    const int passes = x_kind == F32 ? 2 : 1;
+    const int64_t nblocks = kp / BLOCK_W, rows_q = m * passes;
+    const size_t q_bytes = (size_t)(rows_q * kp) * sizeof(int16_t);
+    ScratchGuard scratch(q_bytes + sizeof(float) * (size_t)(rows_q * nblocks));
+    int16_t* q = (int16_t*)scratch.data;
+    float* s = (float*)((char*)scratch.data + q_bytes);
+    quantize_activations(x, x_kind, x_stride, col_scale, m, k, kp, passes, q, s);
+    const int64_t row_chunk = 16, token_chunk = 16;
+    at::parallel_for(0, (n + row_chunk - 1) / row_chunk, 1, [&](int64_t task_begin, int64_t task_end) {
+        float dots[2 * 16];
+        for (int64_t task = task_begin; task < task_end; task++) {
+            const int64_t r0 = task * row_chunk, r1 = r0 + row_chunk < n ? r0 + row_chunk : n;
+            for (int64_t m0 = 0; m0 < m; m0 += token_chunk) {
+                const int64_t m1 = m0 + token_chunk < m ? m0 + token_chunk : m;
+                const int64_t q0 = m0 * passes, q1 = m1 * passes;
+                int g = 0;
+                for (int64_t r = r0; r < r1; r++) {
+                    while (g + 1 < count && r >= starts[g + 1]) g++;
+                    const int64_t rows_g = (g + 1 < count ? starts[g + 1] : n) - starts[g];
+                    const uint8_t* wr = w + r * (kp / 4);
+                    int64_t i = q0;
+                    for (; i + TILE_ROWS <= q1; i += TILE_ROWS)
+                        row_dot<TILE_ROWS>(wr, q + i * kp, s + i * nblocks, kp, nblocks, dots + (i - q0));
+                    for (; i + 2 <= q1; i += 2)
+                        row_dot<2>(wr, q + i * kp, s + i * nblocks, kp, nblocks, dots + (i - q0));
+                    for (; i < q1; i++) row_dot<1>(wr, q + i * kp, s + i * nblocks, kp, nblocks, dots + (i - q0));
+                    for (int64_t token = m0; token < m1; token++) {
+                        const float* d = dots + (token - m0) * passes;
+                        store_value(outputs[g], y_kind, token * rows_g + (r - starts[g]),
+                                    (passes == 2 ? d[0] + d[1] : d[0]) * row_scale[r]);
+                    }
+                }
+            }
+        }
+    });
+}
+
+static int element_kind(const at::Tensor& t) {
+    if (t.scalar_type() == at::kFloat) return F32;
+    if (t.scalar_type() == at::kBFloat16) return BF16;
+    if (t.scalar_type() == at::kHalf) return F16;
+    return -1;
+}
+
+/* x [..., k] as a [m, k] matrix of fp32 / bf16 / fp16 with unit column stride */
+static at::Tensor activations(const at::Tensor& x) {
+    TORCH_CHECK(x.device().is_cpu(), "the CPU 2-bit kernel takes CPU tensors, got ", x.device());
+    TORCH_CHECK(x.dim() >= 1, "the activations need at least one dimension");
+    at::Tensor flat = x.reshape({-1, x.size(-1)});
+    if (element_kind(flat) < 0) flat = flat.to(at::kFloat);
+    if (flat.stride(1) != 1) flat = flat.contiguous();
+    return flat;
+}
+
+static std::vector<at::Tensor> ternary_outputs(const at::Tensor& x, const at::Tensor& packed,
+                                               const at::Tensor& row_scale, const c10::optional<at::Tensor>& col_scale,
+                                               std::vector<int64_t> outs) {
+    TORCH_CHECK(packed.scalar_type() == at::kByte && packed.dim() == 2 && packed.is_contiguous(),
+                "packed must be a contiguous uint8 [out, padded_in / 4] tensor");
+    TORCH_CHECK(row_scale.scalar_type() == at::kFloat && row_scale.is_contiguous() &&
+                row_scale.numel() == packed.size(0),
+                "row_scale must be a contiguous float32 tensor of one scale per output row");
+    const int64_t n = packed.size(0), kp = packed.size(1) * 4, k = x.size(-1);
+    TORCH_CHECK(kp % BLOCK_W == 0 && k <= kp && kp - k < BLOCK_W, "x's last dimension (", k,
+                ") does not match the packed rows (", kp, " padded columns)");
+    int64_t total = 0;
+    for (int64_t rows : outs) total += rows;
+    TORCH_CHECK(total == n, "the outputs' rows (", total, ") must add up to the packed rows (", n, ")");
+    const float* col = nullptr;
+    at::Tensor col_tensor;
+    if (col_scale.has_value()) {
+        col_tensor = col_scale->to(at::kFloat).contiguous();
+        TORCH_CHECK(col_tensor.numel() == k, "col_scale needs one scale per input column");
+        col = col_tensor.data_ptr<float>();
+    }
+    at::Tensor flat = activations(x);
+    const int64_t m = flat.size(0);
+    std::vector<int64_t> leading(x.sizes().begin(), x.sizes().end() - 1);
+    std::vector<at::Tensor> results;
+    std::vector<void*> pointers;
+    std::vector<int64_t> starts;
+    if (flat.scalar_type() == at::kFloat && m >= GEMM_MIN_TOKENS) {
+        /* prefill in fp32: unpack T in row chunks of at most 16 MiB and multiply with torch's GEMM */
+        at::Tensor xs = col ? flat.mul(col_tensor) : flat;
+        at::Tensor y = at::empty({m, n}, flat.options());
+        const int64_t rows = std::max<int64_t>(1, ((int64_t)1 << 22) / k);
+        at::Tensor weights = at::empty({std::min(rows, n), k}, flat.options());
+        for (int64_t start = 0; start < n; start += rows) {
+            const int64_t stop = std::min(start + rows, n);
+            at::Tensor chunk = weights.narrow(0, 0, stop - start);
+            unpack_rows(packed.data_ptr<uint8_t>(), kp, k, start, stop, chunk.data_ptr<float>());
+            y.narrow(1, start, stop - start).copy_(at::mm(xs, chunk.t()));
+        }
+        y.mul_(row_scale);
+        int64_t start = 0;
+        for (int64_t rows_g : outs) {
+            std::vector<int64_t> shape = leading;
+            shape.push_back(rows_g);
+            results.push_back(y.narrow(1, start, rows_g).contiguous().view(shape).to(x.scalar_type()));
+            start += rows_g;
+        }
+        return results;
+    }
+    int64_t start = 0;
+    for (int64_t rows_g : outs) {
+        std::vector<int64_t> shape = leading;
+        shape.push_back(rows_g);
+        results.push_back(at::empty(shape, flat.options()));
+        pointers.push_back(results.back().data_ptr());
+        starts.push_back(start);
+        start += rows_g;
+    }
+    ternary_product(flat.data_ptr(), element_kind(flat), flat.stride(0), col, m, k, packed.data_ptr<uint8_t>(), n, kp,
+                    row_scale.data_ptr<float>(), pointers.data(), starts.data(), (int)outs.size(), element_kind(flat));
+    if (flat.scalar_type() != x.scalar_type())
+        for (auto& result : results) result = result.to(x.scalar_type());
+    return results;
+}
+
+at::Tensor ternary_mm(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& row_scale,
+                      const c10::optional<at::Tensor>& col_scale) {
+    return ternary_outputs(x, packed, row_scale, col_scale, {packed.size(0)})[0];
+}
+
+std::vector<at::Tensor> ternary_mm_fused(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& row_scale,
+                                         at::IntArrayRef outs) {
+    return ternary_outputs(x, packed, row_scale, c10::nullopt, outs.vec());
+}
+
+at::Tensor int8_mm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& row_scale) {
+    TORCH_CHECK(weight.scalar_type() == at::kChar && weight.dim() == 2 && weight.is_contiguous() &&
+                weight.size(1) % 16 == 0, "weight must be a contiguous int8 [out, in] tensor, in a multiple of 16");
+    TORCH_CHECK(row_scale.scalar_type() == at::kFloat && row_scale.is_contiguous() &&
+                row_scale.numel() == weight.size(0),
+                "row_scale must be a contiguous float32 tensor of one scale per output row");
+    const int64_t n = weight.size(0), k = weight.size(1);
+    TORCH_CHECK(x.size(-1) == k, "x's last dimension (", x.size(-1), ") is not the weight's (", k, ")");
+    at::Tensor flat = activations(x);
+    const int64_t m = flat.size(0);
+    const int passes = element_kind(flat) == F32 ? 2 : 1;
+    const int64_t kp = (k + BLOCK_W - 1) / BLOCK_W * BLOCK_W, nblocks = kp / BLOCK_W, rows_q = m * passes;
+    const size_t q_bytes = (size_t)(rows_q * kp) * sizeof(int16_t);
+    ScratchGuard scratch(q_bytes + sizeof(float) * (size_t)(rows_q * nblocks));
+    int16_t* q = (int16_t*)scratch.data;
+    float* s = (float*)((char*)scratch.data + q_bytes);
+    quantize_activations(flat.data_ptr(), element_kind(flat), flat.stride(0), nullptr, m, k, kp, passes, q, s);
+    std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end() - 1);
+    shape.push_back(n);
+    at::Tensor y = at::empty(shape, flat.options());
+    void* out = y.data_ptr();
+    const int kind = element_kind(flat);
+    const int8_t* w = weight.data_ptr<int8_t>();
+    const float* rs = row_scale.data_ptr<float>();
+    at::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) {
+        for (int64_t r = begin; r < end; r++) {  /* a row's k bytes stay in L1 across the tokens */
+            for (int64_t i = 0; i < m; i++) {
+                float dot = 0.0f;
+                for (int pass = 0; pass < passes; pass++)
+                    dot += int8_row_dot(w + r * k, q + (i * passes + pass) * kp, s + (i * passes + pass) * nblocks, k);
+                store_value(out, kind, i * n + r, dot * rs[r]);
+            }
+        }
+    });
+    return flat.scalar_type() == x.scalar_type() ? y : y.to(x.scalar_type());
+}
+
+at::Tensor ternary_unpack(const at::Tensor& packed, int64_t in_features) {
+    TORCH_CHECK(packed.scalar_type() == at::kByte && packed.dim() == 2 && packed.is_contiguous(),
+                "packed must be a contiguous uint8 [out, padded_in / 4] tensor");
+    const int64_t n = packed.size(0), kp = packed.size(1) * 4;
+    TORCH_CHECK(in_features <= kp, "in_features exceeds the packed rows");
+    at::Tensor out = at::empty({n, in_features}, packed.options().dtype(at::kFloat));
+    unpack_rows(packed.data_ptr<uint8_t>(), kp, in_features, 0, n, out.data_ptr<float>());
+    return out;
+}
+
+void set_allocation_limit(int64_t bytes) { allocation_limit.store(bytes); }
+
+TORCH_LIBRARY(NAMESPACE, m) {
+    m.def("ternary_mm(Tensor x, Tensor packed, Tensor row_scale, Tensor? col_scale) -> Tensor");
+    m.def("ternary_mm_fused(Tensor x, Tensor packed, Tensor row_scale, int[] outs) -> Tensor[]");
+    m.def("int8_mm(Tensor x, Tensor weight, Tensor row_scale) -> Tensor");
+    m.def("ternary_unpack(Tensor packed, int in_features) -> Tensor");
+    m.def("set_allocation_limit(int bytes) -> ()");
+}
+
+TORCH_LIBRARY_IMPL(NAMESPACE, CPU, m) {
+    m.impl("ternary_mm", &ternary_mm);
+    m.impl("ternary_mm_fused", &ternary_mm_fused);
+    m.impl("int8_mm", &int8_mm);
+    m.impl("ternary_unpack", &ternary_unpack);
+}
+
+TORCH_LIBRARY_IMPL(NAMESPACE, CompositeExplicitAutograd, m) {
+    m.impl("set_allocation_limit", &set_allocation_limit);
+}
+"""
