@@ -548,6 +548,7 @@ def _export_info(
         extra={
             "base_model": base_model,
             "bits": setting.bits,
+            "suite_width": setting.bits in QUANT_BITS,  # False: a width no Spectra release has (--non-suite-bits)
             "group_size": setting.group_size,
             "sym": setting.sym,
             "desc_act": setting.desc_act,
