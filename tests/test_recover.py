@@ -17,7 +17,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from spectra_hf.errors import CheckpointError
 from spectra_hf.quantization.recover import recover_quantlm
-from spectra_hf.suite import TERNARY_LINEARS
+from spectra_hf.suite import TERNARY_LINEARS, linear_weight_shapes
 
 PROBE = torch.tensor([[0, 17, 250, 3, 99, 480, 12, 7, 311, 64, 5, 200]])  # [1, 12] token ids < 512
 
@@ -31,9 +31,7 @@ def _eager_gptq_kernels():
         yield
 
 
-def _release(
-    directory: Path, *, bits: int, group_size: int, seed: int = 0, fp32_scales: bool = False
-) -> Path:
+def _release(directory: Path, *, bits: int, group_size: int, seed: int = 0, fp32_scales: bool = False) -> Path:
     """A tiny fp16 Llama (hidden 128, 2 layers) whose decoder linears are fl16(s * k) with codes k of `bits` bits.
 
     fp32_scales: dequantize with fp32 scales that are not fp16 numbers (then cast to fp16), as some tools do:
@@ -45,7 +43,7 @@ def _release(
         num_key_value_heads=4, max_position_embeddings=128, bos_token_id=0, eos_token_id=0,
     )  # fmt: skip
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config).to(torch.float16).eval()
+    model = LlamaForCausalLM(config).to(dtype=torch.float16).eval()  # type: ignore[call-arg]
     low, high = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
     for name, module in model.named_modules():
         if name.rsplit(".", 1)[-1] not in TERNARY_LINEARS:
@@ -64,7 +62,8 @@ def _release(
 
 def test_off_by_one_ulp_is_refused_by_default_and_recorded_as_inexact_when_allowed(tmp_path, caplog):
     release = _release(tmp_path / "release", bits=4, group_size=128, fp32_scales=True)
-    with pytest.raises(CheckpointError, match=r"release: model\.layers\.0\.\S+\.weight is not a 4-bit .* off by 1 ulps"):
+    refused = r"release: model\.layers\.0\.\S+\.weight is not a 4-bit .* off by 1 ulps"
+    with pytest.raises(CheckpointError, match=refused):
         recover_quantlm(release, tmp_path / "out", bits=4)
     assert not (tmp_path / "out").exists() and [p.name for p in tmp_path.iterdir()] == ["release"]
 
@@ -75,8 +74,7 @@ def test_off_by_one_ulp_is_refused_by_default_and_recorded_as_inexact_when_allow
     assert sorted(report.inexact) == sorted(
         f"model.layers.{layer}.{path}.weight"
         for layer in range(2)
-        for path in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
-        + ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+        for path in linear_weight_shapes(LlamaConfig(hidden_size=128, intermediate_size=256, num_attention_heads=4))
     )
     assert "recorded as inexact" in caplog.text
     recorded = json.loads((tmp_path / "out" / "spectra_export.json").read_text())["extra"]["recovered_from_dequantized"]

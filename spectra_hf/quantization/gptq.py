@@ -38,8 +38,8 @@ from spectra_hf.checkpoints.exports import ExportInfo, atomic_directory, model_d
 from spectra_hf.checkpoints.info import suite_size
 from spectra_hf.checkpoints.io import config_architecture, read_config
 from spectra_hf.errors import SpectraError
-from spectra_hf.quantization.hf_quantizer import SPECTRA_GPTQ_METHOD, spectra_gptq_config
 from spectra_hf.quantization.calibration import CalibrationSource, calibration_samples, load_calibration_texts
+from spectra_hf.quantization.hf_quantizer import SPECTRA_GPTQ_METHOD, spectra_gptq_config
 from spectra_hf.suite import CONTEXT_LENGTH, FLOAT_BITS, QUANT_BITS, QUANT_GROUP_SIZE, linear_weight_shapes, size_bits
 
 logger = logging.get_logger(__name__)
@@ -261,7 +261,8 @@ def packed_quantization_config(quantizer: Any) -> PackedQuantizationConfig:
     """The configs `save_quantized` writes for this quantizer's settings (GPTQ v1 on disk, no calibration data)."""
     saved = {**quantizer.to_dict(), "dataset": None, "format": "gptq"}
     return PackedQuantizationConfig(
-        loading={**saved, "quant_method": gptq_quant_method(quantizer.bits)}, gptqmodel={**saved, "quant_method": "gptq"}
+        loading={**saved, "quant_method": gptq_quant_method(quantizer.bits)},
+        gptqmodel={**saved, "quant_method": "gptq"},
     )
 
 
@@ -305,16 +306,15 @@ def load_quantlm(
     """
     directory = Path(directory)
     config = read_config(directory)
-    quant = config.get("quantization_config")
-    method = quant.get("quant_method") if quant else None
+    quant = config.get("quantization_config") or {}
+    method = quant.get("quant_method")
     if method not in ("gptq", SPECTRA_GPTQ_METHOD):
         raise SpectraError(f"{directory} is not a packed GPTQ checkpoint (no gptq quantization_config in config.json)")
     if method == SPECTRA_GPTQ_METHOD or quant["bits"] in FROM_PRETRAINED_BITS:
         from transformers import AutoModelForCausalLM, GPTQConfig
 
-        import spectra_hf.auto_registration  # noqa: F401 - imported with spectra_hf: spectra_gptq is registered
-
-        # only the loading attributes (backend) of a passed config override the saved one
+        # spectra_gptq is registered (importing this module imported spectra_hf); only the loading attributes
+        # (backend) of a passed config override the saved one
         config_class = spectra_gptq_config if method == SPECTRA_GPTQ_METHOD else GPTQConfig
         loading = config_class(bits=quant["bits"], backend=backend)
         return AutoModelForCausalLM.from_pretrained(

@@ -38,8 +38,6 @@ from spectra_hf.checkpoints.io import Checkpoint, ShardedWriter, config_architec
 from spectra_hf.checkpoints.safetensors_io import read_header, read_tensor
 from spectra_hf.errors import CheckpointError, ConfigError
 from spectra_hf.quantization.gptq import (
-    REFERENCE_BACKEND,
-    GPTQSettings,
     check_floatlm_config,
     gptq_quantizer,
     packed_quantization_config,
@@ -352,9 +350,10 @@ def _pack_linear(
     from gptqmodel.utils.model import hf_convert_gptq_v2_to_v1_format
 
     out_features, in_features = weight.shape
+    layer = torch.nn.Linear(in_features, out_features, bias=False, dtype=weight.dtype, device="meta")
+    layer.weight = torch.nn.Parameter(weight, requires_grad=False)
     holder = torch.nn.Module()
-    holder.layer = torch.nn.Linear(in_features, out_features, bias=False, dtype=weight.dtype, device="meta")
-    holder.layer.weight = torch.nn.Parameter(weight, requires_grad=False)
+    holder.add_module("layer", layer)
     groups = recovered.scales.shape[1]
     zero = torch.full((out_features, groups), float(1 << (bits - 1)))  # [out, groups] gptqmodel's symmetric zero
     g_idx = torch.arange(in_features, dtype=torch.int32) // recovered.group_size  # [in]
@@ -381,20 +380,21 @@ def _compare_written(directory: Path, source: Checkpoint, names: list[str], quan
             module = tensor_name.removesuffix(".weight")
             expected = source.tensor(tensor_name)
             out_features, in_features = expected.shape
-            holder = torch.nn.Module()
-            holder.layer = quantizer.quant_linear(
+            layer = quantizer.quant_linear(
                 quantizer.bits, quantizer.group_size, False, True, in_features, out_features, False,
                 weight_dtype=torch.float16,
             )  # fmt: skip
+            holder = torch.nn.Module()
+            holder.add_module("layer", layer)
             state = {}
-            for key in holder.layer.state_dict():
+            for key in layer.state_dict():
                 stored = f"{module}.{key}"
                 if stored not in file_of:
                     raise CheckpointError(f"{directory}: the packed checkpoint lacks {stored}; please report it")
                 state[key] = read_tensor(file_of[stored], headers[file_of[stored]][stored])
-            holder.layer.load_state_dict(state)
+            layer.load_state_dict(state)
             holder = reader.post_init_model(holder)
-            again = holder.layer.dequantize_weight().T.to(torch.float16).contiguous()  # [out, in]
+            again = holder.get_submodule("layer").dequantize_weight().T.to(torch.float16).contiguous()  # [out, in]
             if torch.equal(again.view(torch.int16), expected.view(torch.int16)):
                 fit.add(LatticeFit(values=expected.numel()))
                 continue
@@ -425,6 +425,7 @@ def _copy_release_side_files(release: Path, directory: Path) -> None:
     from spectra_hf.checkpoints.convert import _copy_side_files
 
     _copy_side_files(release, directory)
+
 
 __all__ = [
     "LatticeFit",
