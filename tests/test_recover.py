@@ -132,3 +132,18 @@ def test_recovered_6bit_loads_through_auto_classes_from_a_dir_and_the_hub(tmp_pa
         api.upload_folder(repo_id=repo, folder_path=str(out))
         hub = AutoModelForCausalLM.from_pretrained(repo)
         assert torch.equal(hub(PROBE).logits, reference)
+
+
+@pytest.mark.slow  # two fresh interpreters importing transformers (~15-30 s each)
+@pytest.mark.parametrize("prelude", ["import spectra_hf", "import transformers.quantizers.auto\nimport spectra_hf"])
+def test_import_spectra_hf_registers_the_spectra_gptq_method(prelude):
+    import subprocess
+    import sys
+
+    check = (
+        "from transformers.quantizers.auto import AUTO_QUANTIZATION_CONFIG_MAPPING, AUTO_QUANTIZER_MAPPING\n"
+        "print(AUTO_QUANTIZATION_CONFIG_MAPPING['spectra_gptq'].__name__, AUTO_QUANTIZER_MAPPING['spectra_gptq'].__name__)"
+    )
+    done = subprocess.run([sys.executable, "-c", f"{prelude}\n{check}"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "SpectraGPTQConfig SpectraGPTQHfQuantizer"
