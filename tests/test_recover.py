@@ -148,3 +148,28 @@ def test_import_spectra_hf_registers_the_spectra_gptq_method(prelude):
     done = subprocess.run([sys.executable, "-c", f"{prelude}\n{check}"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "SpectraGPTQConfig SpectraGPTQHfQuantizer"
+
+
+def test_release_conversion_warns_in_manifest_and_card_when_the_data_is_narrower(tmp_path):
+    """The release pipeline's conversion carries the finding into its warnings (the manifest's and the card's)."""
+    from spectra_hf.release.conversion import convert_revision
+    from spectra_hf.release.discovery import ReleaseRevision
+    from spectra_hf.suite import get_model
+
+    release = _release(tmp_path / "release", bits=3, group_size=128)
+    revision = ReleaseRevision(
+        model=get_model("QuantLM_99M_4bit"),
+        source_repo="SpectraSuite/QuantLM_99M_4bit_Unpacked",
+        source_revision="main",
+        source_commit="0" * 40,
+        step=None,
+        files=[],
+    )
+    result = convert_revision(revision, release, tmp_path / "out")
+    narrower = [w for w in result.warnings if "narrower than its name says" in w]
+    assert narrower == [
+        "SpectraSuite/QuantLM_99M_4bit_Unpacked@main: the recovered codes use 8 of the 16 levels of 4 bits, as a "
+        "3-bit QuantLM's do: narrower than its name says"
+    ]
+    info = json.loads((tmp_path / "out" / "spectra_export.json").read_text())
+    assert info["extra"]["recovered_from_dequantized"]["narrower_than_named"] is True
