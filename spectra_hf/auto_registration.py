@@ -25,8 +25,9 @@ from typing import Any
 
 CONFIGURATION_AUTO = "transformers.models.auto.configuration_auto"
 MODELING_AUTO = "transformers.models.auto.modeling_auto"
+QUANTIZERS_AUTO = "transformers.quantizers.auto"  # the quantization-method registry (spectra_gptq)
 SPECTRA_MODELING = "spectra_hf.modeling"  # `import spectra_hf.modeling` loads the auto modules halfway through itself
-WATCHED = (CONFIGURATION_AUTO, MODELING_AUTO, SPECTRA_MODELING)
+WATCHED = (CONFIGURATION_AUTO, MODELING_AUTO, QUANTIZERS_AUTO, SPECTRA_MODELING)
 
 # The Auto classes each Spectra model class is registered with: (class name in spectra_hf.modeling, Auto classes).
 # The task heads are transformers' Llama heads on the Spectra bodies (modeling/heads.py).
@@ -70,9 +71,16 @@ def _register_models() -> None:
                 getattr(transformers, auto_name).register(config, model_class, exist_ok=True)
 
 
+def _register_quantization_method() -> None:
+    from spectra_hf.quantization.hf_quantizer import register
+
+    register()
+
+
 _STAGES: tuple[tuple[str, Callable[[], None]], ...] = (
     (CONFIGURATION_AUTO, _register_configs),
     (MODELING_AUTO, _register_models),
+    (QUANTIZERS_AUTO, _register_quantization_method),
 )
 
 

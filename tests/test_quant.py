@@ -104,21 +104,35 @@ def in_memory_logits(floatlm_dir, corpus_files, tokenizer, probe) -> dict[int, t
 def test_packed_export_reloads_to_the_in_memory_model(bits, suite_dir, in_memory_logits, probe):
     from transformers import AutoModelForCausalLM, GPTQConfig
 
+    from spectra_hf.quantization.hf_quantizer import spectra_gptq_config
+
     directory = suite_dir / f"QuantLM_tiny_{bits}bit"
-    if bits == 6:
-        # transformers' GPTQConfig refuses 6 bits: a stock load fails loudly instead of loading garbage
-        with pytest.raises(ValueError, match="bits"):
-            AutoModelForCausalLM.from_pretrained(directory)
-        model = load_quantlm(directory, backend="torch")
-    else:
-        model = AutoModelForCausalLM.from_pretrained(
-            directory, quantization_config=GPTQConfig(bits=bits, backend="torch")
-        )
+    quant_method = json.loads((directory / "config.json").read_text())["quantization_config"]["quant_method"]
+    # GPTQConfig refuses 6 bits: that width carries the method `import spectra_hf` registers
+    assert quant_method == ("spectra_gptq" if bits == 6 else "gptq")
+    loading = spectra_gptq_config(bits, backend="torch") if bits == 6 else GPTQConfig(bits=bits, backend="torch")
+    model = AutoModelForCausalLM.from_pretrained(directory, quantization_config=loading)
     assert type(model).__name__ == "LlamaForCausalLM"
     assert type(model.model.layers[0].mlp.down_proj).__name__ == "TorchLinear"
     with torch.no_grad():
         reloaded = model.eval()(probe).logits
-    torch.testing.assert_close(reloaded, in_memory_logits[bits], rtol=0, atol=1e-5)
+        torch.testing.assert_close(reloaded, in_memory_logits[bits], rtol=0, atol=1e-5)
+        assert torch.equal(load_quantlm(directory, backend="torch")(probe).logits, reloaded)
+
+
+def test_6bit_loads_with_a_plain_from_pretrained_from_a_dir_and_the_hub(suite_dir, probe, local_hub):
+    """No quantization_config argument, no spectra-hf loader: the Auto class alone, as a user calls it."""
+    from huggingface_hub import HfApi
+    from transformers import AutoModelForCausalLM
+
+    directory = suite_dir / "QuantLM_tiny_6bit"
+    with torch.no_grad():
+        expected = load_quantlm(directory)(probe).logits
+        assert torch.equal(AutoModelForCausalLM.from_pretrained(directory)(probe).logits, expected)
+        api = HfApi()
+        repo = api.create_repo("quant-tests/QuantLM_tiny_6bit_gptq", exist_ok=True).repo_id
+        api.upload_folder(repo_id=repo, folder_path=str(directory))
+        assert torch.equal(AutoModelForCausalLM.from_pretrained(repo)(probe).logits, expected)
 
 
 def test_default_kernel_loads_and_agrees(suite_dir, in_memory_logits, probe):
@@ -302,6 +316,23 @@ def test_cli_reports_bad_bits_in_one_line(tmp_path, floatlm_dir, corpus_files, c
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("spectra-hf quantize: error: bits=12 is not supported")
+
+
+def test_cli_refuses_a_width_outside_the_suite_unless_asked(tmp_path, floatlm_dir, corpus_files, capsys, caplog):
+    import logging
+
+    argv = ["quantize", str(floatlm_dir), str(tmp_path / "out"), "--bits", "4", "5", "--size", "tiny"]
+    assert main([*argv, "--calibration", str(corpus_files[0])]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("spectra-hf quantize: error: --bits 5: not a suite width")
+    assert "--non-suite-bits" in err[-1] and not (tmp_path / "out").exists()
+    # with the flag the width passes this check (and the run goes on: here it stops at the too-short calibration)
+    short = tmp_path / "short.txt"
+    short.write_text("a few words\n")
+    with caplog.at_level(logging.WARNING, logger="spectra_hf"):
+        assert main([*argv, "--non-suite-bits", "--calibration", str(short)]) == 2
+    assert "5 bits is not a suite width" in caplog.text
+    assert "calibration text has" in capsys.readouterr().err
 
 
 def test_bitsandbytes_baselines_load_on_cpu(floatlm_dir, probe, float_logits):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from spectra_hf.errors import ConfigError
 from spectra_hf.suite import QUANT_BITS
 
 
@@ -17,15 +18,26 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "suite size, or the FloatLM's directory name when it is not a suite model). Defaults are the paper's: "
             "symmetric, group size 128 at 3/4 bits (lowered to fit narrow models), per-channel at 6/8, 512 x "
             "2048-token calibration samples; less calibration text than that uses every sample it holds, with a "
-            "warning, and samples longer than the model's context are shortened to it. Packed 2/3/4/8-bit exports "
-            "load with AutoModelForCausalLM.from_pretrained; 5/6/7-bit ones "
-            "with spectra_hf.quantization.gptq.load_quantlm (transformers' GPTQConfig refuses those widths)."
+            "warning, and samples longer than the model's context are shortened to it. Packed exports of every width "
+            "load with AutoModelForCausalLM.from_pretrained (5/6/7 bits after `import spectra_hf`, which registers "
+            "their quant_method spectra_gptq with transformers). Widths outside the suite's 3/4/6/8 need "
+            "--non-suite-bits."
         ),
     )
     parser.add_argument("floatlm", type=Path, help="FloatLM directory (config.json, weights, tokenizer files)")
     parser.add_argument("out", type=Path, help="directory to write QuantLM_<size>_<b>bit into (a suite directory)")
     parser.add_argument(
-        "--bits", type=int, nargs="+", default=list(QUANT_BITS), help="bit widths, 2..8 (default: 3 4 6 8)"
+        "--bits",
+        type=int,
+        nargs="+",
+        default=list(QUANT_BITS),
+        help="bit widths, 2..8 (default: the suite's 3 4 6 8; others need --non-suite-bits)",
+    )
+    parser.add_argument(
+        "--non-suite-bits",
+        action="store_true",
+        help="allow widths outside the suite's 3/4/6/8 (2, 5, 7): exported as QuantLM_<size>_<b>bit, which no "
+        "Spectra release has",
     )
     parser.add_argument(
         "--calibration",
@@ -65,7 +77,27 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from spectra_hf.quantization.gptq import CALIBRATION_LENGTH, CALIBRATION_SAMPLES, DAMP_PERCENT, export_quantlms
+    from transformers.utils import logging
+
+    from spectra_hf.quantization.gptq import (
+        CALIBRATION_LENGTH,
+        CALIBRATION_SAMPLES,
+        DAMP_PERCENT,
+        GPTQ_BITS,
+        export_quantlms,
+    )
+
+    outside = [b for b in args.bits if b in GPTQ_BITS and b not in QUANT_BITS]
+    if outside and not args.non_suite_bits:
+        raise ConfigError(
+            f"--bits {' '.join(map(str, outside))}: not a suite width (the Spectra suite's QuantLMs are "
+            f"{'/'.join(map(str, QUANT_BITS))}-bit); pass --non-suite-bits to export it anyway"
+        )
+    for b in outside:
+        logging.get_logger(__name__).warning(
+            f"{b} bits is not a suite width ({'/'.join(map(str, QUANT_BITS))}): QuantLM_*_{b}bit has no counterpart "
+            "in the Spectra release"
+        )
 
     calibration = args.calibration[0] if len(args.calibration) == 1 else [Path(p) for p in args.calibration]
     written = export_quantlms(

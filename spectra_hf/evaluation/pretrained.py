@@ -130,4 +130,7 @@ def load_pretrained(
 
 
 def _is_gptq(directory: Path) -> bool:
-    return (read_config(directory).get("quantization_config") or {}).get("quant_method") == "gptq"
+    from spectra_hf.quantization.hf_quantizer import SPECTRA_GPTQ_METHOD
+
+    method = (read_config(directory).get("quantization_config") or {}).get("quant_method")
+    return method in ("gptq", SPECTRA_GPTQ_METHOD)

@@ -7,11 +7,11 @@ samples x 2048 tokens. Everything is overridable.
 
 Output formats, both plain Llama checkpoints (model_type `llama`, loadable without spectra-hf):
 
-- "gptq": packed GPTQ (v1 layout) that `AutoModelForCausalLM.from_pretrained` loads, with optimum and gptqmodel
-  installed, at 2, 3, 4 and 8 bits. transformers' `GPTQConfig` refuses 5, 6 and 7 bits, although gptqmodel packs
-  and runs them; those checkpoints (the 6-bit QuantLMs) load with `load_quantlm` (any dtype, exact) or
-  `gptqmodel.GPTQModel.load` (fp16/bf16 only). Their config keeps `quantization_config`, so a stock
-  `from_pretrained` refuses them loudly instead of loading garbage.
+- "gptq": packed GPTQ (v1 layout) that `AutoModelForCausalLM.from_pretrained` loads at every width 2..8. At 2, 3,
+  4 and 8 bits the config says `quant_method: "gptq"` and a stock transformers + optimum + gptqmodel install loads
+  it. transformers' `GPTQConfig` refuses 5, 6 and 7 bits although gptqmodel packs and runs them: those checkpoints
+  (the 6-bit QuantLMs) say `quant_method: "spectra_gptq"`, the method `import spectra_hf` registers with
+  transformers (`spectra_hf.quantization.hf_quantizer`); `load_quantlm` loads every width (any dtype, exact).
 - "unpacked": the weights dequantized back to a fp16 `LlamaForCausalLM`, like the original release
   (`SpectraSuite/QuantLM_*_Unpacked`): same quality, no memory savings.
 
@@ -40,6 +40,7 @@ from spectra_hf.checkpoints.io import config_architecture, read_config
 from spectra_hf.errors import CheckpointError, ConfigError, SpectraError
 from spectra_hf.modeling.checkpoint_checks import linear_shapes
 from spectra_hf.quantization.calibration import CalibrationSource, calibration_samples, load_calibration_texts
+from spectra_hf.quantization.hf_quantizer import SPECTRA_GPTQ_METHOD, spectra_gptq_config
 from spectra_hf.suite import CONTEXT_LENGTH, FLOAT_BITS, QUANT_BITS, QUANT_GROUP_SIZE, size_bits
 
 logger = logging.get_logger(__name__)
@@ -177,6 +178,12 @@ def load_floatlm_as_llama(directory: Path):
     return LlamaForCausalLM.from_pretrained(directory, config=config, dtype="auto").eval()
 
 
+def gptq_quant_method(bits: int) -> str:
+    """The `quant_method` a packed QuantLM of this width records: "gptq" where transformers' GPTQConfig accepts the
+    width (stock installs load it), "spectra_gptq" (registered by `import spectra_hf`) where it does not."""
+    return "gptq" if bits in FROM_PRETRAINED_BITS else SPECTRA_GPTQ_METHOD
+
+
 def gptq_quantizer_class():
     """optimum's GPTQQuantizer widened to 2..8 bits (a class made on first use: optimum is an optional extra)."""
     from optimum.gptq import GPTQQuantizer
@@ -227,9 +234,44 @@ def quantize_model(
     return quantizer.quantize_model(model, None), quantizer
 
 
+def gptq_quantizer(settings: GPTQSettings, *, backend: str = REFERENCE_BACKEND) -> Any:
+    """optimum's GPTQQuantizer (widened to 2..8 bits) for packing codes and scales found elsewhere (no calibration):
+    set up as `quantize_model` leaves it after GPTQ, in gptqmodel's in-memory v2 format."""
+    quantizer = gptq_quantizer_class()(
+        bits=settings.bits,
+        group_size=settings.group_size,
+        damp_percent=settings.damp_percent,
+        desc_act=settings.desc_act,
+        act_group_aware=settings.group_size > 0 and not settings.desc_act,
+        sym=settings.sym,
+        backend=backend,
+    )
+    quantizer.format = "gptq_v2"  # what quantize_model sets: gptqmodel packs v2 in memory, save() writes v1
+    return quantizer
+
+
+@dataclass(frozen=True)
+class PackedQuantizationConfig:
+    """What a packed QuantLM records: `loading` goes into config.json's `quantization_config` (its quant_method from
+    `gptq_quant_method`), `gptqmodel` into quantize_config.json (quant_method "gptq", as gptqmodel reads it)."""
+
+    loading: dict[str, Any]
+    gptqmodel: dict[str, Any]
+
+
+def packed_quantization_config(quantizer: Any) -> PackedQuantizationConfig:
+    """The configs `save_quantized` writes for this quantizer's settings (GPTQ v1 on disk, no calibration data)."""
+    saved = {**quantizer.to_dict(), "dataset": None, "format": "gptq"}
+    return PackedQuantizationConfig(
+        loading={**saved, "quant_method": gptq_quant_method(quantizer.bits)},
+        gptqmodel={**saved, "quant_method": "gptq"},
+    )
+
+
 def save_quantized(model: Any, quantizer: Any, directory: str | Path) -> None:
     """Save a `quantize_model` result as a packed GPTQ (v1) checkpoint that reloads to the same model.
 
+    config.json's `quant_method` is `gptq_quant_method(bits)`; quantize_config.json (gptqmodel's) keeps "gptq".
     Guards optimum 2.3's traps: the calibration tensors it keeps in `quantization_config["dataset"]` are dropped,
     and `format` is written as "gptq" (v1, what `save` writes) instead of "gptq_v2" (which makes reloads
     silently wrong). `save` converts `model` to the v1 layout in place: do not run `model` afterwards, reload it
@@ -238,6 +280,7 @@ def save_quantized(model: Any, quantizer: Any, directory: str | Path) -> None:
     quantizer.dataset = None
     model.config.quantization_config["dataset"] = None
     model.config.quantization_config["format"] = "gptq"
+    model.config.quantization_config["quant_method"] = gptq_quant_method(quantizer.bits)
     quantizer.save(model, str(directory))
     saved = read_config(Path(directory))["quantization_config"]
     if saved.get("format") != "gptq" or saved.get("dataset") is not None:
@@ -251,9 +294,10 @@ def load_quantlm(
 ):
     """Load a packed QuantLM (any width 2..8) as a Llama model with gptqmodel's quantized layers.
 
-    2, 3, 4 and 8 bits go through `AutoModelForCausalLM.from_pretrained`. 5, 6 and 7 bits, which transformers'
-    GPTQConfig refuses, go through the same steps with this package's quantizer: build the Llama model, swap its
-    decoder linears for gptqmodel's packed layers (optimum's `convert_model`), load the safetensors, post-init.
+    Every width goes through `AutoModelForCausalLM.from_pretrained` (5, 6 and 7 bits through the `spectra_gptq`
+    method, see `spectra_hf.quantization.hf_quantizer`). Checkpoints written before that method existed (5..7 bits
+    under `quant_method: "gptq"`) go through the same steps by hand: build the Llama model, swap its decoder linears
+    for gptqmodel's packed layers (optimum's `convert_model`), load the safetensors, post-init.
 
     Args:
         directory: a QuantLM export in the "gptq" format.
@@ -264,16 +308,19 @@ def load_quantlm(
     """
     directory = Path(directory)
     config = read_config(directory)
-    quant = config.get("quantization_config")
-    if not quant or quant.get("quant_method") != "gptq":
+    quant = config.get("quantization_config") or {}
+    method = quant.get("quant_method")
+    if method not in ("gptq", SPECTRA_GPTQ_METHOD):
         raise CheckpointError(
             f"{directory} is not a packed GPTQ checkpoint (no gptq quantization_config in config.json)"
         )
-    if quant["bits"] in FROM_PRETRAINED_BITS:
+    if method == SPECTRA_GPTQ_METHOD or quant["bits"] in FROM_PRETRAINED_BITS:
         from transformers import AutoModelForCausalLM, GPTQConfig
 
-        # only the loading attributes (backend) of a passed GPTQConfig override the saved one
-        loading = GPTQConfig(bits=quant["bits"], backend=backend)
+        # spectra_gptq is registered (importing this module imported spectra_hf); only the loading attributes
+        # (backend) of a passed config override the saved one
+        config_class = spectra_gptq_config if method == SPECTRA_GPTQ_METHOD else GPTQConfig
+        loading = config_class(bits=quant["bits"], backend=backend)
         return AutoModelForCausalLM.from_pretrained(
             directory, dtype=dtype, device_map=device, quantization_config=loading
         ).eval()
@@ -497,7 +544,7 @@ def _export_info(
     packed_loader = (
         "transformers.AutoModelForCausalLM.from_pretrained"
         if setting.bits in FROM_PRETRAINED_BITS
-        else "spectra_hf.quantization.gptq.load_quantlm (or gptqmodel.GPTQModel.load in fp16/bf16)"
+        else "transformers.AutoModelForCausalLM.from_pretrained after `import spectra_hf` (quant_method spectra_gptq)"
     )
     return ExportInfo(
         name=name,
@@ -506,6 +553,7 @@ def _export_info(
         extra={
             "base_model": base_model,
             "bits": setting.bits,
+            "suite_width": setting.bits in QUANT_BITS,  # False: a width no Spectra release has (--non-suite-bits)
             "group_size": setting.group_size,
             "sym": setting.sym,
             "desc_act": setting.desc_act,

@@ -155,4 +155,11 @@ def _convert_quantlm(revision: ReleaseRevision, source: Path, out: Path, result:
     )
     exact = "bit for bit" if again.bit_exact else f"except {again.differing} values (max {again.max_ulps} ulp)"
     result.checks.append(f"packed GPTQ reloads and dequantizes to the release weights {exact}")
+    if report.narrower_than_named:
+        result.warnings.append(
+            f"{revision.key}: the recovered codes use {report.levels} of the {1 << model.bits} levels of "
+            f"{model.bits} bits, as a {report.code_bits}-bit QuantLM's do: narrower than its name says"
+        )
+    if report.inexact:
+        result.warnings.append(f"{revision.key}: {len(report.inexact)} weights recovered inexactly (not bit for bit)")
     result.details = report.as_dict()
