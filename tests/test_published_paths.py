@@ -1,6 +1,6 @@
 """Nothing published tells the world where the publisher's files were: no absolute path of the publishing machine
-goes into any file of any repo or branch (cards, configs, tokenizer files, revisions.json; spectra_export.json stays local, but records
-base names too)."""
+goes into any file of any repo or branch (cards, configs, tokenizer files, revisions.json; spectra_export.json stays
+local, but records base names too)."""
 
 from __future__ import annotations
 
