@@ -11,6 +11,7 @@ import importlib
 import os
 import sys
 
+from spectra_hf import verbosity
 from spectra_hf.errors import SpectraError
 
 # Order here is the order in `spectra-hf --help`.
@@ -22,6 +23,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="spectra-hf",
         description="Spectra suite (TriLM, FloatLM, QuantLM) for the Hugging Face ecosystem.",
     )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="also show other libraries' logging and warnings (transformers, torch, gptqmodel, bitsandbytes, torchao); "
+        "by default only their errors show",
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
         module = importlib.import_module(f"spectra_hf.commands.{name}")
@@ -31,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    verbosity.configure(verbose=args.verbose)
     try:
         return int(args.func(args) or 0)
     except (SpectraError, OSError, ValueError) as error:
