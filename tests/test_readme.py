@@ -227,6 +227,7 @@ PYTHON_BLOCKS = {
 CONTEXT = {
     "compile": "from spectra_hf import TriLMForCausalLM",
     "eval": (
+        "import spectra_hf\n"
         "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
         "model = AutoModelForCausalLM.from_pretrained('tiny-trilm')\n"
         "tokenizer = AutoTokenizer.from_pretrained('tok')\n"
@@ -317,6 +318,7 @@ def test_static_cache_compile_block_runs_as_written_with_grad_mode_on(models_dir
 
 
 @pytest.mark.slow  # 300 tiny training steps through the Python API
+@pytest.mark.timeout(3600)  # like the CLI pipeline's: minutes on a loaded 2-core machine
 def test_train_block_runs_as_written(tmp_path, tokenizer_dir, corpus_files):
     shutil.copytree(tokenizer_dir, tmp_path / "tok")
     shutil.copy(corpus_files[0], tmp_path / "train.txt")
