@@ -310,11 +310,22 @@ def test_models_and_storage_blocks_run_as_written(models_dir):
     assert (models_dir / "trilm-99m" / "config.json").is_file()
 
 
+class GradModeDynamoError(AssertionError):
+    """The compiled step stopped at dynamo's `torch.get_num_threads` (the 2-bit matmul's autograd function with grad
+    mode on): the known failure the kernel branch fixes."""
+
+
 @pytest.mark.slow  # torch.compile of a 99M TriLM on CPU (inductor, C++ wrapper)
 @pytest.mark.timeout(1800)
+@pytest.mark.xfail(strict=True, raises=GradModeDynamoError, reason="fixed by the kernel branch")
 def test_static_cache_compile_block_runs_as_written_with_grad_mode_on(models_dir):
     """No torch.no_grad(): users call the compiled step as written, with autograd's default grad mode on."""
-    run_python(_chain("compile") + "\nassert token.shape == (1, 1) and out.logits.shape[:2] == (1, 1)", models_dir)
+    try:
+        run_python(_chain("compile") + "\nassert token.shape == (1, 1) and out.logits.shape[:2] == (1, 1)", models_dir)
+    except AssertionError as error:
+        if "get_num_threads" in str(error):
+            raise GradModeDynamoError(str(error)[-2000:]) from error
+        raise
 
 
 @pytest.mark.slow  # 300 tiny training steps through the Python API
