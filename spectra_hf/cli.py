@@ -15,6 +15,8 @@ from spectra_hf import verbosity
 from spectra_hf.errors import SpectraError
 
 # Order here is the order in `spectra-hf --help`.
+# Commands that never load gptqmodel: their start-up skips importing its logger (spectra_hf.verbosity).
+LIGHT_COMMANDS = ("suite", "init", "info", "hub")
 COMMANDS = ("suite", "init", "info", "convert", "train", "quantize", "publish", "release", "hub", "eval", "demo")
 
 
@@ -39,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    verbosity.configure(verbose=args.verbose)
+    verbosity.configure(verbose=args.verbose, gptqmodel=args.command not in LIGHT_COMMANDS)
     try:
         return int(args.func(args) or 0)
     except (SpectraError, OSError, ValueError) as error:

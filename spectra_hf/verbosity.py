@@ -32,15 +32,17 @@ QUIET_LOGGERS = (
 )
 
 
-def configure(*, verbose: bool) -> None:
-    """Show third-party logging and warnings (`verbose`), or only their errors (the default)."""
+def configure(*, verbose: bool, gptqmodel: bool = True) -> None:
+    """Show third-party logging and warnings (`verbose`), or only their errors (the default). `gptqmodel=False`
+    (commands that never load it: `hub`, `suite`, ...) skips importing logbar, its logger, to keep start-up light."""
     if verbose:
         return
     # transformers reads this when it configures its root logger; processes started by the command inherit it.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
-    _quiet_logbar()
+    if gptqmodel:
+        _quiet_logbar()
     # Third-party warnings are hidden; spectra_hf's own stay (the later filter is consulted first).
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
