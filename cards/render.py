@@ -240,7 +240,9 @@ def _architecture(config: Mapping[str, Any]) -> list[tuple[str, Any]]:
     return [(key, value) for key, value in rows if value is not None]
 
 
-def _training(model: SuiteModel) -> tuple[str, list[tuple[str, str]]]:
+def _training(model: SuiteModel, *, with_recipe: bool) -> tuple[str, list[tuple[str, str]]]:
+    """The card's training text and recipe table; `with_recipe=False` (a scaled-down model under a suite name)
+    gives no table, and the text does not point at one."""
     spec = model.spec
     trained = suite.get_model(model.base_model) if model.base_model is not None else model
     recipe = [
@@ -267,10 +269,11 @@ def _training(model: SuiteModel) -> tuple[str, list[tuple[str, str]]]:
         recipe.append(("effective bits per weight", f"{model.bits_per_linear_weight:g}"))
         text = (
             f"Post-training GPTQ quantization of {model.base_model} (symmetric, no zero point) of every linear "
-            "layer in the decoder blocks; embedding, LM head and activations stay unquantized. The recipe below "
-            f"is the one {model.base_model} was trained with."
+            "layer in the decoder blocks; embedding, LM head and activations stay unquantized."
         )
-    return text, recipe
+        if with_recipe:
+            text += f" The recipe below is the one {model.base_model} was trained with."
+    return (text, recipe) if with_recipe else (text, [])
 
 
 def _summary(model: SuiteModel, *, variant: str, org: str) -> str:
@@ -412,9 +415,8 @@ def render_model_card(
     data = card_data(
         model=model, repo_name=repo_name, org=org, variant=variant, evals=evals, datasets=_card_datasets(facts)
     )
-    training, recipe = _training(model)
-    if not facts.suite_scale:
-        recipe = []  # the paper's recipe is for the suite's architecture, not this one
+    # the paper's recipe is for the suite's architecture: a scaled-down model gets none
+    training, recipe = _training(model, with_recipe=facts.suite_scale)
     note, stock, native = _quickstarts(
         config=config,
         repo_id=repo_id,

@@ -11,9 +11,12 @@ import importlib
 import os
 import sys
 
+from spectra_hf import verbosity
 from spectra_hf.errors import SpectraError
 
 # Order here is the order in `spectra-hf --help`.
+# Commands that never load gptqmodel: their start-up skips importing its logger (spectra_hf.verbosity).
+LIGHT_COMMANDS = ("suite", "init", "info", "verify", "hub")
 COMMANDS = (
     "suite", "init", "info", "verify", "convert", "train", "quantize", "publish", "release", "hub", "eval",
     "dynamics", "plot", "demo",
@@ -25,6 +28,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="spectra-hf",
         description="Spectra suite (TriLM, FloatLM, QuantLM) for the Hugging Face ecosystem.",
     )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="also show other libraries' logging and warnings (transformers, torch, gptqmodel, bitsandbytes, torchao); "
+        "by default only their errors show",
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
         module = importlib.import_module(f"spectra_hf.commands.{name}")
@@ -34,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    verbosity.configure(verbose=args.verbose, gptqmodel=args.command not in LIGHT_COMMANDS)
     try:
         return int(args.func(args) or 0)
     except (SpectraError, OSError, ValueError) as error:

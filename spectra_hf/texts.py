@@ -177,11 +177,17 @@ def load_documents(
 
 
 def describe_source(source: TextSource, *, split: str | None = None) -> str:
-    """A one-line description of a text source, recorded in exports (`files:a.txt,b.txt`, `datasets:name[split]`)."""
+    """A one-line description of a text source, recorded in exports (`files:a.txt,b.txt`, `datasets:name[split]`).
+
+    Local files and saved datasets are named by their base names only: exports are published, and an absolute path
+    would tell the world the publishing machine's directory layout (and user name).
+    """
     files = local_files(source)
     if files is not None:
-        return "files:" + ",".join(str(path) for path in files)
+        return "files:" + ",".join(path.name for path in files)
     if isinstance(source, (str, Path)):
-        return f"datasets:{source}" + (f"[{split}]" if split else "")
+        local = Path(source).expanduser()
+        name = local.name if local.exists() else str(source)  # a save_to_disk directory, else a Hub dataset name
+        return f"datasets:{name}" + (f"[{split}]" if split else "")
     name = getattr(getattr(source, "info", None), "dataset_name", None) or "in-memory"
     return f"datasets:{name}"

@@ -55,6 +55,24 @@ def corpus_files(tmp_path_factory, corpus_texts):
     return write_corpus(corpus_texts, tmp_path_factory.mktemp("corpus"))
 
 
+@pytest.fixture(scope="session")
+def demo_quick(tmp_path_factory):
+    """`spectra-hf demo --quick`, run once per session as a user runs it (a fresh process, default verbosity): the
+    CompletedProcess, with `.workdir`. tests/test_demo.py checks its results, tests/test_quiet.py its stderr."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    workdir = tmp_path_factory.mktemp("demo")
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "spectra-hf"), "demo", "--workdir", str(workdir), "--quick"],
+        capture_output=True, text=True, timeout=3600,
+    )  # fmt: skip
+    assert done.returncode == 0, f"demo exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    done.workdir = workdir  # type: ignore[attr-defined]
+    return done
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -18,10 +18,8 @@ from spectra_hf.demo.records import check_record, write_record
 
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("demo")
-    assert main(["demo", "--workdir", str(workdir), "--quick"]) == 0
-    return workdir
+def demo_run(demo_quick):
+    return demo_quick.workdir  # the session's one demo run (tests/conftest.py; test_quiet.py checks its stderr)
 
 
 def _rows(workdir) -> dict[tuple[str, str], dict]:

@@ -1,6 +1,21 @@
-"""QuantLM (GPTQ through optimum / gptqmodel) and the bitsandbytes baselines it is compared with."""
+"""QuantLM (GPTQ through optimum / gptqmodel) and the bitsandbytes baselines it is compared with.
 
-from spectra_hf.quantization.bnb import load_floatlm_bnb
-from spectra_hf.quantization.gptq import load_quantlm
+The two loaders are imported on first access: transformers' quantizer registry calls
+`spectra_hf.quantization.hf_quantizer` from an import hook (auto_registration), possibly while
+`spectra_hf.checkpoints.io` is still importing, so this package must import nothing of its own eagerly."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {"load_floatlm_bnb": "spectra_hf.quantization.bnb", "load_quantlm": "spectra_hf.quantization.gptq"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["load_floatlm_bnb", "load_quantlm"]
