@@ -50,7 +50,8 @@ def _int8_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     scales = torch.empty(rows, dtype=torch.float32)  # [rows]
     step = max(1, ROW_BLOCK_BYTES // max(1, cols * weight.element_size()))
     for start in range(0, rows, step):
-        _quantize_block(weight[start : start + step].detach(), codes[start : start + step], scales[start : start + step])
+        rows_slice = slice(start, start + step)
+        _quantize_block(weight[rows_slice].detach(), codes[rows_slice], scales[rows_slice])
     return codes, scales
 
 
@@ -178,10 +179,13 @@ def int8_load_plan(enabled: bool) -> Iterator[Int8LoadPlan | None]:
         _LOAD_PLAN.reset(token)
 
 
-def plan_table_dtypes(checkpoint_files: list[str] | None, *, float_dtype: torch.dtype | None) -> dict[str, torch.dtype]:
+def plan_table_dtypes(
+    checkpoint_files: list[str] | None, *, float_dtype: torch.dtype | None
+) -> dict[str, torch.dtype]:
     """Inside `int8_load_plan(True)`: records where the float tables lie in `checkpoint_files` (safetensors) and the
-    model's float dtype `float_dtype` (looked-up rows come out in it), and returns {parameter name: stored dtype}, a dtype plan for transformers that keeps them in their stored dtype, so
-    they load as untouched memory-mapped views rather than converted copies. {} outside a plan or for other files."""
+    model's float dtype `float_dtype` (looked-up rows come out in it), and returns {parameter name: stored dtype}:
+    a dtype plan for transformers that keeps the tables in their stored dtype, so they load as untouched
+    memory-mapped views rather than converted copies. {} outside a plan or for other files."""
     plan = _LOAD_PLAN.get()
     if plan is None or not checkpoint_files:
         return {}

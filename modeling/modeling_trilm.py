@@ -110,8 +110,8 @@ class TriLMPreTrainedModel(CheckedLoadingMixin, LlamaPreTrainedModel):
         """`PreTrainedModel._load_pretrained_model`; under `int8_embeddings=True` the float embedding and head load
         in their stored dtype (untouched memory-mapped views, converted from the file afterwards: see
         `int8_embeddings.plan_table_dtypes`) instead of as float copies in the model's dtype."""
-        if state_dict is None:
-            load_config.dtype_plan.update(plan_table_dtypes(checkpoint_files, float_dtype=load_config.dtype))  # (a dict built for this load)
+        if state_dict is None:  # (the dtype plan is a dict built for this load)
+            load_config.dtype_plan.update(plan_table_dtypes(checkpoint_files, float_dtype=load_config.dtype))
         return PreTrainedModel._load_pretrained_model(model, state_dict, checkpoint_files, load_config, *args, **kwargs)
 
     @classmethod
