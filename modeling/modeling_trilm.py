@@ -17,6 +17,7 @@ from typing import cast
 
 import torch
 from torch import nn
+from transformers import PreTrainedModel
 from transformers.models.llama.modeling_llama import (
     LlamaDecoderLayer,
     LlamaForCausalLM,
@@ -28,7 +29,7 @@ from transformers.utils import logging
 from .checkpoint_checks import CheckedLoadingMixin, check_loaded_keys, check_packed_bytes, check_scale_values
 from .checkpoint_digests import record_checkpoint_digests
 from .configuration_trilm import LOADING_KEYS, WEIGHT_FORMATS, TriLMConfig
-from .int8_embeddings import has_int8_embeddings, quantize_embeddings_int8
+from .int8_embeddings import has_int8_embeddings, int8_load_plan, plan_table_dtypes, quantize_embeddings_int8
 from .ternary import TernaryLinear, default_inference_path, recover_ternary, share_scales
 from .ternary_fusion import fuse_projections
 from .ternary_kernels import cpu_kernel_status, release_freed_memory
@@ -92,7 +93,8 @@ class TriLMPreTrainedModel(CheckedLoadingMixin, LlamaPreTrainedModel):
         `ternary_inference` (default: the config's, "auto"), and an original Llama release checkpoint (model_type
         "llama", fp16 weights g_s * T) is converted to a packed TriLM while loading (`TriLMForCausalLM` only)."""
         refuse_weight_quantization(kwargs.get("quantization_config"))
-        result = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        with int8_load_plan(int8_embeddings) as int8_plan:
+            result = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         model = result[0] if isinstance(result, tuple) else result
         if ternary_inference is not None:
             model.config.ternary_inference = ternary_inference
@@ -100,8 +102,17 @@ class TriLMPreTrainedModel(CheckedLoadingMixin, LlamaPreTrainedModel):
             _check_packed_layers(model, where=os.fspath(pretrained_model_name_or_path))
             model.prepare_ternary_inference()
         if int8_embeddings:  # `int8_embeddings=True`: an opt-in deviation from the paper (see int8_embeddings.py)
-            quantize_embeddings_int8(model)
+            quantize_embeddings_int8(model, int8_plan)
         return result
+
+    @staticmethod
+    def _load_pretrained_model(model, state_dict, checkpoint_files, load_config, *args, **kwargs):
+        """`PreTrainedModel._load_pretrained_model`; under `int8_embeddings=True` the float embedding and head load
+        in their stored dtype (untouched memory-mapped views, converted from the file afterwards: see
+        `int8_embeddings.plan_table_dtypes`) instead of as float copies in the model's dtype."""
+        if state_dict is None:  # (the dtype plan is a dict built for this load)
+            load_config.dtype_plan.update(plan_table_dtypes(checkpoint_files, float_dtype=load_config.dtype))
+        return PreTrainedModel._load_pretrained_model(model, state_dict, checkpoint_files, load_config, *args, **kwargs)
 
     @classmethod
     def _from_checked_pretrained(cls, pretrained_model_name_or_path, config_dict, *args, **kwargs):
