@@ -21,6 +21,7 @@ from spectra_hf.checkpoints.exports import TRAINING_DATA_KEY, ExportInfo
 from spectra_hf.checkpoints.info import suite_size
 from spectra_hf.errors import ConfigError
 from spectra_hf.quantization.gptq import FROM_PRETRAINED_BITS
+from spectra_hf.quantization.hf_quantizer import SPECTRA_GPTQ_METHOD
 from spectra_hf.suite import SuiteModel
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -352,6 +353,18 @@ def _gptq_quickstart(repo_id: str) -> str:
     return "\n".join(lines + _generate_lines(False))
 
 
+def _registered_gptq_quickstart(repo_id: str) -> str:
+    """The Auto class after `import spectra_hf`, which registers the spectra_gptq quantization method."""
+    lines = [
+        "import spectra_hf  # registers the spectra_gptq quantization method with transformers",
+        "import torch",
+        "from transformers import AutoModelForCausalLM",
+        "",
+        f'model = AutoModelForCausalLM.from_pretrained("{repo_id}")',
+    ]
+    return "\n".join(lines + _generate_lines(False))
+
+
 def _quickstarts(
     *, config: Mapping[str, Any], repo_id: str, native_repo: str, revision: str | None, has_tokenizer: bool
 ) -> tuple[str, str | None, str]:
@@ -359,6 +372,14 @@ def _quickstarts(
     quant = config.get("quantization_config") or {}
     if quant:
         native = _gptq_quickstart(repo_id)
+        if quant.get("quant_method") == SPECTRA_GPTQ_METHOD:
+            note = (
+                f"transformers' own GPTQConfig stops at 2/3/4/8 bits: this {quant.get('bits')}-bit repository records "
+                "`quant_method: spectra_gptq`, which `import spectra_hf` registers with transformers "
+                "(`pip install spectra-hf[gptq]`); `AutoModelForCausalLM.from_pretrained` then loads it as below. "
+                "Without spectra-hf, transformers does not load these weights."
+            )
+            return note, None, _registered_gptq_quickstart(repo_id)
         if quant.get("bits") not in FROM_PRETRAINED_BITS:
             note = (
                 f"transformers' GPTQConfig does not load {quant.get('bits')}-bit GPTQ weights (gptqmodel runs them): "

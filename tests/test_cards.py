@@ -85,6 +85,17 @@ def test_gptq_card_uses_stock_transformers_where_it_can_and_spectra_hf_everywher
         assert len(blocks) == 1 and "does not load 6-bit" in text
 
 
+def test_spectra_gptq_card_loads_through_the_auto_class_after_import_spectra_hf():
+    model = next(m for m in all_models() if m.name == "QuantLM_99M_6bit")
+    config = {**_config(model), "model_type": "llama"}
+    config["quantization_config"] = {"quant_method": "spectra_gptq", "bits": 6, "group_size": -1}
+    text = render_model_card(model=model, org=ORG, config=config)
+    (block,) = re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
+    compile(block, model.name, "exec")
+    assert block.startswith("import spectra_hf") and f'from_pretrained("{ORG}/QuantLM_99M_6bit")' in block
+    assert "`import spectra_hf` registers" in text and "load_quantlm" not in text
+
+
 def test_unpacked_card_loads_without_remote_code():
     model = next(m for m in all_models() if m.name == "TriLM_1.1B")
     config = {key: value for key, value in _config(model).items() if key != "auto_map"}  # a plain Llama config
