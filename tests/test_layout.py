@@ -46,3 +46,21 @@ def test_the_quant_alias_warns_with_the_new_path_and_the_removal_version() -> No
 def test_the_unnamed_flat_modules_are_gone(module: str) -> None:
     with pytest.raises(ModuleNotFoundError):
         importlib.import_module(module)
+
+
+def test_every_package_folder_is_in_the_wheel():
+    """setuptools installs only the packages pyproject.toml lists: a new sub-package missing there imports from a
+    checkout but not from the wheel (.ci/run tests the wheel)."""
+    from pathlib import Path
+
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    settings = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {Path(folder): package for package, folder in settings["package-dir"].items()}
+    found = set()
+    for folder, package in folders.items():
+        for init in (root / folder).rglob("__init__.py"):
+            relative = init.parent.relative_to(root / folder)
+            found.add(".".join([package, *relative.parts]))
+    assert found == set(settings["packages"]), found ^ set(settings["packages"])
