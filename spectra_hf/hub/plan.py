@@ -54,6 +54,7 @@ from spectra_hf.suite import (
     QUANT_BITS,
     SIZES,
     TERNARY_BITS,
+    TERNARY_LINEARS,
     SuiteModel,
     all_models,
     float_params,
@@ -362,6 +363,18 @@ def stage_unpacked(source: Path, staged: Path) -> bool:
     return True
 
 
+def _header_bytes(config: dict) -> int:
+    """About what the safetensors headers of the release format take: per tensor, its JSON entry (name, dtype, shape,
+    offsets: ~60 bytes besides the name) and its sha256 digest in `__metadata__` (the name again, JSON-escaped
+    inside a string, and 64 hex digits: ~75 bytes besides it)."""
+    layers = int(config["num_hidden_layers"])
+    paths = [f"self_attn.{n}" for n in TERNARY_LINEARS[:4]] + [f"mlp.{n}" for n in TERNARY_LINEARS[4:]]
+    paths += ["input_layernorm", "post_attention_layernorm"]
+    per_layer = [f"model.layers.{layers - 1}.{path}.weight" for path in paths]
+    names = [*per_layer * layers, "model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"]
+    return sum(2 * len(name) + 135 for name in names)
+
+
 def _estimated_unpacked_files(source: Path) -> dict[str, PlanFile]:
     """What converting the TriLM export `source` to the release format would publish, sized without converting:
     fp16 weights (2 bytes per parameter of its config, in convert's 2 GiB shards) and the export's other files."""
@@ -373,7 +386,8 @@ def _estimated_unpacked_files(source: Path) -> dict[str, PlanFile]:
         if shards == 1
         else [f"model-{i:05d}-of-{shards:05d}.safetensors" for i in range(1, shards + 1)]
     )
-    files = {name: PlanFile(name, size=weight_bytes // shards, estimated=True) for name in names}
+    size = (weight_bytes + _header_bytes(config)) // shards
+    files = {name: PlanFile(name, size=size, estimated=True) for name in names}
     for path_in_repo, local in export_files(source).items():
         if not path_in_repo.endswith((_WEIGHT_SUFFIX, f"{_WEIGHT_SUFFIX}.index.json", ".py")):
             files[path_in_repo] = PlanFile(path_in_repo, size=local.stat().st_size, estimated=True)
