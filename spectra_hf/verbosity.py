@@ -41,6 +41,12 @@ def configure(*, verbose: bool, gptqmodel: bool = True) -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+    root = logging.getLogger()
+    if not root.handlers and logging.lastResort is not None:
+        # tokenicer (imported by gptqmodel) calls logging.basicConfig(level=INFO), which would print every INFO
+        # record of every library, spectra_hf's own included; basicConfig does nothing once the root logger has a
+        # handler: give it the one Python falls back to anyway (stderr, WARNING and above, the message alone).
+        root.addHandler(logging.lastResort)
     if gptqmodel:
         _quiet_logbar()
     # Third-party warnings are hidden; spectra_hf's own stay (the later filter is consulted first).

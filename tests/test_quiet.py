@@ -23,6 +23,7 @@ ALLOWED_STDERR = {
     r"^\s*$": "blank lines around progress bars",
     r"^\s*(\x1b\[A)+\s*$": "nested progress bars clearing their lines when done (spaces, cursor up)",
     r"\d+%\|.*\|": "progress bars of what the user asked for (training steps, map/tokenize passes, downloads)",
+    r"^Generating \w+ split: \d+ examples \[": "datasets reading the user's text files (a progress count, no total)",
     r"^\{'(train_runtime|loss|eval_loss)'": "the Trainer's own step/summary metrics of the run the user started",
     r"calibration text has \d+ tokens: using \d+ samples": "the documented warning: less calibration than asked for",
 }

@@ -6,6 +6,7 @@ without a second copy."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -67,4 +68,8 @@ def load_back(spec_path: Path) -> None:
 
 
 if __name__ == "__main__":
+    from spectra_hf import verbosity
+
+    # the demo's own verbosity: a quiet parent (no -v) set TRANSFORMERS_VERBOSITY=error for the processes it starts
+    verbosity.configure(verbose=os.environ.get("TRANSFORMERS_VERBOSITY") != "error")
     load_back(Path(sys.argv[1]))
