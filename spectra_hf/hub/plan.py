@@ -49,12 +49,12 @@ from spectra_hf.hub.repo_files import (
     human_size,
     revisions_json,
 )
+from spectra_hf.modeling.checkpoint_checks import linear_shapes
 from spectra_hf.suite import (
     FAMILY_PREFIX,
     QUANT_BITS,
     SIZES,
     TERNARY_BITS,
-    TERNARY_LINEARS,
     SuiteModel,
     all_models,
     float_params,
@@ -368,8 +368,7 @@ def _header_bytes(config: dict) -> int:
     offsets: ~60 bytes besides the name) and its sha256 digest in `__metadata__` (the name again, JSON-escaped
     inside a string, and 64 hex digits: ~75 bytes besides it)."""
     layers = int(config["num_hidden_layers"])
-    paths = [f"self_attn.{n}" for n in TERNARY_LINEARS[:4]] + [f"mlp.{n}" for n in TERNARY_LINEARS[4:]]
-    paths += ["input_layernorm", "post_attention_layernorm"]
+    paths = [*linear_shapes(config), "input_layernorm", "post_attention_layernorm"]
     per_layer = [f"model.layers.{layers - 1}.{path}.weight" for path in paths]
     names = [*per_layer * layers, "model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"]
     return sum(2 * len(name) + 135 for name in names)
