@@ -86,12 +86,13 @@ class TriLMPreTrainedModel(CheckedLoadingMixin, LlamaPreTrainedModel):
     @classmethod
     def from_pretrained(
         cls, pretrained_model_name_or_path, *args, ternary_inference: str | None = None, int8_embeddings: bool = False,
-        **kwargs,
+        int8_activations: bool = False, **kwargs,
     ):
         """`PreTrainedModel.from_pretrained`, plus: the checkpoint is checked first (complete, consistent, a TriLM
         or a Llama release; see `checkpoint_checks`), a packed checkpoint is made ready for inference on the path
         `ternary_inference` (default: the config's, "auto"), and an original Llama release checkpoint (model_type
-        "llama", fp16 weights g_s * T) is converted to a packed TriLM while loading (`TriLMForCausalLM` only)."""
+        "llama", fp16 weights g_s * T) is converted to a packed TriLM while loading (`TriLMForCausalLM` only).
+        `int8_embeddings=True` / `int8_activations=True`: the opt-in int8 deviations (see `set_int8_activations`)."""
         refuse_weight_quantization(kwargs.get("quantization_config"))
         with int8_load_plan(int8_embeddings) as int8_plan:
             result = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
@@ -103,6 +104,8 @@ class TriLMPreTrainedModel(CheckedLoadingMixin, LlamaPreTrainedModel):
             model.prepare_ternary_inference()
         if int8_embeddings:  # `int8_embeddings=True`: an opt-in deviation from the paper (see int8_embeddings.py)
             quantize_embeddings_int8(model, int8_plan)
+        if int8_activations:
+            model.set_int8_activations(True)
         return result
 
     @staticmethod
@@ -242,6 +245,29 @@ class TriLMPreTrainedModel(CheckedLoadingMixin, LlamaPreTrainedModel):
         kernel = f"; CPU 2-bit kernel: {cpu_kernel_status()}" if embeddings.device.type == "cpu" else ""
         logger.info(f"ternary inference path in force: {in_force} (requested {requested!r}){kernel}")
         return in_force
+
+    def set_int8_activations(self, enabled: bool = True) -> None:
+        """Run every ternary product with int8 activations (llama.cpp's route: per 128-column block, scale = block
+        max / 127; error bound in `ternary_kernels`' docstring) or, with False, the exact int16 route again. An
+        opt-in deviation from the paper for CPU decode speed; needs every ternary layer packed on the CPU 2bit path
+        (ValueError otherwise, changing nothing). A compiled forward recompiles once for the new setting."""
+        layers = [m for m in self.modules() if isinstance(m, TernaryLinear)]
+        if enabled:
+            if not layers or not all(layer.packed for layer in layers):
+                raise ValueError("int8 activations need a packed TriLM: load a packed checkpoint (weight_format "
+                                 "'packed') or pack this model first")
+            self.prepare_ternary_inference()
+            blocked = [layer for layer in layers if not (
+                layer.inference_path == "2bit" and layer.weight_scale.device.type == "cpu")]
+            if blocked:
+                raise ValueError(
+                    f"int8 activations are an option of the CPU 2bit path; {len(blocked)} ternary layers run "
+                    f"{blocked[0].inference_path!r} on {blocked[0].weight_scale.device.type}: load the model on CPU "
+                    "with ternary_inference='2bit' (or 'auto' where the C++ kernel builds)"
+                )
+        for layer in layers:
+            layer.set_int8_activations(enabled)
+        logger.info(f"ternary products use {'int8 (opt-in deviation)' if enabled else 'exact int16'} activations")
 
     @torch.no_grad()
     def ternary_stats(self) -> dict[str, dict[str, float | list[float]]]:

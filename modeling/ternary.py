@@ -171,13 +171,14 @@ class _WeightOnlyMatmul(torch.autograd.Function):
 class _TwoBitMatmul(torch.autograd.Function):
     """The 2-bit operator with a gradient for the input (LoRA on a packed model, or a forward in grad mode): only
     tensors cross it, so torch.compile traces it whole (fullgraph, grad mode on or off). Backward reads T back from
-    the 2-bit rows for the one product: dX = ((dY * row_scale) T) * col_scale."""
+    the 2-bit rows for the one product: dX = ((dY * row_scale) T) * col_scale (exact, whatever the forward's
+    activation_bits)."""
 
     @staticmethod
-    def forward(ctx, x, packed, row_scale, col_scale):
+    def forward(ctx, x, packed, row_scale, col_scale, activation_bits):
         ctx.save_for_backward(packed, row_scale, col_scale)
         ctx.in_features = x.shape[-1]
-        return ternary_matmul_2bit(x, packed, row_scale, col_scale)
+        return ternary_matmul_2bit(x, packed, row_scale, col_scale, activation_bits)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
@@ -186,7 +187,7 @@ class _TwoBitMatmul(torch.autograd.Function):
         grad_x = (grad_out.float() * row_scale) @ digits.float()
         if col_scale is not None:
             grad_x = grad_x * col_scale
-        return grad_x.to(grad_out.dtype), None, None, None
+        return grad_x.to(grad_out.dtype), None, None, None, None
 
 
 class _PackedWeight(nn.Parameter):
@@ -285,6 +286,8 @@ class TernaryLinear(nn.Linear):
         self.eps = eps
         self.packed = packed
         self.inference_path: str | None = None
+        # 8: the 2bit CPU operator's opt-in int8 activations (`set_int8_activations`); 16: its exact route
+        self.activation_bits = 16
         self._scale_group: tuple[TernaryLinear, ...] = (self,)
         self._fused: FusedProjections | None = None  # the group of ternary_fusion.py this layer belongs to, if any
         if packed:
@@ -403,6 +406,16 @@ class TernaryLinear(nn.Linear):
         self.inference_path = path
         self.weight = _packed_weight(shape, dtype if dtype.is_floating_point else torch.float32, digits.device)
 
+    def set_int8_activations(self, enabled: bool) -> None:
+        """Switch this layer's products to int8 activations (llama.cpp's route, an opt-in deviation with the error
+        bound of `ternary_kernels`' docstring) or back to the exact route. Needs the 2bit path on CPU."""
+        if enabled and not (self.inference_path == "2bit" and self.weight_scale.device.type == "cpu"):
+            raise ValueError(
+                f"int8 activations are an option of the CPU 2bit path; this layer runs {self.inference_path!r} on "
+                f"{self.weight_scale.device.type}: load it on CPU with ternary_inference='2bit' (or 'auto')"
+            )
+        self.activation_bits = 8 if enabled else 16
+
     def _apply(self, fn, recurse: bool = True):
         """Module casts and moves: kernel scales keep their dtype (a model-wide `.half()` must not round them, nor
         turn the int8 / int4 kernels' bfloat16 scales into another dtype); a device move returns a prepared layer to
@@ -452,8 +465,8 @@ class TernaryLinear(nn.Linear):
         if self.inference_path == "2bit":  # per decoder layer, and each attribute lookup costs a microsecond)
             operands = (x, buffers["weight_kernel"], buffers["kernel_scale"], buffers["input_scale"])
             if torch.is_grad_enabled() and x.requires_grad:
-                return _TwoBitMatmul.apply(*operands)
-            return ternary_matmul_2bit(*operands)
+                return _TwoBitMatmul.apply(*operands, self.activation_bits)
+            return ternary_matmul_2bit(*operands, self.activation_bits)
         if torch.is_grad_enabled() and x.requires_grad and self.inference_path != "dense":
             return _WeightOnlyMatmul.apply(x, self)
         if self.inference_path == "dense":
@@ -464,7 +477,7 @@ class TernaryLinear(nn.Linear):
         """Y = X (g * T)^T through the int8 / int4 / 2bit kernel: x [..., in] -> [..., out] in x's dtype."""
         assert self.weight_kernel is not None and self.kernel_scale is not None, "the layer is prepared"
         if self.inference_path == "2bit":
-            return ternary_matmul_2bit(x, self.weight_kernel, self.kernel_scale, self.input_scale)
+            return ternary_matmul_2bit(x, self.weight_kernel, self.kernel_scale, self.input_scale, self.activation_bits)
         flat = x.reshape(-1, self.in_features)
         if self.input_scale is not None:
             flat = flat * self.input_scale

@@ -5,9 +5,12 @@ it). One source, compiled once per instruction-set variant: the variant's flags 
 
 The operators, registered under the namespace NAMESPACE (one per variant, so that variants can be loaded side by
 side for tests):
-  ternary_mm(Tensor x, Tensor packed, Tensor row_scale, Tensor? col_scale) -> Tensor
-  ternary_mm_fused(Tensor x, Tensor packed, Tensor row_scale, int[] outs) -> Tensor[]
+  ternary_mm(Tensor x, Tensor packed, Tensor row_scale, Tensor? col_scale, int activation_bits=16) -> Tensor
+  ternary_mm_fused(Tensor x, Tensor packed, Tensor row_scale, int[] outs, int activation_bits=16) -> Tensor[]
       (one product with the stacked rows of several layers, returned as one output per layer of `outs` rows)
+      activation_bits 16: the exact route (int16 blocks, fp32 in two passes; fp32 prefill through torch's GEMM);
+      activation_bits 8: the opt-in int8 route (llama.cpp's): every call quantizes the activations to int8 per
+      128-column block (scale = block max / 127) and multiplies them with `maddubs` / `vpdpbusd`.
   int8_mm(Tensor x, Tensor weight, Tensor row_scale) -> Tensor
   ternary_unpack(Tensor packed, int in_features) -> Tensor
   set_allocation_limit(int bytes) -> ()
@@ -320,6 +323,124 @@ static void unpack_rows(const uint8_t* w, int64_t kp, int64_t k, int64_t r0, int
     });
 }
 
+/* ----------------------------------------------------------------------------------- int8 activations (opt-in) */
+
+/* Byte i (0..31) of a weight block, shifted right by 2e (e = 0..3), holds in its low two bits the code of column
+   I8_COLUMN(e, i) of the block: even bytes are lane i / 2's low byte (plane e), odd bytes its high byte (plane 4 + e).
+   The int8 activations of a block are stored in that order (position 32 e + i), so that one shift and mask of the
+   block's 32 bytes lines its weights up with 32 consecutive activation bytes. */
+#define I8_COLUMN(e, i) (((i) & 1 ? 64 : 0) + 16 * (e) + ((i) >> 1))
+
+/* One block of 128 fp32 `values` -> int8 codes q (extraction order) with values ~= s * q, |q| <= 127, s = block
+   max / 127 (rounding error <= s / 2 per element); *sum = the sum of the codes. NaN / infinity: s NaN. */
+static inline float quantize_block_i8(const float* values, int8_t* q, int32_t* sum) {
+    float largest = 0.0f;
+    bool bad = false;
+    for (int j = 0; j < BLOCK_W; j++) {
+        const float magnitude = std::fabs(values[j]);
+        bad |= !(magnitude < INFINITY);
+        largest = magnitude > largest ? magnitude : largest;
+    }
+    const float inverse = largest > 0.0f && !bad ? 127.0f / largest : 0.0f;
+    int32_t total = 0;
+    for (int e = 0; e < 4; e++)
+        for (int i = 0; i < 32; i++) {
+            const int8_t code = (int8_t)std::nearbyint(values[I8_COLUMN(e, i)] * inverse);
+            q[32 * e + i] = code;
+            total += code;
+        }
+    *sum = total;
+    return bad ? NAN : largest / 127.0f;
+}
+
+/* Rows of x ([m, k], as for quantize_activations) -> int8 codes q [m, kp] in extraction order, block scales
+   s [m, kp / 128] and per row the correction c [m] = sum_b s_b * (sum of block b's codes): the weights enter the
+   products as t + 1 in {0, 1, 2} (unsigned, as `maddubs` / `vpdpbusd` need), so sum_j t_j x_j = sum_j (t_j + 1) x_j
+   - c. */
+static void quantize_activations_i8(const void* x, int x_kind, int64_t x_stride, const float* col_scale, int64_t m,
+                                    int64_t k, int64_t kp, int8_t* q, float* s, float* c) {
+    const int64_t nblocks = kp / BLOCK_W;
+    at::parallel_for(0, m, m * k > 65536 ? 1 : m, [&](int64_t begin, int64_t end) {
+        float values[BLOCK_W];
+        for (int64_t i = begin; i < end; i++) {
+            double correction = 0.0;
+            for (int64_t b = 0; b < nblocks; b++) {
+                load_block(x, x_kind, i * x_stride + BLOCK_W * b, col_scale, BLOCK_W * b, k, values);
+                int32_t sum = 0;
+                const float scale = s[i * nblocks + b] = quantize_block_i8(values, q + i * kp + BLOCK_W * b, &sum);
+                correction += (double)scale * (double)sum;
+            }
+            c[i] = (float)correction;
+        }
+    });
+}
+
+#if defined(__AVX2__)
+/* acc + the sums of four adjacent products of unsigned bytes u and signed bytes x, in int32 lanes */
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+#define DPBUSD(acc, u, x) _mm256_dpbusd_epi32((acc), (u), (x))
+#elif defined(__AVXVNNI__)
+#define DPBUSD(acc, u, x) _mm256_dpbusd_avx_epi32((acc), (u), (x))
+#endif
+
+/* sum_j (t_j + 1) q_j * s_b over the blocks of MT int8 activation rows against one weight row (out[i] set) */
+template <int MT>
+static inline void row_dot_i8(const uint8_t* w, const int8_t* q, const float* s, int64_t kp, int64_t nblocks,
+                              float* out) {
+    const __m256i low2 = _mm256_set1_epi8(3);
+    /* code -> t + 1: 00 (0) -> 1, 01 (+1) -> 2, 11 (-1) -> 0; 10 never occurs (1 keeps it harmless) */
+    const __m256i plus_one = _mm256_setr_epi8(1, 2, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                                              1, 2, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+#if !defined(DPBUSD)
+    const __m256i ones = _mm256_set1_epi16(1);
+#endif
+    __m256 acc[MT];
+    for (int i = 0; i < MT; i++) acc[i] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nblocks; b++) {
+        const __m256i v = _mm256_loadu_si256((const __m256i*)(w + 32 * b));
+        __m256i u[4];
+        for (int e = 0; e < 4; e++)  /* (16-bit shifts: bits crossing into a byte's top are masked off) */
+            u[e] = _mm256_shuffle_epi8(plus_one, _mm256_and_si256(_mm256_srli_epi16(v, 2 * e), low2));
+        for (int i = 0; i < MT; i++) {
+            const int8_t* block = q + i * kp + BLOCK_W * b;
+#if defined(DPBUSD)
+            __m256i sums = _mm256_setzero_si256();
+            for (int e = 0; e < 4; e++) sums = DPBUSD(sums, u[e], _mm256_loadu_si256((const __m256i*)(block + 32 * e)));
+#else
+            /* each maddubs lane <= 2 * 2 * 127 = 508, four of them <= 2032: no int16 saturation */
+            __m256i pairs = _mm256_maddubs_epi16(u[0], _mm256_loadu_si256((const __m256i*)block));
+            for (int e = 1; e < 4; e++) {
+                const __m256i x = _mm256_loadu_si256((const __m256i*)(block + 32 * e));
+                pairs = _mm256_add_epi16(pairs, _mm256_maddubs_epi16(u[e], x));
+            }
+            const __m256i sums = _mm256_madd_epi16(pairs, ones);
+#endif
+            acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_broadcast_ss(s + i * (kp / BLOCK_W) + b), acc[i]);
+        }
+    }
+    for (int i = 0; i < MT; i++) out[i] = hsum(acc[i]);
+}
+#else
+template <int MT>
+static inline void row_dot_i8(const uint8_t* w, const int8_t* q, const float* s, int64_t kp, int64_t nblocks,
+                              float* out) {
+    static const int8_t plus_one[4] = {1, 2, 1, 0};
+    for (int i = 0; i < MT; i++) out[i] = 0.0f;
+    int8_t u[BLOCK_W];
+    for (int64_t b = 0; b < nblocks; b++) {
+        const uint8_t* block = w + 32 * b;
+        for (int e = 0; e < 4; e++)
+            for (int i = 0; i < 32; i++) u[32 * e + i] = plus_one[(block[i] >> (2 * e)) & 3];
+        for (int i = 0; i < MT; i++) {
+            const int8_t* x = q + i * kp + BLOCK_W * b;
+            int32_t sum = 0;
+            for (int j = 0; j < BLOCK_W; j++) sum += (int32_t)u[j] * (int32_t)x[j];
+            out[i] += (float)sum * s[i * (kp / BLOCK_W) + b];
+        }
+    }
+}
+#endif
+
 /* ------------------------------------------------------------------------------------------------- the products */
 
 /* y_g[i, r - start_g] = row_scale[r] * sum_j t[r, j] * x[i, j] * (col_scale ? col_scale[j] : 1) for the rows r of
@@ -327,14 +448,17 @@ static void unpack_rows(const uint8_t* w, int64_t kp, int64_t k, int64_t r0, int
    stride x_stride, w: [n, kp / 4] in the 2-bit layout. */
 static void ternary_product(const void* x, int x_kind, int64_t x_stride, const float* col_scale, int64_t m, int64_t k,
                             const uint8_t* w, int64_t n, int64_t kp, const float* row_scale,
-                            void* const* outputs, const int64_t* starts, int count, int y_kind) {
-    const int passes = x_kind == F32 ? 2 : 1;
+                            void* const* outputs, const int64_t* starts, int count, int y_kind, bool int8) {
+    const int passes = x_kind == F32 && !int8 ? 2 : 1;
     const int64_t nblocks = kp / BLOCK_W, rows_q = m * passes;
-    const size_t q_bytes = (size_t)(rows_q * kp) * sizeof(int16_t);
-    ScratchGuard scratch(q_bytes + sizeof(float) * (size_t)(rows_q * nblocks));
-    int16_t* q = (int16_t*)scratch.data;
-    float* s = (float*)((char*)scratch.data + q_bytes);
-    quantize_activations(x, x_kind, x_stride, col_scale, m, k, kp, passes, q, s);
+    const size_t q_bytes = (size_t)(rows_q * kp) * (int8 ? sizeof(int8_t) : sizeof(int16_t));
+    ScratchGuard scratch(q_bytes + sizeof(float) * (size_t)(rows_q * nblocks + (int8 ? m : 0)));
+    int16_t* q = (int16_t*)scratch.data;     /* int16 route: [rows_q, kp] */
+    int8_t* q8 = (int8_t*)scratch.data;      /* int8 route: [m, kp] */
+    float* s = (float*)((char*)scratch.data + q_bytes);  /* [rows_q, nblocks] */
+    float* c = s + rows_q * nblocks;                     /* int8 route: [m] */
+    if (int8) quantize_activations_i8(x, x_kind, x_stride, col_scale, m, k, kp, q8, s, c);
+    else quantize_activations(x, x_kind, x_stride, col_scale, m, k, kp, passes, q, s);
     const int64_t row_chunk = 16, token_chunk = 16;
     at::parallel_for(0, (n + row_chunk - 1) / row_chunk, 1, [&](int64_t task_begin, int64_t task_end) {
         float dots[2 * 16];
@@ -349,15 +473,22 @@ static void ternary_product(const void* x, int x_kind, int64_t x_stride, const f
                     const int64_t rows_g = (g + 1 < count ? starts[g + 1] : n) - starts[g];
                     const uint8_t* wr = w + r * (kp / 4);
                     int64_t i = q0;
-                    for (; i + TILE_ROWS <= q1; i += TILE_ROWS)
-                        row_dot<TILE_ROWS>(wr, q + i * kp, s + i * nblocks, kp, nblocks, dots + (i - q0));
-                    for (; i + 2 <= q1; i += 2)
-                        row_dot<2>(wr, q + i * kp, s + i * nblocks, kp, nblocks, dots + (i - q0));
-                    for (; i < q1; i++) row_dot<1>(wr, q + i * kp, s + i * nblocks, kp, nblocks, dots + (i - q0));
+                    if (int8) {
+                        for (; i + TILE_ROWS <= q1; i += TILE_ROWS)
+                            row_dot_i8<TILE_ROWS>(wr, q8 + i * kp, s + i * nblocks, kp, nblocks, dots + (i - q0));
+                        for (; i < q1; i++)
+                            row_dot_i8<1>(wr, q8 + i * kp, s + i * nblocks, kp, nblocks, dots + (i - q0));
+                    } else {
+                        for (; i + TILE_ROWS <= q1; i += TILE_ROWS)
+                            row_dot<TILE_ROWS>(wr, q + i * kp, s + i * nblocks, kp, nblocks, dots + (i - q0));
+                        for (; i + 2 <= q1; i += 2)
+                            row_dot<2>(wr, q + i * kp, s + i * nblocks, kp, nblocks, dots + (i - q0));
+                        for (; i < q1; i++) row_dot<1>(wr, q + i * kp, s + i * nblocks, kp, nblocks, dots + (i - q0));
+                    }
                     for (int64_t token = m0; token < m1; token++) {
                         const float* d = dots + (token - m0) * passes;
-                        store_value(outputs[g], y_kind, token * rows_g + (r - starts[g]),
-                                    (passes == 2 ? d[0] + d[1] : d[0]) * row_scale[r]);
+                        const float dot = int8 ? d[0] - c[token] : passes == 2 ? d[0] + d[1] : d[0];
+                        store_value(outputs[g], y_kind, token * rows_g + (r - starts[g]), dot * row_scale[r]);
                     }
                 }
             }
@@ -384,7 +515,10 @@ static at::Tensor activations(const at::Tensor& x) {
 
 static std::vector<at::Tensor> ternary_outputs(const at::Tensor& x, const at::Tensor& packed,
                                                const at::Tensor& row_scale, const c10::optional<at::Tensor>& col_scale,
-                                               std::vector<int64_t> outs) {
+                                               std::vector<int64_t> outs, int64_t activation_bits) {
+    TORCH_CHECK(activation_bits == 16 || activation_bits == 8, "activation_bits must be 16 (exact) or 8, got ",
+                activation_bits);
+    const bool int8 = activation_bits == 8;
     TORCH_CHECK(packed.scalar_type() == at::kByte && packed.dim() == 2 && packed.is_contiguous(),
                 "packed must be a contiguous uint8 [out, padded_in / 4] tensor");
     TORCH_CHECK(row_scale.scalar_type() == at::kFloat && row_scale.is_contiguous() &&
@@ -409,7 +543,7 @@ static std::vector<at::Tensor> ternary_outputs(const at::Tensor& x, const at::Te
     std::vector<at::Tensor> results;
     std::vector<void*> pointers;
     std::vector<int64_t> starts;
-    if (flat.scalar_type() == at::kFloat && m >= GEMM_MIN_TOKENS) {
+    if (flat.scalar_type() == at::kFloat && m >= GEMM_MIN_TOKENS && !int8) {
         /* prefill in fp32: unpack T in row chunks of at most 16 MiB and multiply with torch's GEMM */
         at::Tensor xs = col ? flat.mul(col_tensor) : flat;
         at::Tensor y = at::empty({m, n}, flat.options());
@@ -441,20 +575,21 @@ static std::vector<at::Tensor> ternary_outputs(const at::Tensor& x, const at::Te
         start += rows_g;
     }
     ternary_product(flat.data_ptr(), element_kind(flat), flat.stride(0), col, m, k, packed.data_ptr<uint8_t>(), n, kp,
-                    row_scale.data_ptr<float>(), pointers.data(), starts.data(), (int)outs.size(), element_kind(flat));
+                    row_scale.data_ptr<float>(), pointers.data(), starts.data(), (int)outs.size(), element_kind(flat),
+                    int8);
     if (flat.scalar_type() != x.scalar_type())
         for (auto& result : results) result = result.to(x.scalar_type());
     return results;
 }
 
 at::Tensor ternary_mm(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& row_scale,
-                      const c10::optional<at::Tensor>& col_scale) {
-    return ternary_outputs(x, packed, row_scale, col_scale, {packed.size(0)})[0];
+                      const c10::optional<at::Tensor>& col_scale, int64_t activation_bits) {
+    return ternary_outputs(x, packed, row_scale, col_scale, {packed.size(0)}, activation_bits)[0];
 }
 
 std::vector<at::Tensor> ternary_mm_fused(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& row_scale,
-                                         at::IntArrayRef outs) {
-    return ternary_outputs(x, packed, row_scale, c10::nullopt, outs.vec());
+                                         at::IntArrayRef outs, int64_t activation_bits) {
+    return ternary_outputs(x, packed, row_scale, c10::nullopt, outs.vec(), activation_bits);
 }
 
 at::Tensor int8_mm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& row_scale) {
@@ -507,8 +642,10 @@ at::Tensor ternary_unpack(const at::Tensor& packed, int64_t in_features) {
 void set_allocation_limit(int64_t bytes) { allocation_limit.store(bytes); }
 
 TORCH_LIBRARY(NAMESPACE, m) {
-    m.def("ternary_mm(Tensor x, Tensor packed, Tensor row_scale, Tensor? col_scale) -> Tensor");
-    m.def("ternary_mm_fused(Tensor x, Tensor packed, Tensor row_scale, int[] outs) -> Tensor[]");
+    m.def("ternary_mm(Tensor x, Tensor packed, Tensor row_scale, Tensor? col_scale, int activation_bits=16) "
+          "-> Tensor");
+    m.def("ternary_mm_fused(Tensor x, Tensor packed, Tensor row_scale, int[] outs, int activation_bits=16) "
+          "-> Tensor[]");
     m.def("int8_mm(Tensor x, Tensor weight, Tensor row_scale) -> Tensor");
     m.def("ternary_unpack(Tensor packed, int in_features) -> Tensor");
     m.def("set_allocation_limit(int bytes) -> ()");

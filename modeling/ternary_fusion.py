@@ -64,12 +64,14 @@ class FusedProjections:
             and layer.input_scale is None
             and layer.in_features == layers[0].in_features
             and layer._fused is None
+            and layer.activation_bits == layers[0].activation_bits
             for layer in layers
         )
         return cls(layers) if fusable and len(layers) > 1 else None
 
     def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return ternary_matmul_2bit_fused(x, self.kernel, self.row_scale, self.outs)
+        # (the members switch together: TriLMPreTrainedModel.set_int8_activations sets every layer)
+        return ternary_matmul_2bit_fused(x, self.kernel, self.row_scale, self.outs, self.layers[0].activation_bits)
 
     def dissolve(self) -> None:
         """Back to independent layers (their kernels stay views of the stacked tensors)."""

@@ -21,6 +21,13 @@ Kernels (`ternary_matmul_2bit`):
   decode and a 4-row register tile for more tokens, on torch's intra-op thread pool; fp32 activations from
   GEMM_MIN_TOKENS tokens on unpack T to fp32 in row chunks for torch's GEMM instead (bf16 / fp16 never do).
   The operators keep no state between calls but a per-thread scratch buffer: one model serves several threads.
+  Int8 activations (`activation_bits=8`, llama.cpp's route; off by default, `int8_activations=True` at load): every
+  call quantizes the activations to int8 per 128-column block (s_b = the block's largest |x_j c_j| / 127, c the
+  column scales) and multiplies them with the weights stored as t + 1 in {0, 1, 2} by `maddubs` (`vpdpbusd` with
+  VNNI), subtracting the codes' sums once per token. Its error, for output row r:
+      |y_r - exact_r| <= |row_scale_r| * sum over blocks b of nnz(T_r in b) * s_b / 2
+  plus fp32 accumulation and the rounding of y to x's dtype (the exact route's int16 codes: the same with s_b / 258
+  in place of s_b / 2). tests/test_kernels.py checks both bounds against float64.
 - CUDA: a Triton kernel (decode and small batches; fp32 products).
 Either is optional: `cpu_kernel()` / `triton_available()` say whether they can run, and the callers fall back to
 torch's int4 / int8 kernels when they cannot. Scales are exact: per-row scales multiply the fp32 accumulator,
@@ -228,10 +235,10 @@ def load_cpu_library(variant: str, *, compiler: str, cache_dir: Path) -> CpuKern
 def _register_fake_kernels(namespace: str) -> None:
     """Shapes and dtypes of the operators' outputs, for torch.compile's tracing (no data)."""
 
-    def ternary_mm(x, packed, row_scale, col_scale):
+    def ternary_mm(x, packed, row_scale, col_scale, activation_bits=16):
         return x.new_empty((*x.shape[:-1], packed.shape[0]))
 
-    def ternary_mm_fused(x, packed, row_scale, outs):
+    def ternary_mm_fused(x, packed, row_scale, outs, activation_bits=16):
         return [x.new_empty((*x.shape[:-1], rows)) for rows in outs]
 
     def int8_mm(x, weight, row_scale):
@@ -413,25 +420,33 @@ def _triton_matmul(
 
 
 def ternary_matmul_2bit(
-    x: torch.Tensor, packed: torch.Tensor, row_scale: torch.Tensor, col_scale: torch.Tensor | None = None
+    x: torch.Tensor,
+    packed: torch.Tensor,
+    row_scale: torch.Tensor,
+    col_scale: torch.Tensor | None = None,
+    activation_bits: int = 16,
 ) -> torch.Tensor:
     """Y = (X * col_scale) T^T * row_scale: x [..., in] (any float dtype), packed uint8 [out, padded_in / 4]
     (`pack_2bit`), row_scale float32 [out], col_scale float32 [in] or None -> [..., out] in x's dtype.
 
     The Triton kernel on CUDA (or anywhere with TRITON_INTERPRET=1 and a CPU tensor), the C++ operator on CPU.
+    `activation_bits=8` (CPU operator only) quantizes the activations to int8 per 128-column block instead of the
+    exact route's int16 (its error bound: the module docstring).
     """
     if x.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-        return _loaded_cpu_kernel().mm(x, packed, row_scale, col_scale)
+        return _loaded_cpu_kernel().mm(x, packed, row_scale, col_scale, activation_bits)
+    if activation_bits != 16:
+        raise RuntimeError("int8 activations are an option of the CPU 2-bit operator only: load without them here")
     if x.device.type in ("cuda", "cpu"):
         return _triton_matmul(x, packed, row_scale, col_scale)
     raise RuntimeError(f"the 2-bit ternary path has no kernel for {x.device.type}: use ternary_inference='dense'")
 
 
 def ternary_matmul_2bit_fused(
-    x: torch.Tensor, packed: torch.Tensor, row_scale: torch.Tensor, outs: list[int]
+    x: torch.Tensor, packed: torch.Tensor, row_scale: torch.Tensor, outs: list[int], activation_bits: int = 16
 ) -> list[torch.Tensor]:
     """Several layers' products with one input in one call: packed holds their 2-bit rows stacked ([sum(outs),
     padded_in / 4]), row_scale their row scales; x [..., in] -> one output [..., outs[i]] per layer, in x's dtype."""
     if x.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-        return _loaded_cpu_kernel().mm_fused(x, packed, row_scale, outs)
-    return list(ternary_matmul_2bit(x, packed, row_scale).split(outs, dim=-1))
+        return _loaded_cpu_kernel().mm_fused(x, packed, row_scale, outs, activation_bits)
+    return list(ternary_matmul_2bit(x, packed, row_scale, None, activation_bits).split(outs, dim=-1))

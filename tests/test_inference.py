@@ -373,3 +373,32 @@ def test_compiled_graph_calls_the_fused_cpp_operator_once_per_group(saved) -> No
     layers = model.config.num_hidden_layers
     assert sum(f"{kernel.namespace}.ternary_mm_fused" in call for call in calls) == 2 * layers
     assert sum(call.endswith(f"{kernel.namespace}.ternary_mm.default") for call in calls) == 2 * layers
+
+
+def test_int8_activations_are_opt_in_within_a_few_percent_and_compile_like_eager(saved) -> None:
+    """`int8_activations=True`: every ternary product (fused q/k/v and gate/up included) takes int8 activations,
+    logits stay close to the float64 reference, the compiled forward (fullgraph, grad mode on) decodes eager's
+    tokens, and switching back restores the exact route bit for bit; a latent model is refused."""
+    latent, directory, ids, reference = saved
+    exact = TriLMForCausalLM.from_pretrained(directory, ternary_inference="2bit", dtype=torch.float32)
+    model = TriLMForCausalLM.from_pretrained(directory, ternary_inference="2bit", dtype=torch.float32,
+                                             int8_activations=True)
+    layers = [m for m in model.modules() if isinstance(m, TernaryLinear)]
+    assert layers and all(layer.activation_bits == 8 for layer in layers)
+    assert any(layer._fused is not None for layer in layers)  # the fused groups run int8 too
+    with torch.no_grad():
+        exact_logits, logits = exact(ids).logits.double(), model(ids).logits.double()
+    assert not torch.equal(logits, exact_logits)
+    torch.testing.assert_close(logits, reference, rtol=0, atol=5e-2 * reference.abs().max().item())
+    prompt = ids[:1, :6]
+    torch._dynamo.reset()
+    compiled = torch.compile(model.forward, fullgraph=True, dynamic=False, backend="aot_eager")
+    with torch.no_grad():
+        eager_out = model(prompt).logits
+    compiled_out = compiled(prompt).logits  # grad mode on, as users call it
+    torch.testing.assert_close(compiled_out.detach(), eager_out, rtol=0, atol=0)
+    model.set_int8_activations(False)
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits.double(), exact_logits, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="need a packed TriLM"):
+        copy.deepcopy(latent).set_int8_activations(True)

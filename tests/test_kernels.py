@@ -255,6 +255,11 @@ def test_every_variant_the_cpu_has_matches_the_float64_reference(variant: str) -
                 if shard_dim == 0:
                     parts = kernel.mm_fused(x, layer.weight_kernel, layer.kernel_scale, [20, 16])
                     torch.testing.assert_close(torch.cat(parts, -1).double(), expected, rtol=0, atol=atol)
+                # the int8-activation route of this variant, within its documented bound
+                y8 = kernel.mm(x, layer.weight_kernel, layer.kernel_scale, layer.input_scale, 8)
+                bound = int8_activation_bound(x, digits, scales, shard_dim)
+                rounding = expected.abs() * (2.0**-8 if dtype == torch.bfloat16 else 0.0)
+                assert ((y8.double() - expected).abs() <= bound + rounding + 1e-5 * expected.abs().max()).all()
 
 
 @pytest.mark.slow
@@ -270,3 +275,63 @@ def test_variants_this_cpu_lacks_still_compile(variant: str, tmp_path) -> None:
         pytest.skip("the compiler does not take the AVX-512 VNNI / AVX-VNNI flags")
     path, seconds = ternary_kernels.build_cpu_library(variant, compiler="c++", cache_dir=tmp_path)
     assert path.exists() and seconds is not None and variant in path.name
+
+
+def int8_activation_bound(x: torch.Tensor, digits: torch.Tensor, scales: torch.Tensor, shard_dim: int) -> torch.Tensor:
+    """The int8 route's documented error bound per output, float64 [tokens, out], computed from T and x here:
+    |row_scale_r| * sum over 128-column blocks b of nnz(T_r in b) * max_{j in b} |x_j col_scale_j| / 254."""
+    out_features, in_features = digits.shape
+    sharded = (out_features, in_features)[shard_dim]
+    per_index = torch.cat([torch.full((sharded // scales.numel(),), float(g), dtype=torch.float64) for g in scales])
+    row = per_index if shard_dim == 0 else torch.ones(out_features, dtype=torch.float64)
+    col = per_index if shard_dim == 1 else torch.ones(in_features, dtype=torch.float64)
+    scaled = (x.double() * col).abs()  # [tokens, in]
+    bound = torch.zeros(x.shape[0], out_features, dtype=torch.float64)
+    for start in range(0, in_features, 128):
+        block_max = scaled[:, start : start + 128].amax(dim=1)  # [tokens]
+        nonzero = (digits[:, start : start + 128] != 0).sum(dim=1).double()  # [out]
+        bound += block_max[:, None] * nonzero[None, :] / 254
+    return bound * row
+
+
+@needs_cpu_kernel
+@pytest.mark.parametrize("shards", SHARDS)
+@pytest.mark.parametrize("shard_dim", (0, 1))
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16))
+def test_int8_activations_stay_within_their_documented_bound(shards: int, shard_dim: int, dtype: torch.dtype) -> None:
+    """activation_bits=8 against float64: every output within the bound of ternary_kernels' docstring (plus fp32
+    accumulation and the output dtype's rounding), for the decode GEMV, the tile and a fp32 prefill that the exact
+    route would send through the GEMM; and really int8: some errors exceed what the int16 route allows."""
+    out_features, in_features = 36, 300
+    digits, scales = random_ternary(out_features, in_features, shards, shard_dim, seed=shards * 10 + shard_dim + 1)
+    layer = TernaryLinear.from_ternary(digits, scales, shard_dim=shard_dim, eps=1e-5)
+    layer.prepare_inference("2bit", dtype)
+    layer.set_int8_activations(True)
+    exceeds_int16 = False
+    for tokens in (1, 5, ternary_kernels.GEMM_MIN_TOKENS + 2):
+        x = torch.randn(tokens, in_features, generator=torch.Generator().manual_seed(tokens)).to(dtype)
+        x[0, 7] = 40.0  # an outlier feature: its block's scale coarsens every other activation of the block
+        with torch.no_grad():
+            y = layer(x)
+        assert y.dtype == dtype and y.shape == (tokens, out_features)
+        expected = reference(x, digits, scales, shard_dim)
+        bound = int8_activation_bound(x, digits, scales, shard_dim)
+        rounding = expected.abs() * (2.0**-8 if dtype == torch.bfloat16 else 0.0)
+        error = (y.double() - expected).abs()
+        assert (error <= bound + rounding + 1e-5 * expected.abs().max()).all()
+        exceeds_int16 |= bool((error > bound / 258 + rounding + 1e-5 * expected.abs().max()).any())
+    assert exceeds_int16
+    layer.set_int8_activations(False)
+    x = torch.randn(3, in_features, generator=torch.Generator().manual_seed(3)).to(dtype)
+    with torch.no_grad():
+        expected = reference(x, digits, scales, shard_dim)
+        torch.testing.assert_close(layer(x).double(), expected, rtol=0, atol=TOLERANCE[dtype] * expected.abs().max())
+
+
+def test_int8_activations_are_refused_off_the_cpu_2bit_path() -> None:
+    digits, scales = random_ternary(8, 128, 1, 0, seed=0)
+    layer = TernaryLinear.from_ternary(digits, scales, shard_dim=0, eps=1e-5)
+    layer.prepare_inference("int8", torch.float32)
+    with pytest.raises(ValueError, match=r"option of the CPU 2bit path.*'int8'"):
+        layer.set_int8_activations(True)
+    assert layer.activation_bits == 16
