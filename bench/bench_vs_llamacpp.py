@@ -1,6 +1,7 @@
 """spectra-hf against llama.cpp on the same machine, in one run: a packed TriLM decoding and prefilling with the 2-bit
-kernel (default path, and with the int8 embedding/head) next to llama.cpp's `llama-bench` on the same weights
-exported with `spectra-hf convert ... --to gguf-tq2_0`.
+kernel (MODES: eager default, compiled decode, int8 embedding/head, and compiled with int8 activations and the int8
+embedding/head) next to llama.cpp's `llama-bench` on the same weights exported with `spectra-hf convert ... --to
+gguf-tq2_0`.
 
     python bench/bench_vs_llamacpp.py [--sizes 99M 390M 1.1B 3.9B] [--rounds 2] [--llama-cpp DIR]
 
@@ -8,7 +9,8 @@ Full-size shapes from the suite registry, random weights (speed does not depend 
 tokenizer is saved beside each model (llama.cpp refuses a GGUF without tokenizer keys). Engines alternate, round by
 round, so a shared machine's load falls on both alike. Settings: 2 threads, decode 64 tokens after an 8-token
 context (`llama-bench -n 64 -d 8`), prefill 512 tokens (`-p 512 -d 8`). Printed per size: tokens/s of each engine
-(best round), the ratios spectra-hf / llama.cpp, the peak RSS of each process (its VmHWM), whether
+(best round), the ratios spectra-hf / llama.cpp, the peak RSS of each process (its VmHWM), the eager process's RSS
+growth from before loading to after decoding against the model's resident bytes, whether
 the export needed `--allow-f16-fallback` (o_proj of the 1.1B: its scale shards do not fill TQ2_0's 256-weight
 blocks, so llama.cpp reads it in f16), and the load average at each measurement. Also printed: the machine's SIMD
 flags, llama.cpp's build flags (from the README beside its bin/) and the 2-bit kernel in force. A benchmark only:
@@ -106,34 +108,63 @@ def llama_bench(binary: Path, gguf: Path) -> dict:
     return {**speed, "peak": peak, "load": os.getloadavg()[0], "cpu_info": rows[0].get("cpu_info", "?")}
 
 
-def spectra_worker(checkpoint: str, int8: bool) -> dict:
-    """Decode (median step of DECODE after CONTEXT tokens) and prefill tokens/s of the packed TriLM, in-process."""
+# spectra-hf's configurations: (label, int8 embedding/head, compiled decode, int8 activations)
+MODES = {
+    "eager": ("2bit, eager (default)", False, False, False),
+    "compiled": ("2bit, compile_for_decode", False, True, False),
+    "int8emb": ("+ int8 embedding/head, eager", True, False, False),
+    "fastest": ("compiled + int8 activations + int8 embedding/head", True, True, True),
+}
+
+
+def spectra_worker(checkpoint: str, mode: str) -> dict:
+    """Decode (median step of DECODE after CONTEXT tokens) and prefill tokens/s of the packed TriLM in one of MODES,
+    in-process; with the RSS before loading and after decoding, and the model's resident bytes."""
     import statistics
 
     import torch
-    from transformers import DynamicCache
+    from transformers import DynamicCache, StaticCache
 
     from spectra_hf import TriLMForCausalLM
 
+    def rss() -> int:
+        with open("/proc/self/status") as status:
+            return int(next(line for line in status if line.startswith("VmRSS:")).split()[1]) * 1024
+
+    _, int8_embeddings, compiled, int8_activations = MODES[mode]
     torch.set_num_threads(THREADS)
-    model = TriLMForCausalLM.from_pretrained(checkpoint, dtype=torch.bfloat16, int8_embeddings=int8).eval()
+    rss_before = rss()
+    model = TriLMForCausalLM.from_pretrained(
+        checkpoint, dtype=torch.bfloat16, int8_embeddings=int8_embeddings, int8_activations=int8_activations
+    ).eval()
+    resident = sum(t.untyped_storage().nbytes() for t in (*model.parameters(), *model.buffers()) if t is not None)
     generator = torch.Generator().manual_seed(1)
     prompt = torch.randint(0, model.config.vocab_size, (1, CONTEXT), generator=generator)
     long_prompt = torch.randint(0, model.config.vocab_size, (1, PREFILL), generator=generator)
+    # the compiled route is what `spectra_hf.fast_decode.compile_for_decode` makes generate() use: a static cache
+    # and the forward compiled with fullgraph=True, dynamic=False; timed here step by step like the eager route
+    step_forward = torch.compile(model.forward, fullgraph=True, dynamic=False) if compiled else model.forward
 
     def decode(steps: int) -> list[float]:
-        cache, seconds = DynamicCache(config=model.config), []
+        if compiled:
+            cache = StaticCache(config=model.config, max_cache_len=CONTEXT + DECODE + 2)
+        else:
+            cache = DynamicCache(config=model.config)
+        seconds = []
         with torch.inference_mode():
             token = model(prompt, cache=cache, cache_position=torch.arange(CONTEXT)).logits[:, -1:].argmax(-1)
             for i in range(steps):
                 begin = time.perf_counter()
-                out = model(token, cache=cache, cache_position=torch.tensor([CONTEXT + i]))
+                out = step_forward(token, cache=cache, cache_position=torch.tensor([CONTEXT + i]))
                 token = out.logits[:, -1:].argmax(-1)
                 seconds.append(time.perf_counter() - begin)
         return seconds
 
-    decode(2)  # warm-up (and the kernel's first-use build)
+    begin = time.perf_counter()
+    decode(2)  # warm-up (the kernel's first-use build; the compiled route's compilation)
+    warm_up = time.perf_counter() - begin
     step = statistics.median(decode(DECODE))
+    rss_after_decode = rss()
     with torch.inference_mode():
         model(long_prompt[:, :16], use_cache=False, logits_to_keep=1)
         begin = time.perf_counter()
@@ -141,12 +172,15 @@ def spectra_worker(checkpoint: str, int8: bool) -> dict:
         prefill = time.perf_counter() - begin
     with open("/proc/self/status") as status:
         peak = int(next(line for line in status if line.startswith("VmHWM:")).split()[1]) * 1024
-    return {"decode": 1 / step, "prefill": PREFILL / prefill, "own_peak": peak}
+    return {
+        "decode": 1 / step, "prefill": PREFILL / prefill, "own_peak": peak, "warm_up": warm_up,
+        "rss_growth": rss_after_decode - rss_before, "resident": resident,
+    }
 
 
-def spectra_bench(checkpoint: Path, int8: bool) -> dict:
+def spectra_bench(checkpoint: Path, mode: str) -> dict:
     out, err, status, peak = run_measured(
-        [sys.executable, __file__, "--worker", str(checkpoint), "int8" if int8 else "default"],
+        [sys.executable, __file__, "--worker", str(checkpoint), mode],
         env={**os.environ, "OMP_NUM_THREADS": str(THREADS)},
     )
     if status:
@@ -163,7 +197,7 @@ def main() -> None:
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(spectra_worker(args.worker[0], args.worker[1] == "int8")))
+        print(json.dumps(spectra_worker(args.worker[0], args.worker[1])))
         return
     binary = args.llama_cpp / "bin" / "llama-bench"
     if not binary.is_file():
@@ -174,12 +208,15 @@ def main() -> None:
     print(f"machine: {machine_flags()}")
     print(f"llama.cpp: {args.llama_cpp} built with {llama_cpp_build(args.llama_cpp)}")
     print(f"spectra-hf CPU 2-bit kernel: {cpu_kernel_status()}")
-    print(f"{THREADS} threads, decode {DECODE} tokens after {CONTEXT}, prefill {PREFILL}; load {os.getloadavg()}\n")
+    print(f"{THREADS} threads, decode {DECODE} tokens after {CONTEXT}, prefill {PREFILL}; load {os.getloadavg()}")
+    print("spectra-hf modes: " + "; ".join(f"{name} = {label}" for name, (label, *_) in MODES.items()) + "\n")
     header = (
-        "| shape | llama.cpp TQ2_0 decode | spectra-hf 2bit | ratio | int8 embedding/head | ratio "
-        "| llama.cpp prefill 512 | spectra-hf prefill | ratio | peak RSS llama.cpp / spectra / int8 | load avg |"
+        "| shape | llama.cpp TQ2_0 decode | " + " | ".join(f"{name} | ratio" for name in MODES)
+        + " | llama.cpp prefill 512 | eager prefill | ratio | fastest prefill | ratio "
+        "| peak RSS llama.cpp / eager / fastest MiB | RSS growth / resident weights (eager) | load avg |"
     )
     print(header + "\n" + re.sub(r"[^|]", "-", header), flush=True)
+    best: dict[str, dict] = {}
     for size in args.sizes:
         with tempfile.TemporaryDirectory() as work:
             try:
@@ -187,28 +224,32 @@ def main() -> None:
             except (subprocess.CalledProcessError, MemoryError) as error:
                 print(f"| {size} | not run: {error} |", flush=True)
                 continue
-            best: dict[str, dict] = {}
+            best = {}
+            engines = [("llama.cpp", functools.partial(llama_bench, binary, gguf))]
+            engines += [(mode, functools.partial(spectra_bench, model, mode)) for mode in MODES]
             for _ in range(args.rounds):
-                for engine, measure in (
-                    ("llama.cpp", functools.partial(llama_bench, binary, gguf)),
-                    ("2bit", functools.partial(spectra_bench, model, False)),
-                    ("int8", functools.partial(spectra_bench, model, True)),
-                ):
+                for engine, measure in engines:
                     row = measure()
                     kept = best.setdefault(engine, row)
                     for key in ("decode", "prefill"):
                         kept[key] = max(kept[key], row[key])
                     kept["peak"], kept["load"] = max(kept["peak"], row["peak"]), max(kept["load"], row["load"])
-        ref, ours, int8 = best["llama.cpp"], best["2bit"], best["int8"]
+        ref, eager, fastest = best["llama.cpp"], best["eager"], best["fastest"]
         shape = f"{size}{' (o_proj f16: --allow-f16-fallback)' if fallback else ''}"
+        decodes = " | ".join(
+            f"{best[mode]['decode']:.1f} | {best[mode]['decode'] / ref['decode']:.2f}x" for mode in MODES
+        )
         print(
-            f"| {shape} | {ref['decode']:.1f} | {ours['decode']:.1f} | {ours['decode'] / ref['decode']:.2f}x "
-            f"| {int8['decode']:.1f} | {int8['decode'] / ref['decode']:.2f}x | {ref['prefill']:.1f} "
-            f"| {ours['prefill']:.1f} | {ours['prefill'] / ref['prefill']:.2f}x "
-            f"| {ref['peak'] / 2**20:.0f} / {ours['peak'] / 2**20:.0f} / {int8['peak'] / 2**20:.0f} MiB "
+            f"| {shape} | {ref['decode']:.1f} | {decodes} | {ref['prefill']:.1f} "
+            f"| {eager['prefill']:.1f} | {eager['prefill'] / ref['prefill']:.2f}x "
+            f"| {fastest['prefill']:.1f} | {fastest['prefill'] / ref['prefill']:.2f}x "
+            f"| {ref['peak'] / 2**20:.0f} / {eager['peak'] / 2**20:.0f} / {fastest['peak'] / 2**20:.0f} "
+            f"| {eager['rss_growth'] / eager['resident']:.2f}x of {eager['resident'] / 2**20:.0f} MiB "
             f"| {max(r['load'] for r in best.values()):.1f} |",
             flush=True,
         )
+        compile_seconds = best["compiled"]["warm_up"]
+        print(f"(compiled mode's warm-up incl. compilation at {size}: {compile_seconds:.0f} s)", flush=True)
     print(f"\nllama-bench's CPU: {best['llama.cpp']['cpu_info'] if best else '?'}")
 
 
