@@ -373,13 +373,24 @@ def _quickstarts(
     if quant:
         native = _gptq_quickstart(repo_id)
         if quant.get("quant_method") == SPECTRA_GPTQ_METHOD:
+            registered = _registered_gptq_quickstart(repo_id)
+            if "auto_map" in config:  # the export ships the method's code (spectra_hf.modeling.quantlm_gptq)
+                note = (
+                    f"transformers' own GPTQConfig stops at 2/3/4/8 bits: this {quant.get('bits')}-bit repository "
+                    "records `quant_method: spectra_gptq` and ships the code of that method: stock transformers "
+                    "loads it with `trust_remote_code=True` once `optimum` and `gptqmodel` are installed, and "
+                    "after `import spectra_hf` (`pip install spectra-hf[gptq]`) the plain call does. Without "
+                    "either, transformers does not load these weights."
+                )
+                stock = _quickstart(repo_id=repo_id, revision=None, remote_code=True, tokenizer=has_tokenizer)
+                return note, stock, registered
             note = (
                 f"transformers' own GPTQConfig stops at 2/3/4/8 bits: this {quant.get('bits')}-bit repository records "
                 "`quant_method: spectra_gptq`, which `import spectra_hf` registers with transformers "
                 "(`pip install spectra-hf[gptq]`); `AutoModelForCausalLM.from_pretrained` then loads it as below. "
                 "Without spectra-hf, transformers does not load these weights."
             )
-            return note, None, _registered_gptq_quickstart(repo_id)
+            return note, None, registered
         if quant.get("bits") not in FROM_PRETRAINED_BITS:
             note = (
                 f"transformers' GPTQConfig does not load {quant.get('bits')}-bit GPTQ weights (gptqmodel runs them): "
