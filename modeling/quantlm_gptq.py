@@ -38,7 +38,6 @@ from transformers.quantizers.quantizer_gptq import GptqHfQuantizer
 
 SPECTRA_GPTQ_METHOD = "spectra_gptq"
 SPECTRA_GPTQ_BITS: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8)  # widths gptqmodel's torch kernel packs and runs
-REMOTE_CLASS = "QuantLMForCausalLM"  # what a spectra_gptq export's auto_map names for AutoModelForCausalLM
 _ACCEPTED_BITS = 8  # a width GPTQConfig's and optimum's own checks accept, used while they run
 
 
@@ -120,7 +119,6 @@ QuantLMForCausalLM.register_for_auto_class("AutoModelForCausalLM")
 register()
 
 __all__ = [
-    "REMOTE_CLASS",
     "SPECTRA_GPTQ_BITS",
     "SPECTRA_GPTQ_METHOD",
     "QuantLMForCausalLM",

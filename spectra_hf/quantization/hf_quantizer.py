@@ -20,9 +20,9 @@ from typing import Any
 from spectra_hf.checkpoints.io import read_config
 from spectra_hf.modeling import quantlm_gptq
 from spectra_hf.modeling.quantlm_gptq import (
-    REMOTE_CLASS,
     SPECTRA_GPTQ_BITS,
     SPECTRA_GPTQ_METHOD,
+    QuantLMForCausalLM,
     SpectraGPTQConfig,
     register,
 )
@@ -38,7 +38,7 @@ def spectra_gptq_config(bits: int, **kwargs: Any) -> SpectraGPTQConfig:
 
 def remote_code_auto_map() -> dict[str, str]:
     """The `auto_map` of a spectra_gptq export's config.json: AutoModelForCausalLM -> the shipped module's class."""
-    return {"AutoModelForCausalLM": f"{Path(REMOTE_CODE_FILE).stem}.{REMOTE_CLASS}"}
+    return {"AutoModelForCausalLM": f"{Path(REMOTE_CODE_FILE).stem}.{QuantLMForCausalLM.__name__}"}
 
 
 def ship_remote_code(directory: Path) -> None:
