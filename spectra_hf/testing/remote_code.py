@@ -15,8 +15,8 @@ import torch
 
 from spectra_hf.errors import CheckpointError
 
-# argv: ids.pt, then (source, trust_remote_code "1"/"0", logits.pt) triples. Prints "<module> <class>" of each loaded
-# model, in order.
+# argv: ids.pt, then (source, trust_remote_code "1"/"0", logits.pt) triples. Prints "LOADED <module> <class>" for each
+# loaded model, in order (among whatever the libraries print).
 REMOTE_CODE_SCRIPT = textwrap.dedent(
     """
     import importlib.abc, sys
@@ -37,7 +37,7 @@ REMOTE_CODE_SCRIPT = textwrap.dedent(
         assert "spectra_hf" not in sys.modules
         with torch.no_grad():
             torch.save(model(ids).logits, out)
-        print(type(model).__module__, type(model).__name__)
+        print("LOADED", type(model).__module__, type(model).__name__, flush=True)
     """
 )
 
@@ -99,10 +99,9 @@ def load_without_spectra_hf(
     )
     if result.returncode != 0:
         raise CheckpointError(f"loading {list(map(str, sources))} without spectra_hf failed:\n{result.stderr[-3000:]}")
-    printed = result.stdout.splitlines()[-len(sources) :]
+    printed = [line.split()[1:] for line in result.stdout.splitlines() if line.startswith("LOADED ")]
     loads = []
-    for line, out in zip(printed, outputs, strict=True):
-        module, class_name = line.split()
+    for (module, class_name), out in zip(printed, outputs, strict=True):
         loads.append(RemoteLoad(module=module, class_name=class_name, logits=torch.load(out)))
     return RemoteRun(loads=loads, stderr=result.stderr)
 
