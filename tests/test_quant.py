@@ -138,6 +138,23 @@ def test_6bit_loads_with_a_plain_from_pretrained_from_a_dir_and_the_hub(suite_di
         assert type(remote).__name__ == "QuantLMForCausalLM" and torch.equal(remote(probe).logits, expected)
 
 
+@pytest.mark.parametrize("bits", range(2, 9))
+def test_only_the_widths_gptqconfig_refuses_carry_the_remote_code(bits, tmp_path):
+    """The config.json `save_quantized` writes, at every width: 5/6/7 bits get quantlm_gptq.py and an auto_map."""
+    from spectra_hf.quantization.gptq import gptq_quant_method
+    from spectra_hf.quantization.hf_quantizer import ship_remote_code
+
+    written = {"model_type": "llama", "quantization_config": {"quant_method": gptq_quant_method(bits), "bits": bits}}
+    (tmp_path / "config.json").write_text(json.dumps(written))
+    ship_remote_code(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    if bits in (5, 6, 7):
+        assert config == {**written, "auto_map": {"AutoModelForCausalLM": "quantlm_gptq.QuantLMForCausalLM"}}
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "quantlm_gptq.py"]
+    else:
+        assert config == written and [p.name for p in tmp_path.iterdir()] == ["config.json"]
+
+
 @pytest.mark.slow  # a GPTQ run, a publish and a fresh interpreter importing transformers, optimum and gptqmodel
 def test_6bit_loads_with_trust_remote_code_without_spectra_hf_from_a_dir_and_the_published_repo(
     tmp_path, floatlm_dir, corpus_files, probe, local_hub
