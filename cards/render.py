@@ -21,7 +21,7 @@ from spectra_hf.checkpoints.exports import TRAINING_DATA_KEY, ExportInfo
 from spectra_hf.checkpoints.info import suite_size
 from spectra_hf.errors import ConfigError
 from spectra_hf.quantization.gptq import FROM_PRETRAINED_BITS
-from spectra_hf.quantization.hf_quantizer import SPECTRA_GPTQ_METHOD
+from spectra_hf.quantization.hf_quantizer import SPECTRA_GPTQ_METHOD, remote_code_auto_map
 from spectra_hf.suite import SuiteModel
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -365,6 +365,12 @@ def _registered_gptq_quickstart(repo_id: str) -> str:
     return "\n".join(lines + _generate_lines(False))
 
 
+def _ships_spectra_gptq_code(config: Mapping[str, Any]) -> bool:
+    """Whether config.json's auto_map names the spectra_gptq module the export carries (quantlm_gptq.py)."""
+    auto_map = config.get("auto_map") or {}
+    return all(auto_map.get(auto) == target for auto, target in remote_code_auto_map().items())
+
+
 def _quickstarts(
     *, config: Mapping[str, Any], repo_id: str, native_repo: str, revision: str | None, has_tokenizer: bool
 ) -> tuple[str, str | None, str]:
@@ -373,13 +379,24 @@ def _quickstarts(
     if quant:
         native = _gptq_quickstart(repo_id)
         if quant.get("quant_method") == SPECTRA_GPTQ_METHOD:
+            registered = _registered_gptq_quickstart(repo_id)
+            if _ships_spectra_gptq_code(config):
+                note = (
+                    f"transformers' own GPTQConfig stops at 2/3/4/8 bits: this {quant.get('bits')}-bit repository "
+                    "records `quant_method: spectra_gptq` and ships the code of that method: stock transformers "
+                    "loads it with `trust_remote_code=True` once `optimum` and `gptqmodel` are installed, and "
+                    "after `import spectra_hf` (`pip install spectra-hf[gptq]`) the plain call does. Without "
+                    "either, transformers does not load these weights."
+                )
+                stock = _quickstart(repo_id=repo_id, revision=None, remote_code=True, tokenizer=has_tokenizer)
+                return note, stock, registered
             note = (
                 f"transformers' own GPTQConfig stops at 2/3/4/8 bits: this {quant.get('bits')}-bit repository records "
                 "`quant_method: spectra_gptq`, which `import spectra_hf` registers with transformers "
                 "(`pip install spectra-hf[gptq]`); `AutoModelForCausalLM.from_pretrained` then loads it as below. "
                 "Without spectra-hf, transformers does not load these weights."
             )
-            return note, None, _registered_gptq_quickstart(repo_id)
+            return note, None, registered
         if quant.get("bits") not in FROM_PRETRAINED_BITS:
             note = (
                 f"transformers' GPTQConfig does not load {quant.get('bits')}-bit GPTQ weights (gptqmodel runs them): "

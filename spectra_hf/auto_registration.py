@@ -8,10 +8,11 @@ every command the torch start-up (~10 s, ~400 MB). Instead `install()` registers
 have): nothing can look a model type up in an Auto class before those modules exist, so after `import spectra_hf`
 every lookup sees trilm and floatlm, whichever order the imports come in.
 
-Registering imports `spectra_hf.modeling`, which imports transformers modules itself, so it must not run while a
-transformers module is still half-imported (the auto modules often load in the middle of another transformers
-import). The import hook therefore counts transformers modules being executed and registers when the outermost
-one finishes, and waits for `spectra_hf.modeling` when that is the import under way.
+Registering imports `spectra_hf.modeling` (and `spectra_hf.modeling.quantlm_gptq`, the spectra_gptq quantization
+method), which import transformers modules themselves, so it must not run while a transformers module is still
+half-imported (the auto modules often load in the middle of another transformers import). The import hook therefore
+counts transformers modules being executed and registers when the outermost one finishes, and waits for
+`spectra_hf.modeling` or `quantlm_gptq` when that is the import under way.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ CONFIGURATION_AUTO = "transformers.models.auto.configuration_auto"
 MODELING_AUTO = "transformers.models.auto.modeling_auto"
 QUANTIZERS_AUTO = "transformers.quantizers.auto"  # the quantization-method registry (spectra_gptq)
 SPECTRA_MODELING = "spectra_hf.modeling"  # `import spectra_hf.modeling` loads the auto modules halfway through itself
-WATCHED = (CONFIGURATION_AUTO, MODELING_AUTO, QUANTIZERS_AUTO, SPECTRA_MODELING)
+SPECTRA_GPTQ = "spectra_hf.modeling.quantlm_gptq"  # defines spectra_gptq; may load the quantizer registry itself
+WATCHED = (CONFIGURATION_AUTO, MODELING_AUTO, QUANTIZERS_AUTO, SPECTRA_MODELING, SPECTRA_GPTQ)
 
 # The Auto classes each Spectra model class is registered with: (class name in spectra_hf.modeling, Auto classes).
 # The task heads are transformers' Llama heads on the Spectra bodies (modeling/heads.py).
@@ -72,7 +74,7 @@ def _register_models() -> None:
 
 
 def _register_quantization_method() -> None:
-    from spectra_hf.quantization.hf_quantizer import register
+    from spectra_hf.modeling.quantlm_gptq import register  # importing it registers; the call says so
 
     register()
 

@@ -96,6 +96,22 @@ def test_spectra_gptq_card_loads_through_the_auto_class_after_import_spectra_hf(
     assert "`import spectra_hf` registers" in text and "load_quantlm" not in text
 
 
+def test_spectra_gptq_card_with_remote_code_shows_trust_remote_code_first():
+    """An export that ships quantlm_gptq.py (config.json's auto_map) loads with stock transformers too."""
+    from spectra_hf.quantization.hf_quantizer import remote_code_auto_map
+
+    model = next(m for m in all_models() if m.name == "QuantLM_99M_6bit")
+    config = {**_config(model), "model_type": "llama", "auto_map": remote_code_auto_map()}
+    config["quantization_config"] = {"quant_method": "spectra_gptq", "bits": 6, "group_size": -1}
+    text = render_model_card(model=model, org=ORG, config=config, has_tokenizer=False)
+    stock, registered = re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
+    for block in (stock, registered):
+        compile(block, model.name, "exec")
+    assert f'from_pretrained("{ORG}/QuantLM_99M_6bit", trust_remote_code=True)' in stock
+    assert "spectra_hf" not in stock and registered.startswith("import spectra_hf")
+    assert "trust_remote_code" not in registered and "ships the code of that method" in text
+
+
 def test_unpacked_card_loads_without_remote_code():
     model = next(m for m in all_models() if m.name == "TriLM_1.1B")
     config = {key: value for key, value in _config(model).items() if key != "auto_map"}  # a plain Llama config

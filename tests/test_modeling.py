@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
@@ -15,6 +11,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, LlamaConfi
 import spectra_hf
 from spectra_hf import FloatLMForCausalLM, FloatLMModel, TernaryLinear, TriLMConfig, TriLMForCausalLM, TriLMModel
 from spectra_hf.suite import config_for
+from spectra_hf.testing.remote_code import load_without_spectra_hf
 
 FAMILIES = {"TriLM_1.1B": TriLMForCausalLM, "FloatLM_1.1B": FloatLMForCausalLM}
 
@@ -96,47 +93,16 @@ def test_generate_with_kv_cache_matches_no_cache_greedy_decode(name: str) -> Non
     assert torch.equal(cached, ids)
 
 
-REMOTE_CODE_SCRIPT = textwrap.dedent(
-    """
-    import importlib.abc, sys
-
-    class BlockSpectra(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "spectra_hf" or name.startswith("spectra_hf."):
-                raise ModuleNotFoundError(f"No module named {name!r} (hidden by the test)")
-            return None
-
-    sys.meta_path.insert(0, BlockSpectra())
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
-    assert "spectra_hf" not in sys.modules
-    ids = torch.load(sys.argv[2])
-    with torch.no_grad():
-        torch.save(model(ids).logits, sys.argv[3])
-    print(type(model).__module__, type(model).__name__)
-    """
-)
-
-
 @pytest.mark.parametrize("name", FAMILIES)
 def test_remote_code_loads_without_spectra_hf(name: str, tmp_path) -> None:
     model = tiny(name)
     model.save_pretrained(tmp_path / "ckpt")
     ids = torch.randint(0, model.config.vocab_size, (1, 9))
-    torch.save(ids, tmp_path / "ids.pt")
-    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(
-        [sys.executable, "-c", REMOTE_CODE_SCRIPT, str(tmp_path / "ckpt"), str(tmp_path / "ids.pt"),
-         str(tmp_path / "logits.pt")],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    module, cls = result.stdout.split()[-2:]
-    assert module.startswith("transformers_modules") and cls == type(model).__name__
+    env = {"HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
+    (loaded,) = load_without_spectra_hf([tmp_path / "ckpt"], ids, work_dir=tmp_path, env=env).loads
+    assert loaded.module.startswith("transformers_modules") and loaded.class_name == type(model).__name__
     with torch.no_grad():
-        torch.testing.assert_close(torch.load(tmp_path / "logits.pt"), model(ids).logits, rtol=0, atol=0)
+        torch.testing.assert_close(loaded.logits, model(ids).logits, rtol=0, atol=0)
 
 
 def test_tiny_trilm_learns_local_text(tokenizer, corpus_texts) -> None:

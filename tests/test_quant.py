@@ -133,6 +133,67 @@ def test_6bit_loads_with_a_plain_from_pretrained_from_a_dir_and_the_hub(suite_di
         repo = api.create_repo("quant-tests/QuantLM_tiny_6bit_gptq", exist_ok=True).repo_id
         api.upload_folder(repo_id=repo, folder_path=str(directory))
         assert torch.equal(AutoModelForCausalLM.from_pretrained(repo)(probe).logits, expected)
+        # with spectra_hf imported too, trust_remote_code=True runs the shipped module (its registration is a no-op)
+        remote = AutoModelForCausalLM.from_pretrained(directory, trust_remote_code=True)
+        assert type(remote).__name__ == "QuantLMForCausalLM" and torch.equal(remote(probe).logits, expected)
+
+
+@pytest.mark.parametrize("bits", range(2, 9))
+def test_only_the_widths_gptqconfig_refuses_carry_the_remote_code(bits, tmp_path):
+    """The config.json `save_quantized` writes, at every width: 5/6/7 bits get quantlm_gptq.py and an auto_map."""
+    from spectra_hf.quantization.gptq import gptq_quant_method
+    from spectra_hf.quantization.hf_quantizer import ship_remote_code
+
+    written = {"model_type": "llama", "quantization_config": {"quant_method": gptq_quant_method(bits), "bits": bits}}
+    (tmp_path / "config.json").write_text(json.dumps(written))
+    ship_remote_code(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    if bits in (5, 6, 7):
+        assert config == {**written, "auto_map": {"AutoModelForCausalLM": "quantlm_gptq.QuantLMForCausalLM"}}
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "quantlm_gptq.py"]
+    else:
+        assert config == written and [p.name for p in tmp_path.iterdir()] == ["config.json"]
+
+
+@pytest.mark.slow  # a GPTQ run, a publish and a fresh interpreter importing transformers, optimum and gptqmodel
+def test_6bit_loads_with_trust_remote_code_without_spectra_hf_from_a_dir_and_the_published_repo(
+    tmp_path, floatlm_dir, corpus_files, probe, local_hub
+):
+    """What a user without spectra-hf gets: `publish` carries quantlm_gptq.py, and trust_remote_code=True loads the
+    6-bit QuantLM (the shipped module registers spectra_gptq) to load_quantlm's logits, from a dir and the Hub;
+    without trust_remote_code, transformers' Llama class loads without the quantized weights."""
+    from spectra_hf.hub.pacing import HubLimits
+    from spectra_hf.hub.plan import build_plan
+    from spectra_hf.hub.publish import publish
+    from spectra_hf.testing.remote_code import load_without_spectra_hf
+
+    suite = tmp_path / "suite"
+    (directory,) = export_quantlms(
+        floatlm_dir, suite, calibration=corpus_files[0], bits=(6,), samples=SAMPLES, length=LENGTH, size="99M"
+    )
+    plan = build_plan(suite, org="remote-code", models=["QuantLM_99M_6bit"])
+    (repo,) = plan.repos
+    assert "quantlm_gptq.py" in {f.path_in_repo for f in repo.branches[0].files}
+    publish(plan, endpoint=local_hub.url, limits=HubLimits.unlimited(), progress=False)
+    with torch.no_grad():
+        expected = load_quantlm(directory)(probe).logits
+    env = {
+        "HF_MODULES_CACHE": str(tmp_path / "modules"),
+        "HF_HUB_CACHE": str(tmp_path / "hub-cache"),
+        "TORCHDYNAMO_DISABLE": "1",  # gptqmodel's TorchLinear would torch.compile its dequantization first
+    }
+    # the untrusted load first: after a trusted one, the interpreter has spectra_gptq registered
+    run = load_without_spectra_hf(
+        [directory, directory, repo.repo_id], probe, trust_remote_code=[False, True, True], work_dir=tmp_path, env=env
+    )
+    untrusted, *trusted = run.loads
+    for loaded in trusted:
+        assert loaded.module.startswith("transformers_modules") and loaded.class_name == "QuantLMForCausalLM"
+        assert torch.equal(loaded.logits, expected)
+    # without trust_remote_code: transformers' own Llama class, which does not know spectra_gptq (as the README says)
+    assert untrusted.module.startswith("transformers.") and untrusted.class_name == "LlamaForCausalLM"
+    assert "Unknown quantization type, got spectra_gptq" in run.stderr and "MISSING" in run.stderr
+    assert not torch.allclose(untrusted.logits, expected, atol=1e-2)
 
 
 def test_default_kernel_loads_and_agrees(suite_dir, in_memory_logits, probe):
@@ -163,6 +224,16 @@ def test_export_records_what_it_is_and_dodges_optimum_traps(bits, suite_dir, flo
     assert quant["format"] == "gptq" and quant["dataset"] is None and quant["bits"] == bits and quant["sym"] is True
     assert json.loads((directory / "quantize_config.json").read_text())["format"] == "gptq"
     assert quant["group_size"] == {3: 32, 4: 32, 6: -1, 8: -1}[bits]
+    # only the width stock transformers refuses ships the spectra_gptq module, named for trust_remote_code=True
+    shipped = sorted(p.name for p in directory.glob("*.py"))
+    if bits == 6:
+        from spectra_hf.modeling import quantlm_gptq
+
+        assert config["auto_map"] == {"AutoModelForCausalLM": "quantlm_gptq.QuantLMForCausalLM"}
+        assert shipped == ["quantlm_gptq.py"]
+        assert (directory / "quantlm_gptq.py").read_bytes() == Path(quantlm_gptq.__file__).read_bytes()
+    else:
+        assert "auto_map" not in config and shipped == []
 
     info = read_export_info(directory)
     assert (info.name, info.family, info.format) == (f"QuantLM_tiny_{bits}bit", "quantlm", "gptq")

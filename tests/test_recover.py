@@ -118,7 +118,11 @@ def test_recovered_6bit_loads_through_auto_classes_from_a_dir_and_the_hub(tmp_pa
     out = tmp_path / "QuantLM_tiny_6bit"
     report = recover_quantlm(release, out, bits=6)
     assert report.exact
-    assert json.loads((out / "config.json").read_text())["quantization_config"]["quant_method"] == "spectra_gptq"
+    config = json.loads((out / "config.json").read_text())
+    assert config["quantization_config"]["quant_method"] == "spectra_gptq"
+    # the remote code `save_quantized` ships too: trust_remote_code=True loads it without spectra-hf
+    assert config["auto_map"] == {"AutoModelForCausalLM": "quantlm_gptq.QuantLMForCausalLM"}
+    assert (out / "quantlm_gptq.py").is_file()
     with torch.no_grad():
         reference = load_quantlm(out, backend="torch")(PROBE).logits
         release_logits = LlamaForCausalLM.from_pretrained(release).eval()(PROBE).logits

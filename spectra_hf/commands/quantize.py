@@ -20,7 +20,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "2048-token calibration samples; less calibration text than that uses every sample it holds, with a "
             "warning, and samples longer than the model's context are shortened to it. Packed exports of every width "
             "load with AutoModelForCausalLM.from_pretrained (5/6/7 bits after `import spectra_hf`, which registers "
-            "their quant_method spectra_gptq with transformers). Widths outside the suite's 3/4/6/8 need "
+            "their quant_method spectra_gptq with transformers, or without spectra-hf with trust_remote_code=True: "
+            "they carry that method's code). Widths outside the suite's 3/4/6/8 need "
             "--non-suite-bits."
         ),
     )

@@ -1,8 +1,7 @@
 """QuantLM (GPTQ through optimum / gptqmodel) and the bitsandbytes baselines it is compared with.
 
-The two loaders are imported on first access: transformers' quantizer registry calls
-`spectra_hf.quantization.hf_quantizer` from an import hook (auto_registration), possibly while
-`spectra_hf.checkpoints.io` is still importing, so this package must import nothing of its own eagerly."""
+The two loaders are imported on first access, so that importing one submodule (hf_quantizer, calibration, ...)
+does not import the others."""
 
 from __future__ import annotations
 

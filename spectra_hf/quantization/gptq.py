@@ -11,7 +11,9 @@ Output formats, both plain Llama checkpoints (model_type `llama`, loadable witho
   4 and 8 bits the config says `quant_method: "gptq"` and a stock transformers + optimum + gptqmodel install loads
   it. transformers' `GPTQConfig` refuses 5, 6 and 7 bits although gptqmodel packs and runs them: those checkpoints
   (the 6-bit QuantLMs) say `quant_method: "spectra_gptq"`, the method `import spectra_hf` registers with
-  transformers (`spectra_hf.quantization.hf_quantizer`); `load_quantlm` loads every width (any dtype, exact).
+  transformers (`spectra_hf.quantization.hf_quantizer`); they also carry that method's module as remote code
+  (config.json's `auto_map`), so `from_pretrained(..., trust_remote_code=True)` loads them without spectra-hf.
+  `load_quantlm` loads every width (any dtype, exact).
 - "unpacked": the weights dequantized back to a fp16 `LlamaForCausalLM`, like the original release
   (`SpectraSuite/QuantLM_*_Unpacked`): same quality, no memory savings.
 
@@ -39,13 +41,14 @@ from spectra_hf.checkpoints.info import suite_size
 from spectra_hf.checkpoints.io import config_architecture, read_config
 from spectra_hf.errors import CheckpointError, ConfigError, SpectraError
 from spectra_hf.modeling.checkpoint_checks import linear_shapes
+from spectra_hf.modeling.quantlm_gptq import SPECTRA_GPTQ_BITS, gptq_quantizer_class
 from spectra_hf.quantization.calibration import CalibrationSource, calibration_samples, load_calibration_texts
-from spectra_hf.quantization.hf_quantizer import SPECTRA_GPTQ_METHOD, spectra_gptq_config
+from spectra_hf.quantization.hf_quantizer import SPECTRA_GPTQ_METHOD, ship_remote_code, spectra_gptq_config
 from spectra_hf.suite import CONTEXT_LENGTH, FLOAT_BITS, QUANT_BITS, QUANT_GROUP_SIZE, size_bits
 
 logger = logging.get_logger(__name__)
 
-GPTQ_BITS: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8)  # widths gptqmodel's torch kernel packs and runs
+GPTQ_BITS: tuple[int, ...] = SPECTRA_GPTQ_BITS  # widths gptqmodel's torch kernel packs and runs
 FROM_PRETRAINED_BITS: tuple[int, ...] = (2, 3, 4, 8)  # widths transformers' GPTQConfig accepts
 FORMATS: tuple[str, ...] = ("gptq", "unpacked")
 GROUP_SIZES: tuple[int, ...] = (-1, 16, 32, 64, 128, 256, 512, 1024)  # gptqmodel's TorchLinear.SUPPORTS_GROUP_SIZE
@@ -184,25 +187,6 @@ def gptq_quant_method(bits: int) -> str:
     return "gptq" if bits in FROM_PRETRAINED_BITS else SPECTRA_GPTQ_METHOD
 
 
-def gptq_quantizer_class():
-    """optimum's GPTQQuantizer widened to 2..8 bits (a class made on first use: optimum is an optional extra)."""
-    from optimum.gptq import GPTQQuantizer
-
-    class SpectraGPTQQuantizer(GPTQQuantizer):
-        """optimum's GPTQQuantizer accepting every width gptqmodel's torch kernel packs (2..8 bits).
-
-        optimum refuses 5, 6 and 7 bits in `__init__` only; its quantization loop, packing and gptqmodel's
-        TorchLinear handle them. The object is built at 8 bits, then set to the requested width.
-        """
-
-        def __init__(self, bits: int, **kwargs: Any) -> None:
-            super().__init__(bits=8, **kwargs)
-            self.bits = bits
-            self.quantizeConfig.bits = bits
-
-    return SpectraGPTQQuantizer
-
-
 def quantize_model(
     model: Any, samples: list[dict[str, torch.Tensor]], settings: GPTQSettings, *, backend: str = REFERENCE_BACKEND
 ) -> tuple[Any, Any]:
@@ -271,11 +255,11 @@ def packed_quantization_config(quantizer: Any) -> PackedQuantizationConfig:
 def save_quantized(model: Any, quantizer: Any, directory: str | Path) -> None:
     """Save a `quantize_model` result as a packed GPTQ (v1) checkpoint that reloads to the same model.
 
-    config.json's `quant_method` is `gptq_quant_method(bits)`; quantize_config.json (gptqmodel's) keeps "gptq".
-    Guards optimum 2.3's traps: the calibration tensors it keeps in `quantization_config["dataset"]` are dropped,
-    and `format` is written as "gptq" (v1, what `save` writes) instead of "gptq_v2" (which makes reloads
-    silently wrong). `save` converts `model` to the v1 layout in place: do not run `model` afterwards, reload it
-    from `directory` (`load_quantlm`).
+    config.json's `quant_method` is `gptq_quant_method(bits)`; quantize_config.json (gptqmodel's) keeps "gptq"; a
+    spectra_gptq export also gets its remote code (`ship_remote_code`). Guards optimum 2.3's traps: the calibration
+    tensors it keeps in `quantization_config["dataset"]` are dropped, and `format` is written as "gptq" (v1, what
+    `save` writes) instead of "gptq_v2" (which makes reloads silently wrong). `save` converts
+    `model` to the v1 layout in place: do not run `model` afterwards, reload it from `directory` (`load_quantlm`).
     """
     quantizer.dataset = None
     model.config.quantization_config["dataset"] = None
@@ -287,6 +271,7 @@ def save_quantized(model: Any, quantizer: Any, directory: str | Path) -> None:
         raise CheckpointError(
             f"optimum wrote quantization_config {saved} to {directory}; expected format 'gptq' and no dataset"
         )
+    ship_remote_code(Path(directory))
 
 
 def load_quantlm(
@@ -544,7 +529,8 @@ def _export_info(
     packed_loader = (
         "transformers.AutoModelForCausalLM.from_pretrained"
         if setting.bits in FROM_PRETRAINED_BITS
-        else "transformers.AutoModelForCausalLM.from_pretrained after `import spectra_hf` (quant_method spectra_gptq)"
+        else "transformers.AutoModelForCausalLM.from_pretrained after `import spectra_hf`, or with "
+        "trust_remote_code=True (quant_method spectra_gptq)"
     )
     return ExportInfo(
         name=name,

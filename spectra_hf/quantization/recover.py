@@ -45,6 +45,7 @@ from spectra_hf.quantization.gptq import (
     plan_settings,
     quantlm_size_bits,
 )
+from spectra_hf.quantization.hf_quantizer import ship_remote_code
 
 logger = logging.get_logger(__name__)
 
@@ -248,8 +249,9 @@ def recover_quantlm(
 
     Args:
         release: the release checkpoint directory (plain fp16 Llama).
-        out: the export directory to write (atomically; loads with `load_quantlm` and, after `import spectra_hf`,
-            `AutoModelForCausalLM.from_pretrained`).
+        out: the export directory to write (atomically; loads with `load_quantlm` and with
+            `AutoModelForCausalLM.from_pretrained`: after `import spectra_hf`, or at 5/6/7 bits with
+            `trust_remote_code=True` without it).
         bits: the QuantLM's width.
         group_size: input columns per scale; default the paper's (128 at 3/4 bits, per-channel at 6/8), lowered
             as `plan_settings` does for models narrower than a group.
@@ -406,8 +408,8 @@ def _compare_written(directory: Path, source: Checkpoint, names: list[str], quan
 
 
 def _write_packed_config(directory: Path, config: dict[str, Any], quantizer: Any) -> None:
-    """config.json (the release's architecture as a Llama config with the packed `quantization_config`) and
-    quantize_config.json, as `save_quantized` writes them."""
+    """config.json (the release's architecture as a Llama config with the packed `quantization_config`),
+    quantize_config.json and, for spectra_gptq, the remote code, as `save_quantized` writes them."""
     import json
 
     from transformers import LlamaConfig
@@ -418,6 +420,7 @@ def _write_packed_config(directory: Path, config: dict[str, Any], quantizer: Any
     llama.quantization_config = quant.loading
     llama.save_pretrained(directory)
     (directory / "quantize_config.json").write_text(json.dumps(quant.gptqmodel, indent=2), encoding="utf-8")
+    ship_remote_code(directory)
 
 
 def _copy_release_side_files(release: Path, directory: Path) -> None:
