@@ -15,6 +15,9 @@ side for tests):
   ternary_unpack(Tensor packed, int in_features) -> Tensor
   set_allocation_limit(int bytes) -> ()
       (testing hook: scratch allocations above `bytes` fail as an out-of-memory would; -1 lifts the limit)
+  parallel_threads() -> int
+      (testing hook: the threads one parallel region of this library runs, torch's intra-op setting if it was built
+      with OpenMP as torch was)
 Scratch for the quantized activations lives in per-thread buffers that are kept between calls (no allocation per
 decode step) up to KEEP_BYTES; every allocation is checked and a failure raises a RuntimeError, never a crash.
 """
@@ -641,6 +644,18 @@ at::Tensor ternary_unpack(const at::Tensor& packed, int64_t in_features) {
 
 void set_allocation_limit(int64_t bytes) { allocation_limit.store(bytes); }
 
+/* How many threads a parallel region of this library runs: at::parallel_for is inline (a `#pragma omp parallel` in
+   torch's header), so a library built without -fopenmp runs every product on one thread, whatever torch's setting */
+int64_t parallel_threads() {
+    std::atomic<int64_t> threads{1};
+    at::parallel_for(0, 1 << 16, 1, [&](int64_t, int64_t) {
+        const int64_t mine = at::get_thread_num() + 1;
+        int64_t seen = threads.load();
+        while (mine > seen && !threads.compare_exchange_weak(seen, mine)) {}
+    });
+    return threads.load();
+}
+
 TORCH_LIBRARY(NAMESPACE, m) {
     m.def("ternary_mm(Tensor x, Tensor packed, Tensor row_scale, Tensor? col_scale, int activation_bits=16) "
           "-> Tensor");
@@ -649,6 +664,7 @@ TORCH_LIBRARY(NAMESPACE, m) {
     m.def("int8_mm(Tensor x, Tensor weight, Tensor row_scale) -> Tensor");
     m.def("ternary_unpack(Tensor packed, int in_features) -> Tensor");
     m.def("set_allocation_limit(int bytes) -> ()");
+    m.def("parallel_threads() -> int");
 }
 
 TORCH_LIBRARY_IMPL(NAMESPACE, CPU, m) {
@@ -660,5 +676,6 @@ TORCH_LIBRARY_IMPL(NAMESPACE, CPU, m) {
 
 TORCH_LIBRARY_IMPL(NAMESPACE, CompositeExplicitAutograd, m) {
     m.impl("set_allocation_limit", &set_allocation_limit);
+    m.impl("parallel_threads", &parallel_threads);
 }
 """

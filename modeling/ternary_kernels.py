@@ -114,7 +114,9 @@ _VARIANT_COMPILER_FLAGS = {
 }
 # Set to one of CPU_VARIANTS to build that variant instead of the best one the CPU has (refused if it lacks it).
 VARIANT_ENV = "SPECTRA_KERNEL_VARIANT"
-_COMMON_FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC")
+# -fopenmp: torch's at::parallel_for is a `#pragma omp parallel` inside its header; without the flag every product
+# would run on one thread (libgomp resolves to the copy torch loaded, through the rpath below)
+_COMMON_FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-fopenmp")
 BUILD_TIMEOUT_S = 900
 
 

@@ -335,3 +335,21 @@ def test_int8_activations_are_refused_off_the_cpu_2bit_path() -> None:
     with pytest.raises(ValueError, match=r"option of the CPU 2bit path.*'int8'"):
         layer.set_int8_activations(True)
     assert layer.activation_bits == 16
+
+
+@needs_cpu_kernel
+def test_the_operators_run_on_torchs_intra_op_threads() -> None:
+    """The library's parallel regions use torch's thread count (a build without OpenMP runs them on one thread)."""
+    import os
+
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("one CPU: nothing to run in parallel")
+    kernel = ternary_kernels.cpu_kernel()
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert kernel.ops.parallel_threads() == 2
+        torch.set_num_threads(1)
+        assert kernel.ops.parallel_threads() == 1
+    finally:
+        torch.set_num_threads(before)
