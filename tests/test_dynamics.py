@@ -361,6 +361,48 @@ def test_hub_repo_revision_by_revision_never_more_than_two_on_disk(trilm_export,
     assert frame.drop(columns=["model", "step"]).equals(local.drop(columns="step"))
 
 
+def test_hub_main_holding_the_last_step_branch_is_left_out(trilm_export, local_hub):
+    """A repo as `spectra-hf publish` lays it out when the run's last step is also a checkpoint (the demo's
+    step100/200/300 + main): main's revisions.json names its step, so main is left out like a local export's, and
+    kept with that step when asked for."""
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    from spectra_hf.cards import Revision as BranchRevision
+    from spectra_hf.hub.repo_files import revisions_json
+
+    export, digits, _ = trilm_export
+    api = HfApi()
+    repo = "dynamics-test/TriLM_1.1B_published"
+    api.create_repo(repo)
+    for step in STEPS:
+        folder = export if step == STEPS[-1] else export / "checkpoints" / f"step{step}"
+        api.create_branch(repo, branch=f"step{step}")
+        api.upload_folder(repo_id=repo, folder_path=folder, revision=f"step{step}", ignore_patterns=["checkpoints/*"])
+    api.upload_folder(repo_id=repo, folder_path=export, ignore_patterns=["checkpoints/*"])
+    listing = revisions_json(repo, main_step=STEPS[-1], main_tokens_seen=None,
+                             revisions=[BranchRevision(f"step{s}", s, s * 1000) for s in STEPS])  # fmt: skip
+    api.create_commit(repo, operations=[CommitOperationAdd(listing.path_in_repo, listing.content)], commit_message="r")
+
+    frame = checkpoint_dynamics(repo, progress=False)
+    assert list(dict.fromkeys(frame["revision"])) == ["step10", "step20", "step30"]
+    assert list(frame["step"].drop_duplicates()) == list(STEPS)
+    asked = checkpoint_dynamics(repo, revisions=["step30", "main"], progress=False)
+    assert list(asked[asked["revision"] == "main"]["step"].drop_duplicates()) == [STEPS[-1]]
+    assert _value(asked, "main", 0, "mlp.up_proj", "flip_fraction") == 0.0  # the same weights as step30
+    before, after = digits[20]["model.layers.0.mlp.up_proj"], digits[30]["model.layers.0.mlp.up_proj"]
+    assert _value(frame, "step30", 0, "mlp.up_proj", "flip_fraction") == pytest.approx(np.mean(before != after))
+
+
+def test_main_step_of_reads_what_revisions_json_writes():
+    from spectra_hf.hub.repo_files import main_step_of, revisions_json
+
+    written = revisions_json("org/TriLM_99M", main_step=300, main_tokens_seen=None, revisions=[]).content
+    assert main_step_of(written.decode()) == 300
+    assert main_step_of(json.dumps({"main": {"step": None}})) is None
+    assert main_step_of("not json") is None
+    assert main_step_of(json.dumps({"main": {"step": True}})) is None
+
+
 def test_plot_extra_missing_is_named(trilm_export, tmp_path):
     import subprocess
     import sys

@@ -146,3 +146,22 @@ def test_help_and_import_do_not_import_matplotlib():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_change_heatmap_title_fits_a_narrow_figure():
+    """Two checkpoints make the narrowest heatmap; a Hub repo id makes a long title: it must stay on the canvas."""
+    pytest.importorskip("matplotlib")
+    from spectra_hf.analysis.dynamics import COLUMNS
+    from spectra_hf.analysis.figures import change_heatmap
+
+    records = [
+        ("spectra-demo/TriLM_99M", f"step{step}", step, layer, "mlp.up_proj", None, "flip_fraction", 0.1, 100)
+        for step in (200, 300)
+        for layer in range(4)
+    ]
+    figure = change_heatmap(pd.DataFrame.from_records(records, columns=list(COLUMNS)))
+    title = figure.axes[0].title
+    figure.canvas.draw()
+    box = title.get_window_extent(figure.canvas.get_renderer())
+    assert "spectra-demo/TriLM_99M" in title.get_text() and "step200 to step300" in title.get_text()
+    assert box.x0 >= 0 and box.x1 <= figure.bbox.width, (box, figure.bbox.width)

@@ -134,8 +134,23 @@ class HubRepo:
             ) from error
         found = [Revision(b.name, int(m.group(1))) for b in refs.branches if (m := _STEP_RE.match(b.name))]
         if has_main:  # a release `_ckpts` repo's main holds only .gitattributes
-            found.append(Revision("main", None))
+            found.append(Revision("main", self._main_step(api)))
         return found
+
+    def _main_step(self, api: Any) -> int | None:
+        """main's step from its revisions.json (`spectra-hf publish` writes one), so that a main holding the last
+        step<N> branch's weights is left out like a local export's; None when main has no such file."""
+        from huggingface_hub.errors import EntryNotFoundError
+
+        from spectra_hf.hub.repo_files import REVISIONS_FILE, main_step_of
+
+        # read outside cache_dir: that cache holds at most two revisions' snapshots, and this is not one
+        with tempfile.TemporaryDirectory(prefix="spectra-dynamics-revisions-") as scratch:
+            try:
+                path = api.hf_hub_download(self.repo_id, REVISIONS_FILE, revision="main", cache_dir=scratch)
+            except EntryNotFoundError:
+                return None
+            return main_step_of(Path(path).read_text(encoding="utf-8"))
 
     def fetch(self, revision: Revision) -> Path:
         from spectra_hf.evaluation.pretrained import download

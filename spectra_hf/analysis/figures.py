@@ -103,7 +103,8 @@ def change_heatmap(frame: Any, *, statistic: str = "flip_fraction") -> Any:
     axes.set_ylabel("decoder layer")
     figure.colorbar(image, ax=axes, label=STATISTIC_AXES.get(statistic, f"{statistic} (%)"))
     what = "ternary flips" if statistic.startswith("flip") else "weight change"
-    axes.set_title(f"{frame['model'].iloc[0]}: {what} per layer, {_span(frame)}")
+    # two lines: with few checkpoints the figure is narrow, and a one-line title ran past both edges
+    axes.set_title(f"{frame['model'].iloc[0]}\n{what} per layer, {_span(frame)}")
     return figure
 
 

@@ -73,6 +73,16 @@ def revisions_json(
     return generated_file(REVISIONS_FILE, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
+def main_step_of(text: str) -> int | None:
+    """The optimizer step `main` holds, from the text of a `revisions.json` (`revisions_json`'s schema); None when
+    the file does not record one (a hand-made file, an older schema, not JSON)."""
+    try:
+        step = json.loads(text)["main"]["step"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
+
+
 def human_size(size: int) -> str:
     """`1_500_000_000` bytes -> "1.50 GB" (decimal units, as the Hub shows sizes)."""
     for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
@@ -90,5 +100,6 @@ __all__ = [
     "generated_file",
     "has_tokenizer",
     "human_size",
+    "main_step_of",
     "revisions_json",
 ]
