@@ -4,20 +4,17 @@ weights after loading, LoRA on ternary layers, and packed checkpoints as remote 
 from __future__ import annotations
 
 import copy
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
-from test_modeling import REMOTE_CODE_SCRIPT  # the lead's spectra_hf-blocking loader script
 from test_ternary import reference_ternary_weight  # g * T by the paper's formula, float64
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from spectra_hf import TernaryLinear, TriLMForCausalLM
 from spectra_hf.modeling.configuration_trilm import without_trilm_keys
 from spectra_hf.suite import config_for
+from spectra_hf.testing.remote_code import load_without_spectra_hf
 
 LAYOUT = {"q_proj": 0, "k_proj": 0, "v_proj": 0, "o_proj": 1, "gate_proj": 0, "up_proj": 0, "down_proj": 1}
 
@@ -219,19 +216,12 @@ def test_lora_wraps_ternary_layers(saved, path) -> None:
 
 def test_packed_checkpoint_loads_as_remote_code_without_spectra_hf(saved, tmp_path) -> None:
     _, directory, ids, _ = saved
-    torch.save(ids, tmp_path / "ids.pt")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HUB_OFFLINE="1")
-    result = subprocess.run(
-        [sys.executable, "-c", REMOTE_CODE_SCRIPT, str(directory), str(tmp_path / "ids.pt"), str(tmp_path / "out.pt")],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    module, cls = result.stdout.split()[-2:]
-    assert module.startswith("transformers_modules") and cls == "TriLMForCausalLM"
+    env = {"HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
+    (loaded,) = load_without_spectra_hf([directory], ids, work_dir=tmp_path / "remote", env=env).loads
+    assert loaded.module.startswith("transformers_modules") and loaded.class_name == "TriLMForCausalLM"
     in_process = TriLMForCausalLM.from_pretrained(directory)  # the same "auto" path (2bit on CPU)
     with torch.no_grad():
-        torch.testing.assert_close(torch.load(tmp_path / "out.pt"), in_process(ids).logits, rtol=0, atol=0)
+        torch.testing.assert_close(loaded.logits, in_process(ids).logits, rtol=0, atol=0)
 
 
 # ------------------------------------------------------------------ a packed TriLM as a first-class PreTrainedModel
