@@ -5,9 +5,11 @@ it). One source, compiled once per instruction-set variant: the variant's flags 
 
 The operators, registered under the namespace NAMESPACE (one per variant, so that variants can be loaded side by
 side for tests):
-  ternary_mm(Tensor x, Tensor packed, Tensor row_scale, Tensor? col_scale, int activation_bits=16) -> Tensor
-  ternary_mm_fused(Tensor x, Tensor packed, Tensor row_scale, int[] outs, int activation_bits=16) -> Tensor[]
+  ternary_mm(Tensor x, Tensor packed, Tensor row_scale, Tensor? col_scale, int activation_bits) -> Tensor
+  ternary_mm_fused(Tensor x, Tensor packed, Tensor row_scale, int[] outs, int activation_bits) -> Tensor[]
       (one product with the stacked rows of several layers, returned as one output per layer of `outs` rows)
+      (activation_bits has no default: Inductor's C++ wrapper drops arguments equal to a schema default and then
+      calls the dispatcher with too few)
       activation_bits 16: the exact route (int16 blocks, fp32 in two passes; fp32 prefill through torch's GEMM);
       activation_bits 8: the opt-in int8 route (llama.cpp's): every call quantizes the activations to int8 per
       128-column block (scale = block max / 127) and multiplies them with `maddubs` / `vpdpbusd`.
@@ -657,10 +659,8 @@ int64_t parallel_threads() {
 }
 
 TORCH_LIBRARY(NAMESPACE, m) {
-    m.def("ternary_mm(Tensor x, Tensor packed, Tensor row_scale, Tensor? col_scale, int activation_bits=16) "
-          "-> Tensor");
-    m.def("ternary_mm_fused(Tensor x, Tensor packed, Tensor row_scale, int[] outs, int activation_bits=16) "
-          "-> Tensor[]");
+    m.def("ternary_mm(Tensor x, Tensor packed, Tensor row_scale, Tensor? col_scale, int activation_bits) -> Tensor");
+    m.def("ternary_mm_fused(Tensor x, Tensor packed, Tensor row_scale, int[] outs, int activation_bits) -> Tensor[]");
     m.def("int8_mm(Tensor x, Tensor weight, Tensor row_scale) -> Tensor");
     m.def("ternary_unpack(Tensor packed, int in_features) -> Tensor");
     m.def("set_allocation_limit(int bytes) -> ()");

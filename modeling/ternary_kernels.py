@@ -237,10 +237,10 @@ def load_cpu_library(variant: str, *, compiler: str, cache_dir: Path) -> CpuKern
 def _register_fake_kernels(namespace: str) -> None:
     """Shapes and dtypes of the operators' outputs, for torch.compile's tracing (no data)."""
 
-    def ternary_mm(x, packed, row_scale, col_scale, activation_bits=16):
+    def ternary_mm(x, packed, row_scale, col_scale, activation_bits):
         return x.new_empty((*x.shape[:-1], packed.shape[0]))
 
-    def ternary_mm_fused(x, packed, row_scale, outs, activation_bits=16):
+    def ternary_mm_fused(x, packed, row_scale, outs, activation_bits):
         return [x.new_empty((*x.shape[:-1], rows)) for rows in outs]
 
     def int8_mm(x, weight, row_scale):
