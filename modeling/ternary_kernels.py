@@ -173,12 +173,20 @@ class CpuKernel:
         self.unpack = ops.ternary_unpack.default
 
 
+# How a built library is named and what it registers; part of the cache key, so a library cached under an earlier
+# scheme is never loaded for this one (2: the namespace carries the digest).
+_LIBRARY_FORMAT = "2"
+
+
 def library_name(variant: str, compiler: str) -> tuple[str, str]:
-    """(torch.ops namespace, file name) of a variant's library: the file name carries the variant and a hash of the
-    source, the flags, the compiler and the torch version, so that any of them changing builds anew."""
+    """(torch.ops namespace, file name) of a variant's library: both carry the variant and a hash of the source, the
+    flags, the compiler and the torch version, so that any of them changing builds (and names) it anew."""
     flags = " ".join((*_COMMON_FLAGS, *_VARIANT_COMPILER_FLAGS[variant]))
-    digest = hashlib.sha256("\n".join((CPU_SOURCE, flags, compiler, torch.__version__)).encode()).hexdigest()[:16]
-    return f"spectra_ternary_{variant}", f"spectra_ternary_{variant}_{digest}.so"
+    key = "\n".join((_LIBRARY_FORMAT, CPU_SOURCE, flags, compiler, torch.__version__))
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    # the namespace carries the digest too: torch.compile's on-disk caches key compiled graphs by operator names, not
+    # schemas, so a changed operator under the old name would be called with a stale graph's arguments
+    return f"spectra_ternary_{variant}_{digest}", f"spectra_ternary_{variant}_{digest}.so"
 
 
 def build_cpu_library(variant: str, *, compiler: str, cache_dir: Path) -> tuple[Path, float | None]:
