@@ -14,6 +14,17 @@ side for tests):
       activation_bits 8: the opt-in int8 route (llama.cpp's): every call quantizes the activations to int8 per
       128-column block (scale = block max / 127) and multiplies them with `maddubs` / `vpdpbusd`.
   int8_mm(Tensor x, Tensor weight, Tensor row_scale) -> Tensor
+  attention_inputs(Tensor hidden, Tensor norm_weight, float eps, Tensor packed, Tensor row_scale, int[] outs,
+                   Tensor cos, Tensor sin, int head_dim, int activation_bits) -> Tensor[]
+  attention_output_and_mlp(Tensor attention, Tensor residual, Tensor o_packed, Tensor o_row_scale, Tensor? o_col_scale,
+                           Tensor norm_weight, float eps, Tensor gate_up_packed, Tensor gate_up_row_scale,
+                           int[] gate_up_outs, Tensor down_packed, Tensor down_row_scale, Tensor? down_col_scale,
+                           int activation_bits) -> Tensor
+      (a Llama decoder block in two calls around the attention itself, which stays in Python with the KV cache:
+      RMSNorm, the q/k/v product and the rotary embedding; then o_proj, the residual, RMSNorm, gate/up, SiLU * up,
+      down and the residual. Every step rounds to the hidden states' dtype where transformers' eager block rounds:
+      a block computes what the per-module forward computes, up to the order of fp32 reductions, in 2 operator calls
+      instead of ~60 torch ops)
   ternary_unpack(Tensor packed, int in_features) -> Tensor
   set_allocation_limit(int bytes) -> ()
       (testing hook: scratch allocations above `bytes` fail as an out-of-memory would; -1 lifts the limit)
@@ -644,6 +655,145 @@ at::Tensor ternary_unpack(const at::Tensor& packed, int64_t in_features) {
     return out;
 }
 
+/* ------------------------------------------------------------------------------- decoder block steps (inference) */
+
+/* v rounded to the element kind, as storing and loading it would do (fp32: v itself) */
+static inline float round_to(int kind, float v) {
+    if (kind == BF16) return (float)c10::BFloat16(v);
+    if (kind == F16) return (float)c10::Half(v);
+    return v;
+}
+
+/* transformers' LlamaRMSNorm of each row of x [m, h] into out [m, h] (x's kind, weight [h] too): in fp32,
+   out = w * round(x * rsqrt(mean(x^2) + eps)), rounded where transformers rounds (to x's kind). */
+static void rms_norm_rows(const void* x, void* out, int kind, const void* weight, int64_t m, int64_t h, float eps) {
+    at::parallel_for(0, m, std::max<int64_t>(1, 65536 / h), [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; i++) {
+            double squares = 0.0;
+            for (int64_t j = 0; j < h; j++) {
+                const float v = load_value(x, kind, i * h + j);
+                squares += (double)v * v;
+            }
+            const float inverse = 1.0f / std::sqrt((float)(squares / (double)h) + eps);
+            for (int64_t j = 0; j < h; j++) {
+                const float normalized = round_to(kind, load_value(x, kind, i * h + j) * inverse);
+                store_value(out, kind, i * h + j, load_value(weight, kind, j) * normalized);
+            }
+        }
+    });
+}
+
+/* transformers' apply_rotary_pos_emb in place on t [b, s, heads * d] (contiguous): per head,
+   u_i = round(round(t_i cos_i) + round(r_i sin_i)) with r = (-t[d/2:], t[:d/2]); cos, sin [b or 1, s, d] */
+static void rotate_heads(at::Tensor& t, const at::Tensor& cos, const at::Tensor& sin, int64_t head_dim) {
+    const int kind = element_kind(t);
+    const int64_t b = t.size(0), s = t.size(1), heads = t.size(2) / head_dim, half = head_dim / 2;
+    TORCH_CHECK(t.size(2) % head_dim == 0 && head_dim % 2 == 0, "the projection is not a whole number of heads");
+    TORCH_CHECK(cos.scalar_type() == t.scalar_type() && sin.scalar_type() == t.scalar_type() && cos.is_contiguous() &&
+                sin.is_contiguous() && cos.dim() == 3 && cos.sizes() == sin.sizes() && cos.size(1) == s &&
+                cos.size(2) == head_dim && (cos.size(0) == 1 || cos.size(0) == b),
+                "cos and sin must be contiguous [batch or 1, seq, head_dim] tensors of the activations' dtype");
+    void* data = t.data_ptr();
+    const void* c = cos.data_ptr();
+    const void* sn = sin.data_ptr();
+    const bool shared = cos.size(0) == 1;
+    at::parallel_for(0, b * s, std::max<int64_t>(1, 16384 / t.size(2)), [&](int64_t begin, int64_t end) {
+        std::vector<float> head(head_dim);
+        for (int64_t row = begin; row < end; row++) {
+            const int64_t angle = (shared ? row % s : row) * head_dim;
+            for (int64_t h = 0; h < heads; h++) {
+                const int64_t base = row * heads * head_dim + h * head_dim;
+                for (int64_t i = 0; i < head_dim; i++) head[i] = load_value(data, kind, base + i);
+                for (int64_t i = 0; i < head_dim; i++) {
+                    const float rotated = i < half ? -head[i + half] : head[i - half];
+                    const float a = round_to(kind, head[i] * load_value(c, kind, angle + i));
+                    const float r = round_to(kind, rotated * load_value(sn, kind, angle + i));
+                    store_value(data, kind, base + i, a + r);
+                }
+            }
+        }
+    });
+}
+
+/* out = round(a + b) elementwise over `count` elements of one kind (out may be a) */
+static void add_rounded(void* out, const void* a, const void* b, int kind, int64_t count) {
+    at::parallel_for(0, count, 65536, [&](int64_t begin, int64_t end) {
+        for (int64_t j = begin; j < end; j++)
+            store_value(out, kind, j, load_value(a, kind, j) + load_value(b, kind, j));
+    });
+}
+
+static void check_block_operand(const at::Tensor& t, const at::Tensor& like, const char* name) {
+    TORCH_CHECK(t.device().is_cpu() && t.is_contiguous() && t.scalar_type() == like.scalar_type() &&
+                element_kind(t) >= 0, name, " must be a contiguous CPU tensor of the hidden states' dtype ",
+                "(float32, bfloat16 or float16)");
+}
+
+/* The attention inputs of a decoder block: q, k, v = rotary(project(rms_norm(hidden))), the projections one stacked
+   2-bit product (q/k/v's rows, `outs` rows each), q and k rotated. hidden [b, s, h] -> [b, s, outs_i] each. */
+std::vector<at::Tensor> attention_inputs(const at::Tensor& hidden, const at::Tensor& norm_weight, double eps,
+                                         const at::Tensor& packed, const at::Tensor& row_scale, at::IntArrayRef outs,
+                                         const at::Tensor& cos, const at::Tensor& sin, int64_t head_dim,
+                                         int64_t activation_bits) {
+    check_block_operand(hidden, hidden, "hidden");
+    check_block_operand(norm_weight, hidden, "the norm weight");
+    TORCH_CHECK(hidden.dim() == 3 && norm_weight.numel() == hidden.size(2) && outs.size() == 3,
+                "attention_inputs takes hidden [batch, seq, hidden], a norm weight [hidden] and 3 outputs");
+    const int kind = element_kind(hidden);
+    at::Tensor normed = at::empty(hidden.sizes(), hidden.options());
+    rms_norm_rows(hidden.data_ptr(), normed.data_ptr(), kind, norm_weight.data_ptr(), hidden.size(0) * hidden.size(1),
+                  hidden.size(2), (float)eps);
+    std::vector<at::Tensor> qkv = ternary_outputs(normed, packed, row_scale, c10::nullopt, outs.vec(), activation_bits);
+    rotate_heads(qkv[0], cos, sin, head_dim);
+    rotate_heads(qkv[1], cos, sin, head_dim);
+    return qkv;
+}
+
+/* The rest of a decoder block after attention: h = residual + o_proj(attention); returns
+   h + down(silu(gate) * up) with gate, up = project(rms_norm(h)), every step rounded to the hidden states' dtype as
+   transformers' Llama block rounds it. attention [b, s, heads * d], residual [b, s, h] -> [b, s, h]. */
+at::Tensor attention_output_and_mlp(const at::Tensor& attention, const at::Tensor& residual,
+                                    const at::Tensor& o_packed, const at::Tensor& o_row_scale,
+                                    const c10::optional<at::Tensor>& o_col_scale, const at::Tensor& norm_weight,
+                                    double eps, const at::Tensor& gate_up_packed, const at::Tensor& gate_up_row_scale,
+                                    at::IntArrayRef gate_up_outs, const at::Tensor& down_packed,
+                                    const at::Tensor& down_row_scale, const c10::optional<at::Tensor>& down_col_scale,
+                                    int64_t activation_bits) {
+    check_block_operand(attention, residual, "the attention output");
+    check_block_operand(residual, residual, "the residual");
+    check_block_operand(norm_weight, residual, "the norm weight");
+    TORCH_CHECK(residual.dim() == 3 && norm_weight.numel() == residual.size(2) && gate_up_outs.size() == 2,
+                "attention_output_and_mlp takes a residual [batch, seq, hidden], a norm weight [hidden] and 2 MLP "
+                "outputs");
+    const int kind = element_kind(residual);
+    const int64_t count = residual.numel(), m = residual.size(0) * residual.size(1), h = residual.size(2);
+    at::Tensor o = ternary_outputs(attention, o_packed, o_row_scale, o_col_scale, {o_packed.size(0)},
+                                   activation_bits)[0];
+    TORCH_CHECK(o.sizes() == residual.sizes(), "o_proj's output does not match the residual");
+    at::Tensor hidden = at::empty(residual.sizes(), residual.options());
+    void* hd = hidden.data_ptr();
+    add_rounded(hd, residual.data_ptr(), o.data_ptr(), kind, count);
+    at::Tensor normed = at::empty(residual.sizes(), residual.options());
+    rms_norm_rows(hd, normed.data_ptr(), kind, norm_weight.data_ptr(), m, h, (float)eps);
+    std::vector<at::Tensor> gate_up = ternary_outputs(normed, gate_up_packed, gate_up_row_scale, c10::nullopt,
+                                                      gate_up_outs.vec(), activation_bits);
+    TORCH_CHECK(gate_up[0].sizes() == gate_up[1].sizes(), "gate and up must have the same width");
+    void* gd = gate_up[0].data_ptr();
+    const void* ud = gate_up[1].data_ptr();
+    at::parallel_for(0, gate_up[0].numel(), 65536, [&](int64_t begin, int64_t end) {
+        for (int64_t j = begin; j < end; j++) {
+            const float g = load_value(gd, kind, j);
+            const float activated = round_to(kind, g / (1.0f + std::exp(-g)));  /* silu, rounded as torch's is */
+            store_value(gd, kind, j, activated * load_value(ud, kind, j));
+        }
+    });
+    at::Tensor down = ternary_outputs(gate_up[0], down_packed, down_row_scale, down_col_scale, {down_packed.size(0)},
+                                      activation_bits)[0];
+    TORCH_CHECK(down.sizes() == residual.sizes(), "down_proj's output does not match the residual");
+    add_rounded(hd, hd, down.data_ptr(), kind, count);
+    return hidden;
+}
+
 void set_allocation_limit(int64_t bytes) { allocation_limit.store(bytes); }
 
 /* How many threads a parallel region of this library runs: at::parallel_for is inline (a `#pragma omp parallel` in
@@ -662,6 +812,12 @@ TORCH_LIBRARY(NAMESPACE, m) {
     m.def("ternary_mm(Tensor x, Tensor packed, Tensor row_scale, Tensor? col_scale, int activation_bits) -> Tensor");
     m.def("ternary_mm_fused(Tensor x, Tensor packed, Tensor row_scale, int[] outs, int activation_bits) -> Tensor[]");
     m.def("int8_mm(Tensor x, Tensor weight, Tensor row_scale) -> Tensor");
+    m.def("attention_inputs(Tensor hidden, Tensor norm_weight, float eps, Tensor packed, Tensor row_scale, int[] outs, "
+          "Tensor cos, Tensor sin, int head_dim, int activation_bits) -> Tensor[]");
+    m.def("attention_output_and_mlp(Tensor attention, Tensor residual, Tensor o_packed, Tensor o_row_scale, "
+          "Tensor? o_col_scale, Tensor norm_weight, float eps, Tensor gate_up_packed, Tensor gate_up_row_scale, "
+          "int[] gate_up_outs, Tensor down_packed, Tensor down_row_scale, Tensor? down_col_scale, "
+          "int activation_bits) -> Tensor");
     m.def("ternary_unpack(Tensor packed, int in_features) -> Tensor");
     m.def("set_allocation_limit(int bytes) -> ()");
     m.def("parallel_threads() -> int");
@@ -671,6 +827,8 @@ TORCH_LIBRARY_IMPL(NAMESPACE, CPU, m) {
     m.impl("ternary_mm", &ternary_mm);
     m.impl("ternary_mm_fused", &ternary_mm_fused);
     m.impl("int8_mm", &int8_mm);
+    m.impl("attention_inputs", &attention_inputs);
+    m.impl("attention_output_and_mlp", &attention_output_and_mlp);
     m.impl("ternary_unpack", &ternary_unpack);
 }
 

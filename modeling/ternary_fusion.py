@@ -1,13 +1,16 @@
 """Sibling ternary layers that read the same input - q/k/v of an attention block, gate/up of an MLP - computed by one
 2-bit operator call on CPU (`ternary_kernels.ternary_matmul_2bit_fused`), which returns every member's output at
-once. A decode step of a decoder block thus makes 4 kernel calls instead of 7, in eager mode and inside a
-torch.compile graph alike, and nothing is held between two layers' calls: concurrent forwards of one model from
-several threads each get their own outputs.
+once; and a whole decoder block whose projections are all on that path, computed by two operator calls around the
+attention (`FusedDecoderLayer`: RMSNorm, q/k/v and the rotary embedding in one; o_proj, the residual, RMSNorm,
+gate/up, SiLU, down and the residual in the other) instead of ~60 torch ops and a dozen module calls: in eager
+decoding that Python and dispatch time was most of a small model's step. The same in eager mode and inside a
+torch.compile graph, and nothing is held between two calls: concurrent forwards of one model from several threads
+each get their own outputs.
 
 `fuse_projections(model)` stacks each group's 2-bit rows once (the members' kernels become views of the stack: no
-memory is added) and gives the attention and MLP blocks the forwards below, which call the group; blocks whose
-projections are not one 2-bit group (latent layers, other paths, LoRA-wrapped layers, gradients needed) call their
-layers one by one, exactly as transformers' Llama blocks do.
+memory is added) and gives the attention, MLP and decoder blocks the forwards below; blocks whose projections are
+not one 2-bit group (latent layers, other paths, LoRA-wrapped layers, gradients needed) call their layers one by
+one, exactly as transformers' Llama blocks do.
 """
 
 from __future__ import annotations
@@ -17,14 +20,19 @@ from typing import cast
 
 import torch
 from torch import nn
+from transformers.activations import SiLUActivation
 from transformers.models.llama.modeling_llama import (
     ALL_ATTENTION_FUNCTIONS,
     LlamaAttention,
+    LlamaDecoderLayer,
     LlamaMLP,
+    LlamaRMSNorm,
     apply_rotary_pos_emb,
     eager_attention_forward,
 )
+from transformers.utils import output_capturing
 
+from . import ternary_kernels
 from .ternary import TernaryLinear
 from .ternary_kernels import ternary_matmul_2bit_fused
 
@@ -93,6 +101,41 @@ def project(x: torch.Tensor, layers: tuple[nn.Module, ...]) -> list[torch.Tensor
     return [layer(x) for layer in layers]
 
 
+def attend(
+    attention: LlamaAttention,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    cache,
+    kwargs: dict,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """LlamaAttention's attention itself: rotated q, k and v [batch, seq, heads * head_dim] -> the attention output
+    [batch, seq, heads * head_dim] (before o_proj) and the weights where the attention function returns them. The
+    KV cache is updated as LlamaAttention updates it."""
+    input_shape = query.shape[:-1]
+    hidden_shape = (*input_shape, -1, attention.head_dim)
+    query_states = query.view(hidden_shape).transpose(1, 2)  # [batch, heads, seq, head_dim]
+    key_states = key.view(hidden_shape).transpose(1, 2)  # [batch, kv heads, seq, head_dim]
+    value_states = value.view(hidden_shape).transpose(1, 2)
+    if cache is not None:
+        key_states, value_states = cache.update(key_states, value_states, attention.layer_idx, kwargs=kwargs)
+    attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+        attention.config._attn_implementation, eager_attention_forward
+    )
+    attn_output, attn_weights = attention_interface(
+        attention,
+        query_states,
+        key_states,
+        value_states,
+        attention_mask,
+        dropout=0.0 if not attention.training else attention.attention_dropout,
+        scaling=attention.scaling,
+        **kwargs,
+    )
+    return attn_output.reshape(*input_shape, -1).contiguous(), attn_weights  # [batch, seq, heads * head_dim]
+
+
 class FusedProjectionAttention(LlamaAttention):
     """transformers' LlamaAttention with q/k/v computed by `project` (one operator call on the 2-bit path); the rest
     of the forward is LlamaAttention's."""
@@ -105,31 +148,15 @@ class FusedProjectionAttention(LlamaAttention):
         cache=None,
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        input_shape = hidden_states.shape[:-1]
-        hidden_shape = (*input_shape, -1, self.head_dim)
         query, key, value = project(hidden_states, (self.q_proj, self.k_proj, self.v_proj))
-        query_states = query.view(hidden_shape).transpose(1, 2)  # [batch, heads, seq, head_dim]
-        key_states = key.view(hidden_shape).transpose(1, 2)  # [batch, kv heads, seq, head_dim]
-        value_states = value.view(hidden_shape).transpose(1, 2)
         assert position_embeddings is not None, "the decoder layer passes the rotary embeddings"
         cos, sin = position_embeddings
-        query_states, key_states = apply_rotary_pos_emb(query_states, key_states, cos, sin)
-        if cache is not None:
-            key_states, value_states = cache.update(key_states, value_states, self.layer_idx, kwargs=kwargs)
-        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation, eager_attention_forward
+        # (rotated in the [batch, seq, heads, head_dim] layout: the head axis is where apply_rotary_pos_emb broadcasts)
+        hidden_shape = (*hidden_states.shape[:-1], -1, self.head_dim)
+        query, key = apply_rotary_pos_emb(query.view(hidden_shape), key.view(hidden_shape), cos, sin, unsqueeze_dim=2)
+        attn_output, attn_weights = attend(
+            self, query.flatten(-2), key.flatten(-2), value, attention_mask, cache, kwargs
         )
-        attn_output, attn_weights = attention_interface(
-            self,
-            query_states,
-            key_states,
-            value_states,
-            attention_mask,
-            dropout=0.0 if not self.training else self.attention_dropout,
-            scaling=self.scaling,
-            **kwargs,
-        )
-        attn_output = attn_output.reshape(*input_shape, -1).contiguous()  # [batch, seq, heads * head_dim]
         return self.o_proj(attn_output), attn_weights
 
 
@@ -139,6 +166,103 @@ class FusedProjectionMLP(LlamaMLP):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = project(x, (self.gate_proj, self.up_proj))
         return self.down_proj(self.act_fn(gate) * up)
+
+
+def _runs_hooks(module: nn.Module) -> bool:
+    """Whether calling `module` would run hooks of its own (transformers' output-capturing hooks count only while
+    a forward collects that output: they stay installed after an `output_attentions=True` call)."""
+    if module._forward_pre_hooks:
+        return True
+    collecting = bool(output_capturing._active_collector.get())  # (an empty dict while a forward collects nothing)
+    return any(
+        getattr(hook, "__name__", "") != "output_capturing_hook" or collecting
+        for hook in module._forward_hooks.values()
+    )
+
+
+class FusedDecoderLayer(LlamaDecoderLayer):
+    """transformers' LlamaDecoderLayer whose forward, for a block whose q/k/v and gate/up are fused 2-bit groups and
+    whose o_proj and down_proj are 2-bit CPU layers, runs the block in two C++ operator calls around the attention
+    (`ternary_kernels`' `attention_inputs` and `attention_output_and_mlp`: the per-module forward's steps, rounded
+    to the hidden states' dtype where it rounds; the RMSNorm's mean and SiLU's exp are evaluated in another order
+    than torch's vectorized loops, so an element can differ in its last bit). The attention itself, the KV cache and
+    the attention function stay transformers'. Anything else - gradients, hooks on the block's modules, a dissolved
+    group, mixed dtypes - runs LlamaDecoderLayer's forward."""
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache=None,
+        use_cache: bool | None = False,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        steps = self._block_steps(hidden_states, position_embeddings)
+        if steps is None:
+            return super().forward(
+                hidden_states, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
+                use_cache=use_cache, position_embeddings=position_embeddings, **kwargs,
+            )
+        kernel, attention_group, mlp_group = steps
+        attention, mlp = self.self_attn, self.mlp
+        o_proj, down_proj = cast(TernaryLinear, attention.o_proj), cast(TernaryLinear, mlp.down_proj)
+        bits = attention_group.layers[0].activation_bits
+        assert position_embeddings is not None, "_block_steps checked them"
+        cos, sin = position_embeddings
+        query, key, value = kernel.attention_inputs(
+            hidden_states, self.input_layernorm.weight, self.input_layernorm.variance_epsilon,
+            attention_group.kernel, attention_group.row_scale, attention_group.outs, cos, sin, attention.head_dim, bits,
+        )
+        attn_output, _ = attend(attention, query, key, value, attention_mask, cache, kwargs)
+        return kernel.attention_output_and_mlp(
+            attn_output, hidden_states, o_proj.weight_kernel, o_proj.kernel_scale, o_proj.input_scale,
+            self.post_attention_layernorm.weight, self.post_attention_layernorm.variance_epsilon,
+            mlp_group.kernel, mlp_group.row_scale, mlp_group.outs,
+            down_proj.weight_kernel, down_proj.kernel_scale, down_proj.input_scale, bits,
+        )
+
+    def _block_steps(
+        self, hidden_states: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> tuple[ternary_kernels.CpuKernel, FusedProjections, FusedProjections] | None:
+        """(kernel, q/k/v group, gate/up group) where the two-call block applies to this call, else None."""
+        kernel = ternary_kernels.forward_kernel
+        attention, mlp = self.self_attn, self.mlp
+        attention_group = getattr(attention.q_proj, "_fused", None)
+        mlp_group = getattr(mlp.gate_proj, "_fused", None)
+        if kernel is None or attention_group is None or mlp_group is None or position_embeddings is None:
+            return None
+        dtype = hidden_states.dtype
+        tail = (attention.o_proj, mlp.down_proj)
+        applies = (
+            hidden_states.device.type == "cpu"
+            and hidden_states.dim() == 3
+            and not (torch.is_grad_enabled() and hidden_states.requires_grad)
+            and not attention.training
+            and dtype in (torch.float32, torch.bfloat16, torch.float16)
+            and position_embeddings[0].dtype == dtype
+            and self.input_layernorm.weight.dtype == dtype
+            and self.post_attention_layernorm.weight.dtype == dtype
+            and len(attention_group.layers) == 3
+            and attention_group.layers[0] is attention.q_proj
+            and len(mlp_group.layers) == 2
+            and mlp_group.layers[0] is mlp.gate_proj
+            and all(
+                type(layer) is TernaryLinear
+                and layer.inference_path == "2bit"
+                and layer.weight_kernel is not None
+                and layer.weight_kernel.device.type == "cpu"
+                and layer.activation_bits == attention_group.layers[0].activation_bits
+                for layer in tail
+            )
+            and mlp_group.layers[0].activation_bits == attention_group.layers[0].activation_bits
+            and not any(
+                _runs_hooks(module)
+                for module in (self.input_layernorm, attention, self.post_attention_layernorm, mlp, *tail)
+            )
+        )
+        return (kernel, attention_group, mlp_group) if applies else None
 
 
 def fuse_projections(model: nn.Module) -> int:
@@ -158,4 +282,15 @@ def fuse_projections(model: nn.Module) -> int:
         else:
             continue
         fused += group is not None
+    for module in model.modules():
+        # (the two-call block needs both groups and transformers' own norm and activation: checked once, here)
+        if (
+            type(module) is LlamaDecoderLayer
+            and type(module.self_attn) is FusedProjectionAttention
+            and type(module.mlp) is FusedProjectionMLP
+            and type(module.input_layernorm) is LlamaRMSNorm
+            and type(module.post_attention_layernorm) is LlamaRMSNorm
+            and isinstance(module.mlp.act_fn, (nn.SiLU, SiLUActivation))
+        ):
+            module.__class__ = FusedDecoderLayer
     return fused

@@ -160,7 +160,8 @@ def kernel_cache_dir() -> Path:
 
 class CpuKernel:
     """The loaded CPU operator library of one variant: `ops` is its torch.ops namespace (`ternary_mm`,
-    `ternary_mm_fused`, `int8_mm`, `ternary_unpack`, `set_allocation_limit`; see ternary_cpu_source.py)."""
+    `ternary_mm_fused`, `int8_mm`, `ternary_unpack`, the decoder block steps `attention_inputs` and
+    `attention_output_and_mlp`, `set_allocation_limit`; see ternary_cpu_source.py)."""
 
     def __init__(self, variant: str, namespace: str, path: Path, build_seconds: float | None) -> None:
         self.variant, self.namespace, self.path, self.build_seconds = variant, namespace, path, build_seconds
@@ -171,6 +172,8 @@ class CpuKernel:
         self.mm_fused = ops.ternary_mm_fused.default
         self.int8_mm = ops.int8_mm.default
         self.unpack = ops.ternary_unpack.default
+        self.attention_inputs = ops.attention_inputs.default
+        self.attention_output_and_mlp = ops.attention_output_and_mlp.default
 
 
 # How a built library is named and what it registers; part of the cache key, so a library cached under an earlier
@@ -257,8 +260,15 @@ def _register_fake_kernels(namespace: str) -> None:
     def ternary_unpack(packed, in_features):
         return packed.new_empty((packed.shape[0], in_features), dtype=torch.float32)
 
+    def attention_inputs(hidden, norm_weight, eps, packed, row_scale, outs, cos, sin, head_dim, activation_bits):
+        return [hidden.new_empty((*hidden.shape[:-1], rows)) for rows in outs]
+
+    def attention_output_and_mlp(attention, residual, *weights_and_options):
+        return residual.new_empty(residual.shape)
+
     for name, fake in (("ternary_mm", ternary_mm), ("ternary_mm_fused", ternary_mm_fused), ("int8_mm", int8_mm),
-                       ("ternary_unpack", ternary_unpack)):
+                       ("ternary_unpack", ternary_unpack), ("attention_inputs", attention_inputs),
+                       ("attention_output_and_mlp", attention_output_and_mlp)):
         torch.library.register_fake(f"{namespace}::{name}")(fake)
 
 
