@@ -14,6 +14,8 @@ side for tests):
       activation_bits 8: the opt-in int8 route (llama.cpp's): every call quantizes the activations to int8 per
       128-column block (scale = block max / 127) and multiplies them with `maddubs` / `vpdpbusd`.
   int8_mm(Tensor x, Tensor weight, Tensor row_scale) -> Tensor
+  dense_mm(Tensor x, Tensor weight) -> Tensor
+      (x W^T for a few tokens with W fp32 / bf16 / fp16 of x's dtype, fp32 accumulation: the LM head of a decode step)
   attention_inputs(Tensor hidden, Tensor norm_weight, float eps, Tensor packed, Tensor row_scale, int[] outs,
                    Tensor cos, Tensor sin, int head_dim, int activation_bits) -> Tensor[]
   attention_output_and_mlp(Tensor attention, Tensor residual, Tensor o_packed, Tensor o_row_scale, Tensor? o_col_scale,
@@ -655,6 +657,68 @@ at::Tensor ternary_unpack(const at::Tensor& packed, int64_t in_features) {
     return out;
 }
 
+/* ------------------------------------------------------------------------------ dense products (the LM head) */
+
+/* sum_j w_j v_j over k elements: w of `kind` (fp32 / bf16 / fp16), v fp32; fp32 accumulation */
+static inline float dense_row_dot(const void* w, int kind, const float* v, int64_t k) {
+    int64_t j = 0;
+    float total = 0.0f;
+#if defined(__AVX2__)
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (; j + 32 <= k; j += 32) {
+        for (int u = 0; u < 4; u++) {
+            const int64_t c = j + 8 * u;
+            __m256 weights;
+            if (kind == BF16)
+                weights = _mm256_castsi256_ps(_mm256_slli_epi32(
+                    _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)((const uint16_t*)w + c))), 16));
+            else if (kind == F16)
+                weights = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)((const uint16_t*)w + c)));
+            else weights = _mm256_loadu_ps((const float*)w + c);
+            acc[u] = _mm256_fmadd_ps(weights, _mm256_loadu_ps(v + c), acc[u]);
+        }
+    }
+    total = hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+#else
+    float lanes[16] = {0};  /* 16 partial sums, as the AVX2 code keeps: a sequential fp32 sum drifts further */
+    for (; j + 16 <= k; j += 16)
+        for (int l = 0; l < 16; l++) lanes[l] += load_value(w, kind, j + l) * v[j + l];
+    for (int l = 0; l < 16; l++) total += lanes[l];
+#endif
+    for (; j < k; j++) total += load_value(w, kind, j) * v[j];
+    return total;
+}
+
+/* y = x W^T for a few tokens (the LM head of a decode step): x [..., k] and W [n, k] of one kind (fp32 / bf16 / fp16)
+   -> [..., n] in that kind; fp32 accumulation, each product rounded once (as torch's GEMM does). A row of W is read
+   once for all tokens: a memory-bound GEMV on torch's thread pool. */
+at::Tensor dense_mm(const at::Tensor& x, const at::Tensor& weight) {
+    TORCH_CHECK(weight.dim() == 2 && weight.is_contiguous() && weight.scalar_type() == x.scalar_type() &&
+                element_kind(weight) >= 0, "weight must be a contiguous [out, in] tensor of x's dtype (float32, ",
+                "bfloat16 or float16)");
+    const int64_t n = weight.size(0), k = weight.size(1);
+    TORCH_CHECK(x.size(-1) == k, "x's last dimension (", x.size(-1), ") is not the weight's (", k, ")");
+    at::Tensor flat = activations(x);
+    const int64_t m = flat.size(0);
+    const int kind = element_kind(flat);
+    ScratchGuard scratch(sizeof(float) * (size_t)(m * k));
+    float* values = (float*)scratch.data;  /* x as fp32 [m, k] */
+    for (int64_t i = 0; i < m; i++)
+        for (int64_t j = 0; j < k; j++) values[i * k + j] = load_value(flat.data_ptr(), kind, i * flat.stride(0) + j);
+    std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end() - 1);
+    shape.push_back(n);
+    at::Tensor y = at::empty(shape, flat.options());
+    void* out = y.data_ptr();
+    const char* w = (const char*)weight.data_ptr();
+    const size_t row_bytes = (size_t)k * weight.element_size();
+    at::parallel_for(0, n, 64, [&](int64_t begin, int64_t end) {
+        for (int64_t r = begin; r < end; r++)
+            for (int64_t i = 0; i < m; i++)
+                store_value(out, kind, i * n + r, dense_row_dot(w + r * row_bytes, kind, values + i * k, k));
+    });
+    return y;
+}
+
 /* ------------------------------------------------------------------------------- decoder block steps (inference) */
 
 /* v rounded to the element kind, as storing and loading it would do (fp32: v itself) */
@@ -812,6 +876,7 @@ TORCH_LIBRARY(NAMESPACE, m) {
     m.def("ternary_mm(Tensor x, Tensor packed, Tensor row_scale, Tensor? col_scale, int activation_bits) -> Tensor");
     m.def("ternary_mm_fused(Tensor x, Tensor packed, Tensor row_scale, int[] outs, int activation_bits) -> Tensor[]");
     m.def("int8_mm(Tensor x, Tensor weight, Tensor row_scale) -> Tensor");
+    m.def("dense_mm(Tensor x, Tensor weight) -> Tensor");
     m.def("attention_inputs(Tensor hidden, Tensor norm_weight, float eps, Tensor packed, Tensor row_scale, int[] outs, "
           "Tensor cos, Tensor sin, int head_dim, int activation_bits) -> Tensor[]");
     m.def("attention_output_and_mlp(Tensor attention, Tensor residual, Tensor o_packed, Tensor o_row_scale, "
@@ -827,6 +892,7 @@ TORCH_LIBRARY_IMPL(NAMESPACE, CPU, m) {
     m.impl("ternary_mm", &ternary_mm);
     m.impl("ternary_mm_fused", &ternary_mm_fused);
     m.impl("int8_mm", &int8_mm);
+    m.impl("dense_mm", &dense_mm);
     m.impl("attention_inputs", &attention_inputs);
     m.impl("attention_output_and_mlp", &attention_output_and_mlp);
     m.impl("ternary_unpack", &ternary_unpack);

@@ -171,6 +171,7 @@ class CpuKernel:
         self.mm = ops.ternary_mm.default
         self.mm_fused = ops.ternary_mm_fused.default
         self.int8_mm = ops.int8_mm.default
+        self.dense_mm = ops.dense_mm.default
         self.unpack = ops.ternary_unpack.default
         self.attention_inputs = ops.attention_inputs.default
         self.attention_output_and_mlp = ops.attention_output_and_mlp.default
@@ -257,6 +258,9 @@ def _register_fake_kernels(namespace: str) -> None:
     def int8_mm(x, weight, row_scale):
         return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
+    def dense_mm(x, weight):
+        return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
     def ternary_unpack(packed, in_features):
         return packed.new_empty((packed.shape[0], in_features), dtype=torch.float32)
 
@@ -266,10 +270,9 @@ def _register_fake_kernels(namespace: str) -> None:
     def attention_output_and_mlp(attention, residual, *weights_and_options):
         return residual.new_empty(residual.shape)
 
-    for name, fake in (("ternary_mm", ternary_mm), ("ternary_mm_fused", ternary_mm_fused), ("int8_mm", int8_mm),
-                       ("ternary_unpack", ternary_unpack), ("attention_inputs", attention_inputs),
-                       ("attention_output_and_mlp", attention_output_and_mlp)):
-        torch.library.register_fake(f"{namespace}::{name}")(fake)
+    for fake in (ternary_mm, ternary_mm_fused, int8_mm, dense_mm, ternary_unpack, attention_inputs,
+                 attention_output_and_mlp):
+        torch.library.register_fake(f"{namespace}::{fake.__name__}")(fake)
 
 
 _loaded_namespaces: dict[str, CpuKernel] = {}

@@ -231,6 +231,31 @@ def test_two_call_decoder_block_computes_the_per_module_forward(saved, dtype) ->
     assert "attention_inputs" not in {event.key.split("::")[-1] for event in profile.key_averages()}
 
 
+def test_cpu_decode_head_is_the_linear_head_within_a_rounding(saved) -> None:
+    """On the CPU 2-bit path the LM head computes a few tokens' logits with the C++ GEMV (`dense_mm`): within one
+    rounding of torch's matmul in bf16, used for decode steps (not with gradients, nor for more tokens than its cap),
+    and a tied or untied head keeps its weight (same parameter, same state dict)."""
+    from spectra_hf.modeling.ternary_fusion import DENSE_MM_MAX_TOKENS, CpuDecodeHead
+
+    directory = saved[1]
+    model = TriLMForCausalLM.from_pretrained(directory, ternary_inference="2bit", dtype=torch.bfloat16)
+    head = model.lm_head
+    assert type(head) is CpuDecodeHead
+    assert "lm_head.weight" in model.state_dict() or model.config.tie_word_embeddings
+    x = torch.randn(3, 1, head.in_features, dtype=torch.bfloat16)  # [batch, seq, hidden]
+    with torch.no_grad(), torch.profiler.profile() as profile:
+        logits = head(x)
+    assert any(event.key.endswith("::dense_mm") for event in profile.key_averages())
+    reference = torch.nn.functional.linear(x, head.weight)
+    torch.testing.assert_close(logits, reference, rtol=2**-7, atol=1e-3)
+    too_many = torch.randn(1, DENSE_MM_MAX_TOKENS[torch.bfloat16] + 1, head.in_features, dtype=torch.bfloat16)
+    with torch.profiler.profile() as profile:
+        with torch.no_grad():
+            head(too_many)
+        head(x)  # gradients enabled: the weight requires grad
+    assert not any(event.key.endswith("::dense_mm") for event in profile.key_averages())
+
+
 def test_two_call_decoder_block_returns_attentions_when_asked(saved) -> None:
     """output_attentions=True collects every block's attention weights through transformers' hooks, which the
     two-call block leaves to the per-module forward; afterwards (the hooks stay installed) blocks run in two calls

@@ -260,6 +260,24 @@ def test_every_variant_the_cpu_has_matches_the_float64_reference(variant: str) -
                 bound = int8_activation_bound(x, digits, scales, shard_dim)
                 rounding = expected.abs() * (2.0**-8 if dtype == torch.bfloat16 else 0.0)
                 assert ((y8.double() - expected).abs() <= bound + rounding + 1e-5 * expected.abs().max()).all()
+    assert_dense_mm_like_torch(kernel)
+
+
+def assert_dense_mm_like_torch(kernel: ternary_kernels.CpuKernel) -> None:
+    """`dense_mm` (the decode LM head) is as close to the float64 product as torch's own matmul in the same dtype,
+    for widths with and without a 32-column tail and 1 to 16 tokens."""
+    generator = torch.Generator().manual_seed(3)
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        for out_features, in_features in ((1000, 300), (333, 512)):
+            weight = torch.randn(out_features, in_features, generator=generator).to(dtype)
+            for tokens in (1, 3, 16):
+                x = torch.randn(tokens, 1, in_features, generator=generator).to(dtype)  # [batch, seq, in]
+                expected = x.double() @ weight.double().t()
+                ours = kernel.dense_mm(x, weight)
+                assert ours.shape == (tokens, 1, out_features) and ours.dtype == dtype
+                ours_error = (ours.double() - expected).abs().max().item()
+                torch_error = (torch.nn.functional.linear(x, weight).double() - expected).abs().max().item()
+                assert ours_error <= 1.25 * torch_error + 1e-6, (dtype, out_features, in_features, tokens)
 
 
 @pytest.mark.slow
