@@ -46,9 +46,15 @@ def configure(*, verbose: bool, gptqmodel: bool = True) -> contextlib.ExitStack:
 
     The settings take effect at once; the returned stack undoes them when closed: use `with configure(...):` around
     the command, so that they end with it, whether it returns or raises."""
-    stack = contextlib.ExitStack()
     if verbose:
-        return stack
+        return contextlib.ExitStack()
+    with contextlib.ExitStack() as stack:  # a setting that fails to apply undoes the ones before it
+        _quiet(stack, gptqmodel=gptqmodel)
+        return stack.pop_all()
+
+
+def _quiet(stack: contextlib.ExitStack, *, gptqmodel: bool) -> None:
+    """configure's quiet settings, each undone by `stack`."""
     # transformers reads this when it configures its root logger; processes started by the command inherit it.
     if "TRANSFORMERS_VERBOSITY" not in os.environ:
         os.environ["TRANSFORMERS_VERBOSITY"] = "error"
@@ -70,7 +76,6 @@ def configure(*, verbose: bool, gptqmodel: bool = True) -> contextlib.ExitStack:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("default", module=r"spectra_hf(\.|$)")
-    return stack
 
 
 def quiet_loggers(names: Iterable[str], *, level: int) -> contextlib.ExitStack:
