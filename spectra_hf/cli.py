@@ -44,17 +44,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    verbosity.configure(verbose=args.verbose, gptqmodel=args.command not in LIGHT_COMMANDS)
-    try:
-        return int(args.func(args) or 0)
-    except (SpectraError, OSError, ValueError) as error:
-        if os.environ.get("SPECTRA_HF_DEBUG"):
-            raise
-        print(f"spectra-hf {args.command}: error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"spectra-hf {args.command}: interrupted", file=sys.stderr)
-        return 130
+    # The quiet settings last as long as the command: called in-process (a notebook, a test), it leaves the caller's
+    # environment, loggers and warnings filters as they were.
+    with verbosity.configure(verbose=args.verbose, gptqmodel=args.command not in LIGHT_COMMANDS):
+        try:
+            return int(args.func(args) or 0)
+        except (SpectraError, OSError, ValueError) as error:
+            if os.environ.get("SPECTRA_HF_DEBUG"):
+                raise
+            print(f"spectra-hf {args.command}: error: {error}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print(f"spectra-hf {args.command}: interrupted", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":

@@ -181,8 +181,8 @@ def test_6bit_loads_with_trust_remote_code_without_spectra_hf_from_a_dir_and_the
         "HF_MODULES_CACHE": str(tmp_path / "modules"),
         "HF_HUB_CACHE": str(tmp_path / "hub-cache"),
         "TORCHDYNAMO_DISABLE": "1",  # gptqmodel's TorchLinear would torch.compile its dequantization first
-        # the warnings asserted below are transformers' own: pin their level (a quiet CLI run earlier in this
-        # process sets TRANSFORMERS_VERBOSITY=error, which the interpreter would inherit)
+        # the warnings asserted below are transformers' own: pin their level (the interpreter inherits this
+        # process's environment, where whoever runs the tests may have quieted transformers)
         "TRANSFORMERS_VERBOSITY": "warning",
     }
     # the untrusted load first: after a trusted one, the interpreter has spectra_gptq registered

@@ -4,6 +4,8 @@ paths. `-v` brings third-party logging back."""
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import re
 import shutil
@@ -93,7 +95,7 @@ def test_verbose_shows_third_party_logging(tmp_path):
 
     assert build_parser().parse_args(["-v", "suite"]).verbose and not build_parser().parse_args(["suite"]).verbose
     for verbose in (False, True):
-        script = f"from spectra_hf import verbosity\nverbosity.configure(verbose={verbose})\nimport gptqmodel"
+        script = f"from spectra_hf import verbosity\nwith verbosity.configure(verbose={verbose}):\n    import gptqmodel"
         done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr[-2000:]
         assert ("GPT-QModel" in done.stdout + done.stderr) == verbose, (verbose, done.stdout, done.stderr)
@@ -124,3 +126,138 @@ def test_no_path_of_the_publishing_machine_in_any_published_file(commands, local
     card = checked[f"{ORG}/QuantLM_99M_4bit@main:README.md"].decode()
     assert "tokens of files:train.txt" in card
     assert "The recipe below" not in card  # a scaled-down model has no recipe table to point at
+
+
+# A caller (a notebook) that runs commands in-process: its logging and warnings settings before, during (sampled by
+# a thread while `hub serve` runs; Ctrl-C ends it) and after each command, as JSON; its own warnings and log lines
+# after the commands go to stderr, where the test looks for them.
+IN_PROCESS_CALLER = r"""
+import json, logging, os, signal, socket, subprocess, sys, threading, time, urllib.error, urllib.request, warnings
+from pathlib import Path
+
+from spectra_hf import verbosity
+from spectra_hf.cli import main
+
+work = Path(sys.argv[1])
+os.environ.pop("TRANSFORMERS_VERBOSITY", None)
+logging.getLogger("transformers").setLevel(logging.INFO)  # the caller asked for transformers' info lines
+warnings.simplefilter("always", UserWarning)  # and for every UserWarning
+
+
+def state():
+    return {
+        "TRANSFORMERS_VERBOSITY": os.environ.get("TRANSFORMERS_VERBOSITY"),
+        "levels": {name: logging.getLogger(name).level for name in verbosity.QUIET_LOGGERS},
+        "root_handlers": [repr(handler) for handler in logging.getLogger().handlers],
+        "root_level": logging.getLogger().level,
+        "filters": [repr(entry) for entry in warnings.filters],
+        "showwarning": repr(warnings.showwarning),
+    }
+
+
+def third_party_output(when):
+    logging.getLogger("transformers.modeling_utils").warning(f"transformers warning {when}")
+    warnings.warn_explicit(f"third-party advice {when}", FutureWarning, "x.py", 1, module="transformers.x", registry={})
+    warnings.warn_explicit(f"spectra_hf warning {when}", UserWarning, "y.py", 1, module="spectra_hf.y", registry={})
+
+
+def sample_then_interrupt(port, during):
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # until the server answers: the command is running
+        try:
+            opener.open(f"http://127.0.0.1:{port}/api/models", timeout=10)
+            break
+        except urllib.error.HTTPError:
+            break
+        except OSError:
+            time.sleep(0.05)
+    during.update(state())
+    child = [sys.executable, "-c", "import os; print(os.environ.get('TRANSFORMERS_VERBOSITY'))"]
+    during["child"] = subprocess.run(child, capture_output=True, text=True).stdout.strip()
+    third_party_output("during")
+    os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C: `hub serve` stops and returns
+
+
+report = {"before": state()}
+report["suite"] = main(["suite", "--json"])
+report["after suite"] = state()
+report["demo"] = main(["demo", "--workdir", str(work / "empty"), "--stages", "publish"])  # a user error
+report["after demo"] = state()
+report["logbar"] = logging.getLogger("logbar").level
+with socket.socket() as probe:
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+during = {}
+watcher = threading.Thread(target=sample_then_interrupt, args=(port, during))
+watcher.start()
+report["serve"] = main(["hub", "serve", "--root", str(work / "hub"), "--port", str(port), "--quiet"])
+watcher.join()
+report["during serve"] = during
+report["after serve"] = state()
+third_party_output("after")
+print("REPORT " + json.dumps(report))
+"""
+
+
+def test_in_process_commands_leave_the_callers_logging_and_warnings_as_they_were(tmp_path):
+    """Called in-process (a notebook), a quiet command quiets only itself (and the processes it starts): after a
+    normal return, a user error or Ctrl-C, the environment, logger levels, root handlers and warnings filters are
+    the caller's again, and the caller's third-party warnings and log lines show again."""
+    done = subprocess.run(
+        [sys.executable, "-c", IN_PROCESS_CALLER, str(tmp_path)], capture_output=True, text=True, timeout=300
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("REPORT ")]
+    assert done.returncode == 0 and lines, (done.stdout[-3000:], done.stderr[-3000:])
+    report = json.loads(lines[-1].removeprefix("REPORT "))
+    assert (report["suite"], report["demo"], report["serve"]) == (0, 2, 0), report
+    assert "demo_config.json is missing" in done.stderr  # the user error was the command's, and said so
+    before = report["before"]
+    assert before["TRANSFORMERS_VERBOSITY"] is None and before["levels"]["transformers"] == logging.INFO
+    assert before["root_handlers"] == []  # a fresh interpreter: the quiet command adds one for its duration
+    for after in ("after suite", "after demo", "after serve"):
+        assert report[after] == before, (after, report[after], before)
+    assert report["logbar"] == logging.INFO  # gptqmodel's logger at its own default again, not the command's ERROR
+    # During the command: quiet, and a process it starts inherits the setting.
+    during = report["during serve"]
+    assert during["TRANSFORMERS_VERBOSITY"] == "error" and during["child"] == "error", during
+    assert set(during["levels"].values()) == {logging.ERROR}, during["levels"]
+    assert len(during["root_handlers"]) == 1 and during["filters"] != before["filters"], during
+    assert "transformers warning during" not in done.stderr and "third-party advice during" not in done.stderr
+    assert "spectra_hf warning during" in done.stderr  # spectra_hf's own warnings stay
+    for line in ("transformers warning after", "third-party advice after", "spectra_hf warning after"):
+        assert line in done.stderr, (line, done.stderr[-3000:])
+
+
+@pytest.mark.parametrize("callers_setting", [None, "info"])
+def test_in_process_command_restores_only_the_environment_it_set(monkeypatch, capsys, callers_setting):
+    """TRANSFORMERS_VERBOSITY: set for a quiet command only where the caller left it unset, and removed after; a
+    caller's own value stays, during and after."""
+    from spectra_hf.cli import main
+
+    if callers_setting is None:
+        monkeypatch.delenv("TRANSFORMERS_VERBOSITY", raising=False)
+    else:
+        monkeypatch.setenv("TRANSFORMERS_VERBOSITY", callers_setting)
+    assert main(["suite", "--json"]) == 0
+    assert main(["info", "no_such_directory"]) == 2  # a user error
+    assert os.environ.get("TRANSFORMERS_VERBOSITY") == callers_setting
+    assert json.loads(capsys.readouterr().out)  # the command ran and printed its table
+
+
+def test_quiet_http_logs_raises_levels_and_puts_them_back():
+    """The demo's HTTP-client quieting (verbosity.quiet_http_logs): WARNING at least while it lasts (a stricter
+    level stays), the caller's levels after."""
+    from spectra_hf.verbosity import HTTP_LOGGERS, quiet_http_logs
+
+    loggers = [logging.getLogger(name) for name in HTTP_LOGGERS]
+    saved = [logger.level for logger in loggers]
+    try:
+        loggers[0].setLevel(logging.DEBUG)
+        loggers[1].setLevel(logging.CRITICAL)
+        with quiet_http_logs():
+            assert [logger.level for logger in loggers] == [logging.WARNING, logging.CRITICAL]
+        assert [logger.level for logger in loggers] == [logging.DEBUG, logging.CRITICAL]
+    finally:
+        for logger, level in zip(loggers, saved, strict=True):
+            logger.setLevel(level)

@@ -11,8 +11,7 @@ import sys
 from pathlib import Path
 
 from spectra_hf.suite import get_model
-
-from .stages import quiet_http_logs
+from spectra_hf.verbosity import quiet_http_logs
 
 PROMPT = "The function returns"
 
@@ -29,7 +28,6 @@ def load_back(spec_path: Path) -> None:
     from spectra_hf.evaluation.text_perplexity import load_texts, perplexity
     from spectra_hf.quantization.gptq import FROM_PRETRAINED_BITS, load_quantlm
 
-    quiet_http_logs()
     spec = json.loads(spec_path.read_text(encoding="utf-8"))
     texts = load_texts(spec["eval_text"], max_documents=spec["eval_documents"])
     rows = []
@@ -71,5 +69,5 @@ if __name__ == "__main__":
     from spectra_hf import verbosity
 
     # the demo's own verbosity: a quiet parent (no -v) set TRANSFORMERS_VERBOSITY=error for the processes it starts
-    verbosity.configure(verbose=os.environ.get("TRANSFORMERS_VERBOSITY") != "error")
-    load_back(Path(sys.argv[1]))
+    with verbosity.configure(verbose=os.environ.get("TRANSFORMERS_VERBOSITY") != "error"), quiet_http_logs():
+        load_back(Path(sys.argv[1]))

@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from spectra_hf.errors import ConfigError
+from spectra_hf.verbosity import quiet_http_logs
 from spectra_hf.workdir_lock import workdir_lock
 
 from .config import STAGES, DemoConfig, DemoPaths, read_config
 from .records import check_record, digest_of, discard_record, write_record
 from .report import print_report, report_rows
 from .stages import (
-    quiet_http_logs,
     stage_evaluate,
     stage_loadback,
     stage_prepare,
@@ -62,12 +62,11 @@ def run_demo(
     if unknown:
         raise ConfigError(f"unknown demo stage(s) {', '.join(unknown)}: stages are {', '.join(STAGES)}")
     paths = DemoPaths(Path(workdir).expanduser().resolve())
-    with workdir_lock(paths.workdir, command="spectra-hf demo"):
+    with workdir_lock(paths.workdir, command="spectra-hf demo"), quiet_http_logs():
         return _run_stages(paths, [s for s in STAGES if s in stages], config=config, force=force)
 
 
 def _run_stages(paths: DemoPaths, selected: list[str], *, config: DemoConfig | None, force: bool) -> DemoResult:
-    quiet_http_logs()
     result = DemoResult()
     upstream: str | None = None  # what the next stage starts from: the previous stage's record digest
     for stage in STAGES[: STAGES.index(selected[-1]) + 1] if selected else ():

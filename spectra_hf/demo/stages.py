@@ -16,7 +16,6 @@ Whether a stage needs to run at all is decided by the driver (`run.py`) from the
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import subprocess
@@ -36,12 +35,6 @@ _FULL_SCALE_DATA_KEYS = ("dataset_name", "dataset_config", "streaming", "tokeniz
 # In runs/: the digest of the prepare stage's outputs the training runs there started from; a run resumes only
 # from the same inputs.
 RUNS_INPUTS_FILE = "inputs.json"
-
-
-def quiet_http_logs() -> None:
-    """gptqmodel turns INFO logging on at import; one line per HTTP request would drown the demo's output."""
-    for name in ("httpx", "httpx2"):
-        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _logger():
