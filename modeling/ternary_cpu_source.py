@@ -224,6 +224,32 @@ static inline void row_dot_256(const uint8_t* w, const int16_t* q, const float* 
     }
     for (int i = 0; i < MT; i++) out[i] += hsum(acc[i]);
 }
+
+/* four weight rows (row_bytes apart) against one quantized activation row: out[0..3] set. A decode step's GEMV:
+   the activation vectors are loaded once for the four rows, four independent accumulation chains keep the SIMD
+   units busy, and one horizontal reduction serves four rows (at k = 512 the per-row tail cost as much as the
+   products). */
+static inline void rows4_dot_256(const uint8_t* w, int64_t row_bytes, const int16_t* q, const float* s,
+                                 int64_t nblocks, float* out) {
+    __m256 acc[4];
+    for (int r = 0; r < 4; r++) acc[r] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nblocks; b++) {
+        __m256i x[8];
+        for (int p = 0; p < 8; p++) x[p] = _mm256_loadu_si256((const __m256i*)(q + BLOCK_W * b + 16 * p));
+        const __m256 scale = _mm256_broadcast_ss(s + b);
+        for (int r = 0; r < 4; r++) {
+            const __m256i v = _mm256_loadu_si256((const __m256i*)(w + r * row_bytes + 32 * b));
+            __m256i even = _mm256_madd_epi16(PLANE(v, 0), x[0]), odd = _mm256_madd_epi16(PLANE(v, 1), x[1]);
+            even = MADD_ACC(even, PLANE(v, 2), x[2]); odd = MADD_ACC(odd, PLANE(v, 3), x[3]);
+            even = MADD_ACC(even, PLANE(v, 4), x[4]); odd = MADD_ACC(odd, PLANE(v, 5), x[5]);
+            even = MADD_ACC(even, PLANE(v, 6), x[6]); odd = MADD_ACC(odd, PLANE(v, 7), x[7]);
+            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(even, odd)), scale, acc[r]);
+        }
+    }
+    /* lanes of hadd(hadd(a, b), hadd(c, d)): a, b, c, d partial sums in each 128-bit half */
+    const __m256 sums = _mm256_hadd_ps(_mm256_hadd_ps(acc[0], acc[1]), _mm256_hadd_ps(acc[2], acc[3]));
+    _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(sums), _mm256_extractf128_ps(sums, 1)));
+}
 #endif
 
 #if defined(__AVX512BW__)
@@ -486,6 +512,23 @@ static void ternary_product(const void* x, int x_kind, int64_t x_stride, const f
                 const int64_t m1 = m0 + token_chunk < m ? m0 + token_chunk : m;
                 const int64_t q0 = m0 * passes, q1 = m1 * passes;
                 int g = 0;
+#if defined(__AVX2__) && !defined(__AVX512BW__)
+                if (!int8 && q1 - q0 == 1) {  /* one activation row (a bf16 / fp16 decode step): rows four at a time */
+                    float row_dots[16];
+                    const int16_t* codes = q + q0 * kp;
+                    const float* scales = s + q0 * nblocks;
+                    int64_t r = r0;
+                    for (; r + 4 <= r1; r += 4)
+                        rows4_dot_256(w + r * (kp / 4), kp / 4, codes, scales, nblocks, row_dots + r - r0);
+                    for (; r < r1; r++) row_dot<1>(w + r * (kp / 4), codes, scales, kp, nblocks, row_dots + r - r0);
+                    for (r = r0; r < r1; r++) {
+                        while (g + 1 < count && r >= starts[g + 1]) g++;
+                        const int64_t rows_g = (g + 1 < count ? starts[g + 1] : n) - starts[g];
+                        store_value(outputs[g], y_kind, m0 * rows_g + (r - starts[g]), row_dots[r - r0] * row_scale[r]);
+                    }
+                    continue;
+                }
+#endif
                 for (int64_t r = r0; r < r1; r++) {
                     while (g + 1 < count && r >= starts[g + 1]) g++;
                     const int64_t rows_g = (g + 1 < count ? starts[g + 1] : n) - starts[g];
