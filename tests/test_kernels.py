@@ -247,8 +247,8 @@ def test_every_variant_the_cpu_has_matches_the_float64_reference(variant: str) -
             digits, scales = random_ternary(42, 300, shards, shard_dim, seed=shards * 10 + shard_dim)
             layer = TernaryLinear.from_ternary(digits, scales, shard_dim=shard_dim, eps=1e-5)
             layer.prepare_inference("2bit", torch.float32)
-            cases = ((1, torch.float32), (5, torch.float32), (1, torch.bfloat16), (3, torch.bfloat16), (50, torch.float32))
-            for tokens, dtype in cases:
+            for tokens, dtype in ((1, torch.float32), (5, torch.float32), (1, torch.bfloat16), (3, torch.bfloat16),
+                                  (50, torch.float32)):
                 x = torch.randn(tokens, 300, generator=torch.Generator().manual_seed(tokens)).to(dtype)
                 y = kernel.mm(x, layer.weight_kernel, layer.kernel_scale, layer.input_scale, 16)
                 expected = reference(x, digits, scales, shard_dim)
