@@ -19,7 +19,8 @@ Kernels (`ternary_matmul_2bit`):
   multiplied with the int16 weights by `madd` / `vpdpwssd` (16 weights per instruction, exact int32 block sums); fp32
   activations take a second int16 pass over the residual of the first, which keeps them fp32-exact. A GEMV for
   decode and a 4-row register tile for more tokens, on torch's intra-op thread pool; fp32 activations from
-  GEMM_MIN_TOKENS tokens on unpack T to fp32 in row chunks for torch's GEMM instead (bf16 / fp16 never do).
+  GEMM_MIN_TOKENS tokens on (bf16 / fp16 from GEMM_MIN_TOKENS_16BIT) unpack T to fp32 in row chunks for torch's
+  fp32 GEMM instead.
   The operators keep no state between calls but a per-thread scratch buffer: one model serves several threads.
   Int8 activations (`activation_bits=8`, llama.cpp's route; off by default, `int8_activations=True` at load): every
   call quantizes the activations to int8 per 128-column block (s_b = the block's largest |x_j c_j| / 127, c the
@@ -331,9 +332,11 @@ def cpu_kernel_status(*, compiler: str | None = None, cache_dir: Path | None = N
 
 # From this many fp32 tokens on (prefill), the C++ operator unpacks T to fp32 in row chunks and multiplies with
 # torch's fp32 GEMM instead of the register tile's two int16 passes (measured at 5120 x 1792, 2 threads, idle: fp32
-# 32 tokens 7.8 ms tile vs 9.1 ms GEMM, 64 tokens 16.9 vs 11.7); bf16 / fp16 always take the tile. The C++ file
-# holds the same constant.
+# 32 tokens 7.8 ms tile vs 9.1 ms GEMM, 64 tokens 16.9 vs 11.7); bf16 / fp16 activations (one int16 pass) from
+# GEMM_MIN_TOKENS_16BIT on (5120 x 1792, load 0.8: 128 tokens 24.2 ms tile vs 31.3 GEMM, 512 tokens 74-91 vs 62-79;
+# 1536 x 512: 256 tokens 4.9 vs 3.4). The C++ file holds the same constants.
 GEMM_MIN_TOKENS = 48
+GEMM_MIN_TOKENS_16BIT = 192
 
 
 def _loaded_cpu_kernel() -> CpuKernel:

@@ -67,14 +67,38 @@ def test_cpu_kernel_matches_the_float64_reference(shards: int, shard_dim: int, d
     layer = TernaryLinear.from_ternary(digits, scales, shard_dim=shard_dim, eps=1e-5)
     layer.prepare_inference("2bit", dtype)
     assert layer.weight_kernel.numel() == out_features * 384 // 4
-    # decode (1 token), the prefill tile (5 = 4 + 1 tokens) and, for fp32, the unpacked-GEMM route (GEMM_MIN_TOKENS)
-    for tokens in (1, 5, ternary_kernels.GEMM_MIN_TOKENS):
+    # decode (1 token), the prefill tile (5 = 4 + 1 tokens) and the unpacked-GEMM route (fp32: GEMM_MIN_TOKENS;
+    # bf16 / fp16: GEMM_MIN_TOKENS_16BIT)
+    gemm = ternary_kernels.GEMM_MIN_TOKENS if dtype == torch.float32 else ternary_kernels.GEMM_MIN_TOKENS_16BIT
+    for tokens in (1, 5, ternary_kernels.GEMM_MIN_TOKENS, gemm):
         x = torch.randn(tokens, in_features, generator=torch.Generator().manual_seed(tokens)).to(dtype)  # [tokens, in]
         with torch.no_grad():
             y = layer(x)
         assert y.dtype == dtype and y.shape == (tokens, out_features)
         expected = reference(x, digits, scales, shard_dim)
         torch.testing.assert_close(y.double(), expected, rtol=0, atol=TOLERANCE[dtype] * expected.abs().max().item())
+
+
+@needs_cpu_kernel
+@pytest.mark.parametrize("activation_bits, tokens", ((16, 150), (8, 300)))
+def test_prefill_token_panels_compute_each_token_as_alone(activation_bits: int, tokens: int) -> None:
+    """Prefill runs the tile over panels of tokens whose quantized activations fit in L2 (128 bf16 tokens of 2048
+    int16 codes, 256 of int8 codes): tokens across a panel boundary get exactly the products they get in a short
+    call, and stay within tolerance of float64."""
+    digits, scales = random_ternary(40, 2048, 2, 1, seed=5)
+    layer = TernaryLinear.from_ternary(digits, scales, shard_dim=1, eps=1e-5)
+    layer.prepare_inference("2bit", torch.bfloat16)
+    kernel = ternary_kernels.cpu_kernel()
+    x = torch.randn(tokens, 2048, generator=torch.Generator().manual_seed(2)).to(torch.bfloat16)  # [tokens, in]
+    operands = (layer.weight_kernel, layer.kernel_scale, layer.input_scale, activation_bits)
+    together = kernel.mm(x, *operands)
+    # (in calls of 2 tokens: a single token takes the decode GEMV, whose final sum is reduced in another order)
+    alone = torch.cat([kernel.mm(x[i : i + 2], *operands) for i in range(0, tokens, 2)])
+    assert torch.equal(together, alone)
+    if activation_bits == 16:
+        expected = reference(x, digits, scales, 1)
+        atol = TOLERANCE[torch.bfloat16] * expected.abs().max().item()
+        torch.testing.assert_close(together.double(), expected, rtol=0, atol=atol)
 
 
 @needs_cpu_kernel
