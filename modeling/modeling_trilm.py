@@ -257,8 +257,7 @@ class TriLMPreTrainedModel(CheckedLoadingMixin, LlamaPreTrainedModel):
                 raise ValueError("int8 activations need a packed TriLM: load a packed checkpoint (weight_format "
                                  "'packed') or pack this model first")
             self.prepare_ternary_inference()
-            blocked = [layer for layer in layers if not (
-                layer.inference_path == "2bit" and layer.weight_scale.device.type == "cpu")]
+            blocked = [layer for layer in layers if not layer.runs_cpu_2bit]
             if blocked:
                 raise ValueError(
                     f"int8 activations are an option of the CPU 2bit path; {len(blocked)} ternary layers run "

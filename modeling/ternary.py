@@ -406,10 +406,15 @@ class TernaryLinear(nn.Linear):
         self.inference_path = path
         self.weight = _packed_weight(shape, dtype if dtype.is_floating_point else torch.float32, digits.device)
 
+    @property
+    def runs_cpu_2bit(self) -> bool:
+        """Whether the layer is prepared on the 2bit path on CPU (the C++ operators' path)."""
+        return self.inference_path == "2bit" and self.weight_scale.device.type == "cpu"
+
     def set_int8_activations(self, enabled: bool) -> None:
         """Switch this layer's products to int8 activations (llama.cpp's route, an opt-in deviation with the error
         bound of `ternary_kernels`' docstring) or back to the exact route. Needs the 2bit path on CPU."""
-        if enabled and not (self.inference_path == "2bit" and self.weight_scale.device.type == "cpu"):
+        if enabled and not self.runs_cpu_2bit:
             raise ValueError(
                 f"int8 activations are an option of the CPU 2bit path; this layer runs {self.inference_path!r} on "
                 f"{self.weight_scale.device.type}: load it on CPU with ternary_inference='2bit' (or 'auto')"

@@ -144,17 +144,25 @@ static inline void load_block(const void* x, int kind, int64_t offset, const flo
     }
 }
 
+/* The largest magnitude of a block of 128 fp32 values; *bad set where one is NaN or infinite */
+static inline float block_max(const float* values, bool* bad) {
+    float largest = 0.0f;
+    bool seen = false;
+    for (int j = 0; j < BLOCK_W; j++) {
+        const float magnitude = std::fabs(values[j]);
+        seen |= !(magnitude < INFINITY);  /* NaN or infinite */
+        largest = magnitude > largest ? magnitude : largest;
+    }
+    *bad = seen;
+    return largest;
+}
+
 /* One block of 128 fp32 `values` -> int16 codes q and the block's scale s with values ~= s * q, |q| <= 32767
    (s = block max / 32767: rounding error <= s / 2 per element). A NaN or infinity makes s NaN, so that the
    outputs it reaches are NaN rather than silently finite. */
 static inline float quantize_block(const float* values, int16_t* q) {
-    float largest = 0.0f;
     bool bad = false;
-    for (int j = 0; j < BLOCK_W; j++) {
-        const float magnitude = std::fabs(values[j]);
-        bad |= !(magnitude < INFINITY);  /* NaN or infinite */
-        largest = magnitude > largest ? magnitude : largest;
-    }
+    const float largest = block_max(values, &bad);
     const float inverse = largest > 0.0f && !bad ? 32767.0f / largest : 0.0f;
     for (int j = 0; j < BLOCK_W; j++) q[j] = (int16_t)std::nearbyint(values[j] * inverse);  /* to nearest even */
     return bad ? NAN : largest / 32767.0f;
@@ -379,13 +387,8 @@ static void unpack_rows(const uint8_t* w, int64_t kp, int64_t k, int64_t r0, int
 /* One block of 128 fp32 `values` -> int8 codes q (extraction order) with values ~= s * q, |q| <= 127, s = block
    max / 127 (rounding error <= s / 2 per element); *sum = the sum of the codes. NaN / infinity: s NaN. */
 static inline float quantize_block_i8(const float* values, int8_t* q, int32_t* sum) {
-    float largest = 0.0f;
     bool bad = false;
-    for (int j = 0; j < BLOCK_W; j++) {
-        const float magnitude = std::fabs(values[j]);
-        bad |= !(magnitude < INFINITY);
-        largest = magnitude > largest ? magnitude : largest;
-    }
+    const float largest = block_max(values, &bad);
     const float inverse = largest > 0.0f && !bad ? 127.0f / largest : 0.0f;
     int32_t total = 0;
     for (int e = 0; e < 4; e++)

@@ -30,7 +30,6 @@ from transformers.models.llama.modeling_llama import (
     apply_rotary_pos_emb,
     eager_attention_forward,
 )
-from transformers.utils import output_capturing
 
 from . import ternary_kernels
 from .ternary import TernaryLinear
@@ -66,9 +65,7 @@ class FusedProjections:
         as LoRA wrap the layers: those compute per layer)."""
         layers = tuple(module for module in modules if isinstance(module, TernaryLinear))
         fusable = len(layers) == len(modules) and all(
-            layer.inference_path == "2bit"
-            and layer.weight_kernel is not None
-            and layer.weight_kernel.device.type == "cpu"
+            layer.runs_cpu_2bit
             and layer.input_scale is None
             and layer.in_features == layers[0].in_features
             and layer._fused is None
@@ -168,12 +165,22 @@ class FusedProjectionMLP(LlamaMLP):
         return self.down_proj(self.act_fn(gate) * up)
 
 
+try:  # transformers' record of what the running forward collects (output_attentions, ...), where it has one
+    from transformers.utils import output_capturing
+except ImportError:  # another transformers: every hook counts
+    output_capturing = None  # type: ignore[assignment]
+_active_collector = getattr(output_capturing, "_active_collector", None)
+
+
 def _runs_hooks(module: nn.Module) -> bool:
     """Whether calling `module` would run hooks of its own (transformers' output-capturing hooks count only while
-    a forward collects that output: they stay installed after an `output_attentions=True` call)."""
+    a forward collects some output: they stay installed after an `output_attentions=True` call)."""
     if module._forward_pre_hooks:
         return True
-    collecting = bool(output_capturing._active_collector.get())  # (an empty dict while a forward collects nothing)
+    if not module._forward_hooks:
+        return False
+    # (an empty dict while a forward collects nothing)
+    collecting = _active_collector is None or bool(_active_collector.get())
     return any(
         getattr(hook, "__name__", "") != "output_capturing_hook" or collecting
         for hook in module._forward_hooks.values()
@@ -250,9 +257,7 @@ class FusedDecoderLayer(LlamaDecoderLayer):
             and mlp_group.layers[0] is mlp.gate_proj
             and all(
                 type(layer) is TernaryLinear
-                and layer.inference_path == "2bit"
-                and layer.weight_kernel is not None
-                and layer.weight_kernel.device.type == "cpu"
+                and layer.runs_cpu_2bit
                 and layer.activation_bits == attention_group.layers[0].activation_bits
                 for layer in tail
             )
