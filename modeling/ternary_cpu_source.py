@@ -120,18 +120,23 @@ static inline void store_value(void* y, int kind, int64_t index, float value) {
 }
 
 /* Columns [c0, c0 + 128) of one activation row (x + offset is column c0) as fp32, times col_scale, zero past k. */
+#if defined(__AVX2__)
+/* elements index .. index + 7 of x (fp32 / bf16 / fp16) as fp32 */
+static inline __m256 load8(const void* x, int kind, int64_t index) {
+    if (kind == BF16)
+        return _mm256_castsi256_ps(_mm256_slli_epi32(
+            _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)((const uint16_t*)x + index))), 16));
+    if (kind == F16) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)((const uint16_t*)x + index)));
+    return _mm256_loadu_ps((const float*)x + index);
+}
+#endif
+
 static inline void load_block(const void* x, int kind, int64_t offset, const float* col_scale, int64_t c0, int64_t k,
                               float* values) {
 #if defined(__AVX2__)
     if (c0 + BLOCK_W <= k) {
         for (int j = 0; j < BLOCK_W; j += 8) {
-            __m256 v;
-            if (kind == BF16)
-                v = _mm256_castsi256_ps(_mm256_slli_epi32(
-                    _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)((const uint16_t*)x + offset + j))), 16));
-            else if (kind == F16)
-                v = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)((const uint16_t*)x + offset + j)));
-            else v = _mm256_loadu_ps((const float*)x + offset + j);
+            __m256 v = load8(x, kind, offset + j);
             if (col_scale) v = _mm256_mul_ps(v, _mm256_loadu_ps(col_scale + c0 + j));
             _mm256_storeu_ps(values + j, v);
         }
@@ -726,14 +731,7 @@ static inline float dense_row_dot(const void* w, int kind, const float* v, int64
     for (; j + 32 <= k; j += 32) {
         for (int u = 0; u < 4; u++) {
             const int64_t c = j + 8 * u;
-            __m256 weights;
-            if (kind == BF16)
-                weights = _mm256_castsi256_ps(_mm256_slli_epi32(
-                    _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)((const uint16_t*)w + c))), 16));
-            else if (kind == F16)
-                weights = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)((const uint16_t*)w + c)));
-            else weights = _mm256_loadu_ps((const float*)w + c);
-            acc[u] = _mm256_fmadd_ps(weights, _mm256_loadu_ps(v + c), acc[u]);
+            acc[u] = _mm256_fmadd_ps(load8(w, kind, c), _mm256_loadu_ps(v + c), acc[u]);
         }
     }
     total = hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
