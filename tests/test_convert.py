@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,7 @@ from trilm_release import release_model
 
 from spectra_hf import FloatLMForCausalLM, TriLMForCausalLM
 from spectra_hf.checkpoints.convert import convert_checkpoint
+from spectra_hf.checkpoints.io import ShardedWriter
 from spectra_hf.checkpoints.staging import remove_stale_staging, staged_directory
 from spectra_hf.cli import main
 from spectra_hf.errors import SpectraError
@@ -77,9 +81,14 @@ def test_non_ternary_and_wrong_shard_layout_are_refused_by_tensor_name(tmp_path)
     with torch.no_grad():
         release.model.layers[1].mlp.up_proj.weight[3, 5] = 0.123
     release.save_pretrained(tmp_path / "bad")
-    with pytest.raises(SpectraError, match=r"model\.layers\.1\.mlp\.up_proj\.weight is not a ternary weight"):
-        convert_checkpoint(tmp_path / "bad", tmp_path / "out", progress=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        with pytest.raises(SpectraError, match=r"model\.layers\.1\.mlp\.up_proj\.weight is not a ternary weight"):
+            convert_checkpoint(tmp_path / "bad", tmp_path / "out", progress=False)
+        gc.collect()
     assert not (tmp_path / "out").exists() and [p.name for p in tmp_path.iterdir()] == ["bad"]
+    # the refused shard's side file was closed by the writer, not left open for the garbage collector
+    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
 
     two_shards = release_model(2)
     two_shards.config.pretraining_model_parallel = 1  # two magnitudes per matrix, but the config claims one shard
@@ -87,6 +96,30 @@ def test_non_ternary_and_wrong_shard_layout_are_refused_by_tensor_name(tmp_path)
     assert main(["convert", str(tmp_path / "layout"), str(tmp_path / "out")]) == 2
     with pytest.raises(ValueError, match=r"model\.layers\.0\.self_attn\.q_proj\.weight .* shard 0 holds 2"):
         TriLMForCausalLM.from_pretrained(tmp_path / "layout")
+
+
+def _open_files_under(directory: Path) -> list[str]:
+    """The files under `directory` that this process holds open (Linux: /proc/self/fd)."""
+    links = (os.readlink(fd) for fd in Path("/proc/self/fd").iterdir() if fd.is_symlink())
+    return sorted(link for link in links if link.startswith(str(directory)))
+
+
+def test_an_aborted_sharded_writer_closes_and_removes_its_own_files_only(tmp_path) -> None:
+    (tmp_path / "notes.txt").write_text("the user's")
+    with pytest.raises(RuntimeError, match="midway"), ShardedWriter(tmp_path, max_shard_bytes=64) as writer:
+        writer.add("a", torch.arange(16, dtype=torch.float32))  # 64 bytes: shard 0, closed when b arrives
+        writer.add("b", torch.arange(8, dtype=torch.float32))  # shard 1, open
+        assert _open_files_under(tmp_path) == [str(tmp_path / "shard-00001.tmp.data")]
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "shard-00000.tmp", "shard-00001.tmp.data"]
+        raise RuntimeError("midway")
+    assert _open_files_under(tmp_path) == []
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+    with ShardedWriter(tmp_path, max_shard_bytes=64) as writer:  # no exception: finish() is the caller's to call
+        writer.add("a", torch.arange(16, dtype=torch.float32))
+        writer.finish()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors", "notes.txt"]
+    assert torch.equal(load_file(tmp_path / "model.safetensors")["a"], torch.arange(16, dtype=torch.float32))
 
 
 def test_latent_converts_like_save_pretrained_packed(tmp_path) -> None:

@@ -100,12 +100,12 @@ def convert_checkpoint(
             allow_no_tokenizer=allow_no_tokenizer,
         )
     with staged_directory(Path(os.path.abspath(out)), replace=replace) as staging:  # "x/.." named by its own name
-        writer = ShardedWriter(staging, max_shard_bytes=max_shard_bytes)
-        names = source.names()
-        for name in tqdm(names, desc=f"convert -> {to}", unit="tensor", disable=not progress):
-            for out_name, tensor in _output_tensors(name, source.weight(name), to, cast):
-                writer.add(out_name, tensor)
-        writer.finish()
+        with ShardedWriter(staging, max_shard_bytes=max_shard_bytes) as writer:
+            names = source.names()
+            for name in tqdm(names, desc=f"convert -> {to}", unit="tensor", disable=not progress):
+                for out_name, tensor in _output_tensors(name, source.weight(name), to, cast):
+                    writer.add(out_name, tensor)
+            writer.finish()
         copy_side_files(source.path, staging)
         # config.json last: until the very end the staging folder is not a checkpoint even to loaders that do not
         # know the marker (stock transformers), and from then on it is complete.

@@ -235,7 +235,8 @@ class ShardedWriter:
     """Writes tensors into safetensors shards of at most `max_shard_bytes` (plus an index when there are several).
 
     Tensors go to disk as they are added (see `safetensors_io`), so memory holds none of them. Call `finish()`
-    after the last `add()`.
+    after the last `add()`. Used as a context manager, an exception before `finish()` returns calls `abort()`: no
+    file handle is left open and no shard file of this writer is left behind.
     """
 
     def __init__(self, directory: str | os.PathLike, *, max_shard_bytes: int = 2 << 30) -> None:
@@ -261,6 +262,23 @@ class ShardedWriter:
         assert self._current is not None, "no shard is open"
         self._current.close()
         self._current = None
+
+    def __enter__(self) -> ShardedWriter:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, traceback: object) -> None:
+        if kind is not None:
+            self.abort()
+
+    def abort(self) -> None:
+        """Give up the checkpoint: close the open shard and remove every shard file this writer wrote (not yet
+        renamed by `finish()`). Files it did not write are left alone."""
+        current, self._current = self._current, None
+        if current is not None:
+            current.abort()
+        for path, _ in self._shards:
+            path.unlink(missing_ok=True)
+        self._shards = []
 
     def finish(self) -> list[Path]:
         """Close the last shard, give the shards their final names (`model.safetensors` or

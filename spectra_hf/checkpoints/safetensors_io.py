@@ -55,7 +55,8 @@ def read_tensor(path: Path, entry: TensorEntry) -> torch.Tensor:
 
 class ShardFileWriter:
     """Writes one safetensors file tensor by tensor: `add()` appends bytes to a side file, `close()` writes the
-    header (with every tensor's sha256 digest, see `modeling.checkpoint_digests`) and moves the data behind it."""
+    header (with every tensor's sha256 digest, see `modeling.checkpoint_digests`) and moves the data behind it;
+    `abort()` closes and removes the side file (and a half-written `path`) instead."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -89,3 +90,10 @@ class ShardFileWriter:
             out.write(header)
             shutil.copyfileobj(data, out, 16 << 20)
         os.remove(self._data_path)
+
+    def abort(self) -> None:
+        """Give up this file: close the side file and remove it and anything written at `path` (safe to call after
+        a failed `close()`, and more than once)."""
+        self._data.close()
+        for leftover in (self._data_path, self.path):
+            leftover.unlink(missing_ok=True)

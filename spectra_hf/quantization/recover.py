@@ -283,25 +283,29 @@ def recover_quantlm(
     quantizer = gptq_quantizer(setting)
     counts = torch.zeros(1 << bits, dtype=torch.int64)  # [2^b] how often each code k + 2^(b-1) occurs
     with atomic_directory(out) as staging:
-        writer = ShardedWriter(staging)
-        quantized = set(names)
-        for tensor_name in source.tensor_names():
-            tensor = source.tensor(tensor_name)
-            if tensor_name not in quantized:
-                writer.add(tensor_name, tensor)
-                continue
-            recovered = recover_codes(
-                tensor, bits=bits, group_size=setting.group_size, name=f"{release}: {tensor_name}", max_ulps=max_ulps
-            )
-            report.fit.add(recovered.fit)
-            if not recovered.fit.bit_exact:
-                report.inexact[tensor_name] = recovered.fit
-            counts += torch.bincount(recovered.codes.flatten().long() + (1 << (bits - 1)), minlength=1 << bits)
-            module = tensor_name.removesuffix(".weight")
-            for suffix, packed in _pack_linear(tensor, recovered, quantizer, bits=bits).items():
-                writer.add(f"{module}.{suffix}", packed)
-            del tensor, recovered
-        writer.finish()
+        with ShardedWriter(staging) as writer:
+            quantized = set(names)
+            for tensor_name in source.tensor_names():
+                tensor = source.tensor(tensor_name)
+                if tensor_name not in quantized:
+                    writer.add(tensor_name, tensor)
+                    continue
+                recovered = recover_codes(
+                    tensor,
+                    bits=bits,
+                    group_size=setting.group_size,
+                    name=f"{release}: {tensor_name}",
+                    max_ulps=max_ulps,
+                )
+                report.fit.add(recovered.fit)
+                if not recovered.fit.bit_exact:
+                    report.inexact[tensor_name] = recovered.fit
+                counts += torch.bincount(recovered.codes.flatten().long() + (1 << (bits - 1)), minlength=1 << bits)
+                module = tensor_name.removesuffix(".weight")
+                for suffix, packed in _pack_linear(tensor, recovered, quantizer, bits=bits).items():
+                    writer.add(f"{module}.{suffix}", packed)
+                del tensor, recovered
+            writer.finish()
         report.levels = int((counts > 0).sum())
         report.code_bits = max(1, math.ceil(math.log2(max(report.levels, 2))))
         report.reloaded = _compare_written(staging, source, names, quantizer)
