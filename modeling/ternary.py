@@ -14,7 +14,7 @@ blocks of input columns (`shard_dim=1`). Layers built from one fused matrix (q, 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, ClassVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -255,6 +255,13 @@ class TernaryLinear(nn.Linear):
     weight_kernel: torch.Tensor | None
     kernel_scale: torch.Tensor | None
     input_scale: torch.Tensor | None
+    # Counts changes of any layer's inference state (path, device, activation bits, fused group): code that settles
+    # facts about prepared layers once (ternary_fusion.FusedDecoderLayer's block plan) re-checks them when it moves.
+    state_epoch: ClassVar[int] = 0
+
+    @staticmethod
+    def note_state_change() -> None:
+        TernaryLinear.state_epoch += 1
 
     def __init__(
         self,
@@ -404,6 +411,7 @@ class TernaryLinear(nn.Linear):
         self.weight_kernel = weight
         self.kernel_scale, self.input_scale = kernel_scale, input_scale
         self.inference_path = path
+        TernaryLinear.note_state_change()
         self.weight = _packed_weight(shape, dtype if dtype.is_floating_point else torch.float32, digits.device)
 
     @property
@@ -420,6 +428,7 @@ class TernaryLinear(nn.Linear):
                 f"{self.weight_scale.device.type}: load it on CPU with ternary_inference='2bit' (or 'auto')"
             )
         self.activation_bits = 8 if enabled else 16
+        TernaryLinear.note_state_change()
 
     def _apply(self, fn, recurse: bool = True):
         """Module casts and moves: kernel scales keep their dtype (a model-wide `.half()` must not round them, nor
@@ -437,6 +446,7 @@ class TernaryLinear(nn.Linear):
             self.weight_kernel = self.kernel_scale = self.input_scale = None
             self.register_parameter("weight", None)  # what `self.weight = None` does; nn.Linear types weight as Tensor
             self.inference_path = None
+            TernaryLinear.note_state_change()
         kept: dict[str, torch.Tensor] = {}
         for name in _KERNEL_BUFFERS:
             if (buffer := self._buffers.get(name)) is not None:

@@ -16,7 +16,7 @@ one, exactly as transformers' Llama blocks do.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import cast
+from typing import NamedTuple, cast
 
 import torch
 from torch import nn
@@ -57,6 +57,7 @@ class FusedProjections:
             layer.kernel_scale = self.row_scale[start:stop]
             layer._fused = self
             start = stop
+        TernaryLinear.note_state_change()
 
     @classmethod
     def fuse(cls, *modules: nn.Module) -> FusedProjections | None:
@@ -82,6 +83,7 @@ class FusedProjections:
         """Back to independent layers (their kernels stay views of the stacked tensors)."""
         for layer in self.layers:
             layer._fused = None
+        TernaryLinear.note_state_change()
 
 
 def project(x: torch.Tensor, layers: tuple[nn.Module, ...]) -> list[torch.Tensor]:
@@ -93,6 +95,7 @@ def project(x: torch.Tensor, layers: tuple[nn.Module, ...]) -> list[torch.Tensor
         and len(group.layers) == len(layers)
         and all(a is b for a, b in zip(group.layers, layers, strict=True))
         and not (torch.is_grad_enabled() and x.requires_grad)
+        and not any(_runs_hooks(layer) for layer in layers)
     ):
         return group(x)
     return [layer(x) for layer in layers]
@@ -196,6 +199,8 @@ class FusedDecoderLayer(LlamaDecoderLayer):
     the attention function stay transformers'. Anything else - gradients, hooks on the block's modules, a dissolved
     group, mixed dtypes - runs LlamaDecoderLayer's forward."""
 
+    _plan: _BlockPlan | None = None  # (the class is assigned to transformers' layers: no __init__ of ours runs)
+
     def forward(
         self,
         hidden_states: torch.Tensor,
@@ -212,36 +217,71 @@ class FusedDecoderLayer(LlamaDecoderLayer):
                 hidden_states, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
                 use_cache=use_cache, position_embeddings=position_embeddings, **kwargs,
             )
-        kernel, attention_group, mlp_group = steps
-        attention, mlp = self.self_attn, self.mlp
-        o_proj, down_proj = cast(TernaryLinear, attention.o_proj), cast(TernaryLinear, mlp.down_proj)
+        kernel, plan = steps
+        attention, _, input_norm, post_norm, *_, o_proj, _, _, down_proj = plan.modules
+        attention_group, mlp_group = cast("tuple[FusedProjections, FusedProjections]", plan.groups)
+        o_buffers, down_buffers = o_proj._buffers, down_proj._buffers  # (buffer dicts: no module lookups per step)
         bits = attention_group.layers[0].activation_bits
         assert position_embeddings is not None, "_block_steps checked them"
         cos, sin = position_embeddings
         query, key, value = kernel.attention_inputs(
-            hidden_states, self.input_layernorm.weight, self.input_layernorm.variance_epsilon,
+            hidden_states, input_norm._parameters["weight"], input_norm.variance_epsilon,
             attention_group.kernel, attention_group.row_scale, attention_group.outs, cos, sin, attention.head_dim, bits,
         )
-        attn_output, _ = attend(attention, query, key, value, attention_mask, cache, kwargs)
+        attn_output, _ = attend(cast(LlamaAttention, attention), query, key, value, attention_mask, cache, kwargs)
         return kernel.attention_output_and_mlp(
-            attn_output, hidden_states, o_proj.weight_kernel, o_proj.kernel_scale, o_proj.input_scale,
-            self.post_attention_layernorm.weight, self.post_attention_layernorm.variance_epsilon,
+            attn_output, hidden_states, o_buffers["weight_kernel"], o_buffers["kernel_scale"], o_buffers["input_scale"],
+            post_norm._parameters["weight"], post_norm.variance_epsilon,
             mlp_group.kernel, mlp_group.row_scale, mlp_group.outs,
-            down_proj.weight_kernel, down_proj.kernel_scale, down_proj.input_scale, bits,
+            down_buffers["weight_kernel"], down_buffers["kernel_scale"], down_buffers["input_scale"], bits,
         )
+
+    def _block_modules(self) -> tuple[nn.Module, ...]:
+        """The modules the two-call block stands in for: attention, MLP, the two norms, q, k, v, o, gate, up, down
+        (read from the module dicts: nn.Module's attribute lookup costs a microsecond each, per layer and step)."""
+        attention, mlp = self._modules["self_attn"], self._modules["mlp"]
+        assert attention is not None and mlp is not None, "a decoder layer has both"
+        projections, mlp_layers = attention._modules, mlp._modules
+        modules = (
+            attention, mlp, self._modules["input_layernorm"], self._modules["post_attention_layernorm"],
+            projections["q_proj"], projections["k_proj"], projections["v_proj"], projections["o_proj"],
+            mlp_layers["gate_proj"], mlp_layers["up_proj"], mlp_layers["down_proj"],
+        )  # fmt: skip
+        return cast("tuple[nn.Module, ...]", modules)
+
+    def _make_plan(self, modules: tuple[nn.Module, ...]) -> _BlockPlan:
+        """What the block's structure allows, settled once per `TernaryLinear.state_epoch` and set of modules."""
+        q, k, v, o, gate, up, down = modules[4:]
+        attention_group, mlp_group = getattr(q, "_fused", None), getattr(gate, "_fused", None)
+        layers = (q, k, v, o, gate, up, down)
+        fits = (
+            attention_group is not None
+            and mlp_group is not None
+            and attention_group.layers == (q, k, v)
+            and mlp_group.layers == (gate, up)
+            and all(type(layer) is TernaryLinear and layer.runs_cpu_2bit for layer in layers)
+            and len({cast(TernaryLinear, layer).activation_bits for layer in layers}) == 1
+        )
+        groups = (attention_group, mlp_group) if fits else None
+        return _BlockPlan(TernaryLinear.state_epoch, modules, cast("tuple[FusedProjections, FusedProjections]", groups))
 
     def _block_steps(
         self, hidden_states: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor] | None
-    ) -> tuple[ternary_kernels.CpuKernel, FusedProjections, FusedProjections] | None:
-        """(kernel, q/k/v group, gate/up group) where the two-call block applies to this call, else None."""
+    ) -> tuple[ternary_kernels.CpuKernel, _BlockPlan] | None:
+        """(kernel, the block's plan) where the two-call block applies to this call, else None. What
+        depends on the modules' structure is checked once (`_make_plan`) and again only when a ternary layer's
+        inference state or one of the block's modules changes; the rest is checked per call."""
         kernel = ternary_kernels.forward_kernel
-        attention, mlp = self.self_attn, self.mlp
-        attention_group = getattr(attention.q_proj, "_fused", None)
-        mlp_group = getattr(mlp.gate_proj, "_fused", None)
-        if kernel is None or attention_group is None or mlp_group is None or position_embeddings is None:
+        if kernel is None or position_embeddings is None:
             return None
+        modules = self._block_modules()
+        plan = self._plan
+        if plan is None or plan.epoch != TernaryLinear.state_epoch or plan.modules != modules:
+            plan = self._plan = self._make_plan(modules)
+        if plan.groups is None:
+            return None
+        attention, _, input_norm, post_norm = modules[:4]
         dtype = hidden_states.dtype
-        tail = (attention.o_proj, mlp.down_proj)
         applies = (
             hidden_states.device.type == "cpu"
             and hidden_states.dim() == 3
@@ -249,25 +289,17 @@ class FusedDecoderLayer(LlamaDecoderLayer):
             and not attention.training
             and dtype in (torch.float32, torch.bfloat16, torch.float16)
             and position_embeddings[0].dtype == dtype
-            and self.input_layernorm.weight.dtype == dtype
-            and self.post_attention_layernorm.weight.dtype == dtype
-            and len(attention_group.layers) == 3
-            and attention_group.layers[0] is attention.q_proj
-            and len(mlp_group.layers) == 2
-            and mlp_group.layers[0] is mlp.gate_proj
-            and all(
-                type(layer) is TernaryLinear
-                and layer.runs_cpu_2bit
-                and layer.activation_bits == attention_group.layers[0].activation_bits
-                for layer in tail
-            )
-            and mlp_group.layers[0].activation_bits == attention_group.layers[0].activation_bits
-            and not any(
-                _runs_hooks(module)
-                for module in (self.input_layernorm, attention, self.post_attention_layernorm, mlp, *tail)
-            )
+            and cast(torch.Tensor, input_norm._parameters["weight"]).dtype == dtype
+            and cast(torch.Tensor, post_norm._parameters["weight"]).dtype == dtype
+            and not any(_runs_hooks(module) for module in modules)
         )
-        return (kernel, attention_group, mlp_group) if applies else None
+        return (kernel, plan) if applies else None
+
+
+class _BlockPlan(NamedTuple):
+    epoch: int  # TernaryLinear.state_epoch when it was made
+    modules: tuple[nn.Module, ...]  # FusedDecoderLayer._block_modules() when it was made
+    groups: tuple[FusedProjections, FusedProjections] | None  # q/k/v and gate/up groups; None: the block cannot
 
 
 # Up to how many tokens the LM head takes the C++ GEMV (`dense_mm`) rather than torch's matmul, per dtype (measured

@@ -188,7 +188,8 @@ def test_two_call_decoder_block_computes_the_per_module_forward(saved, dtype) ->
     attention (ternary_fusion.FusedDecoderLayer): prefill and cached decode give the per-module forward's logits (to
     the last bits of fp32 reductions; in bf16 / fp16, where both round every step, within a rounding of the dtype)
     and its greedy tokens, and the float64 reference's in fp32. A hook on a module of the block, or gradients, run
-    the per-module forward instead (the hook is called; the logits are then the per-module ones bit for bit)."""
+    the per-module forward instead (the hook is called, also on a member of a fused q/k/v group; the logits are then
+    the per-module ones bit for bit)."""
     from spectra_hf.modeling.ternary_fusion import FusedDecoderLayer, LlamaDecoderLayer
 
     _, directory, ids, reference = saved
@@ -225,6 +226,18 @@ def test_two_call_decoder_block_computes_the_per_module_forward(saved, dtype) ->
         layers[1].__class__ = LlamaDecoderLayer
         mixed = model(ids).logits  # layer 1 per module, the others in two calls, as with the hook
         layers[1].__class__ = FusedDecoderLayer
+    assert torch.equal(hooked, mixed)
+    # a hook on a member of a fused group (q_proj here) is called too: its block, and its group, run per module
+    handle = layers[1].self_attn.k_proj.register_forward_pre_hook(lambda *args: seen.append(2))
+    try:
+        with torch.no_grad():
+            hooked = model(ids).logits
+            layers[1].__class__ = LlamaDecoderLayer  # the fused-projection attention alone honours it as well
+            model(ids)
+            layers[1].__class__ = FusedDecoderLayer
+    finally:
+        handle.remove()
+    assert seen == [1, 2, 2]
     assert torch.equal(hooked, mixed)
     with torch.profiler.profile() as profile, torch.enable_grad():
         model(ids[:1, :4]).logits.sum().backward()  # (the embeddings require grad: so do the hidden states)
