@@ -8,11 +8,13 @@ gguf-tq2_0`.
 Full-size shapes from the suite registry, random weights (speed does not depend on values); a byte-level BPE
 tokenizer is saved beside each model (llama.cpp refuses a GGUF without tokenizer keys). Engines alternate, round by
 round, so a shared machine's load falls on both alike. Settings: 2 threads, decode 64 tokens after an 8-token
-context (`llama-bench -n 64 -d 8`), prefill 512 tokens (`-p 512 -d 8`). Printed per size: tokens/s of each engine
-(best round), the ratios spectra-hf / llama.cpp, the peak RSS of each process (its VmHWM), the eager process's RSS
-growth from before loading to after decoding against the model's resident bytes, whether
-the export needed `--allow-f16-fallback` (o_proj of the 1.1B: its scale shards do not fill TQ2_0's 256-weight
-blocks, so llama.cpp reads it in f16), and the load average at each measurement. Also printed: the machine's SIMD
+context (`llama-bench -n 64 -d 8`), prefill 512 tokens (`-p 512 -d 8`); a decode step is timed as the forward of one
+token with its logits (what llama-bench's tg times: llama_decode of a fixed token, no sampling; spectra-hf's greedy
+argmax over the logits, 0.25 ms over bf16 logits, runs outside the timed region). Printed per size: tokens/s of
+each engine (best round), the ratios spectra-hf / llama.cpp, the peak RSS of each process (its VmHWM), the eager
+process's RSS growth from before loading to after decoding against the model's resident bytes, whether the export
+needed `--allow-f16-fallback` (o_proj of the 1.1B: its scale shards do not fill TQ2_0's 256-weight blocks, so
+llama.cpp reads it in f16), and the load average at each measurement. Also printed: the machine's SIMD
 flags, llama.cpp's build flags (from the README beside its bin/) and the 2-bit kernel in force. A benchmark only:
 never run by the tests.
 """
@@ -146,6 +148,7 @@ def spectra_worker(checkpoint: str, mode: str) -> dict:
     step_forward = torch.compile(model.forward, fullgraph=True, dynamic=False) if compiled else model.forward
 
     def decode(steps: int) -> list[float]:
+        cache: StaticCache | DynamicCache
         if compiled:
             cache = StaticCache(config=model.config, max_cache_len=CONTEXT + DECODE + 2)
         else:
@@ -154,10 +157,11 @@ def spectra_worker(checkpoint: str, mode: str) -> dict:
         with torch.inference_mode():
             token = model(prompt, cache=cache, cache_position=torch.arange(CONTEXT)).logits[:, -1:].argmax(-1)
             for i in range(steps):
+                position = torch.tensor([CONTEXT + i])
                 begin = time.perf_counter()
-                out = step_forward(token, cache=cache, cache_position=torch.tensor([CONTEXT + i]))
-                token = out.logits[:, -1:].argmax(-1)
+                out = step_forward(token, cache=cache, cache_position=position)
                 seconds.append(time.perf_counter() - begin)
+                token = out.logits[:, -1:].argmax(-1)  # (untimed: llama-bench's tg samples nothing either)
         return seconds
 
     begin = time.perf_counter()

@@ -161,8 +161,8 @@ def kernel_cache_dir() -> Path:
 
 class CpuKernel:
     """The loaded CPU operator library of one variant: `ops` is its torch.ops namespace (`ternary_mm`,
-    `ternary_mm_fused`, `int8_mm`, `ternary_unpack`, the decoder block steps `attention_inputs` and
-    `attention_output_and_mlp`, `set_allocation_limit`; see ternary_cpu_source.py)."""
+    `ternary_mm_fused`, `int8_mm`, `ternary_unpack`, the decoder block steps `attention_inputs`, `decode_attention`
+    and `attention_output_and_mlp`, `set_allocation_limit`; see ternary_cpu_source.py)."""
 
     def __init__(self, variant: str, namespace: str, path: Path, build_seconds: float | None) -> None:
         self.variant, self.namespace, self.path, self.build_seconds = variant, namespace, path, build_seconds
@@ -176,6 +176,7 @@ class CpuKernel:
         self.unpack = ops.ternary_unpack.default
         self.attention_inputs = ops.attention_inputs.default
         self.attention_output_and_mlp = ops.attention_output_and_mlp.default
+        self.decode_attention = ops.decode_attention.default
 
 
 # How a built library is named and what it registers; part of the cache key, so a library cached under an earlier
@@ -271,8 +272,11 @@ def _register_fake_kernels(namespace: str) -> None:
     def attention_output_and_mlp(attention, residual, *weights_and_options):
         return residual.new_empty(residual.shape)
 
+    def decode_attention(query, key, value, scaling):
+        return query.new_empty(query.shape)
+
     for fake in (ternary_mm, ternary_mm_fused, int8_mm, dense_mm, ternary_unpack, attention_inputs,
-                 attention_output_and_mlp):
+                 attention_output_and_mlp, decode_attention):
         torch.library.register_fake(f"{namespace}::{fake.__name__}")(fake)
 
 

@@ -201,6 +201,7 @@ def test_two_call_decoder_block_computes_the_per_module_forward(saved, dtype) ->
     calls = {event.key.split("::")[-1]: event.count for event in profile.key_averages()}
     # one call of each per layer and forward (1 prefill + 5 steps)
     assert calls.get("attention_inputs") == calls.get("attention_output_and_mlp") == 6 * len(layers)
+    assert calls.get("decode_attention") == 5 * len(layers)  # the decode steps' attention (no mask) in one call
     for layer in layers:
         layer.__class__ = LlamaDecoderLayer
     module_tokens, module_logits = _greedy_logits(model, ids)
