@@ -27,9 +27,9 @@ side for tests):
       down and the residual. Every step rounds to the hidden states' dtype where transformers' eager block rounds:
       a block computes what the per-module forward computes, up to the order of fp32 reductions, in 2 operator calls
       instead of ~60 torch ops)
-  decode_attention(Tensor query, Tensor key, Tensor value, float scaling) -> Tensor
-      (one new token per sequence attending to every cached key, no mask: a decode step's attention in one call,
-      fp32 softmax and sums, instead of transformers' sdpa wrapper and the ~60 us it costs per layer on 2 cores)
+  decode_attention(Tensor query, Tensor key, Tensor value, Tensor? mask, float scaling) -> Tensor
+      (one new token per sequence attending to the cached keys its boolean mask shows: a decode step's attention in
+      one call, fp32 softmax and sums, instead of transformers' sdpa wrapper and the ~60 us it costs per layer)
   ternary_unpack(Tensor packed, int in_features) -> Tensor
   set_allocation_limit(int bytes) -> ()
       (testing hook: scratch allocations above `bytes` fail as an out-of-memory would; -1 lifts the limit)
@@ -928,11 +928,14 @@ static inline void add_scaled_row(float* acc, float a, const void* x, int kind, 
     for (; j < d; j++) acc[j] += a * load_value(x, kind, j);
 }
 
-/* The attention of one new token per sequence over the cached keys and values (a decode step without a mask):
-   softmax(q k^T * scaling) v per head, fp32 throughout, the output rounded once to the query's dtype. query
-   [b, 1, heads * d] (contiguous, as attention_inputs returns it), key and value [b, kv_heads, t, d] with contiguous
-   rows (the KV cache's tensors; query head h reads kv head h / (heads / kv_heads)) -> [b, 1, heads * d]. */
-at::Tensor decode_attention(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value, double scaling) {
+/* The attention of one new token per sequence over the cached keys and values (a decode step): softmax(q k^T *
+   scaling) v per head over the tokens the mask shows (all without one), fp32 throughout, the output rounded once to
+   the query's dtype. query [b, 1, heads * d] (contiguous, as attention_inputs returns it), key and value
+   [b, kv_heads, t, d] with contiguous rows (the KV cache's tensors; query head h reads kv head h / (heads /
+   kv_heads)), mask: transformers' boolean sdpa mask [b or 1, 1, 1, t] (a static cache's unwritten slots, padding)
+   -> [b, 1, heads * d]. */
+at::Tensor decode_attention(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+                            const c10::optional<at::Tensor>& mask, double scaling) {
     check_block_operand(query, query, "the query");
     TORCH_CHECK(query.dim() == 3 && query.size(1) == 1 && key.dim() == 4 && value.sizes() == key.sizes() &&
                 key.device().is_cpu() && value.device().is_cpu() && key.scalar_type() == query.scalar_type() &&
@@ -944,6 +947,17 @@ at::Tensor decode_attention(const at::Tensor& query, const at::Tensor& key, cons
     TORCH_CHECK(t > 0 && d > 0 && query.size(2) % d == 0 && (query.size(2) / d) % kv_heads == 0,
                 "the query's width is not a multiple of the key heads' (", kv_heads, " x ", d, ")");
     const int64_t heads = query.size(2) / d, group = heads / kv_heads;
+    const bool* visible = nullptr;  /* mask: visible[batch * mask_batch_stride + i * mask_stride], True = attend */
+    int64_t mask_batch_stride = 0, mask_stride = 0;
+    if (mask.has_value()) {
+        const at::Tensor& m = *mask;
+        TORCH_CHECK(m.scalar_type() == at::kBool && m.device().is_cpu() && m.dim() == 4 && m.size(1) == 1 &&
+                    m.size(2) == 1 && m.size(3) == t && (m.size(0) == 1 || m.size(0) == b),
+                    "the mask must be a boolean [batch or 1, 1, 1, tokens] tensor (True: attend)");
+        visible = m.data_ptr<bool>();
+        mask_batch_stride = m.size(0) == 1 ? 0 : m.stride(0);
+        mask_stride = m.stride(3);
+    }
     at::Tensor out = at::empty(query.sizes(), query.options());
     const size_t element = query.element_size();
     const char* keys = (const char*)key.data_ptr();
@@ -957,20 +971,24 @@ at::Tensor decode_attention(const at::Tensor& query, const at::Tensor& key, cons
             for (int64_t j = 0; j < d; j++) query_row[j] = load_value(q, kind, index * d + j);
             const char* k_rows = keys + (batch * key.stride(0) + kv * key.stride(1)) * element;
             const char* v_rows = values + (batch * value.stride(0) + kv * value.stride(1)) * element;
+            const bool* seen = visible ? visible + batch * mask_batch_stride : nullptr;
             float largest = -std::numeric_limits<float>::infinity();
             for (int64_t i = 0; i < t; i++) {
+                if (seen && !seen[i * mask_stride]) continue;
                 scores[i] = dense_row_dot(k_rows + i * key.stride(2) * element, kind, query_row.data(), d) *
                             (float)scaling;
                 largest = std::max(largest, scores[i]);
             }
-            float total = 0.0f;
+            float total = 0.0f;  /* stays 0 where the mask hides every token: the output is then 0, as sdpa's */
             std::fill(acc.begin(), acc.end(), 0.0f);
             for (int64_t i = 0; i < t; i++) {
+                if (seen && !seen[i * mask_stride]) continue;
                 const float weight = std::exp(scores[i] - largest);
                 total += weight;
                 add_scaled_row(acc.data(), weight, v_rows + i * value.stride(2) * element, kind, d);
             }
-            for (int64_t j = 0; j < d; j++) store_value(o, kind, index * d + j, acc[j] / total);
+            const float inverse = total == 0.0f ? 0.0f : 1.0f / total;
+            for (int64_t j = 0; j < d; j++) store_value(o, kind, index * d + j, acc[j] * inverse);
         }
     });
     return out;
@@ -1001,7 +1019,7 @@ TORCH_LIBRARY(NAMESPACE, m) {
           "Tensor? o_col_scale, Tensor norm_weight, float eps, Tensor gate_up_packed, Tensor gate_up_row_scale, "
           "int[] gate_up_outs, Tensor down_packed, Tensor down_row_scale, Tensor? down_col_scale, "
           "int activation_bits) -> Tensor");
-    m.def("decode_attention(Tensor query, Tensor key, Tensor value, float scaling) -> Tensor");
+    m.def("decode_attention(Tensor query, Tensor key, Tensor value, Tensor? mask, float scaling) -> Tensor");
     m.def("ternary_unpack(Tensor packed, int in_features) -> Tensor");
     m.def("set_allocation_limit(int bytes) -> ()");
     m.def("parallel_threads() -> int");

@@ -112,9 +112,9 @@ def attend(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """LlamaAttention's attention itself: rotated q, k and v [batch, seq, heads * head_dim] -> the attention output
     [batch, seq, heads * head_dim] (before o_proj) and the weights where the attention function returns them. The
-    KV cache is updated as LlamaAttention updates it. A decode step under sdpa with no mask (one token per sequence
-    attending to the whole cache: generate() without padding) is the C++ `decode_attention`, sdpa's result in one
-    call (fp32 softmax and sums, one rounding; ~10 us instead of ~70 us of sdpa and its wrapper at 99M's shape)."""
+    KV cache is updated as LlamaAttention updates it. A decode step under sdpa (one token per sequence, no mask or a
+    boolean one: padding, a static cache's unwritten slots) is the C++ `decode_attention`, sdpa's result in one call
+    (fp32 softmax and sums, one rounding; ~10 us instead of ~70 us of sdpa and its wrapper at 99M's shape)."""
     input_shape = query.shape[:-1]
     hidden_shape = (*input_shape, -1, attention.head_dim)
     query_states = query.view(hidden_shape).transpose(1, 2)  # [batch, heads, seq, head_dim]
@@ -126,15 +126,17 @@ def attend(
     if (
         kernel is not None
         and input_shape[-1] == 1
-        and attention_mask is None
-        and attention.config._attn_implementation == "sdpa"
+        and (attention_mask is None or _is_decode_mask(attention_mask, key_states))
         and query.device.type == "cpu"
         and query.dtype == key_states.dtype == value_states.dtype
         and key_states.stride(-1) == value_states.stride(-1) == 1
         and not (torch.is_grad_enabled() and (query.requires_grad or key_states.requires_grad))
+        and attention.config._attn_implementation == "sdpa"
     ):
-        # a decode step over the whole cache (no mask): sdpa's result in one C++ call, fp32 softmax as sdpa's
-        return kernel.decode_attention(query.contiguous(), key_states, value_states, attention.scaling), None
+        # a decode step: sdpa's result in one C++ call, fp32 softmax as sdpa's
+        return kernel.decode_attention(
+            query.contiguous(), key_states, value_states, attention_mask, attention.scaling
+        ), None
     attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
         attention.config._attn_implementation, eager_attention_forward
     )
@@ -149,6 +151,18 @@ def attend(
         **kwargs,
     )
     return attn_output.reshape(*input_shape, -1).contiguous(), attn_weights  # [batch, seq, heads * head_dim]
+
+
+def _is_decode_mask(mask: torch.Tensor, key_states: torch.Tensor) -> bool:
+    """Whether `mask` is transformers' boolean sdpa mask of one query token per sequence, [batch or 1, 1, 1, tokens]
+    (what `decode_attention` takes)."""
+    return (
+        mask.dtype == torch.bool
+        and mask.dim() == 4
+        and mask.shape[1] == mask.shape[2] == 1
+        and mask.shape[3] == key_states.shape[2]
+        and mask.shape[0] in (1, key_states.shape[0])
+    )
 
 
 class FusedProjectionAttention(LlamaAttention):
@@ -211,7 +225,7 @@ class FusedDecoderLayer(LlamaDecoderLayer):
     (`ternary_kernels`' `attention_inputs` and `attention_output_and_mlp`: the per-module forward's steps, rounded
     to the hidden states' dtype where it rounds; the RMSNorm's mean and SiLU's exp are evaluated in another order
     than torch's vectorized loops, so an element can differ in its last bit). The KV cache and the attention function
-    stay transformers' (`attend`), except a maskless one-token sdpa step, which is one C++ call. Anything else -
+    stay transformers' (`attend`), except a one-token sdpa step, which is one C++ call. Anything else -
     gradients, hooks on the block's modules, a dissolved group, mixed dtypes - runs LlamaDecoderLayer's forward."""
 
     _plan: _BlockPlan | None = None  # (the class is assigned to transformers' layers: no __init__ of ours runs)

@@ -272,7 +272,7 @@ def _register_fake_kernels(namespace: str) -> None:
     def attention_output_and_mlp(attention, residual, *weights_and_options):
         return residual.new_empty(residual.shape)
 
-    def decode_attention(query, key, value, scaling):
+    def decode_attention(query, key, value, mask, scaling):
         return query.new_empty(query.shape)
 
     for fake in (ternary_mm, ternary_mm_fused, int8_mm, dense_mm, ternary_unpack, attention_inputs,

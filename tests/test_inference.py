@@ -245,6 +245,29 @@ def test_two_call_decoder_block_computes_the_per_module_forward(saved, dtype) ->
     assert "attention_inputs" not in {event.key.split("::")[-1] for event in profile.key_averages()}
 
 
+def test_decode_attention_serves_padded_batches_and_static_caches(saved) -> None:
+    """A decode step's attention is one C++ call (`decode_attention`) with transformers' boolean masks too: a
+    left-padded batch decodes each row's own greedy tokens (as generated alone), and a static cache (its unwritten
+    slots masked) the dynamic cache's."""
+    _, directory, ids, _ = saved
+    model = TriLMForCausalLM.from_pretrained(directory, ternary_inference="2bit", dtype=torch.float32)
+    short, long = ids[0, :4], ids[1, :7]
+    batch = torch.stack([torch.cat([torch.zeros(3, dtype=ids.dtype), short]), long])  # [2, 7], row 0 left-padded
+    padding = torch.ones_like(batch)
+    padding[0, :3] = 0
+    settings = {"max_new_tokens": 5, "do_sample": False, "pad_token_id": 0}
+    with torch.profiler.profile() as profile:
+        together = model.generate(batch, attention_mask=padding, **settings)[:, -5:]
+    calls = {event.key.split("::")[-1]: event.count for event in profile.key_averages()}
+    assert calls.get("decode_attention") == 4 * model.config.num_hidden_layers  # 4 decode steps after the prefill
+    alone = [model.generate(row[None], **settings)[0, -5:].tolist() for row in (short, long)]
+    assert together.tolist() == alone
+    with torch.profiler.profile() as profile:
+        static = model.generate(long[None], cache_implementation="static", **settings)[0, -5:]
+    assert any(event.key.endswith("::decode_attention") for event in profile.key_averages())
+    assert static.tolist() == alone[1]
+
+
 def test_cpu_decode_head_is_the_linear_head_within_a_rounding(saved) -> None:
     """On the CPU 2-bit path the LM head computes a few tokens' logits with the C++ GEMV (`dense_mm`): within one
     rounding of torch's matmul in bf16, used for decode steps (not with gradients, nor for more tokens than its cap),

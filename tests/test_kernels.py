@@ -293,25 +293,38 @@ def test_every_variant_the_cpu_has_matches_the_float64_reference(variant: str) -
 def assert_decode_attention_like_sdpa(kernel: ternary_kernels.CpuKernel) -> None:
     """`decode_attention` (one new token per sequence over the KV cache, no mask) is as close to the float64
     softmax(q k^T / sqrt(d)) v as torch's sdpa in the same dtype: grouped kv heads, 2 sequences, head widths with and
-    without an 8-element tail, 1 to 300 cached tokens, keys read through a longer buffer (a static cache's slice)."""
+    without an 8-element tail, 1 to 300 cached tokens, keys read through a longer buffer (a static cache's slice),
+    without a mask and with boolean ones (per sequence, and one for all)."""
     generator = torch.Generator().manual_seed(5)
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
         for batch, heads, kv_heads, tokens, head_dim in ((1, 4, 4, 1, 64), (2, 8, 2, 7, 36), (2, 6, 3, 300, 128)):
             query = torch.randn(batch, 1, heads * head_dim, generator=generator).to(dtype)  # [batch, 1, heads * d]
             buffers = torch.randn(2, batch, kv_heads, tokens + 5, head_dim, generator=generator).to(dtype)
             key, value = buffers[0, :, :, :tokens], buffers[1, :, :, :tokens]  # [batch, kv heads, tokens, d]
-            ours = kernel.decode_attention(query, key, value, head_dim**-0.5)
-            assert ours.shape == query.shape and ours.dtype == dtype
             q = query.view(batch, 1, heads, head_dim).transpose(1, 2)  # [batch, heads, 1, d]
             k, v = (t.repeat_interleave(heads // kv_heads, 1) for t in (key, value))  # [batch, heads, tokens, d]
-            expected = torch.softmax(q.double() @ k.double().transpose(-1, -2) * head_dim**-0.5, -1) @ v.double()
-            sdpa = torch.nn.functional.scaled_dot_product_attention(q, k, v)
-            flat = expected.transpose(1, 2).reshape(query.shape)
-            ours_error = (ours.double() - flat).abs().max().item()
-            sdpa_error = (sdpa.double().transpose(1, 2).reshape(query.shape) - flat).abs().max().item()
-            assert ours_error <= 1.25 * sdpa_error + 1e-6, (dtype, batch, heads, kv_heads, tokens, head_dim)
+            # no mask; transformers' boolean mask [batch, 1, 1, tokens] hiding a random part (never the last token)
+            hidden = torch.rand(batch, 1, 1, tokens, generator=generator) < 0.3
+            hidden[..., -1] = False
+            for mask in (None, ~hidden, ~hidden[:1]):
+                ours = kernel.decode_attention(query, key, value, mask, head_dim**-0.5)
+                assert ours.shape == query.shape and ours.dtype == dtype
+                scores = q.double() @ k.double().transpose(-1, -2) * head_dim**-0.5  # [batch, heads, 1, tokens]
+                if mask is not None:
+                    scores = scores.masked_fill(~mask, float("-inf"))
+                expected = (torch.softmax(scores, -1) @ v.double()).transpose(1, 2).reshape(query.shape)
+                sdpa = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+                ours_error = (ours.double() - expected).abs().max().item()
+                sdpa_error = (sdpa.double().transpose(1, 2).reshape(query.shape) - expected).abs().max().item()
+                assert ours_error <= 1.25 * sdpa_error + 1e-6, (dtype, batch, heads, kv_heads, tokens, head_dim)
+    query, key = torch.randn(1, 1, 64), torch.randn(1, 1, 3, 64)
+    nothing = torch.zeros(1, 1, 1, 3, dtype=torch.bool)  # a mask hiding every token: zeros, as sdpa returns
+    sdpa = torch.nn.functional.scaled_dot_product_attention(query.view(1, 1, 1, 64), key, key, attn_mask=nothing)
+    assert torch.equal(kernel.decode_attention(query, key, key, nothing, 0.1), sdpa.view(1, 1, 64))
     with pytest.raises(RuntimeError, match=r"query \[batch, 1, heads \* head_dim\]"):
-        kernel.decode_attention(torch.randn(1, 2, 64), torch.randn(1, 1, 3, 64), torch.randn(1, 1, 3, 64), 0.125)
+        kernel.decode_attention(torch.randn(1, 2, 64), torch.randn(1, 1, 3, 64), torch.randn(1, 1, 3, 64), None, 0.1)
+    with pytest.raises(RuntimeError, match=r"mask must be a boolean \[batch or 1, 1, 1, tokens\]"):
+        kernel.decode_attention(torch.randn(1, 1, 64), *torch.randn(2, 1, 1, 3, 64), torch.ones(1, 1, 1, 3), 0.1)
 
 
 def assert_dense_mm_like_torch(kernel: ternary_kernels.CpuKernel) -> None:
