@@ -206,6 +206,12 @@ static inline float hsum(__m256 v) {
     s = _mm_hadd_ps(s, s); s = _mm_hadd_ps(s, s);
     return _mm_cvtss_f32(s);
 }
+/* out[r] = the sum of acc[r]'s lanes, r = 0..3: lanes of hadd(hadd(a, b), hadd(c, d)) hold a, b, c, d partial sums in
+   each 128-bit half */
+static inline void hsum4(const __m256* acc, float* out) {
+    const __m256 sums = _mm256_hadd_ps(_mm256_hadd_ps(acc[0], acc[1]), _mm256_hadd_ps(acc[2], acc[3]));
+    _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(sums), _mm256_extractf128_ps(sums, 1)));
+}
 /* acc + the pairwise int16 products of a and b summed into int32 lanes: one vpdpwssd where the CPU has VNNI */
 #if defined(__AVX512VNNI__) && defined(__AVX512VL__)
 #define MADD_ACC(acc, a, b) _mm256_dpwssd_epi32((acc), (a), (b))
@@ -263,9 +269,7 @@ static inline void rows4_dot_256(const uint8_t* w, int64_t row_bytes, const int1
             acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(even, odd)), scale, acc[r]);
         }
     }
-    /* lanes of hadd(hadd(a, b), hadd(c, d)): a, b, c, d partial sums in each 128-bit half */
-    const __m256 sums = _mm256_hadd_ps(_mm256_hadd_ps(acc[0], acc[1]), _mm256_hadd_ps(acc[2], acc[3]));
-    _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(sums), _mm256_extractf128_ps(sums, 1)));
+    hsum4(acc, out);
 }
 #endif
 
@@ -439,42 +443,71 @@ static void quantize_activations_i8(const void* x, int x_kind, int64_t x_stride,
 #define DPBUSD(acc, u, x) _mm256_dpbusd_avx_epi32((acc), (u), (x))
 #endif
 
-/* sum_j (t_j + 1) q_j * s_b over the blocks of MT int8 activation rows against one weight row (out[i] set) */
-template <int MT>
-static inline void row_dot_i8(const uint8_t* w, const int8_t* q, const float* s, int64_t kp, int64_t nblocks,
-                              float* out) {
+/* the 128 weights of a 32-byte block as t + 1 in {0, 1, 2}, 32 bytes per plane e in extraction order */
+static inline void weights_plus_one(const uint8_t* block, __m256i* u) {
     const __m256i low2 = _mm256_set1_epi8(3);
     /* code -> t + 1: 00 (0) -> 1, 01 (+1) -> 2, 11 (-1) -> 0; 10 never occurs (1 keeps it harmless) */
     const __m256i plus_one = _mm256_setr_epi8(1, 2, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
                                               1, 2, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
-#if !defined(DPBUSD)
-    const __m256i ones = _mm256_set1_epi16(1);
+    const __m256i v = _mm256_loadu_si256((const __m256i*)block);
+    for (int e = 0; e < 4; e++)  /* (16-bit shifts: bits crossing into a byte's top are masked off) */
+        u[e] = _mm256_shuffle_epi8(plus_one, _mm256_and_si256(_mm256_srli_epi16(v, 2 * e), low2));
+}
+
+/* sum_j (t_j + 1) x_j of one block in int32 lanes: u from weights_plus_one, x[e] the block's int8 activations */
+static inline __m256i block_sums_i8(const __m256i* u, const __m256i* x) {
+#if defined(DPBUSD)
+    __m256i sums = _mm256_setzero_si256();
+    for (int e = 0; e < 4; e++) sums = DPBUSD(sums, u[e], x[e]);
+    return sums;
+#else
+    /* each maddubs lane <= 2 * 2 * 127 = 508, four of them <= 2032: no int16 saturation */
+    __m256i pairs = _mm256_maddubs_epi16(u[0], x[0]);
+    for (int e = 1; e < 4; e++) pairs = _mm256_add_epi16(pairs, _mm256_maddubs_epi16(u[e], x[e]));
+    return _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
 #endif
+}
+
+static inline void load_block_i8(const int8_t* block, __m256i* x) {
+    for (int e = 0; e < 4; e++) x[e] = _mm256_loadu_si256((const __m256i*)(block + 32 * e));
+}
+
+/* sum_j (t_j + 1) q_j * s_b over the blocks of MT int8 activation rows against one weight row (out[i] set) */
+template <int MT>
+static inline void row_dot_i8(const uint8_t* w, const int8_t* q, const float* s, int64_t kp, int64_t nblocks,
+                              float* out) {
     __m256 acc[MT];
     for (int i = 0; i < MT; i++) acc[i] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nblocks; b++) {
-        const __m256i v = _mm256_loadu_si256((const __m256i*)(w + 32 * b));
-        __m256i u[4];
-        for (int e = 0; e < 4; e++)  /* (16-bit shifts: bits crossing into a byte's top are masked off) */
-            u[e] = _mm256_shuffle_epi8(plus_one, _mm256_and_si256(_mm256_srli_epi16(v, 2 * e), low2));
+        __m256i u[4], x[4];
+        weights_plus_one(w + 32 * b, u);
         for (int i = 0; i < MT; i++) {
-            const int8_t* block = q + i * kp + BLOCK_W * b;
-#if defined(DPBUSD)
-            __m256i sums = _mm256_setzero_si256();
-            for (int e = 0; e < 4; e++) sums = DPBUSD(sums, u[e], _mm256_loadu_si256((const __m256i*)(block + 32 * e)));
-#else
-            /* each maddubs lane <= 2 * 2 * 127 = 508, four of them <= 2032: no int16 saturation */
-            __m256i pairs = _mm256_maddubs_epi16(u[0], _mm256_loadu_si256((const __m256i*)block));
-            for (int e = 1; e < 4; e++) {
-                const __m256i x = _mm256_loadu_si256((const __m256i*)(block + 32 * e));
-                pairs = _mm256_add_epi16(pairs, _mm256_maddubs_epi16(u[e], x));
-            }
-            const __m256i sums = _mm256_madd_epi16(pairs, ones);
-#endif
-            acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_broadcast_ss(s + i * (kp / BLOCK_W) + b), acc[i]);
+            load_block_i8(q + i * kp + BLOCK_W * b, x);
+            acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(block_sums_i8(u, x)),
+                                     _mm256_broadcast_ss(s + i * (kp / BLOCK_W) + b), acc[i]);
         }
     }
     for (int i = 0; i < MT; i++) out[i] = hsum(acc[i]);
+}
+
+/* four weight rows (row_bytes apart) against one int8 activation row: out[0..3] = sum_j (t_j + 1) q_j * s_b. A
+   decode step's GEMV on the int8 route, as rows4_dot_256 on the exact one (activations loaded once for four rows, one
+   horizontal reduction for the four) */
+static inline void rows4_dot_i8(const uint8_t* w, int64_t row_bytes, const int8_t* q, const float* s,
+                                int64_t nblocks, float* out) {
+    __m256 acc[4];
+    for (int r = 0; r < 4; r++) acc[r] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nblocks; b++) {
+        __m256i x[4];
+        load_block_i8(q + BLOCK_W * b, x);
+        const __m256 scale = _mm256_broadcast_ss(s + b);
+        for (int r = 0; r < 4; r++) {
+            __m256i u[4];
+            weights_plus_one(w + r * row_bytes + 32 * b, u);
+            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(block_sums_i8(u, x)), scale, acc[r]);
+        }
+    }
+    hsum4(acc, out);
 }
 #else
 template <int MT>
@@ -522,58 +555,69 @@ static void ternary_product(const void* x, int x_kind, int64_t x_stride, const f
     const int64_t code_bytes = kp * passes * (int8 ? 1 : 2);
     const int64_t panel = std::max<int64_t>(token_chunk, ((int64_t)512 << 10) / code_bytes / token_chunk * token_chunk);
     for (int64_t p0 = 0; p0 < m; p0 += panel) {
-    const int64_t p1 = std::min(p0 + panel, m);
-    at::parallel_for(0, (n + row_chunk - 1) / row_chunk, 1, [&](int64_t task_begin, int64_t task_end) {
-        float dots[2 * 16];
-        for (int64_t task = task_begin; task < task_end; task++) {
-            const int64_t r0 = task * row_chunk, r1 = r0 + row_chunk < n ? r0 + row_chunk : n;
-            for (int64_t m0 = p0; m0 < p1; m0 += token_chunk) {
-                const int64_t m1 = m0 + token_chunk < p1 ? m0 + token_chunk : p1;
-                const int64_t q0 = m0 * passes, q1 = m1 * passes;
-                int g = 0;
-#if defined(__AVX2__) && !defined(__AVX512BW__)
-                if (!int8 && q1 - q0 == 1) {  /* one activation row (a bf16 / fp16 decode step): rows four at a time */
-                    float row_dots[16];
-                    const int16_t* codes = q + q0 * kp;
-                    const float* scales = s + q0 * nblocks;
-                    int64_t r = r0;
-                    for (; r + 4 <= r1; r += 4)
-                        rows4_dot_256(w + r * (kp / 4), kp / 4, codes, scales, nblocks, row_dots + r - r0);
-                    for (; r < r1; r++) row_dot<1>(w + r * (kp / 4), codes, scales, kp, nblocks, row_dots + r - r0);
-                    for (r = r0; r < r1; r++) {
+        const int64_t p1 = std::min(p0 + panel, m);
+        at::parallel_for(0, (n + row_chunk - 1) / row_chunk, 1, [&](int64_t task_begin, int64_t task_end) {
+            float dots[2 * 16];
+            for (int64_t task = task_begin; task < task_end; task++) {
+                const int64_t r0 = task * row_chunk, r1 = r0 + row_chunk < n ? r0 + row_chunk : n;
+                for (int64_t m0 = p0; m0 < p1; m0 += token_chunk) {
+                    const int64_t m1 = m0 + token_chunk < p1 ? m0 + token_chunk : p1;
+                    const int64_t q0 = m0 * passes, q1 = m1 * passes;
+                    int g = 0;  /* the output of row r (rows come in increasing order) */
+                    auto store = [&](int64_t r, int64_t token, float dot) {
                         while (g + 1 < count && r >= starts[g + 1]) g++;
                         const int64_t rows_g = (g + 1 < count ? starts[g + 1] : n) - starts[g];
-                        store_value(outputs[g], y_kind, m0 * rows_g + (r - starts[g]), row_dots[r - r0] * row_scale[r]);
-                    }
-                    continue;
-                }
-#endif
-                for (int64_t r = r0; r < r1; r++) {
-                    while (g + 1 < count && r >= starts[g + 1]) g++;
-                    const int64_t rows_g = (g + 1 < count ? starts[g + 1] : n) - starts[g];
-                    const uint8_t* wr = w + r * (kp / 4);
-                    int64_t i = q0;
-                    if (int8) {
-                        for (; i + TILE_ROWS <= q1; i += TILE_ROWS)
-                            row_dot_i8<TILE_ROWS>(wr, q8 + i * kp, s + i * nblocks, kp, nblocks, dots + (i - q0));
-                        for (; i < q1; i++)
-                            row_dot_i8<1>(wr, q8 + i * kp, s + i * nblocks, kp, nblocks, dots + (i - q0));
-                    } else {
-                        for (; i + TILE_ROWS <= q1; i += TILE_ROWS)
-                            row_dot<TILE_ROWS>(wr, q + i * kp, s + i * nblocks, kp, nblocks, dots + (i - q0));
-                        for (; i + 2 <= q1; i += 2)
-                            row_dot<2>(wr, q + i * kp, s + i * nblocks, kp, nblocks, dots + (i - q0));
-                        for (; i < q1; i++) row_dot<1>(wr, q + i * kp, s + i * nblocks, kp, nblocks, dots + (i - q0));
-                    }
-                    for (int64_t token = m0; token < m1; token++) {
-                        const float* d = dots + (token - m0) * passes;
-                        const float dot = int8 ? d[0] - c[token] : passes == 2 ? d[0] + d[1] : d[0];
                         store_value(outputs[g], y_kind, token * rows_g + (r - starts[g]), dot * row_scale[r]);
+                    };
+#if defined(__AVX2__)
+                    if (q1 - q0 == 1) {  /* one activation row (a decode step): rows four at a time */
+                        float row_dots[16];
+                        const float* scales = s + q0 * nblocks;
+                        const int64_t row_bytes = kp / 4;
+                        int64_t r = r0;
+                        if (int8) {
+                            const int8_t* codes = q8 + q0 * kp;
+                            for (; r + 4 <= r1; r += 4)
+                                rows4_dot_i8(w + r * row_bytes, row_bytes, codes, scales, nblocks, row_dots + r - r0);
+                            for (; r < r1; r++)
+                                row_dot_i8<1>(w + r * row_bytes, codes, scales, kp, nblocks, row_dots + r - r0);
+                        } else {
+                            const int16_t* codes = q + q0 * kp;
+#if !defined(__AVX512BW__)  /* (AVX-512: its 512-bit row product, one row at a time) */
+                            for (; r + 4 <= r1; r += 4)
+                                rows4_dot_256(w + r * row_bytes, row_bytes, codes, scales, nblocks, row_dots + r - r0);
+#endif
+                            for (; r < r1; r++)
+                                row_dot<1>(w + r * row_bytes, codes, scales, kp, nblocks, row_dots + r - r0);
+                        }
+                        for (r = r0; r < r1; r++) store(r, m0, int8 ? row_dots[r - r0] - c[m0] : row_dots[r - r0]);
+                        continue;
+                    }
+#endif
+                    for (int64_t r = r0; r < r1; r++) {
+                        const uint8_t* wr = w + r * (kp / 4);
+                        int64_t i = q0;
+                        if (int8) {
+                            for (; i + TILE_ROWS <= q1; i += TILE_ROWS)
+                                row_dot_i8<TILE_ROWS>(wr, q8 + i * kp, s + i * nblocks, kp, nblocks, dots + (i - q0));
+                            for (; i < q1; i++)
+                                row_dot_i8<1>(wr, q8 + i * kp, s + i * nblocks, kp, nblocks, dots + (i - q0));
+                        } else {
+                            for (; i + TILE_ROWS <= q1; i += TILE_ROWS)
+                                row_dot<TILE_ROWS>(wr, q + i * kp, s + i * nblocks, kp, nblocks, dots + (i - q0));
+                            for (; i + 2 <= q1; i += 2)
+                                row_dot<2>(wr, q + i * kp, s + i * nblocks, kp, nblocks, dots + (i - q0));
+                            for (; i < q1; i++)
+                                row_dot<1>(wr, q + i * kp, s + i * nblocks, kp, nblocks, dots + (i - q0));
+                        }
+                        for (int64_t token = m0; token < m1; token++) {
+                            const float* d = dots + (token - m0) * passes;
+                            store(r, token, int8 ? d[0] - c[token] : passes == 2 ? d[0] + d[1] : d[0]);
+                        }
                     }
                 }
             }
-        }
-    });
+        });
     }
 }
 
