@@ -532,6 +532,13 @@ static inline void row_dot_i8(const uint8_t* w, const int8_t* q, const float* s,
 
 /* ------------------------------------------------------------------------------------------------- the products */
 
+/* The output row r belongs to (outputs start at starts[0..count), rows in increasing order: *g only advances) and
+   how many rows that output has */
+static inline int64_t output_of_row(int64_t r, const int64_t* starts, int count, int64_t n, int* g) {
+    while (*g + 1 < count && r >= starts[*g + 1]) ++*g;
+    return (*g + 1 < count ? starts[*g + 1] : n) - starts[*g];
+}
+
 /* y_g[i, r - start_g] = row_scale[r] * sum_j t[r, j] * x[i, j] * (col_scale ? col_scale[j] : 1) for the rows r of
    every output g (outputs: `count` pointers, each [m, rows_g], rows consecutive), x: [m, k] of kind x_kind with row
    stride x_stride, w: [n, kp / 4] in the 2-bit layout. */
@@ -563,12 +570,7 @@ static void ternary_product(const void* x, int x_kind, int64_t x_stride, const f
                 for (int64_t m0 = p0; m0 < p1; m0 += token_chunk) {
                     const int64_t m1 = m0 + token_chunk < p1 ? m0 + token_chunk : p1;
                     const int64_t q0 = m0 * passes, q1 = m1 * passes;
-                    int g = 0;  /* the output of row r (rows come in increasing order) */
-                    auto store = [&](int64_t r, int64_t token, float dot) {
-                        while (g + 1 < count && r >= starts[g + 1]) g++;
-                        const int64_t rows_g = (g + 1 < count ? starts[g + 1] : n) - starts[g];
-                        store_value(outputs[g], y_kind, token * rows_g + (r - starts[g]), dot * row_scale[r]);
-                    };
+                    int g = 0;  /* the output of row r */
 #if defined(__AVX2__)
                     if (q1 - q0 == 1) {  /* one activation row (a decode step): rows four at a time */
                         float row_dots[16];
@@ -590,7 +592,11 @@ static void ternary_product(const void* x, int x_kind, int64_t x_stride, const f
                             for (; r < r1; r++)
                                 row_dot<1>(w + r * row_bytes, codes, scales, kp, nblocks, row_dots + r - r0);
                         }
-                        for (r = r0; r < r1; r++) store(r, m0, int8 ? row_dots[r - r0] - c[m0] : row_dots[r - r0]);
+                        for (r = r0; r < r1; r++) {
+                            const int64_t rows_g = output_of_row(r, starts, count, n, &g);
+                            const float dot = int8 ? row_dots[r - r0] - c[m0] : row_dots[r - r0];
+                            store_value(outputs[g], y_kind, m0 * rows_g + (r - starts[g]), dot * row_scale[r]);
+                        }
                         continue;
                     }
 #endif
@@ -610,9 +616,11 @@ static void ternary_product(const void* x, int x_kind, int64_t x_stride, const f
                             for (; i < q1; i++)
                                 row_dot<1>(wr, q + i * kp, s + i * nblocks, kp, nblocks, dots + (i - q0));
                         }
+                        const int64_t rows_g = output_of_row(r, starts, count, n, &g);
                         for (int64_t token = m0; token < m1; token++) {
                             const float* d = dots + (token - m0) * passes;
-                            store(r, token, int8 ? d[0] - c[token] : passes == 2 ? d[0] + d[1] : d[0]);
+                            const float dot = int8 ? d[0] - c[token] : passes == 2 ? d[0] + d[1] : d[0];
+                            store_value(outputs[g], y_kind, token * rows_g + (r - starts[g]), dot * row_scale[r]);
                         }
                     }
                 }
