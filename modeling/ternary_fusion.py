@@ -117,7 +117,6 @@ def attend(
     (fp32 softmax and sums, one rounding; ~10 us instead of ~70 us of sdpa and its wrapper at 99M's shape)."""
     input_shape = query.shape[:-1]
     hidden_shape = (*input_shape, -1, attention.head_dim)
-    query_states = query.view(hidden_shape).transpose(1, 2)  # [batch, heads, seq, head_dim]
     key_states = key.view(hidden_shape).transpose(1, 2)  # [batch, kv heads, seq, head_dim]
     value_states = value.view(hidden_shape).transpose(1, 2)
     if cache is not None:
@@ -137,6 +136,7 @@ def attend(
         return kernel.decode_attention(
             query.contiguous(), key_states, value_states, attention_mask, attention.scaling
         ), None
+    query_states = query.view(hidden_shape).transpose(1, 2)  # [batch, heads, seq, head_dim]
     attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
         attention.config._attn_implementation, eager_attention_forward
     )
