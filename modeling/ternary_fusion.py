@@ -219,6 +219,37 @@ def _runs_hooks(module: nn.Module) -> bool:
     )
 
 
+def _block_modules(layer: LlamaDecoderLayer) -> tuple[nn.Module, ...]:
+    """The modules the two-call block stands in for: attention, MLP, the two norms, the MLP's activation, q, k, v, o,
+    gate, up, down (read from the module dicts: nn.Module's attribute lookup costs a microsecond each, per layer and
+    step)."""
+    attention, mlp = layer._modules["self_attn"], layer._modules["mlp"]
+    assert attention is not None and mlp is not None, "a decoder layer has both"
+    projections, mlp_layers = attention._modules, mlp._modules
+    modules = (
+        attention, mlp, layer._modules["input_layernorm"], layer._modules["post_attention_layernorm"],
+        mlp_layers.get("act_fn"),  # (None where the activation is not a module: not a two-call block)
+        projections["q_proj"], projections["k_proj"], projections["v_proj"], projections["o_proj"],
+        mlp_layers["gate_proj"], mlp_layers["up_proj"], mlp_layers["down_proj"],
+    )  # fmt: skip
+    return cast("tuple[nn.Module, ...]", modules)
+
+
+def _two_call_parts(
+    attention: nn.Module, mlp: nn.Module, input_norm: nn.Module, post_norm: nn.Module, act_fn: nn.Module | None
+) -> bool:
+    """Whether a decoder block's parts are the ones the two-call block computes in C++: the fused-projection
+    attention and MLP, transformers' own RMSNorm and SiLU (a part replaced after fusing - another norm, activation
+    or attention class - sends the block back to the per-module forward)."""
+    return (
+        type(attention) is FusedProjectionAttention
+        and type(mlp) is FusedProjectionMLP
+        and type(input_norm) is LlamaRMSNorm
+        and type(post_norm) is LlamaRMSNorm
+        and isinstance(act_fn, (nn.SiLU, SiLUActivation))
+    )
+
+
 class FusedDecoderLayer(LlamaDecoderLayer):
     """transformers' LlamaDecoderLayer whose forward, for a block whose q/k/v and gate/up are fused 2-bit groups and
     whose o_proj and down_proj are 2-bit CPU layers, runs the block in two C++ operator calls around the attention
@@ -247,7 +278,7 @@ class FusedDecoderLayer(LlamaDecoderLayer):
                 use_cache=use_cache, position_embeddings=position_embeddings, **kwargs,
             )
         kernel, plan = steps
-        attention, _, input_norm, post_norm, *_, o_proj, _, _, down_proj = plan.modules
+        attention, _, input_norm, post_norm, _, *_, o_proj, _, _, down_proj = plan.modules
         attention_group, mlp_group = cast("tuple[FusedProjections, FusedProjections]", plan.groups)
         o_buffers, down_buffers = o_proj._buffers, down_proj._buffers  # (buffer dicts: no module lookups per step)
         bits = attention_group.layers[0].activation_bits
@@ -265,26 +296,14 @@ class FusedDecoderLayer(LlamaDecoderLayer):
             down_buffers["weight_kernel"], down_buffers["kernel_scale"], down_buffers["input_scale"], bits,
         )
 
-    def _block_modules(self) -> tuple[nn.Module, ...]:
-        """The modules the two-call block stands in for: attention, MLP, the two norms, q, k, v, o, gate, up, down
-        (read from the module dicts: nn.Module's attribute lookup costs a microsecond each, per layer and step)."""
-        attention, mlp = self._modules["self_attn"], self._modules["mlp"]
-        assert attention is not None and mlp is not None, "a decoder layer has both"
-        projections, mlp_layers = attention._modules, mlp._modules
-        modules = (
-            attention, mlp, self._modules["input_layernorm"], self._modules["post_attention_layernorm"],
-            projections["q_proj"], projections["k_proj"], projections["v_proj"], projections["o_proj"],
-            mlp_layers["gate_proj"], mlp_layers["up_proj"], mlp_layers["down_proj"],
-        )  # fmt: skip
-        return cast("tuple[nn.Module, ...]", modules)
-
     def _make_plan(self, modules: tuple[nn.Module, ...]) -> _BlockPlan:
         """What the block's structure allows, settled once per `TernaryLinear.state_epoch` and set of modules."""
-        q, k, v, o, gate, up, down = modules[4:]
+        q, k, v, o, gate, up, down = modules[5:]
         attention_group, mlp_group = getattr(q, "_fused", None), getattr(gate, "_fused", None)
         layers = (q, k, v, o, gate, up, down)
         fits = (
-            attention_group is not None
+            _two_call_parts(*modules[:5])
+            and attention_group is not None
             and mlp_group is not None
             and attention_group.layers == (q, k, v)
             and mlp_group.layers == (gate, up)
@@ -303,7 +322,7 @@ class FusedDecoderLayer(LlamaDecoderLayer):
         kernel = ternary_kernels.forward_kernel
         if kernel is None or position_embeddings is None:
             return None
-        modules = self._block_modules()
+        modules = _block_modules(self)
         plan = self._plan
         if plan is None or plan.epoch != TernaryLinear.state_epoch or plan.modules != modules:
             plan = self._plan = self._make_plan(modules)
@@ -327,7 +346,7 @@ class FusedDecoderLayer(LlamaDecoderLayer):
 
 class _BlockPlan(NamedTuple):
     epoch: int  # TernaryLinear.state_epoch when it was made
-    modules: tuple[nn.Module, ...]  # FusedDecoderLayer._block_modules() when it was made
+    modules: tuple[nn.Module, ...]  # _block_modules(layer) when it was made
     groups: tuple[FusedProjections, FusedProjections] | None  # q/k/v and gate/up groups; None: the block cannot
 
 
@@ -378,15 +397,7 @@ def fuse_projections(model: nn.Module) -> int:
             continue
         fused += group is not None
     for module in model.modules():
-        # (the two-call block needs both groups and transformers' own norm and activation: checked once, here)
-        if (
-            type(module) is LlamaDecoderLayer
-            and type(module.self_attn) is FusedProjectionAttention
-            and type(module.mlp) is FusedProjectionMLP
-            and type(module.input_layernorm) is LlamaRMSNorm
-            and type(module.post_attention_layernorm) is LlamaRMSNorm
-            and isinstance(module.mlp.act_fn, (nn.SiLU, SiLUActivation))
-        ):
+        if type(module) is LlamaDecoderLayer and _two_call_parts(*_block_modules(module)[:5]):
             module.__class__ = FusedDecoderLayer
     head = getattr(model, "lm_head", None)
     if fused and type(head) is nn.Linear:

@@ -245,6 +245,64 @@ def test_two_call_decoder_block_computes_the_per_module_forward(saved, dtype) ->
     assert "attention_inputs" not in {event.key.split("::")[-1] for event in profile.key_averages()}
 
 
+def test_two_call_decoder_block_follows_parts_replaced_after_loading(saved) -> None:
+    """The two-call block computes transformers' RMSNorm and SiLU in C++: a norm or activation replaced after loading
+    (another class, a GELU), or a hook on the activation, sends that block to the per-module forward, whose result
+    the replacement decides, instead of being silently skipped; putting the originals back restores the two calls."""
+    from spectra_hf.modeling.ternary_fusion import FusedDecoderLayer, LlamaDecoderLayer, LlamaRMSNorm
+
+    class ScaledNorm(LlamaRMSNorm):
+        def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+            return 2 * super().forward(hidden_states)
+
+    _, directory, ids, _ = saved
+    model = TriLMForCausalLM.from_pretrained(directory, ternary_inference="2bit", dtype=torch.float32)
+    layer = model.model.layers[1]
+    assert type(layer) is FusedDecoderLayer
+
+    def logits_and_block_calls() -> tuple[torch.Tensor, int]:
+        with torch.no_grad(), torch.profiler.profile() as profile:
+            logits = model(ids).logits
+        calls = sum(event.count for event in profile.key_averages() if event.key.endswith("::attention_inputs"))
+        return logits, calls
+
+    def per_module_logits() -> torch.Tensor:  # layer 1 per module, the others in two calls
+        layer.__class__ = LlamaDecoderLayer
+        try:
+            with torch.no_grad():
+                return model(ids).logits
+        finally:
+            layer.__class__ = FusedDecoderLayer
+
+    original_logits, calls = logits_and_block_calls()
+    layers = model.config.num_hidden_layers
+    assert calls == layers
+    silu, norm = layer.mlp.act_fn, layer.input_layernorm
+    replacements = [
+        (layer.mlp, "act_fn", torch.nn.GELU()),
+        (layer, "input_layernorm", ScaledNorm(norm.weight.shape[0], eps=norm.variance_epsilon)),
+    ]
+    for owner, name, replacement in replacements:
+        original = getattr(owner, name)
+        replacement.load_state_dict(original.state_dict())
+        setattr(owner, name, replacement)
+        logits, calls = logits_and_block_calls()
+        assert calls == layers - 1  # the block with the replaced part runs per module
+        assert torch.equal(logits, per_module_logits())
+        assert not torch.allclose(logits, original_logits)  # (the replacement changes the result)
+        setattr(owner, name, original)
+        logits, calls = logits_and_block_calls()
+        assert calls == layers and torch.equal(logits, original_logits)
+    seen = []
+    handle = silu.register_forward_hook(lambda *args: seen.append(1))
+    try:
+        logits, calls = logits_and_block_calls()
+    finally:
+        handle.remove()
+    assert seen == [1] and calls == layers - 1
+    torch.testing.assert_close(logits, original_logits, rtol=0, atol=1e-6 * original_logits.abs().max().item())
+
+
 def test_decode_attention_serves_padded_batches_and_static_caches(saved) -> None:
     """A decode step's attention is one C++ call (`decode_attention`) with transformers' boolean masks too: a
     left-padded batch decodes each row's own greedy tokens (as generated alone), and a static cache (its unwritten
