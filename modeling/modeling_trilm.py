@@ -307,11 +307,24 @@ def refuse_weight_quantization(quantization_config) -> None:
     )
 
 
+class DecoderLayers(nn.ModuleList):
+    """The decoder layers' nn.ModuleList, whose slice over all of them is the list itself: LlamaModel.forward
+    iterates `self.layers[: num_hidden_layers]` on every call, and nn.ModuleList builds a new container for a slice,
+    registering every layer in it again (77 us for 16 layers, measured: ~1% of a 99M decode step). Any other index
+    or slice is nn.ModuleList's."""
+
+    def __getitem__(self, idx):
+        if isinstance(idx, slice) and range(len(self))[idx] == range(len(self)):
+            return self
+        return super().__getitem__(idx)
+
+
 class TriLMModel(TriLMPreTrainedModel, LlamaModel):
     """The TriLM decoder stack: `input_ids` [batch, seq] -> `last_hidden_state` [batch, seq, hidden]."""
 
     def __init__(self, config: TriLMConfig) -> None:
         LlamaModel.__init__(self, config)
+        self.layers.__class__ = DecoderLayers  # (same modules and state dict keys)
         for layer in self.layers:  # (an nn.ModuleList yields plain Modules: LlamaModel fills it with decoder layers)
             make_layer_ternary(cast(LlamaDecoderLayer, layer), config)
 

@@ -303,6 +303,30 @@ def test_two_call_decoder_block_follows_parts_replaced_after_loading(saved) -> N
     torch.testing.assert_close(logits, original_logits, rtol=0, atol=1e-6 * original_logits.abs().max().item())
 
 
+def test_decoder_layers_slice_over_all_layers_is_the_list_itself(saved) -> None:
+    """LlamaModel.forward iterates `layers[: num_hidden_layers]` on every call: TriLM's layer list answers that slice
+    with itself instead of a new nn.ModuleList; any other slice or index is nn.ModuleList's, and the state dict keys
+    are unchanged."""
+    from transformers import LlamaConfig, LlamaModel
+
+    _, directory, ids, _ = saved
+    model = TriLMForCausalLM.from_pretrained(directory, ternary_inference="2bit", dtype=torch.float32)
+    layers = model.model.layers
+    count = model.config.num_hidden_layers
+    assert layers[:count] is layers and layers[0:count:1] is layers and layers[: count + 5] is layers
+    for partial in (layers[1:], layers[::2], layers[:-1]):
+        assert type(partial) is type(layers) and partial is not layers
+    assert list(layers[1:]) == list(layers)[1:] and layers[-1] is list(layers)[-1]
+    stock = LlamaModel(LlamaConfig(**{**model.config.to_dict(), "architectures": None}))
+    assert [key for key in model.model.state_dict() if key.startswith("layers.0.input")] == [
+        key for key in stock.state_dict() if key.startswith("layers.0.input")
+    ]
+    with torch.no_grad(), torch.profiler.profile() as profile:
+        model(ids)
+    calls = sum(event.count for event in profile.key_averages() if event.key.endswith("::attention_inputs"))
+    assert calls == count  # every layer still runs
+
+
 def test_decode_attention_serves_padded_batches_and_static_caches(saved) -> None:
     """A decode step's attention is one C++ call (`decode_attention`) with transformers' boolean masks too: a
     left-padded batch decodes each row's own greedy tokens (as generated alone), and a static cache (its unwritten
