@@ -18,6 +18,9 @@ from typing import cast
 import torch
 from torch import nn
 from transformers import PreTrainedModel
+from transformers.cache_utils import DynamicCache
+from transformers.masking_utils import create_causal_mask
+from transformers.modeling_outputs import BaseModelOutputWithPast
 from transformers.models.llama.modeling_llama import (
     LlamaDecoderLayer,
     LlamaForCausalLM,
@@ -26,12 +29,13 @@ from transformers.models.llama.modeling_llama import (
 )
 from transformers.utils import logging
 
+from . import ternary_kernels
 from .checkpoint_checks import CheckedLoadingMixin, check_loaded_keys, check_packed_bytes, check_scale_values
 from .checkpoint_digests import record_checkpoint_digests
 from .configuration_trilm import LOADING_KEYS, WEIGHT_FORMATS, TriLMConfig
 from .int8_embeddings import has_int8_embeddings, int8_load_plan, plan_table_dtypes, quantize_embeddings_int8
 from .ternary import TernaryLinear, default_inference_path, recover_ternary, share_scales
-from .ternary_fusion import fuse_projections
+from .ternary_fusion import decode_all_layers, fuse_projections
 from .ternary_kernels import cpu_kernel_status, release_freed_memory
 from .ternary_stats import TernaryCounts
 
@@ -319,6 +323,13 @@ class DecoderLayers(nn.ModuleList):
         return super().__getitem__(idx)
 
 
+# The arguments TriLMForCausalLM (LlamaForCausalLM's forward) and generate() pass to the model in a decode step; a
+# call with any other goes to LlamaModel's forward.
+_DECODE_STEP_ARGUMENTS = frozenset(
+    {"input_ids", "attention_mask", "position_ids", "cache", "inputs_embeds", "use_cache"}
+)
+
+
 class TriLMModel(TriLMPreTrainedModel, LlamaModel):
     """The TriLM decoder stack: `input_ids` [batch, seq] -> `last_hidden_state` [batch, seq, hidden]."""
 
@@ -327,6 +338,73 @@ class TriLMModel(TriLMPreTrainedModel, LlamaModel):
         self.layers.__class__ = DecoderLayers  # (same modules and state dict keys)
         for layer in self.layers:  # (an nn.ModuleList yields plain Modules: LlamaModel fills it with decoder layers)
             make_layer_ternary(cast(LlamaDecoderLayer, layer), config)
+
+    def forward(self, *args, **kwargs):
+        """LlamaModel's forward. A decode step without gradients (one token per sequence after the first, a
+        DynamicCache, nothing to collect: what generate() and a cached decoding loop run) takes `_decode_step`,
+        which computes the same with the layers' two-call blocks in one operator call where they all apply."""
+        if not args and kwargs.keys() <= _DECODE_STEP_ARGUMENTS and self._decode_step_applies(**kwargs):
+            return self._decode_step(**kwargs)
+        return super().forward(*args, **kwargs)
+
+    def _decode_step_applies(self, input_ids=None, cache=None, inputs_embeds=None, **_) -> bool:
+        config = self.config
+        return (
+            input_ids is not None
+            and inputs_embeds is None
+            and input_ids.dim() == 2
+            and input_ids.shape[1] == 1
+            and type(cache) is DynamicCache
+            and cache.get_seq_length() > 0
+            and not torch.is_grad_enabled()
+            and not self.training
+            and ternary_kernels.forward_kernel is not None
+            and not config.output_attentions
+            and not config.output_hidden_states
+            and config.return_dict is not False
+        )
+
+    def _decode_step(
+        self,
+        input_ids: torch.LongTensor,
+        cache: DynamicCache,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        inputs_embeds: None = None,
+    ) -> BaseModelOutputWithPast:
+        """LlamaModel.forward's steps for one token per sequence (input_ids [batch, 1]) with a filled cache, the
+        layers in one `decode_layers` call where `decode_all_layers` allows it, else one by one as LlamaModel runs
+        them (tests/test_inference.py checks both against LlamaModel.forward, bit for bit)."""
+        config = self.config
+        hidden_states = self.embed_tokens(input_ids)  # [batch, 1, hidden]
+        if position_ids is None:
+            past_seen_tokens = cache.get_seq_length()
+            position_ids = (torch.arange(1, device=hidden_states.device) + past_seen_tokens).unsqueeze(0)
+        causal_mask = create_causal_mask(
+            config=config,
+            inputs_embeds=hidden_states,
+            attention_mask=attention_mask,
+            cache=cache,
+            position_ids=position_ids,
+        )
+        position_embeddings = self.rotary_emb(hidden_states, position_ids=position_ids)
+        layers = self.layers[: config.num_hidden_layers]
+        stepped = decode_all_layers(layers, hidden_states, position_embeddings, causal_mask, cache)
+        if stepped is not None:
+            hidden_states = stepped
+        else:
+            use_cache = config.use_cache if use_cache is None else use_cache
+            for decoder_layer in layers:
+                hidden_states = decoder_layer(
+                    hidden_states,
+                    attention_mask=causal_mask,
+                    position_embeddings=position_embeddings,
+                    position_ids=position_ids,
+                    cache=cache,
+                    use_cache=use_cache,
+                )
+        return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden_states), cache=cache)
 
 
 class TriLMForCausalLM(TriLMPreTrainedModel, LlamaForCausalLM):

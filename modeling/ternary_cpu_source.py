@@ -30,6 +30,12 @@ side for tests):
   decode_attention(Tensor query, Tensor key, Tensor value, Tensor? mask, float scaling) -> Tensor
       (one new token per sequence attending to the cached keys its boolean mask shows: a decode step's attention in
       one call, fp32 softmax and sums, instead of transformers' sdpa wrapper and the ~60 us it costs per layer)
+  decode_layers(Tensor hidden, Tensor?[] blocks, Tensor[] keys, Tensor[] values, Tensor cos, Tensor sin, Tensor? mask,
+                float[] eps, int[] qkv_outs, int[] gate_up_outs, int head_dim, float scaling, int activation_bits)
+                -> (Tensor, Tensor[], Tensor[])
+      (a decode step through every two-call block of a model in one call: per layer attention_inputs, the KV
+      cache's concatenation, decode_attention and attention_output_and_mlp, with no Python between the layers; the
+      new keys and values are returned for the caller's cache)
   ternary_unpack(Tensor packed, int in_features) -> Tensor
   set_allocation_limit(int bytes) -> ()
       (testing hook: scratch allocations above `bytes` fail as an out-of-memory would; -1 lifts the limit)
@@ -44,6 +50,7 @@ CPU_SOURCE = r"""
 #define TORCH_ASSERT_ONLY_METHOD_OPERATORS  /* per-operator headers only: the whole ATen.h triples the build time */
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
 #include <c10/util/BFloat16.h>
@@ -1057,6 +1064,58 @@ at::Tensor decode_attention(const at::Tensor& query, const at::Tensor& key, cons
     return out;
 }
 
+/* Tensors per layer in decode_layers' `blocks`: input norm weight, q/k/v stacked packed rows and their row scales,
+   o_proj packed / row scale / column scale (None where it has none), post-attention norm weight, gate/up stacked
+   packed rows and row scales, down_proj packed / row scale / column scale */
+#define DECODE_BLOCK_TENSORS 12
+
+/* A decode step through a stack of two-call decoder blocks with no Python between the layers: for each layer l, what
+   the per-layer path computes in turn - attention_inputs, the KV cache's concatenation along the tokens (as
+   transformers' DynamicLayer.update makes it), decode_attention over the result, attention_output_and_mlp.
+   hidden [b, 1, h]; blocks: DECODE_BLOCK_TENSORS per layer; keys[l], values[l]: layer l's cache [b, kv_heads, t, d]
+   (t may differ between layers); cos, sin [b or 1, 1, d]; mask: transformers' boolean sdpa mask [b or 1, 1, 1, t + 1]
+   or None; eps: the two norms' epsilons per layer. Returns the last block's hidden states [b, 1, h] and per layer
+   the new keys and values [b, kv_heads, t + 1, d]; the inputs are not modified. */
+std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> decode_layers(
+    const at::Tensor& hidden, const c10::List<c10::optional<at::Tensor>>& blocks, at::TensorList keys,
+    at::TensorList values, const at::Tensor& cos, const at::Tensor& sin, const c10::optional<at::Tensor>& mask,
+    at::ArrayRef<double> eps, at::IntArrayRef qkv_outs, at::IntArrayRef gate_up_outs, int64_t head_dim,
+    double scaling, int64_t activation_bits) {
+    const int64_t layers = (int64_t)keys.size();
+    TORCH_CHECK((int64_t)blocks.size() == DECODE_BLOCK_TENSORS * layers && (int64_t)values.size() == layers &&
+                (int64_t)eps.size() == 2 * layers, "decode_layers takes ", DECODE_BLOCK_TENSORS, " block tensors, ",
+                "keys, values and two norm epsilons per layer");
+    TORCH_CHECK(hidden.dim() == 3 && hidden.size(1) == 1 && head_dim > 0, "decode_layers takes hidden [batch, 1, "
+                "hidden] (one token per sequence)");
+    const int64_t b = hidden.size(0);
+    std::vector<at::Tensor> new_keys, new_values;
+    new_keys.reserve(layers);
+    new_values.reserve(layers);
+    at::Tensor h = hidden;
+    c10::optional<at::Tensor> t[DECODE_BLOCK_TENSORS];
+    for (int64_t l = 0; l < layers; l++) {
+        const int64_t first = DECODE_BLOCK_TENSORS * l;
+        for (int i = 0; i < DECODE_BLOCK_TENSORS; i++) {
+            t[i] = blocks.get(first + i);
+            TORCH_CHECK(t[i].has_value() || i == 5 || i == 11, "decode_layers: block tensor ", i, " of layer ", l,
+                        " is None (only the column scales, 5 and 11, may be)");
+        }
+        std::vector<at::Tensor> qkv = attention_inputs(h, *t[0], eps[2 * l], *t[1], *t[2], qkv_outs, cos, sin,
+                                                       head_dim, activation_bits);
+        /* [b, 1, kv_heads * d] -> [b, kv_heads, 1, d], as the per-layer path views them for the cache */
+        const at::Tensor key = qkv[1].view({b, 1, -1, head_dim}).transpose(1, 2);
+        const at::Tensor value = qkv[2].view({b, 1, -1, head_dim}).transpose(1, 2);
+        TORCH_CHECK(keys[l].dim() == 4 && values[l].dim() == 4, "decode_layers: layer ", l, "'s cache must hold ",
+                    "[batch, kv_heads, tokens, head_dim] keys and values");
+        new_keys.push_back(at::cat({keys[l], key}, 2));
+        new_values.push_back(at::cat({values[l], value}, 2));
+        const at::Tensor attention = decode_attention(qkv[0], new_keys.back(), new_values.back(), mask, scaling);
+        h = attention_output_and_mlp(attention, h, *t[3], *t[4], t[5], *t[6], eps[2 * l + 1], *t[7], *t[8],
+                                     gate_up_outs, *t[9], *t[10], t[11], activation_bits);
+    }
+    return std::make_tuple(h, std::move(new_keys), std::move(new_values));
+}
+
 void set_allocation_limit(int64_t bytes) { allocation_limit.store(bytes); }
 
 /* How many threads a parallel region of this library runs: at::parallel_for is inline (a `#pragma omp parallel` in
@@ -1083,6 +1142,9 @@ TORCH_LIBRARY(NAMESPACE, m) {
           "int[] gate_up_outs, Tensor down_packed, Tensor down_row_scale, Tensor? down_col_scale, "
           "int activation_bits) -> Tensor");
     m.def("decode_attention(Tensor query, Tensor key, Tensor value, Tensor? mask, float scaling) -> Tensor");
+    m.def("decode_layers(Tensor hidden, Tensor?[] blocks, Tensor[] keys, Tensor[] values, Tensor cos, Tensor sin, "
+          "Tensor? mask, float[] eps, int[] qkv_outs, int[] gate_up_outs, int head_dim, float scaling, "
+          "int activation_bits) -> (Tensor, Tensor[], Tensor[])");
     m.def("ternary_unpack(Tensor packed, int in_features) -> Tensor");
     m.def("set_allocation_limit(int bytes) -> ()");
     m.def("parallel_threads() -> int");
@@ -1096,6 +1158,7 @@ TORCH_LIBRARY_IMPL(NAMESPACE, CPU, m) {
     m.impl("attention_inputs", &attention_inputs);
     m.impl("attention_output_and_mlp", &attention_output_and_mlp);
     m.impl("decode_attention", &decode_attention);
+    m.impl("decode_layers", &decode_layers);
     m.impl("ternary_unpack", &ternary_unpack);
 }
 

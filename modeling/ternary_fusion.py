@@ -15,12 +15,14 @@ one, exactly as transformers' Llama blocks do.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import NamedTuple, cast
 
 import torch
 from torch import nn
+from transformers import PretrainedConfig
 from transformers.activations import SiLUActivation
+from transformers.cache_utils import DynamicCache, DynamicLayer
 from transformers.models.llama.modeling_llama import (
     ALL_ATTENTION_FUNCTIONS,
     LlamaAttention,
@@ -125,7 +127,7 @@ def attend(
     if (
         kernel is not None
         and input_shape[-1] == 1
-        and (attention_mask is None or _is_decode_mask(attention_mask, key_states))
+        and (attention_mask is None or _is_decode_mask(attention_mask, key_states.shape[0], key_states.shape[2]))
         and query.device.type == "cpu"
         and query.dtype == key_states.dtype == value_states.dtype
         and key_states.stride(-1) == value_states.stride(-1) == 1
@@ -153,15 +155,15 @@ def attend(
     return attn_output.reshape(*input_shape, -1).contiguous(), attn_weights  # [batch, seq, heads * head_dim]
 
 
-def _is_decode_mask(mask: torch.Tensor, key_states: torch.Tensor) -> bool:
-    """Whether `mask` is transformers' boolean sdpa mask of one query token per sequence, [batch or 1, 1, 1, tokens]
-    (what `decode_attention` takes)."""
+def _is_decode_mask(mask: torch.Tensor, batch: int, tokens: int) -> bool:
+    """Whether `mask` is transformers' boolean sdpa mask of one query token per sequence over `tokens` keys,
+    [batch or 1, 1, 1, tokens] (what `decode_attention` takes)."""
     return (
         mask.dtype == torch.bool
         and mask.dim() == 4
         and mask.shape[1] == mask.shape[2] == 1
-        and mask.shape[3] == key_states.shape[2]
-        and mask.shape[0] in (1, key_states.shape[0])
+        and mask.shape[3] == tokens
+        and mask.shape[0] in (1, batch)
     )
 
 
@@ -342,6 +344,178 @@ class FusedDecoderLayer(LlamaDecoderLayer):
             and not any(_runs_hooks(module) for module in modules)
         )
         return (kernel, plan) if applies else None
+
+
+def decode_all_layers(
+    layers: Iterable[nn.Module],
+    hidden_states: torch.Tensor,
+    position_embeddings: tuple[torch.Tensor, torch.Tensor],
+    attention_mask: torch.Tensor | None,
+    cache: object,
+) -> torch.Tensor | None:
+    """A decode step (hidden_states [batch, 1, hidden]) through every layer in one C++ call (`decode_layers`), where
+    each layer is a two-call block with no hook of its own or on its modules, the attention is sdpa, no global module
+    hook is registered and `cache` is transformers' DynamicCache holding every layer's keys and values: the hidden
+    states after the last layer, the cache updated as the layers' own forwards update it (each layer's keys and values
+    grown by this token). None, with nothing computed or changed, where any of that does not hold. What depends on
+    the layers' structure is settled once per `TernaryLinear.state_epoch` and set of modules (`_StackPlan`, kept on
+    `layers` where it is a module)."""
+    if (
+        type(cache) is not DynamicCache
+        or cache.offloading
+        or nn.modules.module._global_forward_hooks
+        or nn.modules.module._global_forward_pre_hooks
+        or hidden_states.dim() != 3
+        or hidden_states.shape[1] != 1
+        or hidden_states.device.type != "cpu"
+        or (torch.is_grad_enabled() and hidden_states.requires_grad)
+    ):
+        return None
+    kernel = ternary_kernels.forward_kernel
+    if kernel is None:
+        return None
+    layers = tuple(layers)
+    plan = _stack_plan(layers)
+    dtype = hidden_states.dtype
+    if (
+        plan is None
+        or dtype != plan.dtype
+        or position_embeddings[0].dtype != dtype
+        or plan.config._attn_implementation != "sdpa"
+    ):
+        return None
+    for module in plan.modules:
+        if (module._forward_hooks or module._forward_pre_hooks) and _runs_hooks(module):
+            return None
+    keys: list[torch.Tensor] = []
+    values: list[torch.Tensor] = []
+    cache_layers: list[DynamicLayer] = []
+    batch = hidden_states.shape[0]
+    tokens = 0  # the keys after this step's
+    cached = cache.layers
+    for layer_idx, attention in zip(plan.layer_indices, plan.attentions, strict=True):
+        cache_layer = cached[layer_idx] if layer_idx < len(cached) else None
+        if attention.training or type(cache_layer) is not DynamicLayer or not cache_layer.is_initialized:
+            return None
+        layer_keys, layer_values = cache_layer.keys, cache_layer.values
+        if not isinstance(layer_keys, torch.Tensor) or not isinstance(layer_values, torch.Tensor):
+            return None
+        shape = layer_keys.shape  # [batch, kv heads, tokens, head_dim]
+        if (
+            len(shape) != 4
+            or shape[0] != batch
+            or layer_keys.dtype != dtype
+            or layer_values.dtype != dtype
+            or (tokens and shape[2] + 1 != tokens)
+        ):
+            return None
+        tokens = shape[2] + 1
+        keys.append(layer_keys)
+        values.append(layer_values)
+        cache_layers.append(cache_layer)
+    if attention_mask is not None and not _is_decode_mask(attention_mask, batch, tokens):
+        return None
+    cos, sin = position_embeddings
+    hidden, new_keys, new_values = kernel.decode_layers(
+        hidden_states, plan.blocks, keys, values, cos, sin, attention_mask, plan.eps, plan.qkv_outs,
+        plan.gate_up_outs, plan.head_dim, plan.scaling, plan.activation_bits,
+    )  # fmt: skip
+    for cache_layer, layer_keys, layer_values in zip(cache_layers, new_keys, new_values, strict=True):
+        cache_layer.keys, cache_layer.values = layer_keys, layer_values
+    return hidden
+
+
+class _StackPlan(NamedTuple):
+    epoch: int  # TernaryLinear.state_epoch when it was made
+    layers: tuple[nn.Module, ...]
+    block_modules: tuple[tuple[nn.Module, ...], ...]  # _block_modules(layer) per layer when it was made
+    modules: tuple[nn.Module, ...]  # the layers and their block modules (whose hooks send the step to the layers)
+    attentions: tuple[LlamaAttention, ...]
+    layer_indices: tuple[int, ...]  # each attention's layer_idx: its slot in the cache
+    config: PretrainedConfig  # the attentions' (one) config
+    dtype: torch.dtype  # of the norm weights: the hidden states' it serves
+    blocks: list[torch.Tensor | None]  # decode_layers' DECODE_BLOCK_TENSORS per layer, in its order
+    eps: list[float]  # the two norms' epsilons per layer
+    qkv_outs: list[int]
+    gate_up_outs: list[int]
+    head_dim: int
+    scaling: float
+    activation_bits: int
+
+
+def _stack_plan(layers: tuple[nn.Module, ...]) -> _StackPlan | None:
+    """The cached `_StackPlan` of `layers` while it is valid (same epoch, layers and block modules), else a new one
+    (None where some layer is not a two-call block or the layers do not share one shape)."""
+    holder = layers[0] if layers else None
+    plan = cast("_StackPlan | None", getattr(holder, "_stack_plan", None))
+    block_modules = tuple(_block_modules(cast(LlamaDecoderLayer, layer)) for layer in layers)
+    if (
+        plan is not None
+        and plan.epoch == TernaryLinear.state_epoch
+        and plan.layers == layers
+        and plan.block_modules == block_modules
+    ):
+        return plan
+    plan = _make_stack_plan(layers, block_modules)
+    if holder is not None:
+        holder.__dict__["_stack_plan"] = plan  # (on the first layer: a plain attribute, not a submodule)
+    return plan
+
+
+def _make_stack_plan(
+    layers: tuple[nn.Module, ...], block_modules: tuple[tuple[nn.Module, ...], ...]
+) -> _StackPlan | None:
+    if not layers:
+        return None
+    blocks: list[torch.Tensor | None] = []
+    eps: list[float] = []
+    shapes = set()
+    for layer, modules in zip(layers, block_modules, strict=True):
+        if type(layer) is not FusedDecoderLayer:
+            return None
+        block_plan = layer._make_plan(modules)
+        if block_plan.groups is None:
+            return None
+        attention, _, input_norm, post_norm, _, *_, o_proj, _, _, down_proj = modules
+        attention = cast(LlamaAttention, attention)
+        attention_group, mlp_group = block_plan.groups
+        input_weight = cast(torch.Tensor, input_norm._parameters["weight"])
+        post_weight = cast(torch.Tensor, post_norm._parameters["weight"])
+        shapes.add((
+            attention.head_dim, attention.scaling, id(attention.config), tuple(attention_group.outs),
+            tuple(mlp_group.outs), attention_group.layers[0].activation_bits, input_weight.dtype, post_weight.dtype,
+        ))  # fmt: skip
+        o_buffers, down_buffers = o_proj._buffers, down_proj._buffers
+        blocks += [
+            input_weight, attention_group.kernel, attention_group.row_scale,
+            o_buffers["weight_kernel"], o_buffers["kernel_scale"], o_buffers["input_scale"],
+            post_weight, mlp_group.kernel, mlp_group.row_scale,
+            down_buffers["weight_kernel"], down_buffers["kernel_scale"], down_buffers["input_scale"],
+        ]  # fmt: skip  (decode_layers' DECODE_BLOCK_TENSORS, in its order)
+        eps += [cast(float, input_norm.variance_epsilon), cast(float, post_norm.variance_epsilon)]
+    if len(shapes) != 1:
+        return None
+    head_dim, scaling, _, qkv_outs, gate_up_outs, bits, input_dtype, post_dtype = shapes.pop()
+    if input_dtype != post_dtype:
+        return None
+    attentions = tuple(cast(LlamaAttention, modules[0]) for modules in block_modules)
+    return _StackPlan(
+        epoch=TernaryLinear.state_epoch,
+        layers=layers,
+        block_modules=block_modules,
+        modules=tuple(m for layer, modules in zip(layers, block_modules, strict=True) for m in (layer, *modules)),
+        attentions=attentions,
+        layer_indices=tuple(attention.layer_idx for attention in attentions),
+        config=attentions[0].config,
+        dtype=input_dtype,
+        blocks=blocks,
+        eps=eps,
+        qkv_outs=list(qkv_outs),
+        gate_up_outs=list(gate_up_outs),
+        head_dim=head_dim,
+        scaling=scaling,
+        activation_bits=bits,
+    )
 
 
 class _BlockPlan(NamedTuple):

@@ -162,7 +162,8 @@ def kernel_cache_dir() -> Path:
 class CpuKernel:
     """The loaded CPU operator library of one variant: `ops` is its torch.ops namespace (`ternary_mm`,
     `ternary_mm_fused`, `int8_mm`, `ternary_unpack`, the decoder block steps `attention_inputs`, `decode_attention`
-    and `attention_output_and_mlp`, `set_allocation_limit`; see ternary_cpu_source.py)."""
+    and `attention_output_and_mlp`, a whole decode step's blocks `decode_layers`, `set_allocation_limit`; see
+    ternary_cpu_source.py)."""
 
     def __init__(self, variant: str, namespace: str, path: Path, build_seconds: float | None) -> None:
         self.variant, self.namespace, self.path, self.build_seconds = variant, namespace, path, build_seconds
@@ -177,6 +178,7 @@ class CpuKernel:
         self.attention_inputs = ops.attention_inputs.default
         self.attention_output_and_mlp = ops.attention_output_and_mlp.default
         self.decode_attention = ops.decode_attention.default
+        self.decode_layers = ops.decode_layers.default
 
 
 # How a built library is named and what it registers; part of the cache key, so a library cached under an earlier
@@ -275,8 +277,17 @@ def _register_fake_kernels(namespace: str) -> None:
     def decode_attention(query, key, value, mask, scaling):
         return query.new_empty(query.shape)
 
+    def decode_layers(hidden, blocks, keys, values, cos, sin, mask, eps, qkv_outs, gate_up_outs, head_dim, scaling,
+                      activation_bits):
+        grown = [(*cached.shape[:2], cached.shape[2] + 1, cached.shape[3]) for cached in keys]
+        return (
+            hidden.new_empty(hidden.shape),
+            [cached.new_empty(shape) for cached, shape in zip(keys, grown, strict=True)],
+            [cached.new_empty(shape) for cached, shape in zip(values, grown, strict=True)],
+        )
+
     for fake in (ternary_mm, ternary_mm_fused, int8_mm, dense_mm, ternary_unpack, attention_inputs,
-                 attention_output_and_mlp, decode_attention):
+                 attention_output_and_mlp, decode_attention, decode_layers):
         torch.library.register_fake(f"{namespace}::{fake.__name__}")(fake)
 
 

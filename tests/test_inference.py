@@ -199,9 +199,10 @@ def test_two_call_decoder_block_computes_the_per_module_forward(saved, dtype) ->
     with torch.profiler.profile() as profile:
         block_tokens, block_logits = _greedy_logits(model, ids)
     calls = {event.key.split("::")[-1]: event.count for event in profile.key_averages()}
-    # one call of each per layer and forward (1 prefill + 5 steps)
-    assert calls.get("attention_inputs") == calls.get("attention_output_and_mlp") == 6 * len(layers)
-    assert calls.get("decode_attention") == 5 * len(layers)  # the decode steps' attention (no mask) in one call
+    # the prefill: one call of each per layer; each of the 5 decode steps: every layer in one call (decode_layers,
+    # which runs these same blocks and decode_attention inside)
+    assert calls.get("attention_inputs") == calls.get("attention_output_and_mlp") == len(layers)
+    assert calls.get("decode_layers") == 5 and "decode_attention" not in calls
     for layer in layers:
         layer.__class__ = LlamaDecoderLayer
     module_tokens, module_logits = _greedy_logits(model, ids)
@@ -327,10 +328,169 @@ def test_decoder_layers_slice_over_all_layers_is_the_list_itself(saved) -> None:
     assert calls == count  # every layer still runs
 
 
+def _decode_with(model, ids: torch.Tensor, attention_mask: torch.Tensor | None, steps: int, *, llama_forward: bool):
+    """Greedy decoding of ids [batch, seq] with a DynamicCache, each step through TriLMModel.forward or through
+    transformers' LlamaModel.forward on the same model: (logits of every step [batch, steps, vocab], the cache, how many
+    times each C++ operator ran in the decode steps)."""
+    from transformers import DynamicCache
+    from transformers.models.llama.modeling_llama import LlamaModel
+
+    cache = DynamicCache(config=model.config)
+    mask = attention_mask
+    with torch.no_grad():
+        out = model(ids, attention_mask=mask, cache=cache)
+        logits = []
+        with torch.profiler.profile() as profile:
+            for _ in range(steps):
+                token = out.logits[:, -1:].argmax(-1)  # [batch, 1]
+                if mask is not None:
+                    mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+                if llama_forward:
+                    hidden = LlamaModel.forward(model.model, input_ids=token, attention_mask=mask, cache=cache)
+                    out = type(out)(logits=model.lm_head(hidden.last_hidden_state))
+                else:
+                    out = model(token, attention_mask=mask, cache=cache)
+                logits.append(out.logits)
+    calls = {}
+    for event in profile.key_averages():
+        calls[event.key.split("::")[-1]] = event.count
+    return torch.cat(logits, 1), cache, calls
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_decode_step_runs_every_layer_in_one_call_as_llama_model_forward_does(saved, dtype) -> None:
+    """A decode step of a packed TriLM on the CPU 2-bit path (one token per sequence, a DynamicCache, no gradients)
+    runs all its layers in one C++ call (`decode_layers`): the logits and every layer's cached keys and values equal,
+    bit for bit, what transformers' LlamaModel.forward computes on the same model step by step (its layers one
+    two-call block each), for a batch with a left-padded row too; generate() takes it."""
+    _, directory, ids, _ = saved
+    model = TriLMForCausalLM.from_pretrained(directory, ternary_inference="2bit", dtype=dtype)
+    padding = torch.ones_like(ids)
+    padding[0, :3] = 0  # row 0 left-padded
+    layers = model.config.num_hidden_layers
+    for mask in (None, padding):
+        fast_logits, fast_cache, calls = _decode_with(model, ids, mask, 4, llama_forward=False)
+        assert calls.get("decode_layers") == 4 and "attention_inputs" not in calls
+        llama_logits, llama_cache, llama_calls = _decode_with(model, ids, mask, 4, llama_forward=True)
+        assert llama_calls.get("attention_inputs") == 4 * layers and "decode_layers" not in llama_calls
+        assert torch.equal(fast_logits, llama_logits)
+        for fast_layer, llama_layer in zip(fast_cache.layers, llama_cache.layers, strict=True):
+            assert fast_layer.keys.shape[2] == ids.shape[1] + 4
+            assert torch.equal(fast_layer.keys, llama_layer.keys) and torch.equal(fast_layer.values, llama_layer.values)
+    with torch.profiler.profile() as profile:
+        generated = model.generate(ids, attention_mask=padding, max_new_tokens=4, do_sample=False, pad_token_id=0)
+    assert sum(e.count for e in profile.key_averages() if e.key.endswith("::decode_layers")) == 3  # after the prefill
+    # (generate's first new token comes from the prefill's logits: the steps' logits give the three after it)
+    assert generated[:, ids.shape[1] + 1 :].tolist() == fast_logits[:, :3].argmax(-1).tolist()
+
+
+def test_decode_step_in_one_call_leaves_what_it_cannot_honour_to_the_layers(saved) -> None:
+    """The one-call decode step applies only where it computes what the layers would: a hook on a layer or on a
+    module inside one, a global module hook, requested hidden states or attentions, gradients, or a static cache
+    send the step through the layers (the hook is called, the outputs are returned, the logits are the same up to the
+    last bits of fp32 reductions)."""
+    from transformers import DynamicCache
+
+    _, directory, ids, _ = saved
+    model = TriLMForCausalLM.from_pretrained(directory, ternary_inference="2bit", dtype=torch.float32)
+    reference_logits, _, _ = _decode_with(model, ids, None, 2, llama_forward=False)
+    seen = []
+
+    def hook(*args):
+        seen.append(1)
+
+    layer = model.model.layers[1]
+    for register in (
+        layer.register_forward_hook,
+        layer.mlp.down_proj.register_forward_pre_hook,
+        layer.input_layernorm.register_forward_hook,
+        torch.nn.modules.module.register_module_forward_hook,
+    ):
+        handle = register(hook)
+        try:
+            logits, _, calls = _decode_with(model, ids, None, 2, llama_forward=False)
+        finally:
+            handle.remove()
+        assert "decode_layers" not in calls and seen, register
+        # (a block with a hooked module runs per module: fp32 reductions in another order, the last bits may differ)
+        scale = reference_logits.abs().max().item()
+        torch.testing.assert_close(logits, reference_logits, rtol=0, atol=1e-6 * scale)
+        seen.clear()
+    cache = DynamicCache(config=model.config)
+    with torch.no_grad():
+        out = model(ids, cache=cache)
+        with torch.profiler.profile() as profile:
+            step = model(out.logits[:, -1:].argmax(-1), cache=cache, output_hidden_states=True)
+    assert len(step.hidden_states) == model.config.num_hidden_layers + 1
+    torch.testing.assert_close(step.logits, reference_logits[:, :1], rtol=0, atol=1e-6 * scale)
+    assert not any(e.key.endswith("::decode_layers") for e in profile.key_averages())
+    # transformers' capturing hooks stay installed, idle: the next step is one call again
+    with torch.no_grad(), torch.profiler.profile() as profile:
+        model(step.logits.argmax(-1), cache=cache)
+    assert any(e.key.endswith("::decode_layers") for e in profile.key_averages())
+    cache = DynamicCache(config=model.config)
+    with torch.profiler.profile() as profile:
+        out = model(ids, cache=cache)  # gradients enabled: the embeddings require grad
+        out = model(out.logits[:, -1:].argmax(-1), cache=cache)
+    assert not any(e.key.endswith("::decode_layers") for e in profile.key_averages())
+    torch.testing.assert_close(out.logits.detach(), reference_logits[:, :1], rtol=0, atol=1e-5)
+    with torch.profiler.profile() as profile:
+        static = model.generate(ids, cache_implementation="static", max_new_tokens=2, do_sample=False)
+    assert not any(e.key.endswith("::decode_layers") for e in profile.key_averages())
+    assert static[:, ids.shape[1] + 1 :].tolist() == reference_logits[:, :1].argmax(-1).tolist()
+
+
+def test_decode_step_in_one_call_follows_changes_to_the_model(saved) -> None:
+    """What the one-call decode step settles once (the layers' tensors and shapes) is settled again when the model
+    changes: an activation replaced after loading sends the step through the layers, putting it back restores the
+    one call, and int8 activations switched on afterwards are used by it; each time the logits equal LlamaModel's
+    forward on the same model, bit for bit."""
+    _, directory, ids, _ = saved
+    model = TriLMForCausalLM.from_pretrained(directory, ternary_inference="2bit", dtype=torch.float32)
+    mlp = model.model.layers[1].mlp
+    silu = mlp.act_fn
+
+    def one_call_logits() -> tuple[torch.Tensor, bool]:
+        logits, _, calls = _decode_with(model, ids, None, 2, llama_forward=False)
+        assert torch.equal(logits, _decode_with(model, ids, None, 2, llama_forward=True)[0])
+        return logits, "decode_layers" in calls
+
+    exact, one_call = one_call_logits()
+    assert one_call
+    mlp.act_fn = torch.nn.GELU()
+    gelu, one_call = one_call_logits()
+    assert not one_call and not torch.allclose(gelu, exact)
+    mlp.act_fn = silu
+    again, one_call = one_call_logits()
+    assert one_call and torch.equal(again, exact)
+    model.set_int8_activations(True)
+    int8, one_call = one_call_logits()
+    assert one_call and not torch.equal(int8, exact)
+
+
+def test_decode_layers_refuses_malformed_inputs_with_a_message(saved) -> None:
+    """The operator names what is wrong with its inputs (a missing block tensor, counts that do not match the
+    layers) rather than reading past them."""
+    from spectra_hf.modeling import ternary_kernels
+
+    kernel = ternary_kernels.cpu_kernel()
+    assert kernel is not None
+    hidden = torch.zeros(1, 1, 8)
+    cos = sin = torch.ones(1, 1, 4)
+    cache = torch.zeros(1, 2, 3, 4)
+    with pytest.raises(RuntimeError, match="12 block tensors, keys, values and two norm epsilons per layer"):
+        kernel.decode_layers(hidden, [None] * 11, [cache], [cache], cos, sin, None, [1e-5, 1e-5], [8, 8, 8], [8, 8], 4,
+                             0.5, 16)
+    with pytest.raises(RuntimeError, match="block tensor 0 of layer 0 is None"):
+        kernel.decode_layers(hidden, [None] * 12, [cache], [cache], cos, sin, None, [1e-5, 1e-5], [8, 8, 8], [8, 8], 4,
+                             0.5, 16)
+
+
 def test_decode_attention_serves_padded_batches_and_static_caches(saved) -> None:
     """A decode step's attention is one C++ call (`decode_attention`) with transformers' boolean masks too: a
-    left-padded batch decodes each row's own greedy tokens (as generated alone), and a static cache (its unwritten
-    slots masked) the dynamic cache's."""
+    left-padded batch decodes each row's own greedy tokens (as generated alone), through the one-call decode step
+    (`decode_layers`) and through the layers one by one (a hook on each layer, which keeps its block in two calls but
+    not the step in one), and a static cache (its unwritten slots masked) the dynamic cache's."""
     _, directory, ids, _ = saved
     model = TriLMForCausalLM.from_pretrained(directory, ternary_inference="2bit", dtype=torch.float32)
     short, long = ids[0, :4], ids[1, :7]
@@ -338,12 +498,19 @@ def test_decode_attention_serves_padded_batches_and_static_caches(saved) -> None
     padding = torch.ones_like(batch)
     padding[0, :3] = 0
     settings = {"max_new_tokens": 5, "do_sample": False, "pad_token_id": 0}
-    with torch.profiler.profile() as profile:
-        together = model.generate(batch, attention_mask=padding, **settings)[:, -5:]
-    calls = {event.key.split("::")[-1]: event.count for event in profile.key_averages()}
-    assert calls.get("decode_attention") == 4 * model.config.num_hidden_layers  # 4 decode steps after the prefill
     alone = [model.generate(row[None], **settings)[0, -5:].tolist() for row in (short, long)]
-    assert together.tolist() == alone
+    layers = model.model.layers
+    for operator, calls_expected in (("decode_layers", 4), ("decode_attention", 4 * len(layers))):
+        hooks = [layer.register_forward_hook(lambda *args: None) for layer in layers if operator == "decode_attention"]
+        try:
+            with torch.profiler.profile() as profile:
+                together = model.generate(batch, attention_mask=padding, **settings)[:, -5:]
+        finally:
+            for hook in hooks:
+                hook.remove()
+        calls = {event.key.split("::")[-1]: event.count for event in profile.key_averages()}
+        assert calls.get(operator) == calls_expected  # 4 decode steps after the prefill
+        assert together.tolist() == alone
     with torch.profiler.profile() as profile:
         static = model.generate(long[None], cache_implementation="static", **settings)[0, -5:]
     assert any(event.key.endswith("::decode_attention") for event in profile.key_averages())
