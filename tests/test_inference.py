@@ -386,9 +386,9 @@ def test_decode_step_runs_every_layer_in_one_call_as_llama_model_forward_does(sa
 
 def test_decode_step_in_one_call_leaves_what_it_cannot_honour_to_the_layers(saved) -> None:
     """The one-call decode step applies only where it computes what the layers would: a hook on a layer or on a
-    module inside one, a global module hook, requested hidden states or attentions, gradients, or a static cache
-    send the step through the layers (the hook is called, the outputs are returned, the logits are the same up to the
-    last bits of fp32 reductions)."""
+    module inside one, a global module hook, requested hidden states or attentions, gradients, a static cache or
+    eager attention send the step through the layers (the hook is called, the outputs are returned, the logits are
+    the same up to the last bits of fp32 reductions)."""
     from transformers import DynamicCache
 
     _, directory, ids, _ = saved
@@ -438,6 +438,10 @@ def test_decode_step_in_one_call_leaves_what_it_cannot_honour_to_the_layers(save
         static = model.generate(ids, cache_implementation="static", max_new_tokens=2, do_sample=False)
     assert not any(e.key.endswith("::decode_layers") for e in profile.key_averages())
     assert static[:, ids.shape[1] + 1 :].tolist() == reference_logits[:, :1].argmax(-1).tolist()
+    model.set_attn_implementation("eager")  # (decode_layers' attention is sdpa's)
+    logits, _, calls = _decode_with(model, ids, None, 2, llama_forward=False)
+    assert "decode_layers" not in calls
+    torch.testing.assert_close(logits, reference_logits, rtol=0, atol=1e-5 * scale)
 
 
 def test_decode_step_in_one_call_follows_changes_to_the_model(saved) -> None:
