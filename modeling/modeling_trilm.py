@@ -323,10 +323,11 @@ class DecoderLayers(nn.ModuleList):
         return super().__getitem__(idx)
 
 
-# The arguments TriLMForCausalLM (LlamaForCausalLM's forward) and generate() pass to the model in a decode step; a
-# call with any other goes to LlamaModel's forward.
+# The arguments TriLMForCausalLM (LlamaForCausalLM's forward) and generate() pass to the model in a decode step, and
+# cache_position, which decoding loops written for earlier transformers pass (LlamaModel hands it to the cache, which
+# a DynamicCache ignores); a call with any other goes to LlamaModel's forward.
 _DECODE_STEP_ARGUMENTS = frozenset(
-    {"input_ids", "attention_mask", "position_ids", "cache", "inputs_embeds", "use_cache"}
+    {"input_ids", "attention_mask", "position_ids", "cache", "inputs_embeds", "use_cache", "cache_position"}
 )
 
 
@@ -372,6 +373,7 @@ class TriLMModel(TriLMPreTrainedModel, LlamaModel):
         position_ids: torch.Tensor | None = None,
         use_cache: bool | None = None,
         inputs_embeds: None = None,
+        cache_position: torch.Tensor | None = None,
     ) -> BaseModelOutputWithPast:
         """LlamaModel.forward's steps for one token per sequence (input_ids [batch, 1]) with a filled cache, the
         layers in one `decode_layers` call where `decode_all_layers` allows it, else one by one as LlamaModel runs

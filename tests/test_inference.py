@@ -377,6 +377,11 @@ def test_decode_step_runs_every_layer_in_one_call_as_llama_model_forward_does(sa
         for fast_layer, llama_layer in zip(fast_cache.layers, llama_cache.layers, strict=True):
             assert fast_layer.keys.shape[2] == ids.shape[1] + 4
             assert torch.equal(fast_layer.keys, llama_layer.keys) and torch.equal(fast_layer.values, llama_layer.values)
+    token, position = fast_logits[:, -1:].argmax(-1), torch.tensor([fast_cache.get_seq_length()])
+    with torch.no_grad(), torch.profiler.profile() as profile:  # (loops written for earlier transformers pass this)
+        model(token, attention_mask=torch.cat([padding, torch.ones(2, 5, dtype=padding.dtype)], 1), cache=fast_cache,
+              cache_position=position)
+    assert sum(e.count for e in profile.key_averages() if e.key.endswith("::decode_layers")) == 1
     with torch.profiler.profile() as profile:
         generated = model.generate(ids, attention_mask=padding, max_new_tokens=4, do_sample=False, pad_token_id=0)
     assert sum(e.count for e in profile.key_averages() if e.key.endswith("::decode_layers")) == 3  # after the prefill
