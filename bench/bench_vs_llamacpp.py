@@ -1,7 +1,7 @@
 """spectra-hf against llama.cpp on the same machine, in one run: a packed TriLM decoding and prefilling with the 2-bit
-kernel (MODES: eager default, compiled decode, int8 embedding/head, and compiled with int8 activations and the int8
-embedding/head) next to llama.cpp's `llama-bench` on the same weights exported with `spectra-hf convert ... --to
-gguf-tq2_0`.
+kernel (MODES: eager default, compiled decode, int8 embedding/head, and eager or compiled with int8 activations and
+the int8 embedding/head) next to llama.cpp's `llama-bench` on the same weights exported with `spectra-hf convert ...
+--to gguf-tq2_0`.
 
     python bench/bench_vs_llamacpp.py [--sizes 99M 390M 1.1B 3.9B] [--rounds 2] [--llama-cpp DIR]
 
@@ -115,6 +115,7 @@ MODES = {
     "eager": ("2bit, eager (default)", False, False, False),
     "compiled": ("2bit, compile_for_decode", False, True, False),
     "int8emb": ("+ int8 embedding/head, eager", True, False, False),
+    "int8eager": ("eager + int8 activations + int8 embedding/head", True, False, True),
     "fastest": ("compiled + int8 activations + int8 embedding/head", True, True, True),
 }
 
