@@ -477,6 +477,25 @@ def test_decode_step_in_one_call_follows_changes_to_the_model(saved) -> None:
     assert one_call and not torch.equal(int8, exact)
 
 
+def test_model_copied_after_decoding_decodes_with_its_own_tensors(saved) -> None:
+    """The one-call decode step keeps its settled plan on the model (tensors of the blocks, no kernel object): a deep
+    copy made after decoding runs the step in one call with the copy's own tensors (changing the original's weights
+    afterwards leaves the copy's logits as they were)."""
+    import copy
+
+    _, directory, ids, _ = saved
+    model = TriLMForCausalLM.from_pretrained(directory, ternary_inference="2bit", dtype=torch.float32)
+    logits, _, calls = _decode_with(model, ids, None, 2, llama_forward=False)
+    assert calls.get("decode_layers") == 2
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.input_layernorm.weight.mul_(2)  # (the original only)
+    twin_logits, _, calls = _decode_with(twin, ids, None, 2, llama_forward=False)
+    assert calls.get("decode_layers") == 2 and torch.equal(twin_logits, logits)
+    assert not torch.equal(_decode_with(model, ids, None, 2, llama_forward=False)[0], logits)
+
+
 def test_decode_layers_refuses_malformed_inputs_with_a_message(saved) -> None:
     """The operator names what is wrong with its inputs (a missing block tensor, counts that do not match the
     layers) rather than reading past them."""
