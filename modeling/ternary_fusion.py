@@ -252,6 +252,41 @@ def _two_call_parts(
     )
 
 
+class _BlockOperands(NamedTuple):
+    """A two-call block's tensors in the order decode_layers takes them (its DECODE_BLOCK_TENSORS), read from the
+    modules on every call (a parameter or buffer assigned anew is used at once) plus the norms' epsilons."""
+
+    input_norm: torch.Tensor
+    qkv: torch.Tensor  # the q/k/v group's stacked 2-bit rows
+    qkv_row_scale: torch.Tensor
+    o: torch.Tensor
+    o_row_scale: torch.Tensor
+    o_col_scale: torch.Tensor | None
+    post_norm: torch.Tensor
+    gate_up: torch.Tensor  # the gate/up group's stacked 2-bit rows
+    gate_up_row_scale: torch.Tensor
+    down: torch.Tensor
+    down_row_scale: torch.Tensor
+    down_col_scale: torch.Tensor | None
+    input_eps: float
+    post_eps: float
+
+
+def _block_operands(plan: _BlockPlan) -> _BlockOperands:
+    """The operands of a block whose plan has groups (read from the module dicts: no module lookups per step)."""
+    _, _, input_norm, post_norm, _, *_, o_proj, _, _, down_proj = plan.modules
+    attention_group, mlp_group = cast("tuple[FusedProjections, FusedProjections]", plan.groups)
+    o_buffers, down_buffers = o_proj._buffers, down_proj._buffers
+    return _BlockOperands(
+        cast(torch.Tensor, input_norm._parameters["weight"]), attention_group.kernel, attention_group.row_scale,
+        cast(torch.Tensor, o_buffers["weight_kernel"]), cast(torch.Tensor, o_buffers["kernel_scale"]),
+        o_buffers["input_scale"], cast(torch.Tensor, post_norm._parameters["weight"]), mlp_group.kernel,
+        mlp_group.row_scale, cast(torch.Tensor, down_buffers["weight_kernel"]),
+        cast(torch.Tensor, down_buffers["kernel_scale"]), down_buffers["input_scale"],
+        cast(float, input_norm.variance_epsilon), cast(float, post_norm.variance_epsilon),
+    )  # fmt: skip
+
+
 class FusedDecoderLayer(LlamaDecoderLayer):
     """transformers' LlamaDecoderLayer whose forward, for a block whose q/k/v and gate/up are fused 2-bit groups and
     whose o_proj and down_proj are 2-bit CPU layers, runs the block in two C++ operator calls around the attention
@@ -280,22 +315,20 @@ class FusedDecoderLayer(LlamaDecoderLayer):
                 use_cache=use_cache, position_embeddings=position_embeddings, **kwargs,
             )
         kernel, plan = steps
-        attention, _, input_norm, post_norm, _, *_, o_proj, _, _, down_proj = plan.modules
+        attention = cast(LlamaAttention, plan.modules[0])
         attention_group, mlp_group = cast("tuple[FusedProjections, FusedProjections]", plan.groups)
-        o_buffers, down_buffers = o_proj._buffers, down_proj._buffers  # (buffer dicts: no module lookups per step)
+        t = _block_operands(plan)
         bits = attention_group.layers[0].activation_bits
         assert position_embeddings is not None, "_block_steps checked them"
         cos, sin = position_embeddings
         query, key, value = kernel.attention_inputs(
-            hidden_states, input_norm._parameters["weight"], input_norm.variance_epsilon,
-            attention_group.kernel, attention_group.row_scale, attention_group.outs, cos, sin, attention.head_dim, bits,
+            hidden_states, t.input_norm, t.input_eps, t.qkv, t.qkv_row_scale, attention_group.outs, cos, sin,
+            attention.head_dim, bits,
         )
-        attn_output, _ = attend(cast(LlamaAttention, attention), query, key, value, attention_mask, cache, kwargs)
+        attn_output, _ = attend(attention, query, key, value, attention_mask, cache, kwargs)
         return kernel.attention_output_and_mlp(
-            attn_output, hidden_states, o_buffers["weight_kernel"], o_buffers["kernel_scale"], o_buffers["input_scale"],
-            post_norm._parameters["weight"], post_norm.variance_epsilon,
-            mlp_group.kernel, mlp_group.row_scale, mlp_group.outs,
-            down_buffers["weight_kernel"], down_buffers["kernel_scale"], down_buffers["input_scale"], bits,
+            attn_output, hidden_states, t.o, t.o_row_scale, t.o_col_scale, t.post_norm, t.post_eps,
+            t.gate_up, t.gate_up_row_scale, mlp_group.outs, t.down, t.down_row_scale, t.down_col_scale, bits,
         )
 
     def _make_plan(self, modules: tuple[nn.Module, ...]) -> _BlockPlan:
@@ -359,7 +392,7 @@ def decode_all_layers(
     states after the last layer, the cache updated as the layers' own forwards update it (each layer's keys and values
     grown by this token). None, with nothing computed or changed, where any of that does not hold. What depends on
     the layers' structure is settled once per `TernaryLinear.state_epoch` and set of modules (`_StackPlan`, kept on
-    `layers` where it is a module)."""
+    the first layer); the blocks' tensors are read from their modules on every step (`_block_operands`)."""
     if (
         type(cache) is not DynamicCache
         or cache.offloading
@@ -377,16 +410,19 @@ def decode_all_layers(
     layers = tuple(layers)
     plan = _stack_plan(layers)
     dtype = hidden_states.dtype
-    if (
-        plan is None
-        or dtype != plan.dtype
-        or position_embeddings[0].dtype != dtype
-        or plan.config._attn_implementation != "sdpa"
-    ):
+    if plan is None or position_embeddings[0].dtype != dtype or plan.config._attn_implementation != "sdpa":
         return None
     for module in plan.modules:
         if (module._forward_hooks or module._forward_pre_hooks) and _runs_hooks(module):
             return None
+    blocks: list[torch.Tensor | None] = []
+    eps: list[float] = []
+    for block_plan in plan.block_plans:
+        operands = _block_operands(block_plan)
+        if operands.input_norm.dtype != dtype or operands.post_norm.dtype != dtype:
+            return None  # (the blocks round to the hidden states' dtype, as the norms would)
+        blocks += operands[:-2]  # (the tensors; the last two are the epsilons)
+        eps += [operands.input_eps, operands.post_eps]
     keys: list[torch.Tensor] = []
     values: list[torch.Tensor] = []
     cache_layers: list[DynamicLayer] = []
@@ -417,7 +453,7 @@ def decode_all_layers(
         return None
     cos, sin = position_embeddings
     hidden, new_keys, new_values = kernel.decode_layers(
-        hidden_states, plan.blocks, keys, values, cos, sin, attention_mask, plan.eps, plan.qkv_outs,
+        hidden_states, blocks, keys, values, cos, sin, attention_mask, eps, plan.qkv_outs,
         plan.gate_up_outs, plan.head_dim, plan.scaling, plan.activation_bits,
     )  # fmt: skip
     for cache_layer, layer_keys, layer_values in zip(cache_layers, new_keys, new_values, strict=True):
@@ -433,9 +469,7 @@ class _StackPlan(NamedTuple):
     attentions: tuple[LlamaAttention, ...]
     layer_indices: tuple[int, ...]  # each attention's layer_idx: its slot in the cache
     config: PretrainedConfig  # the attentions' (one) config
-    dtype: torch.dtype  # of the norm weights: the hidden states' it serves
-    blocks: list[torch.Tensor | None]  # decode_layers' DECODE_BLOCK_TENSORS per layer, in its order
-    eps: list[float]  # the two norms' epsilons per layer
+    block_plans: tuple[_BlockPlan, ...]  # each layer's, with groups (its tensors are read per step from them)
     qkv_outs: list[int]
     gate_up_outs: list[int]
     head_dim: int
@@ -467,8 +501,7 @@ def _make_stack_plan(
 ) -> _StackPlan | None:
     if not layers:
         return None
-    blocks: list[torch.Tensor | None] = []
-    eps: list[float] = []
+    block_plans = []
     shapes = set()
     for layer, modules in zip(layers, block_modules, strict=True):
         if type(layer) is not FusedDecoderLayer:
@@ -476,28 +509,16 @@ def _make_stack_plan(
         block_plan = layer._make_plan(modules)
         if block_plan.groups is None:
             return None
-        attention, _, input_norm, post_norm, _, *_, o_proj, _, _, down_proj = modules
-        attention = cast(LlamaAttention, attention)
+        attention = cast(LlamaAttention, modules[0])
         attention_group, mlp_group = block_plan.groups
-        input_weight = cast(torch.Tensor, input_norm._parameters["weight"])
-        post_weight = cast(torch.Tensor, post_norm._parameters["weight"])
         shapes.add((
             attention.head_dim, attention.scaling, id(attention.config), tuple(attention_group.outs),
-            tuple(mlp_group.outs), attention_group.layers[0].activation_bits, input_weight.dtype, post_weight.dtype,
+            tuple(mlp_group.outs), attention_group.layers[0].activation_bits,
         ))  # fmt: skip
-        o_buffers, down_buffers = o_proj._buffers, down_proj._buffers
-        blocks += [
-            input_weight, attention_group.kernel, attention_group.row_scale,
-            o_buffers["weight_kernel"], o_buffers["kernel_scale"], o_buffers["input_scale"],
-            post_weight, mlp_group.kernel, mlp_group.row_scale,
-            down_buffers["weight_kernel"], down_buffers["kernel_scale"], down_buffers["input_scale"],
-        ]  # fmt: skip  (decode_layers' DECODE_BLOCK_TENSORS, in its order)
-        eps += [cast(float, input_norm.variance_epsilon), cast(float, post_norm.variance_epsilon)]
+        block_plans.append(block_plan)
     if len(shapes) != 1:
         return None
-    head_dim, scaling, _, qkv_outs, gate_up_outs, bits, input_dtype, post_dtype = shapes.pop()
-    if input_dtype != post_dtype:
-        return None
+    head_dim, scaling, _, qkv_outs, gate_up_outs, bits = shapes.pop()
     attentions = tuple(cast(LlamaAttention, modules[0]) for modules in block_modules)
     return _StackPlan(
         epoch=TernaryLinear.state_epoch,
@@ -507,9 +528,7 @@ def _make_stack_plan(
         attentions=attentions,
         layer_indices=tuple(attention.layer_idx for attention in attentions),
         config=attentions[0].config,
-        dtype=input_dtype,
-        blocks=blocks,
-        eps=eps,
+        block_plans=tuple(block_plans),
         qkv_outs=list(qkv_outs),
         gate_up_outs=list(gate_up_outs),
         head_dim=head_dim,

@@ -452,8 +452,8 @@ def test_decode_step_in_one_call_leaves_what_it_cannot_honour_to_the_layers(save
 def test_decode_step_in_one_call_follows_changes_to_the_model(saved) -> None:
     """What the one-call decode step settles once (the layers' tensors and shapes) is settled again when the model
     changes: an activation replaced after loading sends the step through the layers, putting it back restores the
-    one call, and int8 activations switched on afterwards are used by it; each time the logits equal LlamaModel's
-    forward on the same model, bit for bit."""
+    one call, a norm weight assigned anew and int8 activations switched on afterwards are used by it; each time the
+    logits equal LlamaModel's forward on the same model, bit for bit."""
     _, directory, ids, _ = saved
     model = TriLMForCausalLM.from_pretrained(directory, ternary_inference="2bit", dtype=torch.float32)
     mlp = model.model.layers[1].mlp
@@ -472,6 +472,11 @@ def test_decode_step_in_one_call_follows_changes_to_the_model(saved) -> None:
     mlp.act_fn = silu
     again, one_call = one_call_logits()
     assert one_call and torch.equal(again, exact)
+    norm = model.model.layers[0].input_layernorm  # a new parameter object, not an in-place change
+    norm.weight = torch.nn.Parameter(norm.weight.detach() * 2)
+    doubled, one_call = one_call_logits()
+    assert one_call and not torch.equal(doubled, exact)
+    norm.weight = torch.nn.Parameter(norm.weight.detach() / 2)
     model.set_int8_activations(True)
     int8, one_call = one_call_logits()
     assert one_call and not torch.equal(int8, exact)
