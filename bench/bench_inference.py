@@ -7,7 +7,7 @@ Full-size shapes from the suite registry, random weights (speed does not depend 
 packed checkpoint once per size and every TriLM variant loads it with `from_pretrained` in its own subprocess, so the
 printed load peak is that of a real load. Printed per size and variant:
   load peak    VmHWM right after from_pretrained (TriLM) or after building (FloatLM) - the load's peak RSS
-  resident     bytes of the parameters and buffers (storage counted once; the packed layers' zero-stride weight is 0)
+  resident     bytes of the parameters and buffers (`get_memory_footprint`: each storage once, at its size)
   RSS          the process's resident memory after the timed runs (weights + framework baseline + activations)
   decode       tokens/s at batch 1 after an 8-token prompt (KV cache): 1 / the median of `--tokens` steps
   prefill      tokens/s of one forward over `--prefill` tokens
@@ -93,16 +93,10 @@ def random_model(family: str, size: str, dtype):
 
 
 def resident_bytes(model) -> tuple[int, int]:
-    """(bytes of all parameters and buffers, bytes of the input embedding table), each storage counted once."""
-    seen, total = set(), 0
-    for tensor in [*model.parameters(), *model.buffers()]:
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() in seen or 0 in tensor.stride():  # zero-stride: a packed layer's placeholder weight
-            continue
-        seen.add(storage.data_ptr())
-        total += storage.nbytes()
+    """(bytes of all parameters and buffers, each storage once: `get_memory_footprint` on a TriLM, transformers' count
+    on a FloatLM, whose tensors share nothing; bytes of the input embedding table)."""
     embedding = model.get_input_embeddings().weight
-    return total, embedding.numel() * embedding.element_size()
+    return model.get_memory_footprint(), embedding.numel() * embedding.element_size()
 
 
 def worker(family: str, size: str, dtype_name: str, path: str | None, checkpoint: str | None, args) -> dict:

@@ -26,6 +26,7 @@ from transformers.models.llama.modeling_llama import (
     LlamaForCausalLM,
     LlamaModel,
     LlamaPreTrainedModel,
+    LlamaRMSNorm,
 )
 from transformers.utils import logging
 
@@ -224,6 +225,19 @@ class TriLMPreTrainedModel(CheckedLoadingMixin, LlamaPreTrainedModel):
             )
         return total
 
+    def get_memory_footprint(self, return_buffers: bool = True) -> int:
+        """`PreTrainedModel.get_memory_footprint`, counting the bytes that are held: each storage once, at its size.
+        transformers' count (elements x element size per tensor) takes a prepared layer's zero-stride placeholder
+        `weight` for a dense [out, in] matrix, which nearly doubles a packed 99M TriLM (202 MiB counted, 110 held);
+        the fused q/k/v and gate/up kernels are views of one storage each, counted once here."""
+        tensors = [*self.parameters(), *(self.buffers() if return_buffers else ())]
+        storages: dict[object, int] = {}
+        for tensor in tensors:
+            storage = tensor.untyped_storage()
+            key = (storage.device, storage.data_ptr()) if storage.data_ptr() else id(tensor)  # (meta/empty: apart)
+            storages[key] = storage.nbytes()
+        return sum(storages.values())
+
     @torch.no_grad()
     def prepare_ternary_inference(self, path: str | None = None) -> str:
         """Make every packed ternary layer resident on inference path `path` ("dense", "int8", "int4" or "2bit";
@@ -232,6 +246,9 @@ class TriLMPreTrainedModel(CheckedLoadingMixin, LlamaPreTrainedModel):
         "auto" if the layers chose differently."""
         # (transformers types the input embedding as any Module; its weight is a tensor)
         embeddings = cast(torch.Tensor, self.get_input_embeddings().weight)
+        # the "dense" dtype (and the placeholder weights'): the norms', which follow the model's float dtype; an
+        # embedding table loaded for int8 keeps its stored dtype until converted, and int8 codes are no float dtype
+        dense_dtype = next((m.weight.dtype for m in self.modules() if isinstance(m, LlamaRMSNorm)), embeddings.dtype)
         requested = path or self.config.ternary_inference
         chosen = set()
         for module in self.modules():
@@ -240,7 +257,7 @@ class TriLMPreTrainedModel(CheckedLoadingMixin, LlamaPreTrainedModel):
                 if requested == "auto":
                     layer_path = default_inference_path(embeddings.device, module.in_features)
                 if module.inference_path != layer_path:
-                    module.prepare_inference(layer_path, embeddings.dtype)
+                    module.prepare_inference(layer_path, dense_dtype)
                     release_freed_memory()  # per layer: the temporaries must not pile up into the load's peak
                 chosen.add(layer_path)
         if fuse_projections(self):  # one 2-bit operator call for q/k/v and one for gate/up (see ternary_fusion.py)

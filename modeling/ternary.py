@@ -22,7 +22,14 @@ from torch import nn
 from transformers.utils import logging
 
 from .packing import pack_ternary, packed_size, unpack_ternary
-from .ternary_kernels import cpu_kernel, pack_2bit, ternary_matmul_2bit, triton_available, unpack_2bit
+from .ternary_kernels import (
+    cpu_kernel,
+    pack_2bit,
+    release_pages,
+    ternary_matmul_2bit,
+    triton_available,
+    unpack_2bit,
+)
 
 if TYPE_CHECKING:
     from torch.distributed.tensor import DTensor
@@ -407,6 +414,8 @@ class TernaryLinear(nn.Linear):
                 weight = torch._convert_weight_to_int4pack_for_cpu(digits.to(torch.int32) + 8, 1)
                 kernel_scale = torch.zeros(shape[1] // group, shape[0], 2, dtype=KERNEL_DTYPE, device=digits.device)
                 kernel_scale[..., 0] = row
+        if self.weight_packed is not None:
+            release_pages(self.weight_packed)  # (read once for the resident form; see release_pages)
         self.weight_packed = None
         self.weight_kernel = weight
         self.kernel_scale, self.input_scale = kernel_scale, input_scale

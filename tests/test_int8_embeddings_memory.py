@@ -15,6 +15,7 @@ from torch import nn
 
 from spectra_hf import TriLMForCausalLM
 from spectra_hf.modeling.int8_embeddings import Int8Embedding, Int8Linear
+from spectra_hf.modeling.ternary import TernaryLinear
 from spectra_hf.suite import config_for
 
 
@@ -29,18 +30,6 @@ def save_packed(directory, *, vocab_size: int, hidden: int | None = None, table_
     state = load_file(weights)
     cast = {name: t.to(table_dtype) if t.is_floating_point() else t for name, t in state.items()}
     save_file(cast, weights, {"format": "pt"})
-
-
-def resident_bytes(model: nn.Module) -> int:
-    """Bytes of every parameter and buffer, each storage counted once (a zero-stride placeholder counts 0)."""
-    seen, total = set(), 0
-    for tensor in [*model.parameters(), *model.buffers()]:
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() in seen or 0 in tensor.stride():
-            continue
-        seen.add(storage.data_ptr())
-        total += storage.nbytes()
-    return total
 
 
 def reachable_tensors(model: nn.Module) -> list[torch.Tensor]:
@@ -61,7 +50,7 @@ def test_int8_tables_hold_less_than_the_float_ones_and_no_float_copy(tmp_path, t
     vocab, hidden = default.config.vocab_size, default.config.hidden_size
     assert isinstance(int8.get_input_embeddings(), Int8Embedding) and isinstance(int8.lm_head, Int8Linear)
     # the two bf16 tables (4 bytes a row element) become int8 codes (2) plus one float32 scale per row each
-    assert resident_bytes(default) - resident_bytes(int8) == 2 * vocab * hidden - 2 * 4 * vocab
+    assert default.get_memory_footprint() - int8.get_memory_footprint() == 2 * vocab * hidden - 2 * 4 * vocab
     shapes = {(vocab, hidden), (hidden, vocab)}
     float_tables = [t for t in reachable_tensors(int8) if t.is_floating_point() and tuple(t.shape) in shapes]
     assert float_tables == []
@@ -70,6 +59,85 @@ def test_int8_tables_hold_less_than_the_float_ones_and_no_float_copy(tmp_path, t
         reference, logits = default(ids).logits.float(), int8(ids).logits
     assert logits.dtype == torch.bfloat16  # the rows come out in the model's dtype, not the stored tables'
     torch.testing.assert_close(logits.float(), reference, rtol=0, atol=5e-2 * reference.abs().max().item())
+
+
+def test_memory_footprint_of_a_packed_trilm_counts_the_bytes_it_holds(tmp_path) -> None:
+    """`get_memory_footprint()` on a packed TriLM on the 2-bit path: the 2-bit codes (4 weights a byte, rows padded
+    to 128-column blocks) and the float tensors, not the placeholder weights transformers' count takes for dense
+    [out, in] matrices, and the fused q/k/v and gate/up codes once."""
+    save_packed(tmp_path, vocab_size=2048, table_dtype=torch.bfloat16)
+    model = TriLMForCausalLM.from_pretrained(tmp_path, ternary_inference="2bit", dtype=torch.bfloat16)
+    ternary = [m for m in model.modules() if isinstance(m, TernaryLinear)]
+    assert ternary and all(m.inference_path == "2bit" for m in ternary)
+    codes = sum(m.out_features * -(-m.in_features // 128) * 128 // 4 for m in ternary)
+    ternary_tensors = {id(t) for m in ternary for t in (*m.parameters(), *m.buffers())}
+    # every other tensor, and a layer's scales (the fused groups' scales are views: each its own rows), as stored
+    others = [t for t in (*model.parameters(), *model.buffers()) if id(t) not in ternary_tensors]
+    scales = [t for m in ternary for name, t in m.named_buffers() if name not in ("weight_kernel",)]
+    placeholders = [m.weight for m in ternary]  # zero-stride [out, in] views of one element each
+    assert all(0 in p.stride() for p in placeholders)
+    expected = (
+        codes
+        + sum(t.numel() * t.element_size() for t in others + scales)
+        + sum(p.element_size() for p in placeholders)
+    )
+    assert model.get_memory_footprint() == expected
+    dense_count = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    assert model.get_memory_footprint() < dense_count  # (transformers' count of the same model)
+    assert model.get_memory_footprint(return_buffers=False) == expected - sum(
+        t.numel() * t.element_size() for t in model.buffers() if id(t) not in {id(p) for p in model.parameters()}
+    )
+
+
+def test_int8_tables_leave_the_model_in_the_float_dtype_it_was_loaded_in(tmp_path) -> None:
+    """The int8 tables are no float dtype and the float tables are read in their stored one (float32 here): neither
+    may set the model's. Loaded with dtype=bfloat16, the model and its ternary layers stay bfloat16, also when they
+    are later made dense (float32 dense weights would take twice the bytes asked for)."""
+    save_packed(tmp_path, vocab_size=2048, table_dtype=torch.float32)
+    model = TriLMForCausalLM.from_pretrained(
+        tmp_path, ternary_inference="2bit", dtype=torch.bfloat16, int8_embeddings=True
+    )
+    ternary = [m for m in model.modules() if isinstance(m, TernaryLinear)]
+    assert model.dtype == torch.bfloat16
+    assert {m.weight.dtype for m in ternary} == {torch.bfloat16}
+    model.prepare_ternary_inference("dense")
+    assert {m.weight_kernel.dtype for m in ternary} == {torch.bfloat16}  # (the dense path's resident weights)
+    with torch.no_grad():
+        assert model(torch.tensor([[1, 2, 3]])).logits.dtype == torch.bfloat16
+
+
+def mapped_rss(path) -> int:
+    """Resident bytes of this process's memory maps of the file `path` (/proc/self/smaps)."""
+    total, inside = 0, False
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            fields = line.split()
+            if fields and "-" in fields[0] and not fields[0].endswith(":"):  # a mapping's header line
+                inside = fields[-1] == str(path)
+            elif inside and fields[0] == "Rss:":
+                total += int(fields[1]) * 1024
+    return total
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps")
+def test_packed_bytes_read_for_the_2bit_form_do_not_stay_resident(tmp_path) -> None:
+    """A packed checkpoint loads as views of its memory-mapped file; the map stays open for the embedding and head,
+    and the 1.6-bit bytes the 2-bit form was made from must not stay in the process's resident memory with it."""
+    torch.manual_seed(0)
+    config = config_for("TriLM_99M", tiny=True, vocab_size=256, hidden_size=512, intermediate_size=1024)
+    TriLMForCausalLM(config).save_pretrained(tmp_path, weight_format="packed")
+    weights = (tmp_path / "model.safetensors").resolve()
+    packed_bytes = sum(t.numel() for name, t in load_file(weights).items() if name.endswith("weight_packed"))
+    assert packed_bytes > 1 << 20  # (many pages: page-aligned interiors are what can be released)
+    model = TriLMForCausalLM.from_pretrained(tmp_path, ternary_inference="2bit", dtype=torch.float32)
+    resident = mapped_rss(weights)
+    float_bytes = sum(t.numel() * 4 for name, t in model.named_parameters() if "layernorm" in name or "norm" in name)
+    tables = 2 * config.vocab_size * config.hidden_size * 4
+    assert resident < tables + float_bytes + packed_bytes // 8, (resident, packed_bytes)
+    reference = TriLMForCausalLM.from_pretrained(tmp_path, ternary_inference="dense", dtype=torch.float32)
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():  # (released pages keep their contents: the model computes as before)
+        torch.testing.assert_close(model(ids).logits, reference(ids).logits, rtol=1e-4, atol=1e-4)
 
 
 LOAD_SCRIPT = """
