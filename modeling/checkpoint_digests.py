@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import struct
 from concurrent.futures import ThreadPoolExecutor
@@ -28,19 +29,24 @@ _FIX = "the file changed after it was written: re-download it, or re-save / re-c
 
 
 def _hash_range(path: Path, start: int, end: int) -> str:
-    """sha256 of bytes [start, end) of `path` (os.pread: threads share nothing; hashlib releases the GIL)."""
+    """sha256 of bytes [start, end) of `path`, read into one anonymous memory map per call (threads share nothing;
+    hashlib releases the GIL). Not into `bytes` from os.pread: on the worker threads, glibc served those 8 MiB buffers
+    from per-thread malloc arenas and kept ~31 MiB of them for the life of the process (measured after loading and
+    deleting a 99M TriLM: 34.5 MiB of anonymous memory left, 3.1 with this reader)."""
     digest = hashlib.sha256()
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        offset = start
-        while offset < end:
-            chunk = os.pread(descriptor, min(_CHUNK, end - offset), offset)
-            if not chunk:
-                raise OSError(f"corrupt checkpoint file {path}: truncated tensor data; {_FIX}")
-            digest.update(chunk)
-            offset += len(chunk)
-    finally:
-        os.close(descriptor)
+    with open(path, "rb", buffering=0) as file, mmap.mmap(-1, min(_CHUNK, max(1, end - start))) as buffer:
+        view = memoryview(buffer)
+        try:
+            file.seek(start)
+            offset = start
+            while offset < end:
+                count = file.readinto(view[: min(len(view), end - offset)])
+                if not count:
+                    raise OSError(f"corrupt checkpoint file {path}: truncated tensor data; {_FIX}")
+                digest.update(view[:count])
+                offset += count
+        finally:
+            view.release()
     return digest.hexdigest()
 
 
