@@ -317,18 +317,19 @@ class FusedDecoderLayer(LlamaDecoderLayer):
         kernel, plan = steps
         attention = cast(LlamaAttention, plan.modules[0])
         attention_group, mlp_group = cast("tuple[FusedProjections, FusedProjections]", plan.groups)
-        t = _block_operands(plan)
+        block = _block_operands(plan)
         bits = attention_group.layers[0].activation_bits
         assert position_embeddings is not None, "_block_steps checked them"
         cos, sin = position_embeddings
         query, key, value = kernel.attention_inputs(
-            hidden_states, t.input_norm, t.input_eps, t.qkv, t.qkv_row_scale, attention_group.outs, cos, sin,
-            attention.head_dim, bits,
+            hidden_states, block.input_norm, block.input_eps, block.qkv, block.qkv_row_scale, attention_group.outs,
+            cos, sin, attention.head_dim, bits,
         )
         attn_output, _ = attend(attention, query, key, value, attention_mask, cache, kwargs)
         return kernel.attention_output_and_mlp(
-            attn_output, hidden_states, t.o, t.o_row_scale, t.o_col_scale, t.post_norm, t.post_eps,
-            t.gate_up, t.gate_up_row_scale, mlp_group.outs, t.down, t.down_row_scale, t.down_col_scale, bits,
+            attn_output, hidden_states, block.o, block.o_row_scale, block.o_col_scale, block.post_norm,
+            block.post_eps, block.gate_up, block.gate_up_row_scale, mlp_group.outs, block.down, block.down_row_scale,
+            block.down_col_scale, bits,
         )
 
     def _make_plan(self, modules: tuple[nn.Module, ...]) -> _BlockPlan:
