@@ -4,6 +4,7 @@ GEMM) and the Triton kernel through its interpreter, for 1, 2, 3 and 6 scale sha
 
 from __future__ import annotations
 
+import itertools
 import logging
 
 import pytest
@@ -92,8 +93,9 @@ def test_prefill_token_panels_compute_each_token_as_alone(activation_bits: int, 
     x = torch.randn(tokens, 2048, generator=torch.Generator().manual_seed(2)).to(torch.bfloat16)  # [tokens, in]
     operands = (layer.weight_kernel, layer.kernel_scale, layer.input_scale, activation_bits)
     together = kernel.mm(x, *operands)
-    # (in calls of 2 tokens: a single token takes the decode GEMV, whose final sum is reduced in another order)
-    alone = torch.cat([kernel.mm(x[i : i + 2], *operands) for i in range(0, tokens, 2)])
+    # (in calls of 5 tokens: a single token takes the decode GEMV, whose final sum is reduced in another order, and
+    # with AVX-512 BF16 fewer than 4 bf16 tokens take the int16 route instead of the bf16 one)
+    alone = torch.cat([kernel.mm(x[i : i + 5], *operands) for i in range(0, tokens, 5)])
     assert torch.equal(together, alone)
     if activation_bits == 16:
         expected = reference(x, digits, scales, 1)
@@ -137,13 +139,14 @@ def test_cpu_kernel_lets_nan_and_infinity_through() -> None:
     layer = TernaryLinear.from_ternary(digits, scales, shard_dim=0, eps=1e-5)
     for dtype in (torch.float32, torch.bfloat16):
         layer.prepare_inference("2bit", dtype)
-        for bad in (float("nan"), float("inf")):
-            x = torch.ones(2, 256, dtype=dtype)  # [2 tokens, in]
+        # (2 tokens: the int16 tile; 5: with AVX-512 BF16, the bf16 route for bf16)
+        for bad, tokens in itertools.product((float("nan"), float("inf")), (2, 5)):
+            x = torch.ones(tokens, 256, dtype=dtype)  # [tokens, in]
             x[0, 3] = bad
             with torch.no_grad():
                 y = layer(x)
             assert not torch.isfinite(y[0]).any(), (dtype, bad)
-            assert torch.isfinite(y[1]).all(), (dtype, bad)  # the other token is untouched
+            assert torch.isfinite(y[1:]).all(), (dtype, bad)  # the other tokens are untouched
 
 
 @needs_cpu_kernel
@@ -241,6 +244,8 @@ def test_a_variant_the_cpu_lacks_is_never_chosen() -> None:
     assert choose(frozenset({"avx2", "fma", "f16c", "avx_vnni"})) == "avxvnni"
     assert choose(AVX512_FLAGS) == "avx512bw"
     assert choose(AVX512_FLAGS | {"avx512_vnni"}) == "avx512vnni"
+    assert choose(AVX512_FLAGS | {"avx512_vnni", "avx512_bf16"}) == "avx512bf16"
+    assert choose(AVX512_FLAGS | {"avx512_bf16"}) == "avx512bw"  # (the bf16 variant is built with VNNI too)
     with pytest.raises(ValueError, match="lacks avx512bw"):
         choose(frozenset({"avx2", "fma", "f16c"}), "avx512bw")
     with pytest.raises(ValueError, match="not a kernel variant"):
@@ -272,7 +277,7 @@ def test_every_variant_the_cpu_has_matches_the_float64_reference(variant: str) -
             layer = TernaryLinear.from_ternary(digits, scales, shard_dim=shard_dim, eps=1e-5)
             layer.prepare_inference("2bit", torch.float32)
             for tokens, dtype in ((1, torch.float32), (5, torch.float32), (1, torch.bfloat16), (3, torch.bfloat16),
-                                  (50, torch.float32)):
+                                  (6, torch.bfloat16), (50, torch.float32)):
                 x = torch.randn(tokens, 300, generator=torch.Generator().manual_seed(tokens)).to(dtype)
                 y = kernel.mm(x, layer.weight_kernel, layer.kernel_scale, layer.input_scale, 16)
                 expected = reference(x, digits, scales, shard_dim)
@@ -288,6 +293,43 @@ def test_every_variant_the_cpu_has_matches_the_float64_reference(variant: str) -
                 assert ((y8.double() - expected).abs() <= bound + rounding + 1e-5 * expected.abs().max()).all()
     assert_dense_mm_like_torch(kernel)
     assert_decode_attention_like_sdpa(kernel)
+
+
+def bf16_variant_or_skip() -> ternary_kernels.CpuKernel:
+    if "avx512bf16" not in ternary_kernels.supported_variants(ternary_kernels.cpu_flags()):
+        pytest.skip("this CPU lacks AVX-512 BF16: the bf16 route is only compiled here (variants_this_cpu_lacks)")
+    return ternary_kernels.load_cpu_library("avx512bf16", compiler="c++", cache_dir=ternary_kernels.kernel_cache_dir())
+
+
+@pytest.mark.parametrize("shard_dim", (0, 1))
+def test_bf16_route_rounds_the_exact_product_once(shard_dim: int) -> None:
+    """The avx512bf16 variant multiplies bf16 activations of BF16_GEMM_MIN_TOKENS tokens or more unquantized: every
+    output is the float64 product rounded once to bf16, within half a bf16 ulp (2^-8 of its magnitude) and fp32
+    summation error. For 1, 2, 3 and 6 scale shards (column shards: a segment each), 4 to 7 and 64 tokens (the
+    4-token tile and its tails), 42 rows (16-row panels, 4-row tiles, a 2-row tail), 300 columns (a 12-column tail),
+    rows read with a stride, and the fused call. The int16 route (3 tokens here) misses this bound: the check can
+    fail."""
+    kernel = bf16_variant_or_skip()
+    int16_misses = 0
+    for shards in SHARDS:
+        digits, scales = random_ternary(42, 300, shards, shard_dim, seed=shards * 10 + shard_dim)
+        layer = TernaryLinear.from_ternary(digits, scales, shard_dim=shard_dim, eps=1e-5)
+        layer.prepare_inference("2bit", torch.bfloat16)
+        operands = (layer.weight_kernel, layer.kernel_scale, layer.input_scale, 16)
+        for tokens in (3, 4, 5, 6, 7, 64):
+            wide = torch.randn(tokens, 400, generator=torch.Generator().manual_seed(tokens)).to(torch.bfloat16)
+            x = wide[:, :300]  # [tokens, 300], rows 400 elements apart
+            expected = reference(x, digits, scales, shard_dim)  # [tokens, 42]
+            bound = expected.abs() * 2.0**-8 + 1e-6 * expected.abs().max()
+            error = (kernel.mm(x, *operands).double() - expected).abs()
+            if tokens < ternary_kernels.BF16_GEMM_MIN_TOKENS:
+                int16_misses += int((error > bound).sum())
+                continue
+            assert (error <= bound).all(), (shards, shard_dim, tokens, (error - bound).max().item())
+            if shard_dim == 0:
+                parts = kernel.mm_fused(x, layer.weight_kernel, layer.kernel_scale, [22, 20], 16)
+                assert torch.equal(torch.cat(parts, -1), kernel.mm(x, *operands))
+    assert int16_misses > 0
 
 
 def assert_decode_attention_like_sdpa(kernel: ternary_kernels.CpuKernel) -> None:
@@ -345,16 +387,18 @@ def assert_dense_mm_like_torch(kernel: ternary_kernels.CpuKernel) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", ["avx512bw", "avx512vnni", "avxvnni"])
+@pytest.mark.parametrize("variant", ["avx512bw", "avx512vnni", "avx512bf16", "avxvnni"])
 def test_variants_this_cpu_lacks_still_compile(variant: str, tmp_path) -> None:
     """Compile-only: the AVX-512 / AVX-VNNI code paths build (the compiler takes their flags) though this CPU may not
     run them; nothing is loaded."""
     import subprocess
 
-    probe = subprocess.run(["c++", "-mavx512vnni", "-mavxvnni", "-x", "c++", "-E", "-", "-o", "/dev/null"],
-                           input="", capture_output=True, text=True)
+    probe = subprocess.run(
+        ["c++", "-mavx512vnni", "-mavx512bf16", "-mavxvnni", "-x", "c++", "-E", "-", "-o", "/dev/null"],
+        input="", capture_output=True, text=True,
+    )
     if probe.returncode:
-        pytest.skip("the compiler does not take the AVX-512 VNNI / AVX-VNNI flags")
+        pytest.skip("the compiler does not take the AVX-512 VNNI / BF16 / AVX-VNNI flags")
     path, seconds = ternary_kernels.build_cpu_library(variant, compiler="c++", cache_dir=tmp_path)
     assert path.exists() and seconds is not None and variant in path.name
 
