@@ -26,9 +26,10 @@ Kernels (`ternary_matmul_2bit`):
   speed).
   The operators keep no state between calls but a per-thread scratch buffer: one model serves several threads.
   Int8 activations (`activation_bits=8`, llama.cpp's route; off by default, `int8_activations=True` at load): every
-  call quantizes the activations to int8 per 128-column block (s_b = the block's largest |x_j c_j| / 127, c the
-  column scales) and multiplies them with the weights stored as t + 1 in {0, 1, 2} by `maddubs` (`vpdpbusd` with
-  VNNI), subtracting the codes' sums once per token. Its error, for output row r:
+  call (on the avx512bf16 variant, every call of fewer than BF16_GEMM_MIN_TOKENS_INT8 bf16 tokens; more take the
+  exact bf16 route) quantizes the activations to int8 per 128-column block (s_b = the block's largest |x_j c_j| / 127,
+  c the column scales) and multiplies them with the weights stored as t + 1 in {0, 1, 2} by `maddubs` (`vpdpbusd`
+  with VNNI), subtracting the codes' sums once per token. Its error, for output row r:
       |y_r - exact_r| <= |row_scale_r| * sum over blocks b of nnz(T_r in b) * s_b / 2
   plus fp32 accumulation and the rounding of y to x's dtype (the exact route's int16 codes: the same with s_b / 258
   in place of s_b / 2). tests/test_kernels.py checks both bounds against float64.
@@ -399,6 +400,10 @@ GEMM_MIN_TOKENS_16BIT = 192
 # 0.75 ms against the int16 tile's 0.84, 16 tokens 2.2 against 3.7, 128 tokens 15.9 against 29.6; 3 tokens 0.86
 # against 0.75 (AMD EPYC with AVX-512 BF16, 2026-12-07, load ~1).
 BF16_GEMM_MIN_TOKENS = 4
+# ... and bf16 activations the caller asked to quantize to int8 from this many tokens on: the int8 tile is faster
+# below (4 tokens 0.60 against 0.75 ms, 16 tokens 2.7 against 2.2 ms at 2048 x 11264), the bf16 route is faster above
+# and exact (1.1B prefill of 512 tokens: 142-152 against 109-127 tok/s)
+BF16_GEMM_MIN_TOKENS_INT8 = 16
 
 
 def _loaded_cpu_kernel() -> CpuKernel:
