@@ -33,12 +33,12 @@ side for tests):
   decode_attention(Tensor query, Tensor key, Tensor value, Tensor? mask, float scaling) -> Tensor
       (one new token per sequence attending to the cached keys its boolean mask shows: a decode step's attention in
       one call, fp32 softmax and sums, instead of transformers' sdpa wrapper and the ~60 us it costs per layer)
-  decode_layers(Tensor hidden, Tensor?[] blocks, Tensor[] keys, Tensor[] values, Tensor cos, Tensor sin, Tensor? mask,
-                float[] eps, int[] qkv_outs, int[] gate_up_outs, int head_dim, float scaling, int activation_bits)
-                -> (Tensor, Tensor[], Tensor[])
-      (a decode step through every two-call block of a model in one call: per layer attention_inputs, the KV
-      cache's concatenation, decode_attention and attention_output_and_mlp, with no Python between the layers; the
-      new keys and values are returned for the caller's cache)
+  decode_layers(Tensor hidden, Tensor?[] blocks, Tensor(a!)[] keys, Tensor(b!)[] values, Tensor cos, Tensor sin,
+                Tensor? mask, float[] eps, int[] qkv_outs, int[] gate_up_outs, int head_dim, float scaling,
+                int activation_bits) -> Tensor
+      (a decode step through every two-call block of a model in one call: per layer attention_inputs, the new key
+      and value written into the last token slot of the caller's cache tensors, decode_attention and
+      attention_output_and_mlp, with no Python between the layers)
   ternary_unpack(Tensor packed, int in_features) -> Tensor
   set_allocation_limit(int bytes) -> ()
       (testing hook: scratch allocations above `bytes` fail as an out-of-memory would; -1 lifts the limit)
@@ -66,6 +66,7 @@ CPU_SOURCE = r"""
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <vector>
 
 #if defined(__AVX2__)
@@ -660,10 +661,16 @@ static void bf16_product(const uint16_t* x, int64_t x_stride, int64_t m, const u
                          int64_t kp, const float* row_scale, const Segment* segments, int count, void* const* outputs,
                          const int64_t* starts, int outputs_count) {
     const int64_t panel_rows = 16;
-    ScratchGuard scratch(sizeof(uint16_t) * (size_t)(panel_rows * kp) * (size_t)at::get_num_threads());
-    uint16_t* unpacked_all = (uint16_t*)scratch.data;  /* [threads, 16, kp] */
+    const size_t panel = (size_t)(panel_rows * kp);  /* elements of one [16, kp] unpacked panel */
+    const int slots = std::max(1, at::get_num_threads());
+    ScratchGuard scratch(sizeof(uint16_t) * panel * (size_t)slots);
+    uint16_t* unpacked_all = (uint16_t*)scratch.data;  /* [slots, 16, kp] */
+    std::atomic<int> next_slot{0};
     at::parallel_for(0, (n + panel_rows - 1) / panel_rows, 1, [&](int64_t task_begin, int64_t task_end) {
-        uint16_t* unpacked = unpacked_all + (size_t)at::get_thread_num() * (size_t)(panel_rows * kp);  /* [16, kp] */
+        /* one slot per invocation (one per thread: at most `slots`); any beyond get a buffer of their own */
+        const int slot = next_slot.fetch_add(1);
+        std::unique_ptr<uint16_t[]> own(slot < slots ? nullptr : new uint16_t[panel]);
+        uint16_t* unpacked = own ? own.get() : unpacked_all + (size_t)slot * panel;  /* [16, kp] */
         for (int64_t task = task_begin; task < task_end; task++) {
             const int64_t r0 = task * panel_rows, rows = std::min(panel_rows, n - r0);
             unpack_rows_bf16(w, kp, r0, rows, unpacked);
@@ -1242,19 +1249,38 @@ at::Tensor decode_attention(const at::Tensor& query, const at::Tensor& key, cons
     return out;
 }
 
+/* cache[:, :, -1] = token ([b, kv_heads, 1, d]) for a cache [b, kv_heads, t + 1, d]: a row copy per sequence and head
+   where both have unit stride along d and one dtype (an aten copy_ of so few elements cost ~9 us, 2 per layer) */
+static void write_token_slot(const at::Tensor& cache, const at::Tensor& token) {
+    at::Tensor slot = cache.narrow(2, cache.size(2) - 1, 1);
+    if (cache.scalar_type() != token.scalar_type() || cache.stride(3) != 1 || token.stride(3) != 1 ||
+        slot.sizes() != token.sizes()) {
+        slot.copy_(token);
+        return;
+    }
+    const int64_t batch = cache.size(0), heads = cache.size(1), d = cache.size(3);
+    const size_t row_bytes = (size_t)d * cache.element_size();
+    char* dst = (char*)slot.data_ptr();
+    const char* src = (const char*)token.data_ptr();
+    for (int64_t i = 0; i < batch; i++)
+        for (int64_t h = 0; h < heads; h++)
+            std::memcpy(dst + (i * slot.stride(0) + h * slot.stride(1)) * cache.element_size(),
+                        src + (i * token.stride(0) + h * token.stride(1)) * token.element_size(), row_bytes);
+}
+
 /* Tensors per layer in decode_layers' `blocks`: input norm weight, q/k/v stacked packed rows and their row scales,
    o_proj packed / row scale / column scale (None where it has none), post-attention norm weight, gate/up stacked
    packed rows and row scales, down_proj packed / row scale / column scale */
 #define DECODE_BLOCK_TENSORS 12
 
 /* A decode step through a stack of two-call decoder blocks with no Python between the layers: for each layer l, what
-   the per-layer path computes in turn - attention_inputs, the KV cache's concatenation along the tokens (as
-   transformers' DynamicLayer.update makes it), decode_attention over the result, attention_output_and_mlp.
-   hidden [b, 1, h]; blocks: DECODE_BLOCK_TENSORS per layer; keys[l], values[l]: layer l's cache [b, kv_heads, t, d]
-   (t may differ between layers); cos, sin [b or 1, 1, d]; mask: transformers' boolean sdpa mask [b or 1, 1, 1, t + 1]
-   or None; eps: the two norms' epsilons per layer. Returns the last block's hidden states [b, 1, h] and per layer
-   the new keys and values [b, kv_heads, t + 1, d]; the inputs are not modified. */
-std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> decode_layers(
+   the per-layer path computes in turn - attention_inputs, this token's key and value written into the cache's last
+   slot (what transformers' DynamicLayer.update appends by concatenation), decode_attention over the cache,
+   attention_output_and_mlp. hidden [b, 1, h]; blocks: DECODE_BLOCK_TENSORS per layer; keys[l], values[l]: layer l's
+   cache [b, kv_heads, t + 1, d] with its last token slot reserved for this step (written here; t may differ between
+   layers); cos, sin [b or 1, 1, d]; mask: transformers' boolean sdpa mask [b or 1, 1, 1, t + 1] or None; eps: the
+   two norms' epsilons per layer. Returns the last block's hidden states [b, 1, h]. */
+at::Tensor decode_layers(
     const at::Tensor& hidden, const c10::List<c10::optional<at::Tensor>>& blocks, at::TensorList keys,
     at::TensorList values, const at::Tensor& cos, const at::Tensor& sin, const c10::optional<at::Tensor>& mask,
     at::ArrayRef<double> eps, at::IntArrayRef qkv_outs, at::IntArrayRef gate_up_outs, int64_t head_dim,
@@ -1266,9 +1292,6 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> decode_
     TORCH_CHECK(hidden.dim() == 3 && hidden.size(1) == 1 && head_dim > 0, "decode_layers takes hidden [batch, 1, "
                 "hidden] (one token per sequence)");
     const int64_t b = hidden.size(0);
-    std::vector<at::Tensor> new_keys, new_values;
-    new_keys.reserve(layers);
-    new_values.reserve(layers);
     at::Tensor h = hidden;
     c10::optional<at::Tensor> t[DECODE_BLOCK_TENSORS];
     for (int64_t l = 0; l < layers; l++) {
@@ -1283,15 +1306,16 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> decode_
         /* [b, 1, kv_heads * d] -> [b, kv_heads, 1, d], as the per-layer path views them for the cache */
         const at::Tensor key = qkv[1].view({b, 1, -1, head_dim}).transpose(1, 2);
         const at::Tensor value = qkv[2].view({b, 1, -1, head_dim}).transpose(1, 2);
-        TORCH_CHECK(keys[l].dim() == 4 && values[l].dim() == 4, "decode_layers: layer ", l, "'s cache must hold ",
-                    "[batch, kv_heads, tokens, head_dim] keys and values");
-        new_keys.push_back(at::cat({keys[l], key}, 2));
-        new_values.push_back(at::cat({values[l], value}, 2));
-        const at::Tensor attention = decode_attention(qkv[0], new_keys.back(), new_values.back(), mask, scaling);
+        TORCH_CHECK(keys[l].dim() == 4 && values[l].dim() == 4 && keys[l].size(2) >= 1 &&
+                    keys[l].sizes() == values[l].sizes(), "decode_layers: layer ", l, "'s cache must hold ",
+                    "[batch, kv_heads, tokens + 1, head_dim] keys and values, the last slot this step's");
+        write_token_slot(keys[l], key);
+        write_token_slot(values[l], value);
+        const at::Tensor attention = decode_attention(qkv[0], keys[l], values[l], mask, scaling);
         h = attention_output_and_mlp(attention, h, *t[3], *t[4], t[5], *t[6], eps[2 * l + 1], *t[7], *t[8],
                                      gate_up_outs, *t[9], *t[10], t[11], activation_bits);
     }
-    return std::make_tuple(h, std::move(new_keys), std::move(new_values));
+    return h;
 }
 
 void set_allocation_limit(int64_t bytes) { allocation_limit.store(bytes); }
@@ -1320,9 +1344,9 @@ TORCH_LIBRARY(NAMESPACE, m) {
           "int[] gate_up_outs, Tensor down_packed, Tensor down_row_scale, Tensor? down_col_scale, "
           "int activation_bits) -> Tensor");
     m.def("decode_attention(Tensor query, Tensor key, Tensor value, Tensor? mask, float scaling) -> Tensor");
-    m.def("decode_layers(Tensor hidden, Tensor?[] blocks, Tensor[] keys, Tensor[] values, Tensor cos, Tensor sin, "
-          "Tensor? mask, float[] eps, int[] qkv_outs, int[] gate_up_outs, int head_dim, float scaling, "
-          "int activation_bits) -> (Tensor, Tensor[], Tensor[])");
+    m.def("decode_layers(Tensor hidden, Tensor?[] blocks, Tensor(a!)[] keys, Tensor(b!)[] values, Tensor cos, "
+          "Tensor sin, Tensor? mask, float[] eps, int[] qkv_outs, int[] gate_up_outs, int head_dim, float scaling, "
+          "int activation_bits) -> Tensor");
     m.def("ternary_unpack(Tensor packed, int in_features) -> Tensor");
     m.def("set_allocation_limit(int bytes) -> ()");
     m.def("parallel_threads() -> int");

@@ -322,12 +322,7 @@ def _register_fake_kernels(namespace: str) -> None:
 
     def decode_layers(hidden, blocks, keys, values, cos, sin, mask, eps, qkv_outs, gate_up_outs, head_dim, scaling,
                       activation_bits):
-        grown = [(*cached.shape[:2], cached.shape[2] + 1, cached.shape[3]) for cached in keys]
-        return (
-            hidden.new_empty(hidden.shape),
-            [cached.new_empty(shape) for cached, shape in zip(keys, grown, strict=True)],
-            [cached.new_empty(shape) for cached, shape in zip(values, grown, strict=True)],
-        )
+        return hidden.new_empty(hidden.shape)  # (keys and values: written in place)
 
     for fake in (ternary_mm, ternary_mm_fused, int8_mm, dense_mm, ternary_unpack, attention_inputs,
                  attention_output_and_mlp, decode_attention, decode_layers):

@@ -837,3 +837,51 @@ def test_int8_activations_are_opt_in_within_a_few_percent_and_compile_like_eager
         torch.testing.assert_close(model(ids).logits.double(), exact_logits, rtol=0, atol=0)
     with pytest.raises(ValueError, match="need a packed TriLM"):
         copy.deepcopy(latent).set_int8_activations(True)
+
+
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
+def test_decode_steps_write_the_cache_in_place_never_into_a_slot_another_tensor_shows(saved, mode) -> None:
+    """The one-call decode step writes each new key and value into a reserved token slot of the cache's buffer (one
+    buffer across steps while it has room) instead of concatenating, and only where no other tensor shows that slot:
+    two caches holding the same tensors (one steps, then the other), a cropped cache and a view kept from an earlier
+    step each see exactly what an independent copy sees. Under no_grad and inference_mode (which keeps no view
+    relations)."""
+    import copy
+
+    from transformers import DynamicCache
+
+    _, directory, ids, _ = saved
+    model = TriLMForCausalLM.from_pretrained(directory, ternary_inference="2bit", dtype=torch.float32)
+
+    def step(cache, token: torch.Tensor) -> torch.Tensor:
+        with mode(), torch.profiler.profile() as profile:
+            logits = model(token, cache=cache).logits
+        assert any(e.key.endswith("::decode_layers") for e in profile.key_averages())
+        return logits
+
+    cache = DynamicCache(config=model.config)
+    with mode():
+        first = model(ids, cache=cache).logits[:, -1:].argmax(-1)  # [batch, 1]
+    step(cache, first)  # (the first step copies the prefill's keys into a buffer with room)
+    buffer = cache.layers[0].keys.data_ptr()
+    kept = cache.layers[0].keys  # a view from this step, which later steps must not change
+    kept_values = kept.clone()
+    a, b, c = (torch.full_like(first, token) for token in (5, 7, 9))
+    snapshot = copy.deepcopy(cache)
+    shared = copy.deepcopy(cache)
+    for mine, theirs in zip(shared.layers, cache.layers, strict=True):
+        mine.keys, mine.values = theirs.keys, theirs.values  # the very same tensors
+    after_a = step(cache, a)
+    assert cache.layers[0].keys.data_ptr() == buffer  # written in place
+    after_b = step(shared, b)
+    assert shared.layers[0].keys.data_ptr() != buffer  # its slot was taken: copied
+    after_c = step(cache, c)
+    reference = copy.deepcopy(snapshot)
+    assert torch.equal(step(reference, a), after_a) and torch.equal(step(reference, c), after_c)
+    assert torch.equal(step(copy.deepcopy(snapshot), b), after_b)
+    assert torch.equal(kept, kept_values)
+    cache.crop(-2)  # (the last two tokens)
+    cropped = copy.deepcopy(cache)
+    assert torch.equal(step(cache, b), step(cropped, b))
+    for mine, theirs in zip(cache.layers, cropped.layers, strict=True):
+        assert torch.equal(mine.keys, theirs.keys) and torch.equal(mine.values, theirs.values)
