@@ -246,6 +246,14 @@ static inline void hsum4(const __m256* acc, float* out) {
 /* the 16 weights of plane p of a block as int16 in {-1, 0, +1} (plane 7 needs no left shift) */
 #define PLANE(v, p) \
     ((p) == 7 ? _mm256_srai_epi16((v), 14) : _mm256_srai_epi16(_mm256_slli_epi16((v), 14 - 2 * (p)), 14))
+/* The int32 lane sums of a block's 8 planes of weights (plane(v, p)) times activation vectors x[0..7], in two
+   accumulation chains (even and odd planes) so that the multiply-adds overlap: the four-row GEMVs' block step, written
+   once for both register widths (madd, madd_acc, plane and add: the width's intrinsics or macros) */
+#define BLOCK_PLANE_SUMS(madd, madd_acc, plane, add, v, x) \
+    add(madd_acc(madd_acc(madd_acc(madd(plane(v, 0), x[0]), plane(v, 2), x[2]), plane(v, 4), x[4]), \
+                 plane(v, 6), x[6]), \
+        madd_acc(madd_acc(madd_acc(madd(plane(v, 1), x[1]), plane(v, 3), x[3]), plane(v, 5), x[5]), \
+                 plane(v, 7), x[7]))
 
 /* blocks [b0, nblocks) of MT quantized rows against one weight row, 256 bits at a time; adds into out[i] */
 template <int MT>
@@ -283,11 +291,8 @@ static inline void rows4_block_256(const uint8_t* w, int64_t row_bytes, const in
     for (int r = 0; r < 4; r++) {
         PREFETCH_AHEAD(w + r * row_bytes + 32 * b, row_bytes, b);
         const __m256i v = _mm256_loadu_si256((const __m256i*)(w + r * row_bytes + 32 * b));
-        __m256i even = _mm256_madd_epi16(PLANE(v, 0), x[0]), odd = _mm256_madd_epi16(PLANE(v, 1), x[1]);
-        even = MADD_ACC(even, PLANE(v, 2), x[2]); odd = MADD_ACC(odd, PLANE(v, 3), x[3]);
-        even = MADD_ACC(even, PLANE(v, 4), x[4]); odd = MADD_ACC(odd, PLANE(v, 5), x[5]);
-        even = MADD_ACC(even, PLANE(v, 6), x[6]); odd = MADD_ACC(odd, PLANE(v, 7), x[7]);
-        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(even, odd)), scale, acc[r]);
+        const __m256i sums = BLOCK_PLANE_SUMS(_mm256_madd_epi16, MADD_ACC, PLANE, _mm256_add_epi32, v, x);
+        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), scale, acc[r]);
     }
 }
 static inline void rows4_dot_256(const uint8_t* w, int64_t row_bytes, const int16_t* q, const float* s,
@@ -356,11 +361,8 @@ static inline void rows4_dot_512(const uint8_t* w, int64_t row_bytes, const int1
         for (int r = 0; r < 4; r++) {
             PREFETCH_AHEAD(w + r * row_bytes + 32 * b, row_bytes, b);  /* (b even: one 64-byte line per pair) */
             const __m512i v = _mm512_loadu_si512((const void*)(w + r * row_bytes + 32 * b));
-            __m512i even = _mm512_madd_epi16(PLANE_512(v, 0), x[0]), odd = _mm512_madd_epi16(PLANE_512(v, 1), x[1]);
-            even = MADD_ACC_512(even, PLANE_512(v, 2), x[2]); odd = MADD_ACC_512(odd, PLANE_512(v, 3), x[3]);
-            even = MADD_ACC_512(even, PLANE_512(v, 4), x[4]); odd = MADD_ACC_512(odd, PLANE_512(v, 5), x[5]);
-            even = MADD_ACC_512(even, PLANE_512(v, 6), x[6]); odd = MADD_ACC_512(odd, PLANE_512(v, 7), x[7]);
-            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(even, odd)), scale, acc[r]);
+            const __m512i sums = BLOCK_PLANE_SUMS(_mm512_madd_epi16, MADD_ACC_512, PLANE_512, _mm512_add_epi32, v, x);
+            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), scale, acc[r]);
         }
     }
     __m256 halves[4];
