@@ -312,7 +312,16 @@ static inline void rows4_dot_256(const uint8_t* w, int64_t row_bytes, const int1
 #endif
 #define PLANE_512(v, p) \
     ((p) == 7 ? _mm512_srai_epi16((v), 14) : _mm512_srai_epi16(_mm512_slli_epi16((v), 14 - 2 * (p)), 14))
-/* two blocks per 512-bit register (lanes 0-15: block b, 16-31: block b + 1); an odd last block takes 256 bits */
+/* Two blocks per 512-bit register (lanes 0-15: block b, 16-31: block b + 1): the 16 activation codes of a plane of
+   block b (at `first`) and of block b + 1 (BLOCK_W further), and the two blocks' scales s[0], s[1] lane for lane */
+static inline __m512i block_pair_codes(const int16_t* first) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)first)),
+                              _mm256_loadu_si256((const __m256i*)(first + BLOCK_W)), 1);
+}
+static inline __m512 block_pair_scales(const float* s) {
+    return _mm512_mask_blend_ps((__mmask16)0xFF00, _mm512_set1_ps(s[0]), _mm512_set1_ps(s[1]));
+}
+/* (an odd last block takes 256 bits) */
 template <int MT>
 static inline void row_dot(const uint8_t* w, const int16_t* q, const float* s, int64_t kp, int64_t nblocks,
                            float* out) {
@@ -325,15 +334,12 @@ static inline void row_dot(const uint8_t* w, const int16_t* q, const float* s, i
         for (int i = 0; i < MT; i++) sums[i] = _mm512_setzero_si512();
 #define STEP(p) { const __m512i t = PLANE_512(v, p); \
         for (int i = 0; i < MT; i++) { \
-            const int16_t* row = q + i * kp + BLOCK_W * b + 16 * (p); \
-            const __m512i x = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)row)), \
-                                                 _mm256_loadu_si256((const __m256i*)(row + BLOCK_W)), 1); \
+            const __m512i x = block_pair_codes(q + i * kp + BLOCK_W * b + 16 * (p)); \
             sums[i] = MADD_ACC_512(sums[i], t, x); } }
         STEP(0) STEP(1) STEP(2) STEP(3) STEP(4) STEP(5) STEP(6) STEP(7)
 #undef STEP
         for (int i = 0; i < MT; i++) {
-            const float* sb = s + i * (kp / BLOCK_W) + b;
-            const __m512 scales = _mm512_mask_blend_ps((__mmask16)0xFF00, _mm512_set1_ps(sb[0]), _mm512_set1_ps(sb[1]));
+            const __m512 scales = block_pair_scales(s + i * (kp / BLOCK_W) + b);
             acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums[i]), scales, acc[i]);
         }
     }
@@ -352,12 +358,8 @@ static inline void rows4_dot_512(const uint8_t* w, int64_t row_bytes, const int1
     int64_t b = 0;
     for (; b + 2 <= nblocks; b += 2) {
         __m512i x[8];
-        for (int p = 0; p < 8; p++) {
-            const int16_t* first = q + BLOCK_W * b + 16 * p;
-            x[p] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)first)),
-                                      _mm256_loadu_si256((const __m256i*)(first + BLOCK_W)), 1);
-        }
-        const __m512 scale = _mm512_mask_blend_ps((__mmask16)0xFF00, _mm512_set1_ps(s[b]), _mm512_set1_ps(s[b + 1]));
+        for (int p = 0; p < 8; p++) x[p] = block_pair_codes(q + BLOCK_W * b + 16 * p);
+        const __m512 scale = block_pair_scales(s + b);
         for (int r = 0; r < 4; r++) {
             PREFETCH_AHEAD(w + r * row_bytes + 32 * b, row_bytes, b);  /* (b even: one 64-byte line per pair) */
             const __m512i v = _mm512_loadu_si512((const void*)(w + r * row_bytes + 32 * b));
@@ -875,11 +877,10 @@ static std::vector<at::Tensor> ternary_outputs(const at::Tensor& x, const at::Te
        them too: the int8 error bound holds a fortiori. */
     std::vector<Segment> segments;
     if (flat.scalar_type() == at::kBFloat16 && m >= (int8 ? BF16_GEMM_MIN_TOKENS_INT8 : BF16_GEMM_MIN_TOKENS)) {
-        for (int64_t j = 0; j < k && (int)segments.size() <= BF16_MAX_SEGMENTS; j++) {
-            const float scale = col ? col[j] : 1.0f;
-            if (segments.empty() || scale != segments.back().scale) segments.push_back({j, j + 1, scale});
+        if (!col && k > 0) segments.push_back({0, k, 1.0f});
+        for (int64_t j = 0; col && j < k && (int)segments.size() <= BF16_MAX_SEGMENTS; j++) {
+            if (segments.empty() || col[j] != segments.back().scale) segments.push_back({j, j + 1, col[j]});
             else segments.back().end = j + 1;
-            if (!col) { segments.back().end = k; break; }
         }
     }
     if (!segments.empty() && (int)segments.size() <= BF16_MAX_SEGMENTS) {
