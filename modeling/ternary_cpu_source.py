@@ -179,15 +179,15 @@ static inline float block_max(const float* values, bool* bad) {
     return largest;
 }
 
-/* One block of 128 fp32 `values` -> int16 codes q and the block's scale s with values ~= s * q, |q| <= 32767
-   (s = block max / 32767: rounding error <= s / 2 per element). A NaN or infinity makes s NaN, so that the
+/* One block of 128 fp32 `values` -> int16 codes q and the block's scale s with values ~= s * q, |q| <= max_code
+   (s = block max / max_code: rounding error <= s / 2 per element). A NaN or infinity makes s NaN, so that the
    outputs it reaches are NaN rather than silently finite. */
-static inline float quantize_block(const float* values, int16_t* q) {
+static inline float quantize_block(const float* values, int16_t* q, float max_code = 32767.0f) {
     bool bad = false;
     const float largest = block_max(values, &bad);
-    const float inverse = largest > 0.0f && !bad ? 32767.0f / largest : 0.0f;
+    const float inverse = largest > 0.0f && !bad ? max_code / largest : 0.0f;
     for (int j = 0; j < BLOCK_W; j++) q[j] = (int16_t)std::nearbyint(values[j] * inverse);  /* to nearest even */
-    return bad ? NAN : largest / 32767.0f;
+    return bad ? NAN : largest / max_code;
 }
 
 /* Rows of x (fp32 / bf16 / fp16, [m, k], row stride x_stride, times col_scale) -> int16 codes q [m * passes, kp] and
@@ -221,13 +221,18 @@ static inline float hsum(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 /* The four-row decode GEMVs stream a model's weights from memory, two rows' worth of bytes per pass and thread: a
-   software prefetch PREFETCH_ROWS rows ahead, once per 64-byte line (b even), keeps more loads in flight than the
-   hardware prefetcher did (1.1B decoder blocks cycled from memory, interleaved A/B: 0.89-0.91x the time on the exact
-   route, 0.75-0.78x on the int8 one; 4 and 16 rows ahead measured alike or worse) */
+   software prefetch into L2, once per 64-byte line (b even), PREFETCH_ROWS rows and at least PREFETCH_BYTES ahead,
+   keeps more loads in flight than the hardware prefetcher does. Measured on decoder blocks cycled from memory (AMD
+   EPYC, AVX-512, 2 threads, GB/s of weights on the exact / int8 route): into L1 (_MM_HINT_T0) 8 rows ahead 18.6 / 19.1
+   at 3.9B shapes, into L2 26.7 / 31.0, and at least 4 KiB ahead 28.2 / 33.8 (390M shapes: 17.3 / 19.7 -> 18.7 /
+   23.9); no prefetch 13.9 / 15.2; non-temporal 19.8 / 20.0. */
 #define PREFETCH_ROWS 8
+#define PREFETCH_BYTES 4096
 #define PREFETCH_AHEAD(address, row_bytes, b) \
     do { \
-        if (((b) & 1) == 0) _mm_prefetch((const char*)(address) + PREFETCH_ROWS * (row_bytes), _MM_HINT_T0); \
+        if (((b) & 1) == 0) \
+            _mm_prefetch((const char*)(address) + std::max<int64_t>(PREFETCH_ROWS * (row_bytes), PREFETCH_BYTES), \
+                         _MM_HINT_T1); \
     } while (0)
 /* out[r] = the sum of acc[r]'s lanes, r = 0..3: lanes of hadd(hadd(a, b), hadd(c, d)) hold a, b, c, d partial sums in
    each 128-bit half */
@@ -312,9 +317,11 @@ static inline void rows4_dot_256(const uint8_t* w, int64_t row_bytes, const int1
 #endif
 #define PLANE_512(v, p) \
     ((p) == 7 ? _mm512_srai_epi16((v), 14) : _mm512_srai_epi16(_mm512_slli_epi16((v), 14 - 2 * (p)), 14))
-/* Two blocks per 512-bit register (lanes 0-15: block b, 16-31: block b + 1): the 16 activation codes of a plane of
-   block b (at `first`) and of block b + 1 (BLOCK_W further), and the two blocks' scales s[0], s[1] lane for lane */
-static inline __m512i block_pair_codes(const int16_t* first) {
+/* Two blocks per 512-bit register (bytes 0-31: block b, 32-63: block b + 1): 32 bytes of activation codes of block b
+   (at `first`: 16 int16 codes of a plane, or 32 int8 codes of a field) and the same of block b + 1 (BLOCK_W codes
+   further), and the two blocks' scales s[0], s[1] lane for lane */
+template <typename Code>
+static inline __m512i block_pair_codes(const Code* first) {
     return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)first)),
                               _mm256_loadu_si256((const __m256i*)(first + BLOCK_W)), 1);
 }
@@ -595,6 +602,159 @@ static inline void row_dot_i8(const uint8_t* w, const int8_t* q, const float* s,
 }
 #endif
 
+/* ------------------------------------------------------ one token on AVX-512 VNNI: 64 weights per shift, as bytes */
+
+#if defined(__AVX512VNNI__)
+/* The decode GEMV where the CPU has 512-bit vpdpbusd. The weights enter as t + 1 in {0, 1, 2}, one byte each: one
+   GFNI affine transform (or a shift and mask) of a 64-byte register gives 64 of them, against the int16 route's two
+   shifts for 32 (rows4_dot_512). Exact route: each int16 code q (|q| <= SPLIT_MAX_CODE) is stored as two signed
+   bytes, q = 256 h + l, multiplied by two vpdpbusd; each block's code sum is subtracted in int32 before the
+   conversion to float, so every block sum stays the exact integer the int16 route computes. Int8 route: the codes'
+   one byte, its correction subtracted per row as on the 256-bit route. Both take two blocks a register. */
+#define BYTE_ROUTE 1
+#define SPLIT_MAX_CODE 32639.0f  /* 127 * 256 + 127: the largest q whose h and l are both signed bytes */
+
+/* One activation row in the exact route's byte form, pair-major (pair p = blocks 2p and 2p + 1; a missing block
+   2p + 1 all zeros), each element one 512-bit register: high, low [pairs][4][64] (field e: block 2p's 32 bytes in
+   the int8 route's extraction order, then block 2p + 1's), minus_sums [pairs][16] (int32: minus block 2p's code sum
+   in lane 0, block 2p + 1's in lane 8, else 0), scales [pairs][16] (lanes 0-7 block 2p's scale, 8-15 block 2p + 1's) */
+struct SplitRow {
+    int8_t* high;
+    int8_t* low;
+    int32_t* minus_sums;
+    float* scales;
+};
+static const size_t SPLIT_PAIR_BYTES = 2 * 4 * 64 + 16 * sizeof(int32_t) + 16 * sizeof(float);
+static SplitRow split_row_at(void* base, int64_t pairs) {
+    int8_t* high = (int8_t*)base;
+    int32_t* minus_sums = (int32_t*)(high + 2 * pairs * 256);
+    return {high, high + pairs * 256, minus_sums, (float*)(minus_sums + 16 * pairs)};
+}
+
+/* One activation row (x [k] of kind x_kind, times col_scale) -> its int16 codes q = 256 h + l (|q| <= SPLIT_MAX_CODE,
+   h and l signed bytes) in the form of SplitRow */
+static void quantize_activations_split(const void* x, int x_kind, const float* col_scale, int64_t k, int64_t kp,
+                                       const SplitRow& row) {
+    const int64_t nblocks = kp / BLOCK_W, pairs = (nblocks + 1) / 2;
+    std::memset(row.high, 0, (size_t)(2 * pairs * 256 + 64 * pairs + 64 * pairs));  /* (a missing last block) */
+    float values[BLOCK_W];
+    int16_t codes[BLOCK_W];
+    for (int64_t b = 0; b < nblocks; b++) {
+        load_block(x, x_kind, BLOCK_W * b, col_scale, BLOCK_W * b, k, values);
+        const float scale = quantize_block(values, codes, SPLIT_MAX_CODE);
+        const int64_t pair = b / 2, half = b % 2;
+        int32_t total = 0;
+        for (int e = 0; e < 4; e++)
+            for (int i = 0; i < 32; i++) {
+                const int32_t q = codes[I8_COLUMN(e, i)], h = (q + 128) >> 8;  /* (floor: l = q - 256 h in -128..127) */
+                const int64_t at = 256 * pair + 64 * e + 32 * half + i;
+                row.high[at] = (int8_t)h;
+                row.low[at] = (int8_t)(q - 256 * h);
+                total += q;
+            }
+        row.minus_sums[16 * pair + 8 * half] = -total;
+        for (int l = 0; l < 8; l++) row.scales[16 * pair + 8 * half + l] = scale;
+    }
+}
+
+/* The 256 weights of a 64-byte register (two blocks) as t + 1 in {0, 1, 2}, one byte each: t[e] byte i from bits
+   2e, 2e + 1 of byte i (the int8 route's extraction order). Each 2-bit code c -> c + 1 mod 4 (00 -> 01, 01 -> 10,
+   11 -> 00; 10, never written, -> 11): the low bit negated, the high bit xor the low one. A zero byte (an odd last
+   block's missing pair) becomes t + 1 = 1, against zero activations. */
+static inline void weights_plus_one_512(__m512i v, __m512i* t) {
+#if defined(__GFNI__)
+    /* one affine bit transform per field (GFNI): output bit i of a byte is the parity of the byte AND the matrix's
+       byte 7 - i, xor bit i of the constant 1 */
+    for (int e = 0; e < 4; e++) {
+        const uint64_t matrix = ((uint64_t)1 << (2 * e)) << 56 | ((uint64_t)3 << (2 * e)) << 48;
+        t[e] = _mm512_gf2p8affine_epi64_epi8(v, _mm512_set1_epi64((long long)matrix), 1);
+    }
+#else
+    /* once for the four fields (v << 1 lines a field's low bit up with its high bit, 0xAA marks the high bits), then a
+       shift and mask per field (16-bit shifts: bits crossing into a byte's top are masked off) */
+    const __m512i u = _mm512_ternarylogic_epi32(v, _mm512_slli_epi16(v, 1), _mm512_set1_epi8((char)0xAA), 0x2D);
+    const __m512i low2 = _mm512_set1_epi8(3);
+    t[0] = _mm512_and_si512(u, low2);
+    for (int e = 1; e < 4; e++) t[e] = _mm512_and_si512(_mm512_srli_epi16(u, 2 * e), low2);
+#endif
+}
+
+/* Blocks b and b + 1 (b alone where PAIR is false) of four weight rows against activation bytes xh[0..3] (and, with
+   LOW, the low bytes xl[0..3]: the block sums are 256 (xh . w) + (xl . w) + minus_sums): acc[r] += the two blocks'
+   sums (lanes 0-7: block b, 8-15: block b + 1) times scale */
+template <bool PAIR, bool LOW>
+static inline void rows4_bytes_step(const uint8_t* const* rows, int64_t row_bytes, int64_t b, const __m512i* xh,
+                                    const __m512i* xl, __m512i minus_sums, __m512 scale, __m512* acc) {
+    for (int r = 0; r < 4; r++) {
+        const uint8_t* block = rows[r] + 32 * b;
+        PREFETCH_AHEAD(block, row_bytes, b);
+        const __m512i v = PAIR ? _mm512_loadu_si512((const void*)block)
+                               : _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i*)block));
+        __m512i t[4];
+        weights_plus_one_512(v, t);
+        __m512i hi = _mm512_dpbusd_epi32(_mm512_setzero_si512(), t[0], xh[0]);
+        __m512i lo = LOW ? _mm512_dpbusd_epi32(minus_sums, t[0], xl[0]) : minus_sums;
+        for (int e = 1; e < 4; e++) {
+            hi = _mm512_dpbusd_epi32(hi, t[e], xh[e]);
+            if (LOW) lo = _mm512_dpbusd_epi32(lo, t[e], xl[e]);
+        }
+        /* a lane: |256 hi + lo| <= 256 * 16 * 2 * 127 + 16 * 2 * 128 + 128 * 32639 < 2^24, so it converts exactly */
+        const __m512i block_sums = LOW ? _mm512_add_epi32(_mm512_slli_epi32(hi, 8), lo) : hi;
+        acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(block_sums), scale, acc[r]);
+    }
+}
+
+static inline void hsum4_512(const __m512* acc, float* out) {
+    __m256 halves[4];
+    for (int r = 0; r < 4; r++)
+        halves[r] = _mm256_add_ps(_mm512_castps512_ps256(acc[r]), _mm512_extractf32x8_ps(acc[r], 1));
+    hsum4(halves, out);
+}
+
+/* Four weight rows (rows[0..3], a row may repeat) against one activation row in the exact route's byte form:
+   out[0..3] = sum_b s_b sum_j t_j q_j, every block sum exact */
+static inline void rows4_dot_split(const uint8_t* const* rows, int64_t row_bytes, const SplitRow& x, int64_t nblocks,
+                                   float* out) {
+    __m512 acc[4];
+    for (int r = 0; r < 4; r++) acc[r] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nblocks; b += 2) {
+        const int64_t pair = b / 2;
+        __m512i xh[4], xl[4];
+        for (int e = 0; e < 4; e++) {
+            xh[e] = _mm512_loadu_si512((const void*)(x.high + 256 * pair + 64 * e));
+            xl[e] = _mm512_loadu_si512((const void*)(x.low + 256 * pair + 64 * e));
+        }
+        const __m512i minus_sums = _mm512_loadu_si512((const void*)(x.minus_sums + 16 * pair));
+        const __m512 scale = _mm512_loadu_ps(x.scales + 16 * pair);
+        if (b + 2 <= nblocks) rows4_bytes_step<true, true>(rows, row_bytes, b, xh, xl, minus_sums, scale, acc);
+        else rows4_bytes_step<false, true>(rows, row_bytes, b, xh, xl, minus_sums, scale, acc);
+    }
+    hsum4_512(acc, out);
+}
+
+/* Four weight rows (as rows4_dot_split) against one int8 activation row (quantize_activations_i8's codes q and block
+   scales s): out[0..3] = sum_b s_b sum_j (t_j + 1) q_j */
+static inline void rows4_dot_i8_512(const uint8_t* const* rows, int64_t row_bytes, const int8_t* q, const float* s,
+                                    int64_t nblocks, float* out) {
+    __m512 acc[4];
+    for (int r = 0; r < 4; r++) acc[r] = _mm512_setzero_ps();
+    int64_t b = 0;
+    for (; b + 2 <= nblocks; b += 2) {
+        __m512i x[4];
+        for (int e = 0; e < 4; e++) x[e] = block_pair_codes(q + BLOCK_W * b + 32 * e);
+        rows4_bytes_step<true, false>(rows, row_bytes, b, x, x, _mm512_setzero_si512(), block_pair_scales(s + b), acc);
+    }
+    if (b < nblocks) {
+        __m512i x[4];
+        for (int e = 0; e < 4; e++)
+            x[e] = _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i*)(q + BLOCK_W * b + 32 * e)));
+        rows4_bytes_step<false, false>(rows, row_bytes, b, x, x, _mm512_setzero_si512(),
+                                       _mm512_zextps256_ps512(_mm256_set1_ps(s[b])), acc);
+    }
+    hsum4_512(acc, out);
+}
+#endif
+
 /* ------------------------------------------------------------------------------------------------- the products */
 
 /* The output row r belongs to (outputs start at starts[0..count), rows in increasing order: *g only advances) and
@@ -726,11 +886,23 @@ static void ternary_product(const void* x, int x_kind, int64_t x_stride, const f
     const int passes = x_kind == F32 && !int8 ? 2 : 1;
     const int64_t nblocks = kp / BLOCK_W, rows_q = m * passes;
     const size_t q_bytes = (size_t)(rows_q * kp) * (int8 ? sizeof(int8_t) : sizeof(int16_t));
-    ScratchGuard scratch(q_bytes + sizeof(float) * (size_t)(rows_q * nblocks + (int8 ? m : 0)));
+#if defined(BYTE_ROUTE)
+    const bool split = m == 1 && passes == 1 && !int8;  /* one 16-bit token: its codes as two bytes */
+    const size_t scratch_bytes = split ? (size_t)((nblocks + 1) / 2) * SPLIT_PAIR_BYTES : 0;
+#else
+    const size_t scratch_bytes = 0;
+#endif
+    const size_t codes_bytes = q_bytes + sizeof(float) * (size_t)(rows_q * nblocks + (int8 ? m : 0));
+    ScratchGuard scratch(std::max(scratch_bytes, codes_bytes));
     int16_t* q = (int16_t*)scratch.data;     /* int16 route: [rows_q, kp] */
     int8_t* q8 = (int8_t*)scratch.data;      /* int8 route: [m, kp] */
     float* s = (float*)((char*)scratch.data + q_bytes);  /* [rows_q, nblocks] */
     float* c = s + rows_q * nblocks;                     /* int8 route: [m] */
+#if defined(BYTE_ROUTE)
+    const SplitRow split_row = split_row_at(scratch.data, (nblocks + 1) / 2);  /* (split: all of the scratch) */
+    if (split) quantize_activations_split(x, x_kind, col_scale, k, kp, split_row);
+    else
+#endif
     if (int8) quantize_activations_i8(x, x_kind, x_stride, col_scale, m, k, kp, q8, s, c);
     else quantize_activations(x, x_kind, x_stride, col_scale, m, k, kp, passes, q, s);
     const int64_t row_chunk = 16, token_chunk = 16;
@@ -751,10 +923,21 @@ static void ternary_product(const void* x, int x_kind, int64_t x_stride, const f
                     int g = 0;  /* the output of row r */
 #if defined(__AVX2__)
                     if (q1 - q0 == 1) {  /* one activation row (a decode step): rows four at a time */
-                        float row_dots[16];
+                        float row_dots[16 + 3];
                         const float* scales = s + q0 * nblocks;
                         const int64_t row_bytes = kp / 4;
                         int64_t r = r0;
+#if defined(BYTE_ROUTE)
+                        if (split || int8) {  /* (the last rows of a chunk: the last row repeated) */
+                            for (; r < r1; r += 4) {
+                                const uint8_t* rows[4];
+                                for (int j = 0; j < 4; j++) rows[j] = w + std::min(r + j, r1 - 1) * row_bytes;
+                                if (split) rows4_dot_split(rows, row_bytes, split_row, nblocks, row_dots + r - r0);
+                                else rows4_dot_i8_512(rows, row_bytes, q8 + q0 * kp, scales, nblocks,
+                                                      row_dots + r - r0);
+                            }
+                        } else
+#endif
                         if (int8) {
                             const int8_t* codes = q8 + q0 * kp;
                             for (; r + 4 <= r1; r += 4)

@@ -11,14 +11,18 @@ at most 2 shifts each, with no table and no correction term; the 16 weights of p
 Kernels (`ternary_matmul_2bit`):
 - CPU: a C++ torch operator library (`ternary_cpu_source.py`: `ternary_mm`, `ternary_mm_fused` for q/k/v and
   gate/up in one call, `int8_mm` for the int8 head), compiled with the system's C++ compiler against torch's headers
-  at first use, for the best instruction-set variant the CPU has (`CPU_VARIANTS`, from /proc/cpuinfo: AVX-512 BF16,
-  AVX-512 VNNI, AVX-512BW, AVX-VNNI, AVX2, or portable C++), cached in a directory keyed by variant and source hash,
-  and loaded with `torch.ops.load_library`: eager forwards and torch.compile graphs call the same operator, with no
-  Python in between. Activations are quantized per 128-column block to int16
+  at first use, for the best instruction-set variant the CPU has (`CPU_VARIANTS`, from /proc/cpuinfo: AVX-512 BF16
+  with GFNI, AVX-512 VNNI, AVX-512BW, AVX-VNNI, AVX2, or portable C++), cached in a directory keyed by variant and
+  source hash, and loaded with `torch.ops.load_library`: eager forwards and torch.compile graphs call the same
+  operator, with no Python in between. Activations are quantized per 128-column block to int16
   (error at most 2^-16 of the block's largest magnitude per element: below bf16's and fp16's own rounding) and
   multiplied with the int16 weights by `madd` / `vpdpwssd` (16 weights per instruction, exact int32 block sums); fp32
   activations take a second int16 pass over the residual of the first, which keeps them fp32-exact. A GEMV for
-  decode and a 4-row register tile for more tokens, on torch's intra-op thread pool; fp32 activations from
+  decode and a 4-row register tile for more tokens, on torch's intra-op thread pool. On AVX-512 VNNI, the decode
+  GEMV of one bf16 / fp16 token takes the weights as t + 1 in {0, 1, 2}, a byte each (64 per GFNI affine transform on
+  the avx512bf16 variant, per shift and mask without GFNI), and each int16 code (at most 32639 there) as two signed
+  bytes for two `vpdpbusd`: the same exact int32 block sums for 4 instructions per 64 weights instead of 6. fp32
+  activations from
   GEMM_MIN_TOKENS tokens on (bf16 / fp16 from GEMM_MIN_TOKENS_16BIT) unpack T to fp32 in row chunks for torch's
   fp32 GEMM instead. On CPUs with AVX-512 BF16 (the avx512bf16 variant), bf16 activations of BF16_GEMM_MIN_TOKENS
   tokens or more skip the quantization: T is unpacked to bf16 16 rows at a time and multiplied by the activations as
@@ -32,7 +36,8 @@ Kernels (`ternary_matmul_2bit`):
   with VNNI), subtracting the codes' sums once per token. Its error, for output row r:
       |y_r - exact_r| <= |row_scale_r| * sum over blocks b of nnz(T_r in b) * s_b / 2
   plus fp32 accumulation and the rounding of y to x's dtype (the exact route's int16 codes: the same with s_b / 258
-  in place of s_b / 2). tests/test_kernels.py checks both bounds against float64.
+  in place of s_b / 2; s_b / 257 for the two-byte codes of the AVX-512 VNNI decode GEMV). tests/test_kernels.py
+  checks these bounds against float64.
 - CUDA: a Triton kernel (decode and small batches; fp32 products).
 Either is optional: `cpu_kernel()` / `triton_available()` say whether they can run, and the callers fall back to
 torch's int4 / int8 kernels when they cannot. Scales are exact: per-row scales multiply the fp32 accumulator,
@@ -138,7 +143,9 @@ def release_pages(tensor: torch.Tensor) -> None:
 CPU_VARIANTS = ("avx512bf16", "avx512vnni", "avx512bw", "avxvnni", "avx2", "portable")  # preferred first
 # /proc/cpuinfo flags each variant needs, and the compiler flags it is built with
 _VARIANT_CPU_FLAGS = {
-    "avx512bf16": ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni", "avx512_bf16"),
+    "avx512bf16": (
+        "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni", "avx512_bf16", "gfni",
+    ),
     "avx512vnni": ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni"),
     "avx512bw": ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq"),
     "avxvnni": ("avx2", "fma", "f16c", "avx_vnni"),
@@ -148,7 +155,7 @@ _VARIANT_CPU_FLAGS = {
 _VARIANT_COMPILER_FLAGS = {
     "avx512bf16": (
         "-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni",
-        "-mavx512bf16",
+        "-mavx512bf16", "-mgfni",
     ),
     "avx512vnni": ("-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni"),
     "avx512bw": ("-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq"),

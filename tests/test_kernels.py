@@ -244,8 +244,9 @@ def test_a_variant_the_cpu_lacks_is_never_chosen() -> None:
     assert choose(frozenset({"avx2", "fma", "f16c", "avx_vnni"})) == "avxvnni"
     assert choose(AVX512_FLAGS) == "avx512bw"
     assert choose(AVX512_FLAGS | {"avx512_vnni"}) == "avx512vnni"
-    assert choose(AVX512_FLAGS | {"avx512_vnni", "avx512_bf16"}) == "avx512bf16"
-    assert choose(AVX512_FLAGS | {"avx512_bf16"}) == "avx512bw"  # (the bf16 variant is built with VNNI too)
+    assert choose(AVX512_FLAGS | {"avx512_vnni", "avx512_bf16", "gfni"}) == "avx512bf16"
+    assert choose(AVX512_FLAGS | {"avx512_bf16", "gfni"}) == "avx512bw"  # (the bf16 variant is built with VNNI too)
+    assert choose(AVX512_FLAGS | {"avx512_vnni", "avx512_bf16"}) == "avx512vnni"  # (and GFNI: Cooper Lake has none)
     with pytest.raises(ValueError, match="lacks avx512bw"):
         choose(frozenset({"avx2", "fma", "f16c"}), "avx512bw")
     with pytest.raises(ValueError, match="not a kernel variant"):
@@ -293,6 +294,36 @@ def test_every_variant_the_cpu_has_matches_the_float64_reference(variant: str) -
                 assert ((y8.double() - expected).abs() <= bound + rounding + 1e-5 * expected.abs().max()).all()
     assert_dense_mm_like_torch(kernel)
     assert_decode_attention_like_sdpa(kernel)
+
+
+@needs_cpu_kernel
+@pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float16))
+def test_decode_gemv_keeps_its_int16_codes_exact(dtype: torch.dtype) -> None:
+    """One token of 16-bit activations (a decode step) on the kernel in force: every output within the int16 codes'
+    documented bound (the int8 bound / 257: codes up to 32639, which the AVX-512 VNNI variants multiply as two signed
+    bytes) plus half an ulp of the output's dtype and fp32 summation. For 1, 2, 3 and 5 rows and 42 (the four-row
+    GEMV's tails), 3 blocks of 128 (an odd last block), codes at both ends of their range (a block's largest |x| at
+    + and -), and 1, 2, 3 and 6 shards along either dimension. The int8 route misses this bound: the check can fail."""
+    kernel = ternary_kernels.cpu_kernel()
+    half_ulp = 2.0**-8 if dtype == torch.bfloat16 else 2.0**-11
+    x = torch.randn(1, 384, generator=torch.Generator().manual_seed(3)) * 0.5  # [1, 384]
+    x[0, 3], x[0, 77], x[0, 128 + 5] = 8.0, -8.0, -6.0  # codes +32639 and -32639; -32639 alone in block 1
+    x[0, 256:] *= 1e-3  # block 2: small values, full-range codes all the same
+    x = x.to(dtype)
+    cases = [(rows, 1, 0) for rows in (1, 2, 3, 5)] + [(42, shards, dim) for shards in SHARDS for dim in (0, 1)]
+    int8_misses = 0
+    for rows, shards, shard_dim in cases:
+        digits, scales = random_ternary(rows, 384, shards, shard_dim, seed=rows * 10 + shards + shard_dim)
+        layer = TernaryLinear.from_ternary(digits, scales, shard_dim=shard_dim, eps=1e-5)
+        layer.prepare_inference("2bit", dtype)
+        operands = (layer.weight_kernel, layer.kernel_scale, layer.input_scale)
+        expected = reference(x, digits, scales, shard_dim)  # [1, rows]
+        bound = int8_activation_bound(x, digits, scales, shard_dim) / 257
+        bound += expected.abs() * half_ulp + 1e-6 * expected.abs().max()
+        error = (kernel.mm(x, *operands, 16).double() - expected).abs()
+        assert (error <= bound).all(), (rows, shards, shard_dim, (error - bound).max().item())
+        int8_misses += int(((kernel.mm(x, *operands, 8).double() - expected).abs() > bound).sum())
+    assert int8_misses > 0
 
 
 def bf16_variant_or_skip() -> ternary_kernels.CpuKernel:
