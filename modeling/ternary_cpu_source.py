@@ -223,9 +223,10 @@ static inline float hsum(__m256 v) {
 /* The four-row decode GEMVs stream a model's weights from memory, two rows' worth of bytes per pass and thread: a
    software prefetch into L2, once per 64-byte line (b even), PREFETCH_ROWS rows and at least PREFETCH_BYTES ahead,
    keeps more loads in flight than the hardware prefetcher does. Measured on decoder blocks cycled from memory (AMD
-   EPYC, AVX-512, 2 threads, GB/s of weights on the exact / int8 route): into L1 (_MM_HINT_T0) 8 rows ahead 18.6 / 19.1
-   at 3.9B shapes, into L2 26.7 / 31.0, and at least 4 KiB ahead 28.2 / 33.8 (390M shapes: 17.3 / 19.7 -> 18.7 /
-   23.9); no prefetch 13.9 / 15.2; non-temporal 19.8 / 20.0. */
+   EPYC, AVX-512, 2 threads, GB/s of weights on the exact / int8 route at 3.9B shapes): into L1 (_MM_HINT_T0) 4, 8,
+   16 or 32 rows ahead 16.5-19.1, into L2 8 rows ahead 26.7 / 31.0, and at least 4 KiB ahead 28.2 / 33.8 (390M
+   shapes: 17.3 / 19.7 -> 18.7 / 23.9; 2, 8 and 16 KiB alike or worse); no prefetch 13.9 / 15.2; non-temporal
+   19.8 / 20.0. */
 #define PREFETCH_ROWS 8
 #define PREFETCH_BYTES 4096
 #define PREFETCH_AHEAD(address, row_bytes, b) \
