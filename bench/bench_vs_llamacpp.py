@@ -41,7 +41,7 @@ DEFAULT_LLAMA_CPP = next(
     REPO.parent / "shared" / "tools" / "llama.cpp",
 )
 THREADS, DECODE, CONTEXT, PREFILL = 2, 64, 8, 512
-SIMD_FLAGS = re.compile(r"^(avx\S*|fma|f16c|sse4_2|amx\S*)$")
+SIMD_FLAGS = re.compile(r"^(avx\S*|fma|f16c|sse4_2|gfni|amx\S*)$")  # (gfni: the avx512bf16 variant needs it)
 
 
 def run_measured(command: list[str], *, env: dict[str, str] | None = None) -> tuple[str, str, int, int]:
