@@ -637,7 +637,7 @@ static SplitRow split_row_at(void* base, int64_t pairs) {
 static void quantize_activations_split(const void* x, int x_kind, const float* col_scale, int64_t k, int64_t kp,
                                        const SplitRow& row) {
     const int64_t nblocks = kp / BLOCK_W, pairs = (nblocks + 1) / 2;
-    std::memset(row.high, 0, (size_t)(2 * pairs * 256 + 64 * pairs + 64 * pairs));  /* (a missing last block) */
+    std::memset(row.high, 0, (size_t)pairs * SPLIT_PAIR_BYTES);  /* (a missing last block: zeros) */
     float values[BLOCK_W];
     int16_t codes[BLOCK_W];
     for (int64_t b = 0; b < nblocks; b++) {
