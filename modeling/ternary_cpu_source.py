@@ -320,13 +320,17 @@ static inline void rows4_dot_256(const uint8_t* w, int64_t row_bytes, const int1
     ((p) == 7 ? _mm512_srai_epi16((v), 14) : _mm512_srai_epi16(_mm512_slli_epi16((v), 14 - 2 * (p)), 14))
 /* Two blocks per 512-bit register (bytes 0-31: block b, 32-63: block b + 1): 32 bytes of activation codes of block b
    (at `first`: 16 int16 codes of a plane, or 32 int8 codes of a field) and the same of block b + 1 (BLOCK_W codes
-   further), and the two blocks' scales s[0], s[1] lane for lane */
-template <typename Code>
+   further), and the two blocks' scales s[0], s[1] lane for lane; where PAIR is false (an odd last block), block
+   b + 1's half is zeros */
+template <bool PAIR = true, typename Code>
 static inline __m512i block_pair_codes(const Code* first) {
-    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)first)),
-                              _mm256_loadu_si256((const __m256i*)(first + BLOCK_W)), 1);
+    const __m256i a = _mm256_loadu_si256((const __m256i*)first);
+    if (!PAIR) return _mm512_zextsi256_si512(a);
+    return _mm512_inserti64x4(_mm512_castsi256_si512(a), _mm256_loadu_si256((const __m256i*)(first + BLOCK_W)), 1);
 }
+template <bool PAIR = true>
 static inline __m512 block_pair_scales(const float* s) {
+    if (!PAIR) return _mm512_zextps256_ps512(_mm256_set1_ps(s[0]));
     return _mm512_mask_blend_ps((__mmask16)0xFF00, _mm512_set1_ps(s[0]), _mm512_set1_ps(s[1]));
 }
 /* (an odd last block takes 256 bits) */
@@ -735,22 +739,21 @@ static inline void rows4_dot_split(const uint8_t* const* rows, int64_t row_bytes
 
 /* Four weight rows (as rows4_dot_split) against one int8 activation row (quantize_activations_i8's codes q and block
    scales s): out[0..3] = sum_b s_b sum_j (t_j + 1) q_j */
+template <bool PAIR>
+static inline void rows4_i8_step(const uint8_t* const* rows, int64_t row_bytes, const int8_t* q, const float* s,
+                                 int64_t b, __m512* acc) {
+    __m512i x[4];
+    for (int e = 0; e < 4; e++) x[e] = block_pair_codes<PAIR>(q + BLOCK_W * b + 32 * e);
+    const __m512 scale = block_pair_scales<PAIR>(s + b);
+    rows4_bytes_step<PAIR, false>(rows, row_bytes, b, x, x, _mm512_setzero_si512(), scale, acc);
+}
 static inline void rows4_dot_i8_512(const uint8_t* const* rows, int64_t row_bytes, const int8_t* q, const float* s,
                                     int64_t nblocks, float* out) {
     __m512 acc[4];
     for (int r = 0; r < 4; r++) acc[r] = _mm512_setzero_ps();
-    int64_t b = 0;
-    for (; b + 2 <= nblocks; b += 2) {
-        __m512i x[4];
-        for (int e = 0; e < 4; e++) x[e] = block_pair_codes(q + BLOCK_W * b + 32 * e);
-        rows4_bytes_step<true, false>(rows, row_bytes, b, x, x, _mm512_setzero_si512(), block_pair_scales(s + b), acc);
-    }
-    if (b < nblocks) {
-        __m512i x[4];
-        for (int e = 0; e < 4; e++)
-            x[e] = _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i*)(q + BLOCK_W * b + 32 * e)));
-        rows4_bytes_step<false, false>(rows, row_bytes, b, x, x, _mm512_setzero_si512(),
-                                       _mm512_zextps256_ps512(_mm256_set1_ps(s[b])), acc);
+    for (int64_t b = 0; b < nblocks; b += 2) {
+        if (b + 2 <= nblocks) rows4_i8_step<true>(rows, row_bytes, q, s, b, acc);
+        else rows4_i8_step<false>(rows, row_bytes, q, s, b, acc);
     }
     hsum4_512(acc, out);
 }
